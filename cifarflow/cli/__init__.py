@@ -1,0 +1,1 @@
+"""The `cifarflow` command line: one module per verb, wired in `main`."""

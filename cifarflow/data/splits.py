@@ -1,0 +1,85 @@
+"""On-disk layout of preprocessed splits, shared by every step after preprocess.
+
+```
+<root>/stats.json                      counts per split and class, class names
+<root>/<split>/images.npy              uint8 [N, 32, 32, 3]
+<root>/<split>/coarse_labels.npy       uint8 [N]
+<root>/<split>/fine_labels.npy         uint8 [N]
+```
+
+Plain `.npy` files: `numpy.load(mmap_mode="r")` maps them without reading,
+so a step that needs only a slice (EDA samples, an evaluation batch) pays for
+that slice alone, and no step needs TensorFlow to read the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarflow.errors import BadInputError
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+IMAGE_SHAPE: tuple[int, int, int] = (32, 32, 3)
+STATS_FILE = "stats.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split's arrays; `images` may be memory-mapped."""
+
+    images: np.ndarray
+    coarse_labels: np.ndarray
+    fine_labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def write_split(root: str | os.PathLike, name: str, split: Split) -> None:
+    """Writes one split; each file lands under a temporary name first."""
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for field in ("images", "coarse_labels", "fine_labels"):
+        final = folder / f"{field}.npy"
+        partial = folder / f".{field}.npy.partial"
+        with open(partial, "wb") as f:
+            np.save(f, np.ascontiguousarray(getattr(split, field)), allow_pickle=False)
+        os.replace(partial, final)
+
+
+def load_split(root: str | os.PathLike, name: str, mmap: bool = True) -> Split:
+    """Loads one split written by `write_split` (memory-mapped by default)."""
+    folder = Path(root) / name
+    if not (folder / "images.npy").is_file():
+        raise BadInputError(f"{folder} is not a preprocessed split (no images.npy); run 'cifarflow preprocess' first")
+    mode = "r" if mmap else None
+    return Split(
+        images=np.load(folder / "images.npy", mmap_mode=mode, allow_pickle=False),
+        coarse_labels=np.load(folder / "coarse_labels.npy", mmap_mode=mode, allow_pickle=False),
+        fine_labels=np.load(folder / "fine_labels.npy", mmap_mode=mode, allow_pickle=False),
+    )
+
+
+def write_stats(root: str | os.PathLike, stats: dict[str, Any]) -> None:
+    path = Path(root) / STATS_FILE
+    partial = path.with_name(f".{STATS_FILE}.partial")
+    partial.write_text(json.dumps(stats, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def load_stats(root: str | os.PathLike) -> dict[str, Any]:
+    path = Path(root) / STATS_FILE
+    if not path.is_file():
+        raise BadInputError(f"{root} has no {STATS_FILE}; run 'cifarflow preprocess' first")
+    return json.loads(path.read_text())
+
+
+def class_names(root: str | os.PathLike) -> list[str]:
+    """The coarse class names of a preprocessed dataset, in label order."""
+    return list(load_stats(root)["class_names"])

@@ -1,0 +1,99 @@
+"""S3/MinIO locations and clients, configured from the environment.
+
+Endpoint and credentials come from `S3_ENDPOINT` (host:port), `S3_ACCESS_KEY`,
+`S3_SECRET_KEY` and `S3_SECURE`, or from the matching `--s3-*` CLI flags,
+never from code. Secrets are never printed: `S3Settings.__repr__` hides them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import TYPE_CHECKING, Mapping
+
+from cifarflow.errors import BadInputError, RemoteError
+
+if TYPE_CHECKING:  # minio is imported lazily: most commands never touch S3
+    from minio import Minio
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Location:
+    """`s3://bucket/key`; `key` may be empty (the bucket) or a prefix."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> "S3Location":
+        if not uri.startswith("s3://"):
+            raise BadInputError(f"not an s3:// URI: {uri!r}")
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise BadInputError(f"s3 URI has no bucket: {uri!r}")
+        return cls(bucket=bucket, key=key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def is_s3_uri(value: str) -> bool:
+    return value.startswith("s3://")
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Settings:
+    """How to reach the object store."""
+
+    endpoint: str
+    access_key: str = dataclasses.field(repr=False)
+    secret_key: str = dataclasses.field(repr=False)
+    secure: bool = False
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        endpoint: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        secure: bool | None = None,
+    ) -> "S3Settings":
+        """Explicit arguments win over `S3_*` environment variables."""
+        env = os.environ if environ is None else environ
+        endpoint = endpoint or env.get("S3_ENDPOINT", "")
+        if not endpoint:
+            raise BadInputError("no S3 endpoint: set S3_ENDPOINT=host:port or pass --s3-endpoint")
+        access_key = access_key or env.get("S3_ACCESS_KEY", "")
+        secret_key = secret_key or env.get("S3_SECRET_KEY", "")
+        if not access_key or not secret_key:
+            raise BadInputError("no S3 credentials: set S3_ACCESS_KEY and S3_SECRET_KEY")
+        if secure is None:
+            secure = env.get("S3_SECURE", "false").strip().lower() in _TRUE
+        return cls(endpoint=endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
+
+    def client(self) -> "Minio":
+        from minio import Minio
+
+        return Minio(
+            self.endpoint,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            secure=self.secure,
+        )
+
+
+def describe_s3_error(exc: Exception, location: S3Location | str) -> RemoteError:
+    """Turns minio/urllib3 exceptions into one readable line."""
+    from minio.error import S3Error
+
+    if isinstance(exc, S3Error):
+        if exc.code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"}:
+            return RemoteError(f"S3 refused the credentials for {location} ({exc.code}): check S3_ACCESS_KEY/S3_SECRET_KEY")
+        if exc.code in {"NoSuchKey", "NoSuchBucket"}:
+            return RemoteError(f"{location} does not exist ({exc.code})")
+        return RemoteError(f"S3 error for {location}: {exc.code}: {exc.message}")
+    return RemoteError(f"cannot reach S3 for {location}: {type(exc).__name__}: {exc}")
