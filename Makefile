@@ -40,3 +40,20 @@ lock:  ## re-resolve requirements/*.in into requirements/constraints.txt
 
 clean:  ## remove the virtual environment and local run outputs
 	rm -rf $(VENV) runs .pytest_cache
+
+# Container images (docker/), built with the repository root as the context.
+# The tags come from cifarflow/images.py, the one place the pipeline's
+# components and the Kubernetes manifests take them from too; it needs no
+# dependency, so the system Python answers and no venv is built first.
+# IMAGE_BUILDER=podman works as well; CIFARFLOW_IMAGE_REPOSITORY and
+# CIFARFLOW_IMAGE_TAG retarget the tags (see cifarflow/images.py).
+IMAGE_BUILDER ?= docker
+IMAGE_OF = $(shell $(PYTHON) -c 'from cifarflow.images import $(1); print($(1)())')
+
+.PHONY: image image-gpu
+
+image:  ## build the CPU project image (pipeline steps, gateway, sync)
+	$(IMAGE_BUILDER) build -f docker/Dockerfile -t $(call IMAGE_OF,cpu_image) .
+
+image-gpu:  ## build the GPU project image (the train step)
+	$(IMAGE_BUILDER) build -f docker/Dockerfile.gpu -t $(call IMAGE_OF,gpu_image) .
