@@ -1,0 +1,43 @@
+"""`cifarflow preprocess`: split, check and write the dataset arrays."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser(
+        "preprocess",
+        help=summary,
+        description=(
+            "Turn raw data into train/val/test uint8 arrays (memory-mapped .npy) and stats.json. "
+            "The official test set is kept; val is a seeded, stratified share of the official "
+            "train set. Schema and statistics checks stop the step on anomalies. --raw may also "
+            "be an image folder (root/<class_name>/*.jpg|png, any size); its folder names become "
+            "the class names."
+        ),
+        epilog="example:\n  cifarflow preprocess --raw runs/data/raw --out runs/data/splits --val-fraction 0.1 --seed 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--raw", required=True, help="ingest output, official train/test/meta files, or an image folder")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out as val (default 0.1)")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="share held out as test when the source has none (image folders; default 0.1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stratified selection (default 0)")
+    parser.add_argument("--max-class-imbalance", type=float, default=10.0, help="fail when largest/smallest class count exceeds this (default 10)")
+    parser.add_argument("--max-cross-split-duplicates", type=float, default=0.01, help="fail when duplicates between two splits exceed this share of the smaller one (default 0.01)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cifarflow.components.preprocess.checks import CheckLimits
+    from cifarflow.components.preprocess.executor import PreprocessConfig, preprocess
+
+    config = PreprocessConfig(
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        limits=CheckLimits(args.max_class_imbalance, args.max_cross_split_duplicates),
+    )
+    preprocess(args.raw, args.out, config)
+    return 0
