@@ -1,0 +1,74 @@
+"""`cifarflow models list|show|promote|rollback`: inspect versions and move labels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    from cifarflow.serving.store.cli_flags import add_s3_flags
+
+    parser = subparsers.add_parser("models", help=summary, description=summary + ".")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def common(name: str, text: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=text, description=text + ".")
+        sub.add_argument("--store", required=True, help="local folder or s3://bucket/prefix")
+        sub.add_argument("--model-name", required=True)
+        add_s3_flags(sub)
+        return sub
+
+    common("list", "list complete versions with their labels and metrics").set_defaults(func=list_versions)
+    show = common("show", "print one version's cifarflow.json (default: the latest)")
+    which = show.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int)
+    which.add_argument("--label")
+    show.set_defaults(func=show_version)
+    promote = common("promote", "point a label (stable, canary) at a version")
+    promote.add_argument("--version", type=int, required=True)
+    promote.add_argument("--label", default="stable")
+    promote.set_defaults(func=promote_version)
+    rollback = common("rollback", "move a label back to the version it named before")
+    rollback.add_argument("--label", default="stable")
+    rollback.set_defaults(func=rollback_label)
+
+
+def _store(args: argparse.Namespace):
+    from cifarflow.serving.store import open_store
+    from cifarflow.serving.store.cli_flags import s3_settings
+
+    return open_store(args.store, s3_settings(args, args.store))
+
+
+def list_versions(args: argparse.Namespace) -> int:
+    store = _store(args)
+    labels = store.labels(args.model_name)
+    print(f"{'VERSION':<8} {'CREATED':<26} {'LABELS':<16} {'ACCURACY':<9} RUN")
+    for version in store.versions(args.model_name):
+        manifest = store.manifest(args.model_name, version)
+        names = ",".join(sorted(k for k, v in labels.items() if v == version)) or "-"
+        accuracy = (manifest.get("metrics") or {}).get("accuracy")
+        acc = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "-"
+        print(f"{version:<8} {manifest.get('created_at', '-'):<26} {names:<16} {acc:<9} {manifest.get('run_id') or '-'}")
+    return 0
+
+
+def show_version(args: argparse.Namespace) -> int:
+    store = _store(args)
+    version = store.resolve(args.model_name, args.version, args.label)
+    info = store.info(args.model_name, version)
+    print(json.dumps({"model": info.model, "version": info.version, "labels": list(info.labels), "manifest": info.manifest}, indent=2))
+    return 0
+
+
+def promote_version(args: argparse.Namespace) -> int:
+    labels = _store(args).promote(args.model_name, args.version, args.label)
+    print(f"{args.model_name}: {args.label} -> version {labels[args.label]}")
+    return 0
+
+
+def rollback_label(args: argparse.Namespace) -> int:
+    labels = _store(args).rollback(args.model_name, args.label)
+    print(f"{args.model_name}: {args.label} -> version {labels[args.label]}")
+    return 0

@@ -1,0 +1,125 @@
+"""`cifarflow serve sync`: mirror complete versions from a store into a local folder.
+
+This runs next to TensorFlow Serving (an init container, then a sidecar with
+`--watch`), because TensorFlow Serving no longer reads `s3://` itself. Each
+version is downloaded into a hidden `.sync-*` folder, checked against its
+manifest, and renamed to `<model>/<version>` in one step, so TensorFlow
+Serving (which only looks at integer-named folders) never sees half a model.
+Versions beyond the newest `keep` (and not named by a label) are renamed
+away before they are deleted. Killing the process at any moment leaves at
+worst a hidden folder, removed by the next run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from cifarflow.errors import CifarflowError
+from cifarflow.serving.store.backends import MANIFEST
+from cifarflow.serving.store.model_store import LABELS, ModelStore, local_store
+
+log = logging.getLogger(__name__)
+
+SYNC_PREFIX = ".sync-"
+TRASH_PREFIX = ".trash-"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncConfig:
+    """What to mirror and how often.
+
+    Attributes:
+        models: model names to mirror; empty means every model in the store.
+        keep: newest complete versions kept per model (labelled ones are kept too).
+        interval_s: seconds between passes with `--watch`.
+        stale_after_s: hidden folders older than this are leftovers of a killed run.
+    """
+
+    models: tuple[str, ...] = ()
+    keep: int = 2
+    interval_s: float = 30.0
+    stale_after_s: float = 3600.0
+
+
+@dataclasses.dataclass
+class SyncReport:
+    added: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    removed: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+
+
+def _clean_leftovers(model_dir: Path, stale_after_s: float) -> None:
+    now = time.time()
+    for child in model_dir.iterdir() if model_dir.is_dir() else ():
+        if child.name.startswith((SYNC_PREFIX, TRASH_PREFIX)) and now - child.stat().st_mtime > stale_after_s:
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def sync_model(source: ModelStore, dest: Path, model: str, config: SyncConfig) -> SyncReport:
+    """One pass for one model; returns what changed."""
+    report = SyncReport()
+    model_dir = dest / model
+    model_dir.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(model_dir, config.stale_after_s)
+    wanted_versions = source.versions(model)
+    labels = source.labels(model)
+    wanted = set(wanted_versions[-config.keep:] if config.keep > 0 else wanted_versions)
+    wanted |= {v for v in labels.values() if v in wanted_versions}
+    have = set(local_store(dest).versions(model))
+    for version in sorted(wanted - have):
+        target = model_dir / str(version)
+        if target.exists():  # an incomplete copy from elsewhere: replace it
+            shutil.rmtree(target)
+        tmp = model_dir / f"{SYNC_PREFIX}{version}-{uuid.uuid4().hex}"
+        try:
+            source.download(model, version, tmp)
+            os.rename(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("synced %s version %d from %s", model, version, source.uri)
+        report.added.append((model, version))
+    for version in sorted(have - wanted):
+        trash = model_dir / f"{TRASH_PREFIX}{version}-{uuid.uuid4().hex}"
+        os.rename(model_dir / str(version), trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        log.info("removed %s version %d (beyond keep=%d)", model, version, config.keep)
+        report.removed.append((model, version))
+    labels_bytes = source.backend.read_bytes(f"{model}/{LABELS}")
+    if labels_bytes is not None:
+        local_store(dest).backend.write_bytes(f"{model}/{LABELS}", labels_bytes)
+    return report
+
+
+def sync_once(source: ModelStore, dest: str | Path, config: SyncConfig = SyncConfig()) -> SyncReport:
+    """Mirrors the configured models (all, by default) from `source` into `dest`."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    report = SyncReport()
+    for model in config.models or tuple(source.models()):
+        one = sync_model(source, dest, model, config)
+        report.added += one.added
+        report.removed += one.removed
+    return report
+
+
+def watch(source: ModelStore, dest: str | Path, config: SyncConfig, stop: threading.Event | None = None) -> None:
+    """Syncs every `interval_s` until `stop` is set; a failed pass is logged and retried."""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        try:
+            sync_once(source, dest, config)
+        except CifarflowError as exc:
+            log.warning("sync pass failed, retrying in %.0fs: %s", config.interval_s, exc)
+        stop.wait(config.interval_s)
+
+
+def complete_versions(dest: str | Path, model: str) -> list[int]:
+    """Versions of `model` in a synced folder that have their manifest."""
+    model_dir = Path(dest) / model
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file()) if model_dir.is_dir() else []
