@@ -1,0 +1,150 @@
+"""`cifarflow serve model|gateway|sync`: the serving processes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    from cifarflow.serving.store.cli_flags import add_s3_flags
+
+    parser = subparsers.add_parser("serve", help=summary, description=summary + ".")
+    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    parts = parser.add_subparsers(dest="part", metavar="PART", required=True)
+
+    model = parts.add_parser(
+        "model",
+        help="TensorFlow-Serving-compatible model server (gRPC + REST)",
+        description="Serve the newest complete version (or a labelled one) of a model from a store, "
+        "speaking TensorFlow Serving's gRPC and REST APIs, and pick up new versions as they appear.",
+    )
+    model.add_argument("--store", required=True, help="local folder or s3://bucket/prefix (synced to --cache-dir)")
+    model.add_argument("--model-name", required=True)
+    model.add_argument("--grpc-port", type=int, default=8500)
+    model.add_argument("--rest-port", type=int, default=8501, help="0 disables REST")
+    model.add_argument("--host", default="0.0.0.0", help="address to bind")
+    model.add_argument("--label", help="serve the version this label names (stable, canary) instead of the newest")
+    model.add_argument("--poll-interval", type=float, default=5.0, help="seconds between store checks for new versions")
+    model.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True, help="server-side batching")
+    model.add_argument("--max-batch-size", type=int, default=32)
+    model.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    model.add_argument("--max-message-mb", type=float, default=16.0, help="largest request, gRPC or REST")
+    model.add_argument("--cache-dir", type=Path, help="where an s3:// store is synced (default: a temporary folder)")
+    add_s3_flags(model)
+    model.set_defaults(func=serve_model)
+
+    gateway = parts.add_parser(
+        "gateway",
+        help="REST + gRPC + web page in front of a model server",
+        description="Classify images for clients (REST /v1/classify and /predict, the Classifier gRPC "
+        "service, a web page at /) by calling a model server over gRPC. Bearer-token auth is on when "
+        "CIFARFLOW_GATEWAY_TOKEN or --token-file gives a token.",
+    )
+    gateway.add_argument("--backend", required=True, help="model server gRPC address HOST:PORT")
+    gateway.add_argument("--port", type=int, default=8080, help="HTTP port")
+    gateway.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (0 disables)")
+    gateway.add_argument("--host", default="0.0.0.0")
+    gateway.add_argument("--model-name", default="cifarflow", help="model name on the backend")
+    gateway.add_argument("--backend-timeout", type=float, default=5.0, help="deadline of each backend call, seconds")
+    gateway.add_argument("--max-image-mb", type=float, default=8.0, help="largest upload (413 above)")
+    gateway.add_argument("--max-pixels", type=int, default=40_000_000, help="largest width*height (decompression bombs)")
+    gateway.add_argument("--allow-url-host", action="append", default=[], metavar="HOST",
+                         help="host /predict may fetch from (repeat; '*.example.com' matches subdomains); none: URL fetching off")
+    gateway.add_argument("--allow-private-urls", action="store_true", help="let /predict fetch private and loopback addresses")
+    gateway.add_argument("--url-timeout", type=float, default=5.0, help="total seconds for one URL fetch")
+    gateway.add_argument("--token-file", type=Path, help="file holding the bearer token (a mounted secret)")
+    gateway.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to finish in-flight requests on SIGTERM")
+    gateway.set_defaults(func=serve_gateway)
+
+    sync = parts.add_parser(
+        "sync",
+        help="mirror complete versions from a store into a folder (for TensorFlow Serving)",
+        description="Copy complete versions into a temporary folder and rename them into place; keep the newest N.",
+    )
+    sync.add_argument("--from", dest="source", required=True, help="s3://bucket/prefix or a folder")
+    sync.add_argument("--to", dest="dest", required=True, type=Path, help="local folder TensorFlow Serving reads")
+    sync.add_argument("--model-name", action="append", default=[], help="model to mirror (repeat; default: all)")
+    sync.add_argument("--keep", type=int, default=2, help="newest complete versions to keep (labelled ones are kept too)")
+    sync.add_argument("--watch", action="store_true", help="keep syncing every --interval seconds")
+    sync.add_argument("--interval", type=float, default=30.0)
+    add_s3_flags(sync)
+    sync.set_defaults(func=serve_sync)
+
+
+def _logging(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s" if args.part == "gateway" else
+                        "%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve_sync(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from cifarflow.serving.store import open_store
+    from cifarflow.serving.store.cli_flags import s3_settings
+    from cifarflow.serving.sync import SyncConfig, sync_once, watch
+
+    _logging(args)
+    source = open_store(args.source, s3_settings(args, args.source))
+    config = SyncConfig(models=tuple(args.model_name), keep=args.keep, interval_s=args.interval)
+    report = sync_once(source, args.dest, config)
+    for model, version in report.added:
+        print(f"added {model}/{version}")
+    for model, version in report.removed:
+        print(f"removed {model}/{version}")
+    if args.watch:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            watch(source, args.dest, config, stop)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def serve_model(args: argparse.Namespace) -> int:
+    from cifarflow.serving.model_server.server import ModelServerConfig, run_model_server
+    from cifarflow.serving.store.cli_flags import s3_settings
+
+    _logging(args)
+    config = ModelServerConfig(
+        store=args.store,
+        model_name=args.model_name,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        rest_port=args.rest_port,
+        label=args.label,
+        poll_interval_s=args.poll_interval,
+        batching=args.batching,
+        max_batch_size=args.max_batch_size,
+        batch_timeout_s=args.batch_timeout_ms / 1000.0,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        cache_dir=args.cache_dir,
+    )
+    return run_model_server(config, s3_settings(args, args.store))
+
+
+def serve_gateway(args: argparse.Namespace) -> int:
+    from cifarflow.serving.gateway.config import GatewayConfig, load_token
+    from cifarflow.serving.gateway.server import run_gateway
+
+    _logging(args)
+    config = GatewayConfig(
+        backend=args.backend,
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        model_name=args.model_name,
+        backend_timeout_s=args.backend_timeout,
+        max_image_bytes=int(args.max_image_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        allowed_url_hosts=tuple(args.allow_url_host),
+        allow_private_urls=args.allow_private_urls,
+        url_timeout_s=args.url_timeout,
+        token=load_token(os.environ, args.token_file),
+        shutdown_grace_s=args.shutdown_grace,
+    )
+    return run_gateway(config)
