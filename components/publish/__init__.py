@@ -1,0 +1,1 @@
+"""Publish step: the winning model into the model store (see executor.py)."""
