@@ -1,0 +1,1 @@
+"""A TensorFlow-Serving-compatible model server (gRPC + REST) over the model store."""

@@ -1,0 +1,142 @@
+"""Server-side batching: concurrent requests run through the model together.
+
+Like TensorFlow Serving's `--enable_batching` (`max_batch_size`,
+`batch_timeout_micros`, `num_batch_threads`): a request waits at most
+`timeout_s` for others to join; rows are concatenated along the batch
+dimension, run once, and the outputs split back. Only requests with the same
+inputs, dtypes and per-row shapes are merged. When a merged batch fails (one
+undecodable image fails the whole batch), each request is re-run alone so
+only the bad one gets the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable, Mapping
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Tensors = Mapping[str, np.ndarray]
+Runner = Callable[[Tensors], dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingConfig:
+    """Attributes:
+    max_batch_size: most rows in one model call (larger requests run alone).
+    timeout_s: longest a request waits for company.
+    num_threads: batches that may run at once.
+    max_queued: requests waiting beyond this are refused (backpressure).
+    """
+
+    max_batch_size: int = 32
+    timeout_s: float = 0.002
+    num_threads: int = 2
+    max_queued: int = 1024
+
+
+@dataclasses.dataclass
+class _Item:
+    inputs: Tensors
+    rows: int
+    key: tuple
+    future: Future
+
+
+def _key(inputs: Tensors) -> tuple:
+    return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()))
+
+
+class Batcher:
+    """Merges concurrent `submit` calls into batched `runner` calls."""
+
+    def __init__(self, runner: Runner, config: BatchingConfig, on_batch: Callable[[int], None] | None = None) -> None:
+        self._runner = runner
+        self._config = config
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=config.max_queued)
+        self._on_batch = on_batch or (lambda rows: None)
+        self._pending: list[_Item] = []  # items taken from the queue that did not fit a batch
+        self._pending_lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True) for i in range(config.num_threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, inputs: Tensors) -> dict[str, np.ndarray]:
+        """Runs `inputs` (leading dimension = rows) in some batch; blocks until done."""
+        rows = len(next(iter(inputs.values())))
+        item = _Item(inputs, rows, _key(inputs), Future())
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            from cifarflow.serving.errors import Unavailable
+
+            raise Unavailable("the batching queue is full; retry shortly") from None
+        return item.future.result()
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def _next(self, timeout: float | None) -> _Item | None:
+        with self._pending_lock:
+            if self._pending:
+                return self._pending.pop(0)
+        return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+
+    def _work(self) -> None:
+        while True:
+            first = self._next(None)
+            if first is None:
+                return
+            batch = [first]
+            rows = first.rows
+            deadline = time.monotonic() + self._config.timeout_s
+            while rows < self._config.max_batch_size:
+                try:
+                    item = self._next(deadline - time.monotonic())
+                except queue.Empty:
+                    break
+                if item is None:  # closing: finish this batch, let another thread see the sentinel
+                    self._queue.put(None)
+                    break
+                if item.key != first.key or rows + item.rows > self._config.max_batch_size:
+                    with self._pending_lock:
+                        self._pending.append(item)
+                    break
+                batch.append(item)
+                rows += item.rows
+            self._run(batch, rows)
+
+    def _run(self, batch: list[_Item], rows: int) -> None:
+        if len(batch) == 1:
+            self._run_alone(batch[0])
+            return
+        try:
+            merged = {name: np.concatenate([i.inputs[name] for i in batch]) for name in batch[0].inputs}
+            outputs = self._runner(merged)
+            self._on_batch(rows)
+        except Exception:
+            log.debug("batch of %d requests failed; re-running them one by one", len(batch))
+            for item in batch:
+                self._run_alone(item)
+            return
+        start = 0
+        for item in batch:
+            end = start + item.rows
+            item.future.set_result({name: value[start:end] for name, value in outputs.items()})
+            start = end
+
+    def _run_alone(self, item: _Item) -> None:
+        try:
+            result = self._runner(item.inputs)
+            self._on_batch(item.rows)
+            item.future.set_result(result)
+        except Exception as exc:
+            item.future.set_exception(exc)

@@ -1,0 +1,402 @@
+"""A served model's lifecycle: find versions, load, swap, predict.
+
+`ModelManager` watches a local store folder (`<root>/<model>/<version>/`,
+complete when `cifarflow.json` exists), loads the version it should serve
+(the newest, or the one a label names) in the background, swaps it in
+atomically and only then unloads the old one, so requests never fail during
+a rollout. A version that fails to load is recorded (GetModelStatus shows
+its error) and the old one keeps serving.
+
+`ServedVersion.predict` is the KServe-style pipeline for one request:
+`preprocess` (check the inputs against the signature, like TensorFlow
+Serving: alias names, dtypes, shapes, no empty batch), `run` (through the
+batcher), `postprocess` (output filter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from cifarflow.serving.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
+from cifarflow.serving.model_server.batching import Batcher, BatchingConfig
+from cifarflow.serving.store.backends import MANIFEST
+from cifarflow.serving.store.model_store import LABELS
+from cifarflow.serving.sync import complete_versions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+
+# TensorFlow Serving's ModelVersionStatus.State values.
+STATE_START, STATE_LOADING, STATE_AVAILABLE, STATE_UNLOADING, STATE_END = 10, 20, 30, 40, 50
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    dtype: int  # a tensorflow DataType enum value
+    shape: tuple[int | None, ...] | None  # None: unknown rank
+
+    def check(self, name: str, array: np.ndarray) -> np.ndarray:
+        """Casts/validates one input the way TensorFlow Serving would refuse it."""
+        from cifarflow.serving.tensors import DT_STRING, DTYPE_NAMES, NUMPY_FOR_DTYPE
+
+        if self.dtype == DT_STRING:
+            if array.dtype.kind not in "OSU":
+                raise InvalidInput(f"input {name!r} must be DT_STRING, got {array.dtype}")
+        else:
+            want = NUMPY_FOR_DTYPE.get(self.dtype)
+            if want is None:
+                raise InvalidInput(f"input {name!r}: unsupported dtype {self.dtype}")
+            if array.dtype != want:
+                if array.dtype.kind in "OSU":
+                    raise InvalidInput(f"input {name!r} must be {DTYPE_NAMES[self.dtype]}, got strings")
+                converted = array.astype(want)
+                if array.dtype.kind == "f" and want.kind in "iu" and not np.array_equal(converted, array):
+                    raise InvalidInput(f"input {name!r} must be {DTYPE_NAMES[self.dtype]}: got non-integer values")
+                if want.kind in "iu" and array.dtype.kind in "iuf" and array.size and (
+                    array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max
+                ):
+                    raise InvalidInput(f"input {name!r}: values outside the range of {DTYPE_NAMES[self.dtype]}")
+                array = converted
+        if self.shape is not None:
+            if array.ndim != len(self.shape):
+                raise InvalidInput(
+                    f"input {name!r} must have rank {len(self.shape)} (shape {_shape_text(self.shape)}), got shape {list(array.shape)}"
+                )
+            for want_dim, got in zip(self.shape, array.shape):
+                if want_dim is not None and want_dim != got:
+                    raise InvalidInput(f"input {name!r} must have shape {_shape_text(self.shape)}, got {list(array.shape)}")
+        if array.ndim == 0 or array.shape[0] == 0:
+            # An empty batch crashes oneDNN kernels (DESIGN.md): refuse it here.
+            raise InvalidInput(f"input {name!r} is an empty batch: send at least one row")
+        return array
+
+
+def _shape_text(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("-1" if d is None else str(d) for d in shape) + "]"
+
+
+@dataclasses.dataclass
+class Signature:
+    name: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    function: Callable[..., Any]
+
+
+class ServedVersion:
+    """One loaded version: its signatures, manifest and batchers."""
+
+    def __init__(self, model_name: str, version: int, path: Path, batching: BatchingConfig | None,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        import tensorflow as tf
+
+        self.model_name = model_name
+        self.version = version
+        self.path = path
+        self.manifest = json.loads((path / MANIFEST).read_text())
+        self._loaded = tf.saved_model.load(str(path))
+        self.signatures: dict[str, Signature] = {}
+        for name, function in self._loaded.signatures.items():
+            _, kwargs = function.structured_input_signature
+            self.signatures[name] = Signature(
+                name,
+                {k: _spec(v) for k, v in kwargs.items()},
+                {k: _spec(v) for k, v in function.structured_outputs.items()},
+                function,
+            )
+        self.signature_defs = _read_signature_defs(path)
+        self._batchers: dict[str, Batcher] = {}
+        if batching is not None:
+            for name in self.signatures:
+                self._batchers[name] = Batcher(self._runner(name), batching, on_batch)
+        self._on_batch = on_batch or (lambda rows: None)
+
+    def _runner(self, signature: str) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+        import tensorflow as tf
+
+        function = self.signatures[signature].function
+
+        def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            try:
+                outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
+            except tf.errors.InvalidArgumentError as exc:
+                raise InvalidInput(_first_line(exc.message)) from None
+            return {k: v.numpy() for k, v in outputs.items()}
+
+        return run
+
+    def warm_up(self) -> None:
+        """Runs each signature once so the first real request does not pay for tracing."""
+        for signature in self.signatures.values():
+            try:
+                self._runner(signature.name)({k: _dummy(s) for k, s in signature.inputs.items()})
+            except Exception as exc:  # a model may take inputs we cannot fake; it still serves
+                log.info("warm-up of %s v%d %s skipped: %s", self.model_name, self.version, signature.name, exc)
+
+    def signature(self, name: str) -> Signature:
+        name = name or DEFAULT_SIGNATURE
+        if name not in self.signatures:
+            # TensorFlow Serving's wording and code for an unknown signature.
+            raise FailedPrecondition(f'Serving signature key "{name}" not found.')
+        return self.signatures[name]
+
+    def preprocess(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sent, expected = set(inputs), set(signature.inputs)
+        if sent != expected:
+            raise InvalidInput(
+                f"input size does not match signature: {len(sent)}!={len(expected)} len({sorted(sent)}) != "
+                f"len({sorted(expected)}). Sent extra: {sorted(sent - expected)}. Missing but required: {sorted(expected - sent)}."
+            )
+        checked = {name: signature.inputs[name].check(name, array) for name, array in inputs.items()}
+        rows = {a.shape[0] for a in checked.values()}
+        if len(rows) > 1:
+            raise InvalidInput(f"inputs have different batch sizes: {sorted(rows)}")
+        return checked
+
+    def postprocess(self, signature: Signature, outputs: dict[str, np.ndarray], output_filter: list[str]) -> dict[str, np.ndarray]:
+        if not output_filter:
+            return outputs
+        unknown = sorted(set(output_filter) - set(signature.outputs))
+        if unknown:
+            raise InvalidInput(f"output tensor alias not found in signature: {unknown[0]}")
+        return {k: outputs[k] for k in output_filter}
+
+    def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: list[str] | None = None) -> tuple[str, dict[str, np.ndarray]]:
+        signature = self.signature(signature_name)
+        checked = self.preprocess(signature, inputs)
+        batcher = self._batchers.get(signature.name)
+        if batcher is not None:
+            outputs = batcher.submit(checked)
+        else:
+            outputs = self._runner(signature.name)(checked)
+            self._on_batch(next(iter(checked.values())).shape[0])
+        return signature.name, self.postprocess(signature, outputs, list(output_filter or []))
+
+    def close(self) -> None:
+        for batcher in self._batchers.values():
+            batcher.close()
+
+
+def _spec(tensor_spec) -> TensorSpec:
+    shape = None if tensor_spec.shape.rank is None else tuple(tensor_spec.shape.as_list())
+    return TensorSpec(int(tensor_spec.dtype.as_datatype_enum), shape)
+
+
+def _dummy(spec: TensorSpec) -> np.ndarray:
+    from cifarflow.serving.tensors import DT_STRING, NUMPY_FOR_DTYPE
+
+    shape = tuple(1 if d is None else d for d in (spec.shape or (1,)))
+    if spec.dtype == DT_STRING:
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (128, 128, 128)).save(buffer, "PNG")
+        return np.full(shape, buffer.getvalue(), dtype=object)
+    return np.zeros(shape, NUMPY_FOR_DTYPE[spec.dtype])
+
+
+def _read_signature_defs(path: Path) -> dict[str, Any]:
+    """The SignatureDefs as TensorFlow Serving reports them (from saved_model.pb)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((path / "saved_model.pb").read_bytes())
+    for meta_graph in saved.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    return dict(saved.meta_graphs[0].signature_def) if saved.meta_graphs else {}
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    # TF graph errors put the useful sentence after a "Detected at node" preamble.
+    for line in reversed(lines):
+        if not line.startswith(("[[", "Detected at", "<stack", "Graph execution")):
+            return line
+    return lines[0] if lines else "invalid argument"
+
+
+@dataclasses.dataclass
+class VersionStatus:
+    version: int
+    state: int
+    error: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ManagerConfig:
+    """Attributes:
+    label: serve the version this label names instead of the newest.
+    poll_interval_s: how often the folder is checked for new versions.
+    batching: None turns server-side batching off.
+    warm_up: run each signature once after loading, before serving.
+    """
+
+    label: str | None = None
+    poll_interval_s: float = 5.0
+    batching: BatchingConfig | None = dataclasses.field(default_factory=BatchingConfig)
+    warm_up: bool = True
+
+
+class ModelManager:
+    """The versions of one model in a local folder, loaded and hot-swapped."""
+
+    def __init__(self, root: Path, model_name: str, config: ManagerConfig,
+                 refresh: Callable[[], None] | None = None, on_batch: Callable[[int], None] | None = None) -> None:
+        self.root = Path(root)
+        self.model_name = model_name
+        self.config = config
+        self._refresh = refresh or (lambda: None)
+        self._on_batch = on_batch
+        self._lock = threading.Lock()
+        self._served: dict[int, ServedVersion] = {}
+        self._default: int | None = None
+        self._labels: dict[str, int] = {}
+        self._status: dict[int, VersionStatus] = {}
+        self._failed: dict[int, float] = {}  # version -> manifest mtime when it failed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- requests ---------------------------------------------------------------
+
+    def get(self, model_name: str, version: int | None = None, label: str | None = None) -> ServedVersion:
+        """The version a request asks for, with TensorFlow Serving's NOT_FOUND wording."""
+        if model_name != self.model_name:
+            what = f"Specific({model_name}, {version})" if version else f"Latest({model_name})"
+            raise NotFound(f"Servable not found for request: {what}")
+        with self._lock:
+            if label:
+                if label not in self._labels:
+                    raise NotFound(f"Unrecognized servable version label: {label}")
+                version = self._labels[label]
+            if version:
+                served = self._served.get(version)
+                if served is None:
+                    raise NotFound(f"Servable not found for request: Specific({model_name}, {version})")
+                return served
+            if self._default is None:
+                raise NotFound(f"Servable not found for request: Latest({model_name})")
+            return self._served[self._default]
+
+    def statuses(self, model_name: str, version: int | None = None) -> list[VersionStatus]:
+        if model_name != self.model_name:
+            raise NotFound(f"Could not find any versions of model {model_name}")
+        with self._lock:
+            if version:
+                if version not in self._status:
+                    raise NotFound(f"Could not find version {version} of model {model_name}")
+                return [self._status[version]]
+            if not self._status:
+                raise NotFound(f"Could not find any versions of model {model_name}")
+            return [self._status[v] for v in sorted(self._status, reverse=True)]
+
+    @property
+    def ready(self) -> bool:
+        return self._default is not None
+
+    @property
+    def default_version(self) -> int | None:
+        return self._default
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self) -> "ModelManager":
+        """Loads what is there now, then polls in the background."""
+        self.poll()
+        self._thread = threading.Thread(target=self._loop, name="version-poller", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        with self._lock:
+            for served in self._served.values():
+                served.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.poll_interval_s):
+            try:
+                self.poll()
+            except Exception:  # keep serving what is loaded; the next poll retries
+                log.exception("polling %s for new versions failed", self.root)
+
+    def _read_labels(self) -> dict[str, int]:
+        path = self.root / self.model_name / LABELS
+        try:
+            return {k: int(v) for k, v in json.loads(path.read_text()).get("labels", {}).items()}
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def poll(self) -> None:
+        """One pass: load wanted versions that are new, swap, unload unwanted ones."""
+        self._refresh()
+        available = complete_versions(self.root, self.model_name)
+        labels = {k: v for k, v in self._read_labels().items() if v in available}
+        if self.config.label:
+            target = labels.get(self.config.label)
+            if target is None and available:
+                log.warning("label %r names no complete version of %s; serving nothing new", self.config.label, self.model_name)
+        else:
+            target = available[-1] if available else None
+        wanted = ({target} if target is not None else set()) | set(labels.values())
+        for version in sorted(wanted - set(self._served), reverse=True):
+            self._load(version)
+        with self._lock:
+            loaded = set(self._served)
+            if target in loaded:
+                self._default = target
+            elif self._default is None and loaded:
+                self._default = max(loaded)
+            # Keep what is still wanted, the default (even when a newer version
+            # failed to load), and versions labels point at.
+            keep = (wanted & loaded) | ({self._default} if self._default is not None else set())
+            self._labels = {k: v for k, v in labels.items() if v in loaded}
+            retired = [self._served.pop(v) for v in sorted(loaded - keep)]
+            for served in retired:
+                self._status[served.version] = VersionStatus(served.version, STATE_END)
+        for served in retired:
+            served.close()
+            log.info("unloaded %s version %d", self.model_name, served.version)
+
+    def _load(self, version: int) -> None:
+        manifest = self.root / self.model_name / str(version) / MANIFEST
+        stamp = manifest.stat().st_mtime if manifest.exists() else 0.0
+        if self._failed.get(version) == stamp:
+            return  # failed before and unchanged: do not retry every poll
+        with self._lock:
+            self._status[version] = VersionStatus(version, STATE_LOADING)
+        started = time.monotonic()
+        try:
+            served = ServedVersion(self.model_name, version, self.root / self.model_name / str(version),
+                                   self.config.batching, self._on_batch)
+            if self.config.warm_up:
+                served.warm_up()
+        except Exception as exc:
+            self._failed[version] = stamp
+            message = _first_line(str(exc))[:500]
+            log.error("loading %s version %d failed, keeping the current one: %s", self.model_name, version, message)
+            with self._lock:
+                self._status[version] = VersionStatus(version, STATE_END, f"{type(exc).__name__}: {message}")
+            return
+        with self._lock:
+            self._served[version] = served
+            self._status[version] = VersionStatus(version, STATE_AVAILABLE)
+        log.info("loaded %s version %d in %.2fs", self.model_name, version, time.monotonic() - started)
+
+
+def require_ready(manager: ModelManager) -> None:
+    if not manager.ready:
+        raise Unavailable(f"no version of {manager.model_name} is loaded yet")

@@ -1,0 +1,183 @@
+"""TensorFlow Serving's REST API over a ModelManager.
+
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            model status
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   signature defs
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    row or columnar
+
+Request and response JSON follow TensorFlow Serving's documented formats:
+"instances" (row) -> "predictions", "inputs" (columnar) -> "outputs";
+binary strings as {"b64": ...}; string outputs whose name ends in `_bytes`
+come back base64-encoded, other strings as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+
+from cifarflow.serving.errors import InvalidInput, MethodNotAllowed, NotFound
+from cifarflow.serving.http import Request, Response
+from cifarflow.serving.model_server.grpc_servicer import model_metadata, model_status
+from cifarflow.serving.model_server.model import ModelManager, Signature
+from cifarflow.serving.tensors import DT_STRING
+
+_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>[a-z]+))?$"
+)
+
+
+class RestApi:
+    """`__call__(request) -> Response`, for serving.http.HttpServer."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+
+    def __call__(self, request: Request) -> Response:
+        match = _PATH.match(request.path)
+        if not match:
+            raise NotFound(f"Malformed request: {request.method} {request.path}")
+        name, label, verb = match["name"], match["label"], match["verb"]
+        version = None
+        if match["version"] is not None:
+            if not match["version"].isdigit():
+                raise InvalidInput(f"Failed to convert version: {match['version']} to numeric.")
+            version = int(match["version"])
+        if verb is not None:
+            if verb != "predict":
+                raise NotFound(f"Malformed request: {request.method} {request.path} (only :predict is served)")
+            if request.method != "POST":
+                raise MethodNotAllowed(f"use POST for :{verb}")
+            return self.predict(name, version, label, request)
+        if request.method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"use GET for {request.path}")
+        if match["metadata"]:
+            return self.metadata(name, version, label)
+        return self.status(name, version, label)
+
+    def status(self, name: str, version: int | None, label: str | None) -> Response:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        _spec(request.model_spec, name, version, label)
+        response = model_status(self.manager, request)
+        return Response.json(json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                                       always_print_fields_with_no_presence=True))
+
+    def metadata(self, name: str, version: int | None, label: str | None) -> Response:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        _spec(request.model_spec, name, version, label)
+        response = model_metadata(self.manager, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return Response.json({
+            "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True,
+                                                    always_print_fields_with_no_presence=True),
+            "metadata": {"signature_def": json_format.MessageToDict(signature_map, preserving_proto_field_name=True)},
+        })
+
+    def predict(self, name: str, version: int | None, label: str | None, request: Request) -> Response:
+        served = self.manager.get(name, version, label)
+        body = request.json()
+        if not isinstance(body, dict):
+            raise InvalidInput("JSON body must be an object with 'instances' or 'inputs'")
+        signature = served.signature(body.get("signature_name") or "")
+        if ("instances" in body) == ("inputs" in body):
+            raise InvalidInput("Missing 'inputs' or 'instances' key" if "instances" not in body else
+                               "Only one of 'instances' or 'inputs' can be specified")
+        if "instances" in body:
+            inputs = _rows_to_inputs(body["instances"], signature)
+        else:
+            inputs = _columns_to_inputs(body["inputs"], signature)
+        signature_name, outputs = served.predict(signature.name, inputs)
+        encoded = {k: _encode(k, v, signature.outputs[k].dtype) for k, v in outputs.items()}
+        if "instances" in body:
+            rows = len(next(iter(outputs.values())))
+            if len(encoded) == 1:
+                predictions: Any = next(iter(encoded.values()))
+            else:
+                predictions = [{k: v[i] for k, v in encoded.items()} for i in range(rows)]
+            return Response.json({"predictions": predictions})
+        return Response.json({"outputs": next(iter(encoded.values())) if len(encoded) == 1 else encoded})
+
+
+def _spec(spec, name: str, version: int | None, label: str | None) -> None:
+    spec.name = name
+    if version is not None:
+        spec.version.value = version
+    elif label:
+        spec.version_label = label
+
+
+def _decode_value(value: Any, is_string: bool, where: str) -> Any:
+    """Nested lists with {"b64": ...} leaves -> plain values (bytes for strings)."""
+    if isinstance(value, dict):
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+            raise InvalidInput(f"{where}: an object value must be {{\"b64\": \"...\"}}")
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput(f"{where}: malformed base64: {exc}") from None
+    if isinstance(value, list):
+        return [_decode_value(v, is_string, where) for v in value]
+    if is_string:
+        if not isinstance(value, str):
+            raise InvalidInput(f"{where}: expected a string or {{\"b64\": ...}}, got {type(value).__name__}")
+        return value.encode()
+    if isinstance(value, str):
+        raise InvalidInput(f"{where}: expected a number, got a string")
+    return value
+
+
+def _to_array(value: Any, is_string: bool, where: str) -> np.ndarray:
+    decoded = _decode_value(value, is_string, where)
+    try:
+        if is_string:
+            array = np.array(decoded, dtype=object)
+            if array.dtype != object or any(not isinstance(v, bytes) for v in array.reshape(-1)):
+                raise ValueError("ragged")
+            return array
+        return np.array(decoded)
+    except ValueError:
+        raise InvalidInput(f"{where}: the values do not form a rectangular tensor") from None
+
+
+def _rows_to_inputs(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list):
+        raise InvalidInput("'instances' must be a list")
+    if not instances:
+        raise InvalidInput("'instances' is empty: send at least one instance")
+    names = list(signature.inputs)
+    if all(isinstance(i, dict) and "b64" not in i for i in instances):
+        columns: dict[str, list] = {n: [] for n in names}
+        for i, instance in enumerate(instances):
+            if set(instance) != set(names):
+                raise InvalidInput(f"instance {i} has keys {sorted(instance)}; the signature takes {names}")
+            for n in names:
+                columns[n].append(instance[n])
+        return {n: _to_array(v, signature.inputs[n].dtype == DT_STRING, f"instances[*].{n}") for n, v in columns.items()}
+    if len(names) != 1:
+        raise InvalidInput(f"the signature takes several inputs {names}: each instance must be an object")
+    return {names[0]: _to_array(instances, signature.inputs[names[0]].dtype == DT_STRING, "instances")}
+
+
+def _columns_to_inputs(inputs: Any, signature: Signature) -> dict[str, np.ndarray]:
+    names = list(signature.inputs)
+    if isinstance(inputs, dict) and "b64" not in inputs:
+        return {n: _to_array(v, signature.inputs.get(n) is not None and signature.inputs[n].dtype == DT_STRING, f"inputs.{n}")
+                for n, v in inputs.items()}
+    if len(names) != 1:
+        raise InvalidInput(f"the signature takes several inputs {names}: 'inputs' must be an object")
+    return {names[0]: _to_array(inputs, signature.inputs[names[0]].dtype == DT_STRING, "inputs")}
+
+
+def _encode(name: str, array: np.ndarray, dtype: int) -> Any:
+    if dtype == DT_STRING or array.dtype == object:
+        as_b64 = name.endswith("_bytes")
+        flat = [{"b64": base64.b64encode(v).decode()} if as_b64 else v.decode("utf-8", "replace") for v in array.reshape(-1)]
+        return np.array(flat, dtype=object).reshape(array.shape).tolist()
+    return array.tolist()

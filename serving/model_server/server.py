@@ -1,0 +1,142 @@
+"""`cifarflow serve model`: wiring the manager to the gRPC and REST servers."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import tempfile
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from cifarflow.s3 import S3Settings
+from cifarflow.serving.http import HttpConfig, HttpServer
+from cifarflow.serving.model_server.batching import BatchingConfig
+from cifarflow.serving.model_server.model import ManagerConfig, ModelManager
+from cifarflow.serving.store.model_store import check_model_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelServerConfig:
+    """Attributes:
+    store: local folder, or s3://bucket/prefix (synced into cache_dir).
+    model_name: the one model this server serves.
+    grpc_port / rest_port: 0 picks a free port; rest_port < 0 disables REST.
+    label: serve the version this label names instead of the newest.
+    max_message_bytes: largest request (and response) on gRPC and REST.
+    grpc_workers: concurrent gRPC calls; more lets batches fill up.
+    """
+
+    store: str
+    model_name: str
+    host: str = "0.0.0.0"
+    grpc_port: int = 8500
+    rest_port: int = 8501
+    label: str | None = None
+    poll_interval_s: float = 5.0
+    batching: bool = True
+    max_batch_size: int = 32
+    batch_timeout_s: float = 0.002
+    num_batch_threads: int = 2
+    max_message_bytes: int = 16 * 1024 * 1024
+    grpc_workers: int = 64
+    cache_dir: Path | None = None
+    warm_up: bool = True
+
+
+class ModelServer:
+    """A running model server: `start()`, the bound ports, `stop()`."""
+
+    def __init__(self, config: ModelServerConfig, s3_settings: S3Settings | None = None) -> None:
+        check_model_name(config.model_name)
+        self.config = config
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        root, refresh = self._local_root(s3_settings)
+        batching = (
+            BatchingConfig(config.max_batch_size, config.batch_timeout_s, config.num_batch_threads)
+            if config.batching else None
+        )
+        self.batch_sizes: list[int] = []  # recent batch sizes, for tests and the benchmark
+        self.manager = ModelManager(
+            root,
+            config.model_name,
+            ManagerConfig(label=config.label, poll_interval_s=config.poll_interval_s, batching=batching, warm_up=config.warm_up),
+            refresh=refresh,
+            on_batch=self._record_batch,
+        )
+        self.grpc_server: grpc.Server | None = None
+        self.rest: HttpServer | None = None
+        self.grpc_port = 0
+
+    def _record_batch(self, rows: int) -> None:
+        self.batch_sizes.append(rows)
+        if len(self.batch_sizes) > 10000:
+            del self.batch_sizes[:5000]
+
+    def _local_root(self, s3_settings: S3Settings | None):
+        if not self.config.store.startswith("s3://"):
+            return Path(self.config.store), None
+        from cifarflow.serving.store import open_store
+        from cifarflow.serving.sync import SyncConfig, sync_once
+
+        if self.config.cache_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="cifarflow-model-cache-")
+        cache = self.config.cache_dir or Path(self._tmp.name)
+        source = open_store(self.config.store, s3_settings)
+        sync_config = SyncConfig(models=(self.config.model_name,), keep=2)
+        return cache, lambda: sync_once(source, cache, sync_config)
+
+    def start(self) -> "ModelServer":
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        from cifarflow.serving.model_server.grpc_servicer import ModelStatusServicer, PredictionServicer
+        from cifarflow.serving.model_server.rest import RestApi
+
+        self.manager.start()
+        limit = self.config.max_message_bytes
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.config.grpc_workers, thread_name_prefix="grpc"),
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                     ("grpc.so_reuseport", 0)],
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.manager), self.grpc_server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(self.manager), self.grpc_server)
+        self.grpc_port = self.grpc_server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC to {self.config.host}:{self.config.grpc_port}")
+        self.grpc_server.start()
+        if self.config.rest_port >= 0:
+            self.rest = HttpServer(HttpConfig(self.config.host, self.config.rest_port, max_body_bytes=limit), RestApi(self.manager)).start()
+        log.info("serving %s from %s: gRPC %d, REST %s", self.config.model_name, self.config.store, self.grpc_port,
+                 self.rest.port if self.rest else "off")
+        return self
+
+    @property
+    def rest_port(self) -> int | None:
+        return self.rest.port if self.rest else None
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        if self.rest:
+            self.rest.stop(grace_s)
+        if self.grpc_server:
+            self.grpc_server.stop(grace_s).wait()
+        self.manager.stop()
+        if self._tmp:
+            self._tmp.cleanup()
+
+
+def run_model_server(config: ModelServerConfig, s3_settings: S3Settings | None = None) -> int:
+    """Serves until SIGTERM/SIGINT, then drains in-flight requests."""
+    server = ModelServer(config, s3_settings).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"model server: gRPC on {config.host}:{server.grpc_port}, REST on {config.host}:{server.rest_port}", flush=True)
+    stop.wait()
+    server.stop()
+    return 0

@@ -1,0 +1,37 @@
+"""Session fixtures for the serving tests: one exported test model, real images."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.serving.images import cifar_test_images
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory) -> Path:
+    """The test model (seed 0) exported once per session; TF is imported here."""
+    from tests.serving.model_factory import export_test_model
+
+    return export_test_model(tmp_path_factory.mktemp("export") / "model")
+
+
+@pytest.fixture(scope="session")
+def favour7_model(tmp_path_factory) -> Path:
+    """A second version that answers class 7 (insects) for every image."""
+    from tests.serving.model_factory import export_test_model
+
+    return export_test_model(tmp_path_factory.mktemp("export7") / "model", seed=1, favour_class=7)
+
+
+@pytest.fixture(scope="session")
+def cifar():
+    return cifar_test_images()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
