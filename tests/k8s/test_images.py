@@ -1,0 +1,176 @@
+"""The container images: Dockerfiles linted and checked, tags from cifarflow.images.
+
+No Docker engine runs here, so the images are never built in the tests:
+hadolint and the static checks below are what stands between a Dockerfile
+mistake and a failed `make image` on a user's machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cifarflow import images
+from tests.k8s.manifests import (
+    K8S,
+    REPO,
+    constraint_pin,
+    folder_id,
+    pod_containers,
+    render,
+    serving_folders,
+    venv_tool,
+)
+
+DOCKER = REPO / "docker"
+DOCKERFILES = {"cpu": DOCKER / "Dockerfile", "gpu": DOCKER / "Dockerfile.gpu"}
+TF_VERSION = constraint_pin("tensorflow")
+
+
+@pytest.fixture
+def default_image_names(monkeypatch):
+    """cifarflow.images as a release sees it: no environment overrides."""
+    monkeypatch.delenv("CIFARFLOW_IMAGE_REPOSITORY", raising=False)
+    monkeypatch.delenv("CIFARFLOW_IMAGE_TAG", raising=False)
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    logical, pending = [], ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        pending += " " + stripped.rstrip("\\").strip() if pending else stripped.rstrip("\\").strip()
+        if not stripped.endswith("\\"):
+            logical.append(pending)
+            pending = ""
+    return [(l.split(None, 1)[0].upper(), l.split(None, 1)[1] if " " in l else "") for l in logical]
+
+
+# --- lint --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_hadolint_passes(variant):
+    result = subprocess.run(
+        [venv_tool("hadolint"), "--no-color", "--config", str(DOCKER / "hadolint.yaml"), str(DOCKERFILES[variant])],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_really_lints(tmp_path):
+    """The configuration catches what the static checks below care about."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM quay.io/someone/tensorflow:latest\nRUN pip install tensorflow\n")
+    result = subprocess.run(
+        [venv_tool("hadolint"), "--no-color", "--config", str(DOCKER / "hadolint.yaml"), str(bad)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    for rule in ("DL3007", "DL3013", "DL3026", "DL3042"):  # latest, unpinned pip, registry, pip cache
+        assert rule in result.stdout
+
+
+# --- static checks -------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_built_from_the_pinned_official_tensorflow_image(variant):
+    froms = [args for op, args in instructions(DOCKERFILES[variant]) if op == "FROM"]
+    suffix = "-gpu" if variant == "gpu" else ""
+    # The base image's TensorFlow is the one the constraints pin, so pip keeps it.
+    assert froms == [f"tensorflow/tensorflow:{TF_VERSION}{suffix}"]
+
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_runs_as_a_fixed_non_root_user(variant):
+    users = [args for op, args in instructions(DOCKERFILES[variant]) if op == "USER"]
+    assert users, "no USER: the image would run as root"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "a numeric uid, so runAsNonRoot can verify it"
+    for workload_folder in serving_folders():
+        for obj in render(workload_folder):
+            if obj["kind"] != "Deployment":
+                continue
+            pod = obj["spec"]["template"]["spec"]
+            if any(c["image"].startswith(images.DEFAULT_REPOSITORY) for c in pod_containers(pod)):
+                assert str(pod["securityContext"]["runAsUser"]) == uid, f"{folder_id(workload_folder)}: manifests and image agree on the uid"
+
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_every_pip_install_uses_the_constraints(variant):
+    installs = [args for op, args in instructions(DOCKERFILES[variant]) if op == "RUN" and "pip" in args and " install" in args]
+    assert len(installs) >= 2, "dependencies and the package"
+    for args in installs:
+        for command in re.split(r"&&|;", args):
+            if re.search(r"\bpip\b.*\binstall\b", command):
+                assert "-c /src/requirements/constraints.txt" in command, command
+    package_install = installs[-1]
+    assert "check" in package_install, "pip check after installing the package"
+
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_entrypoint_is_the_console_script(variant):
+    ops = dict(instructions(DOCKERFILES[variant]))
+    assert ops["ENTRYPOINT"] == '["cifarflow"]'
+
+
+def test_cpu_and_gpu_dockerfiles_differ_only_in_their_base_image():
+    cpu, gpu = (instructions(p) for p in DOCKERFILES.values())
+    assert [i for i in cpu if i[0] != "FROM"] == [i for i in gpu if i[0] != "FROM"]
+
+
+def test_dockerignore_sends_the_package_and_nothing_private():
+    lines = [l.strip() for l in (REPO / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert lines[0] == "*", "an allow-list: new files stay out unless named"
+    allowed = {l[1:].rstrip("/") for l in lines if l.startswith("!")}
+    setup = (REPO / "setup.cfg").read_text()
+    package_dirs = set(re.findall(r"^\s+cifarflow[\w.]* = (\w+)$", setup, re.MULTILINE))
+    assert package_dirs and package_dirs <= allowed
+    assert {"setup.cfg", "pyproject.toml", "README.md", "requirements/constraints.txt", "requirements/base.in"} <= allowed
+    assert not allowed & {".venv", ".git", "data", "runs", "k8s"}
+    for path in allowed:
+        assert (REPO / path).exists(), f".dockerignore lets in {path}, which does not exist"
+
+
+# --- one place for image names ---------------------------------------------------------
+
+def test_manifests_project_image_is_cifarflow_images_cpu_image(default_image_names):
+    component = yaml.safe_load((K8S / "components" / "images" / "kustomization.yaml").read_text())
+    (entry,) = [i for i in component["images"] if i["name"] == "cifarflow"]
+    assert f"{entry['newName']}:{entry['newTag']}" == images.cpu_image()
+    for folder in serving_folders():
+        for obj in render(folder):
+            if obj["kind"] == "Deployment":
+                for c in pod_containers(obj["spec"]["template"]["spec"]):
+                    if not c["image"].startswith("tensorflow/serving:"):
+                        assert c["image"] == images.cpu_image(), f"{folder_id(folder)}/{c['name']}"
+
+
+def test_tf_serving_image_matches_the_serving_api_pin():
+    pin = constraint_pin("tensorflow-serving-api")
+    component = yaml.safe_load((K8S / "components" / "images" / "kustomization.yaml").read_text())
+    (entry,) = [i for i in component["images"] if i["name"] == "tensorflow/serving"]
+    assert entry["newTag"] == pin
+    gpu = yaml.safe_load((K8S / "components" / "gpu-serving" / "kustomization.yaml").read_text())
+    (gpu_entry,) = [i for i in gpu["images"] if i["name"] == "tensorflow/serving"]
+    assert gpu_entry["newTag"] == f"{pin}-gpu"
+
+
+@pytest.mark.parametrize("target, image", [("image", "cpu_image"), ("image-gpu", "gpu_image")])
+def test_make_targets_tag_from_cifarflow_images(target, image, default_image_names):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIFARFLOW_IMAGE_")}
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-s", target, "IMAGE_BUILDER=echo"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    dockerfile = "docker/Dockerfile.gpu" if target == "image-gpu" else "docker/Dockerfile"
+    assert result.stdout.split() == ["build", "-f", dockerfile, "-t", getattr(images, image)(), "."]
