@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: venv run test bench-data sample lock clean help
+.PHONY: venv run test bench-data sample lock clean help proto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -57,3 +57,6 @@ image:  ## build the CPU project image (pipeline steps, gateway, sync)
 
 image-gpu:  ## build the GPU project image (the train step)
 	$(IMAGE_BUILDER) build -f docker/Dockerfile.gpu -t $(call IMAGE_OF,gpu_image) .
+
+proto: $(STAMP)  ## regenerate the gateway's gRPC code from serving/gateway/proto/classifier.proto
+	$(BIN)/python -m cifarflow.serving.gateway.proto.generate
