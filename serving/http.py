@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from cifarflow.serving.errors import PayloadTooLarge, ServingError, Unavailable, as_serving_error
+from cifarflow.serving.errors import PayloadTooLarge, ServingError, Unauthenticated, Unavailable, as_serving_error
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ def error_response(exc: BaseException, request_id: str = "") -> Response:
     headers = {}
     if isinstance(error, Unavailable):
         headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, Unauthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="cifarflow"'
     payload = {"error": error.message}
     if request_id:
         payload["request_id"] = request_id

@@ -128,6 +128,9 @@ def serve_model(args: argparse.Namespace) -> int:
 
 
 def serve_gateway(args: argparse.Namespace) -> int:
+    from cifarflow.serving.protos import use_protos_only
+
+    use_protos_only()  # the gateway needs TF Serving's messages, not TensorFlow (saves ~550 MB)
     from cifarflow.serving.gateway.config import GatewayConfig, load_token
     from cifarflow.serving.gateway.server import run_gateway
 

@@ -1,0 +1,1 @@
+"""The gateway: REST, its own gRPC service and a web page in front of a model server."""

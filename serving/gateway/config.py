@@ -1,0 +1,71 @@
+"""Gateway configuration, and where its bearer token comes from."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Mapping
+
+from cifarflow.errors import BadInputError
+
+TOKEN_ENV = "CIFARFLOW_GATEWAY_TOKEN"
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig:
+    """Attributes:
+    backend: model server (or TensorFlow Serving) gRPC address, HOST:PORT.
+    port / grpc_port: 0 picks a free port; grpc_port < 0 disables gRPC.
+    model_name: the model to ask the backend for.
+    backend_timeout_s: deadline of each backend call.
+    max_image_bytes: largest image (upload or fetched); 413 above.
+    max_pixels: largest width*height; refuses decompression bombs before decoding.
+    allowed_url_hosts: hosts `/predict` may fetch from ('*.example.com' for
+        subdomains); empty turns URL fetching off.
+    allow_private_urls: allow private, loopback and link-local addresses.
+    url_timeout_s: total time for one URL fetch.
+    token: bearer token clients must send; None turns auth off.
+    shutdown_grace_s: how long a stop waits for in-flight requests.
+    """
+
+    backend: str
+    host: str = "0.0.0.0"
+    port: int = 8080
+    grpc_port: int = 8081
+    model_name: str = "cifarflow"
+    backend_timeout_s: float = 5.0
+    max_image_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    allowed_url_hosts: tuple[str, ...] = ()
+    allow_private_urls: bool = False
+    url_timeout_s: float = 5.0
+    token: str | None = dataclasses.field(default=None, repr=False)
+    shutdown_grace_s: float = 10.0
+    default_top_k: int = 5
+
+    def __post_init__(self) -> None:
+        if ":" not in self.backend:
+            raise BadInputError(f"--backend must be HOST:PORT, got {self.backend!r}")
+        if self.max_image_bytes <= 0 or self.max_pixels <= 0:
+            raise BadInputError("image limits must be positive")
+
+    @property
+    def max_body_bytes(self) -> int:
+        # base64 in JSON is 4/3 of the image, multipart adds headers: leave room
+        # so the image limit (a clear 413 naming the image) is what users hit.
+        return self.max_image_bytes * 4 // 3 + 64 * 1024
+
+
+def load_token(environ: Mapping[str, str] | None = None, token_file: Path | None = None) -> str | None:
+    """The bearer token from a mounted secret file, else from CIFARFLOW_GATEWAY_TOKEN; None if neither."""
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise BadInputError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
+        if not token:
+            raise BadInputError(f"--token-file {token_file} is empty")
+        return token
+    env = os.environ if environ is None else environ
+    return env.get(TOKEN_ENV, "").strip() or None

@@ -1,0 +1,85 @@
+"""The gateway's own gRPC service (classifier.proto): Classify and ClassifyBatch.
+
+Auth (the `authorization` metadata), request ids (`x-request-id` in, or
+generated; sent back as initial metadata), the caller's deadline (passed on
+to the backend call) and metrics are handled once in `_call`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Callable
+
+import grpc
+
+from cifarflow.serving.errors import InvalidInput, ServingError, as_serving_error
+from cifarflow.serving.gateway.auth import BearerAuth
+from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
+from cifarflow.serving.gateway.service import Classification, Classifier, check_top_k
+
+access_log = logging.getLogger("cifarflow.gateway.access")
+log = logging.getLogger(__name__)
+
+
+def _response(result: Classification, top_k: int, request_id: str) -> classifier_pb2.ClassifyResponse:
+    response = classifier_pb2.ClassifyResponse(model=result.model, version=result.version, request_id=request_id)
+    for class_id, name, probability in result.top(top_k):
+        response.predictions.add(class_name=name, probability=probability, class_id=class_id)
+    return response
+
+
+class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
+    def __init__(self, classifier: Classifier, auth: BearerAuth, is_draining: Callable[[], bool]) -> None:
+        self.classifier = classifier
+        self.auth = auth
+        self.is_draining = is_draining
+
+    def _call(self, endpoint: str, context: grpc.ServicerContext, work: Callable[[str, float | None], object]):
+        started = time.perf_counter()
+        metadata = dict(context.invocation_metadata())
+        request_id = str(metadata.get("x-request-id") or "")[:64] or uuid.uuid4().hex
+        context.send_initial_metadata((("x-request-id", request_id),))
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        code, error = "OK", None
+        try:
+            if self.is_draining():
+                from cifarflow.serving.errors import Unavailable
+
+                raise Unavailable("the gateway is shutting down")
+            self.auth.check(metadata.get("authorization"))
+            return work(request_id, deadline)
+        except Exception as exc:
+            error = as_serving_error(exc)
+            if not isinstance(exc, ServingError):
+                log.exception("unhandled error in %s (request %s)", endpoint, request_id)
+            code = error.grpc_code.name
+        finally:
+            seconds = time.perf_counter() - started
+            self.classifier.metrics.observe("grpc", endpoint, code, seconds, error.cause if error else None)
+            access_log.info(json.dumps({"event": "request", "protocol": "grpc", "request_id": request_id,
+                                        "method": endpoint, "code": code, "ms": round(seconds * 1000, 2)}))
+        context.abort(error.grpc_code, error.message)
+
+    def Classify(self, request, context):
+        def work(request_id: str, deadline: float | None):
+            top_k = check_top_k(request.top_k, self.classifier.config.default_top_k)
+            source = request.WhichOneof("source")
+            if source is None:
+                raise InvalidInput("set 'image' (bytes) or 'url'")
+            data = request.image if source == "image" else self.classifier.fetch(request.url)
+            result = self.classifier.classify([data], request_id, deadline)[0]
+            return _response(result, top_k, request_id)
+
+        return self._call("Classify", context, work)
+
+    def ClassifyBatch(self, request, context):
+        def work(request_id: str, deadline: float | None):
+            top_k = check_top_k(request.top_k, self.classifier.config.default_top_k)
+            results = self.classifier.classify(list(request.images), request_id, deadline)
+            return classifier_pb2.ClassifyBatchResponse(results=[_response(r, top_k, request_id) for r in results])
+
+        return self._call("ClassifyBatch", context, work)

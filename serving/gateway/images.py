@@ -1,0 +1,115 @@
+"""Checking an uploaded image before it reaches the model, and fixing what TF would get wrong.
+
+Checks, each a 4xx with a message: empty, too many bytes (413), not an image
+(400), a format the model does not decode (415), too many pixels (413, read
+from the header before decoding: decompression bombs), truncated or corrupt
+(400). One undecodable image would fail a whole server-side batch, so
+nothing unchecked is sent on.
+
+The model decodes in its graph, so an ordinary RGB or grayscale JPEG/PNG is
+passed through byte for byte (training and serving see the same decoder).
+What TensorFlow's decoder would get wrong is normalised here and re-encoded
+as PNG: EXIF orientation (TF ignores it), transparency (composited on white
+rather than dropped to whatever colour hides under alpha 0), palette, CMYK,
+16-bit and other modes, and animated or non-JPEG/PNG formats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cifarflow.serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+_PASS_THROUGH_FORMATS = {"JPEG", "PNG"}
+_PASS_THROUGH_MODES = {"RGB", "L"}
+# Re-encoded images are shrunk to this side first: the model resizes to 32x32
+# anyway, and a lossless PNG of a large photo would be tens of megabytes.
+_MAX_NORMALISED_SIDE = 512
+_ORIENTATION = 0x0112
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedImage:
+    """What goes to the model, and what was found on the way."""
+
+    data: bytes
+    format: str
+    width: int
+    height: int
+    normalised: bool
+
+
+def prepare_image(data: bytes, limits: ImageLimits) -> PreparedImage:
+    """Validates `data` and returns bytes the model decodes correctly.
+
+    Raises:
+        InvalidInput: empty, not an image, truncated or corrupt.
+        PayloadTooLarge: too many bytes or pixels.
+        UnsupportedMediaType: an image format the service does not take.
+    """
+    if not data:
+        raise InvalidInput("empty image: the upload has no bytes")
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes} bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check pixels ourselves
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise InvalidInput("not an image: the bytes are not a format the service recognises "
+                               f"(send {', '.join(SUPPORTED_FORMATS)})") from None
+        except Image.DecompressionBombError as exc:
+            raise PayloadTooLarge(f"image has too many pixels: {exc}") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise InvalidInput(f"corrupt image header: {exc}") from None
+        fmt = image.format or "unknown"
+        if fmt not in SUPPORTED_FORMATS:
+            raise UnsupportedMediaType(f"unsupported image format {fmt}: send {', '.join(SUPPORTED_FORMATS)}")
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
+        if width == 0 or height == 0:
+            raise InvalidInput("image has no pixels")
+        try:
+            orientation = image.getexif().get(_ORIENTATION, 1)
+        except Exception:  # a broken EXIF block: ignore it like TF does
+            orientation = 1
+        pass_through = fmt in _PASS_THROUGH_FORMATS and image.mode in _PASS_THROUGH_MODES and orientation in (0, 1)
+        try:
+            if fmt == "JPEG":
+                # A reduced-scale decode still reads every byte (so it catches
+                # truncation) at a fraction of the cost of a full decode.
+                side = 256 if pass_through else _MAX_NORMALISED_SIDE
+                image.draft(image.mode if image.mode in _PASS_THROUGH_MODES else "RGB", (side, side))
+            image.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise InvalidInput(f"truncated or corrupt {fmt} image: {exc}") from None
+        if pass_through:
+            return PreparedImage(data, fmt, width, height, normalised=False)
+        return PreparedImage(_normalise(image), fmt, width, height, normalised=True)
+
+
+def _normalise(image: Image.Image) -> bytes:
+    image = ImageOps.exif_transpose(image)  # applies and drops the EXIF orientation
+    if image.mode in ("P", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    image = image.convert("RGB")
+    if max(image.size) > _MAX_NORMALISED_SIDE:
+        image.thumbnail((_MAX_NORMALISED_SIDE, _MAX_NORMALISED_SIDE), Image.LANCZOS)  # antialiased
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()

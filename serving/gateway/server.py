@@ -1,0 +1,118 @@
+"""`cifarflow serve gateway`: REST + gRPC + web page in front of a model server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+
+from cifarflow.serving.gateway.auth import BearerAuth
+from cifarflow.serving.gateway.backend import Backend
+from cifarflow.serving.gateway.config import GatewayConfig
+from cifarflow.serving.gateway.metrics import GatewayMetrics
+from cifarflow.serving.gateway.service import Classifier
+from cifarflow.serving.http import HttpConfig, HttpServer, Request, Response
+
+access_log = logging.getLogger("cifarflow.gateway.access")
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """A running gateway: `start()`, `port`/`grpc_port`, `stop()` (graceful)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.backend = Backend(config.backend, config.model_name, config.backend_timeout_s,
+                               max_message_bytes=max(64 * 1024 * 1024, 2 * config.max_image_bytes))
+        self.classifier = Classifier(config, self.backend, self.metrics)
+        self.auth = BearerAuth(config.token)
+        self._draining = threading.Event()
+        from cifarflow.serving.gateway.rest import GatewayApi
+
+        self.api = GatewayApi(self.classifier, self.auth, self._draining.is_set)
+        self.http = HttpServer(HttpConfig(config.host, config.port, max_body_bytes=config.max_body_bytes),
+                               self.api, on_done=self._log_request)
+        self.grpc_server: grpc.Server | None = None
+        self.grpc_port: int | None = None
+
+    @property
+    def port(self) -> int:
+        return self.http.port
+
+    def _log_request(self, request: Request, response: Response, seconds: float) -> None:
+        endpoint = self.api.endpoint_name(request)
+        cause = None
+        if response.status >= 400:
+            try:
+                cause = _cause_for_status(response.status)
+            except Exception:
+                cause = "other"
+        self.metrics.observe("http", endpoint, str(response.status), seconds, cause)
+        # One JSON line per request: greppable by request id, no bodies, no tokens.
+        access_log.info(json.dumps({
+            "event": "request", "protocol": "http", "request_id": request.request_id, "method": request.method,
+            "path": endpoint, "status": response.status, "ms": round(seconds * 1000, 2), "client": request.client,
+        }))
+
+    def start(self) -> "Gateway":
+        self.http.start()
+        if self.config.grpc_port >= 0:
+            from cifarflow.serving.gateway.grpc_service import ClassifierServicer
+            from cifarflow.serving.gateway.proto import classifier_pb2_grpc
+
+            limit = self.config.max_body_bytes
+            self.grpc_server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="gw-grpc"),
+                options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)],
+            )
+            classifier_pb2_grpc.add_ClassifierServicer_to_server(
+                ClassifierServicer(self.classifier, self.auth, self._draining.is_set), self.grpc_server)
+            self.grpc_port = self.grpc_server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+            self.grpc_server.start()
+        log.info(json.dumps({"event": "started", "http_port": self.port, "grpc_port": self.grpc_port,
+                             "backend": self.config.backend, "auth": self.auth.enabled,
+                             "url_fetching": self.classifier.url_policy.enabled}))
+        return self
+
+    def stop(self, grace_s: float | None = None) -> bool:
+        """Refuses new work (readyz turns 503 first), finishes in-flight requests, closes.
+
+        Returns:
+            True when every in-flight request finished within the grace period.
+        """
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        self._draining.set()
+        finished = True
+        if self.grpc_server is not None:
+            stopped = self.grpc_server.stop(grace)
+            finished = self.http.stop(grace) and finished
+            stopped.wait()
+        else:
+            finished = self.http.stop(grace)
+        self.backend.close()
+        log.info(json.dumps({"event": "stopped", "drained": finished}))
+        return finished
+
+
+def _cause_for_status(status: int) -> str:
+    return {400: "invalid_input", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+            413: "too_large", 415: "unsupported_type", 502: "bad_gateway", 503: "unavailable",
+            504: "deadline"}.get(status, "internal" if status >= 500 else "other")
+
+
+def run_gateway(config: GatewayConfig) -> int:
+    """Serves until SIGTERM/SIGINT, then drains (Kubernetes sends SIGTERM before killing a pod)."""
+    gateway = Gateway(config).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"gateway: HTTP on {config.host}:{gateway.port}, gRPC on {config.host}:{gateway.grpc_port}, "
+          f"backend {config.backend}", flush=True)
+    stop.wait()
+    gateway.stop()
+    return 0
