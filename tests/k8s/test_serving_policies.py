@@ -328,3 +328,44 @@ def test_only_the_gateway_reaches_tf_serving_grpc(folder):
                     if 8500 in ports:
                         grpc_reachable_from_gateway |= {i for i, g in enumerate(gateways) if labels_match(selector, g)}
         assert grpc_reachable_from_gateway == set(range(len(gateways))), "every gateway must reach TF Serving"
+
+
+# --- the command lines against the real CLI ----------------------------------------
+
+def _parse(argv: list[str]):
+    """argv as the `cifarflow` console script would parse it; a flag the CLI
+    does not know fails here rather than in a crash-looping pod."""
+    import contextlib
+    import io
+
+    from cifarflow.cli.main import build_parser
+
+    assert argv[0] == "cifarflow"
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            return build_parser().parse_args(argv[1:])
+    except SystemExit:
+        raise AssertionError(f"`{' '.join(argv)}` is refused by the CLI: {errors.getvalue()}") from None
+
+
+def test_project_command_lines_are_accepted_by_the_cli(folder):
+    objects = render(folder)
+    fake_secrets = {"cifarflow-model-store": {"accesskey": "a", "secretkey": "s"}, "cifarflow-gateway-token": {"token": "t"}}
+    for deployment in model_server_deployments(objects):
+        pod = deployment["spec"]["template"]["spec"]
+        (config,) = model_config(objects, deployment)["model_config_list"][0]["config"]
+        for sync in pod["initContainers"]:
+            env = container_env(objects, sync, fake_secrets)
+            args = _parse(command_line(objects, sync, fake_secrets))
+            assert (args.verb, args.part) == ("serve", "sync")
+            assert args.source == env["MODEL_STORE"] and args.model_name == [env["MODEL_NAME"]]
+            assert args.watch == (sync.get("restartPolicy") == "Always")
+    for deployment in gateway_deployments(objects):
+        pod = deployment["spec"]["template"]["spec"]
+        args = _parse(command_line(objects, container(pod, "gateway"), fake_secrets))
+        assert (args.verb, args.part) == ("serve", "gateway")
+        assert args.host == "0.0.0.0", "reachable through the Service"
+        # The gateway asks TF Serving for the model its models.config serves.
+        assert args.model_name == config["name"][0]
+        assert args.shutdown_grace < pod["terminationGracePeriodSeconds"], "in-flight requests finish before SIGKILL"
