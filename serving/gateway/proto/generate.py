@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,18 +25,19 @@ GENERATED = ("classifier_pb2.py", "classifier_pb2.pyi", "classifier_pb2_grpc.py"
 
 def generate(out_dir: Path) -> dict[str, bytes]:
     """Runs protoc (grpcio-tools) and returns {file name: contents}."""
-    from grpc_tools import protoc
-
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp)
         (tree / PACKAGE_PATH).mkdir(parents=True)
         shutil.copyfile(PROTO, tree / PACKAGE_PATH / PROTO.name)
-        code = protoc.main([
-            "grpc_tools.protoc", f"-I{tree}", f"--python_out={tree}", f"--pyi_out={tree}",
-            f"--grpc_python_out={tree}", str(PACKAGE_PATH / PROTO.name),
-        ])
-        if code != 0:
-            raise SystemExit(f"protoc failed with exit code {code}")
+        # protoc runs in its own process: its bundled protobuf C++ library and
+        # TensorFlow's crash each other when both are loaded in one process.
+        done = subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", f"-I{tree}", f"--python_out={tree}", f"--pyi_out={tree}",
+             f"--grpc_python_out={tree}", str(PACKAGE_PATH / PROTO.name)],
+            cwd=tree, capture_output=True, text=True,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"protoc failed with exit code {done.returncode}: {done.stderr.strip()}")
         result = {name: (tree / PACKAGE_PATH / name).read_bytes() for name in GENERATED}
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in result.items():
