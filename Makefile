@@ -30,7 +30,7 @@ test: $(STAMP)  ## run the test suite (starts its own S3 and HTTP servers)
 bench-data: $(STAMP)  ## benchmark ingest + preprocess of the full archive
 	$(BIN)/python bench/ingest_preprocess.py
 
-sample: $(STAMP)  ## rebuild data/sample/ from the full archive in ../shared/data
+sample: $(STAMP)  ## rebuild cifarflow/data/sample/ from the full archive in ../shared/data
 	$(BIN)/python scripts/make_sample.py
 
 lock:  ## re-resolve requirements/*.in into requirements/constraints.txt

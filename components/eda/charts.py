@@ -64,6 +64,20 @@ def channel_histogram_svg(histogram: Sequence[Sequence[int]]) -> str:
     return _svg(fig)
 
 
+def curves_svg(series: dict[str, Sequence[tuple[float, float]]], ylabel: str) -> str:
+    """One line per named series of (x, y) points, e.g. val accuracy per epoch."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for label, points in series.items():
+        xs, ys = zip(*points) if points else ((), ())
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
 def png_data_uri(image: np.ndarray) -> str:
     """uint8 [H, W, 3] -> `data:image/png;base64,...`."""
     from PIL import Image

@@ -1,0 +1,70 @@
+"""Keeps a local pipeline run's console readable while logging everything.
+
+kfp.local echoes each task's full executor input and output JSON. The run
+log (`runs/<run-id>/run.log`) keeps all of it; the console shows task
+starts and outcomes and the lines cifarflow's own steps print
+(`ingest: ...`, `train: ...`), so progress reads like a short story.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from pathlib import Path
+from typing import TextIO
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STEP_PREFIXES = ("ingest", "download", "preprocess", "eda", "grid", "train", "evaluate", "select", "publish", "pipeline")
+_SHOW = re.compile(
+    r"^(?:(?:" + "|".join(_STEP_PREFIXES) + r")\b.*?:\s|epoch\s)"  # our own steps' progress
+    r"|.* - (?:INFO|WARNING|ERROR) - (?:Running pipeline|Executing task|Task .* (?:finished|failed|cache hit)|Pipeline .* finished)"
+)
+
+
+class FilteredConsole(io.TextIOBase):
+    """A stdout stand-in: every line to `log`, the interesting ones to `console`."""
+
+    def __init__(self, console: TextIO, log: TextIO, show_all: bool = False) -> None:
+        self._console = console
+        self._log = log
+        self._show_all = show_all
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            plain = _ANSI.sub("", line).strip()
+            if self._show_all:
+                self._console.write(line + "\n")
+            elif plain and _SHOW.match(plain):
+                self._console.write(plain + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._log.flush()
+        self._console.flush()
+
+
+class capture_console:
+    """Context manager that routes stdout through `FilteredConsole` into `log_path`."""
+
+    def __init__(self, log_path: Path, verbose: bool = False) -> None:
+        self._log_path = log_path
+        self._verbose = verbose
+
+    def __enter__(self) -> "capture_console":
+        self._log = open(self._log_path, "a", encoding="utf-8")
+        self._stdout = sys.stdout
+        sys.stdout = FilteredConsole(self._stdout, self._log, show_all=self._verbose)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sys.stdout.flush()
+        sys.stdout = self._stdout
+        self._log.close()
