@@ -1,0 +1,96 @@
+"""Accuracy benchmark: one grid trial on the full CIFAR-100, scored on the official test set.
+
+    .venv/bin/python bench/accuracy.py --config configs/cpu.yaml [--trial 0] [--work DIR]
+
+Steps (each resumable: re-running the same command continues a killed run):
+1. preprocess the full archive (../shared/data/cifar-100-python.tar.gz by
+   default) into `<work>/data` (stratified 10 % val split of the official
+   train set, the official 10,000-image test set);
+2. `train` the trial into `<work>/model`;
+3. `evaluate` it into `<work>/model` (metrics.json, report);
+4. append a record to `bench/results/accuracy.json`:
+   `{"config", "trial", "split": "test", "accuracy", "macro_f1", "train_seconds",
+   "epochs", "device", "backend", "date", ...}`.
+
+A trained model from elsewhere (e.g. a GPU machine's model.keras exported
+here) can be scored with `--skip-train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "accuracy.json"
+DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar-100-python.tar.gz"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="grid YAML, e.g. configs/cpu.yaml")
+    parser.add_argument("--trial", type=int, default=0)
+    parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE), help="official-format CIFAR-100 archive")
+    parser.add_argument("--work", default=None, help="work folder (default /tmp/cifarflow-bench/<config>-t<trial>)")
+    parser.add_argument("--skip-train", action="store_true", help="score the model already in <work>/model")
+    parser.add_argument("--note", default="", help="free text stored with the record")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    from cifarflow.components.train.config import load_grid
+    from cifarflow.components.train.executor import TrainResult, train
+
+    grid = load_grid(args.config)
+    trial = grid.trial(args.trial)
+    work = Path(args.work or f"/tmp/cifarflow-bench/{grid.name}-t{args.trial}")
+    data_dir = work / "data"
+    if not (data_dir / "stats.json").is_file():
+        archive = Path(args.archive)
+        if not archive.is_file():
+            print(f"no archive at {archive}; pass --archive", file=sys.stderr)
+            return 2
+        from tests.components.train_data import write_splits_from_archive
+
+        print(f"preprocessing {archive} -> {data_dir}", file=sys.stderr, flush=True)
+        write_splits_from_archive(archive, data_dir)
+    model_dir = work / "model"
+    result = TrainResult.load(model_dir) if args.skip_train else train(data_dir, trial, model_dir)
+
+    from cifarflow.components.evaluate.executor import evaluate
+
+    evaluation = evaluate(model_dir, data_dir, model_dir)
+    test = evaluation.metrics["splits"]["test"]
+    record = {
+        "config": grid.name,
+        "trial": args.trial,
+        "split": "test",
+        "accuracy": round(test["accuracy"], 4),
+        "macro_f1": round(test["macro_f1"], 4),
+        "top5_accuracy": round(test["top5_accuracy"], 4),
+        "ece": round(test["ece"], 4),
+        "ece_uncalibrated": round(test["ece_uncalibrated"], 4),
+        "val_accuracy": round(evaluation.metrics["splits"]["val"]["accuracy"], 4),
+        "train_seconds": round(result.train_seconds, 1),
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "params": result.params,
+        "device": result.device,
+        "backend": result.backend,
+        "dtype_policy": result.dtype_policy,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "note": args.note,
+    }
+    records = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    records.append(record)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(records, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

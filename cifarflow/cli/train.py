@@ -1,0 +1,61 @@
+"""`cifarflow train`: train one trial of a hyper-parameter grid."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help=summary,
+        description=(
+            f"{summary}. Trains trial N of the grid on a preprocessed dataset and writes the model "
+            "(SavedModel with serving_default and predict_pixels, model.keras, model.tflite), "
+            "history.json and curves.png to --out. Re-running with the same --out resumes a killed run."
+        ),
+        epilog="example: cifarflow train --data work/data --config configs/quick.yaml --trial 1 --out work/trial-1",
+    )
+    parser.add_argument("--data", help="preprocessed dataset folder (output of 'cifarflow preprocess')")
+    parser.add_argument("--config", help="hyper-parameter grid YAML, e.g. configs/cpu.yaml")
+    parser.add_argument("--trial", type=int, default=0, help="which trial of the grid (0-based; default 0)")
+    parser.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
+    parser.add_argument("--no-tflite", action="store_true", help="skip the TFLite file")
+    parser.add_argument(
+        "--export-only", action="store_true",
+        help="only (re-)export --out's model.keras as SavedModel/TFLite (e.g. after training on JAX)",
+    )
+    parser.add_argument("--list-trials", action="store_true", help="print the grid's trials and exit")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from cifarflow.components.train.config import load_grid
+    from cifarflow.errors import BadInputError
+
+    if args.export_only:
+        from cifarflow.components.train.export import export_model_folder
+
+        export_model_folder(args.out, tflite=not args.no_tflite)
+        print(f"exported {args.out}")
+        return 0
+    if not args.config:
+        raise BadInputError("--config is required (a grid YAML such as configs/quick.yaml)")
+    grid = load_grid(args.config)
+    if args.list_trials:
+        for index, trial in enumerate(grid.trial_dicts()):
+            print(index, json.dumps(trial, sort_keys=True))
+        return 0
+    if not args.data:
+        raise BadInputError("--data is required (the preprocessed dataset folder)")
+    trial = grid.trial(args.trial)
+    from cifarflow.components.train.executor import train
+
+    result = train(args.data, trial, args.out, export_tflite=not args.no_tflite)
+    print(
+        f"trial {args.trial} of {grid.name}: val accuracy {result.best_val_accuracy:.4f} (epoch {result.best_epoch} "
+        f"of {result.epochs_run}), {result.train_seconds / 60:.1f} min of training -> {args.out}"
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""The evaluate step: metrics, calibration, the HTML report and its KFP component."""

@@ -1,0 +1,68 @@
+"""KFP v2 component for the train step (a thin wrapper over `executor.train`)."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from cifarflow.images import gpu_image
+
+
+@dsl.component(base_image=gpu_image(), install_kfp_package=False)
+def train_component(
+    data: Input[Dataset],
+    trial: dict,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    curves: Output[HTML],
+) -> None:
+    """Trains one trial of a hyper-parameter grid.
+
+    Args:
+        data: the preprocessed dataset (train and val are used).
+        trial: one item of `Grid.trial_dicts()` (ints may arrive as floats).
+        model: the trial folder: SavedModel (serving_default, predict_pixels),
+            model.keras, model.tflite, history.json, train_summary.json.
+        metrics: best val accuracy, val loss, epochs, training seconds, temperature.
+        curves: loss and accuracy per epoch (HTML with the plot inlined).
+
+    Example:
+        >>> grid = load_grid("configs/quick.yaml")
+        >>> with dsl.ParallelFor(grid.trial_dicts()) as trial:
+        ...     train_task = train_component(data=preprocess_task.outputs["dataset"], trial=trial)
+    """
+    import base64
+    import html
+    from pathlib import Path
+
+    from cifarflow.components.train.config import TrialConfig
+    from cifarflow.components.train.executor import CURVES_FILE, train
+
+    config = TrialConfig.from_dict(trial)
+    result = train(data.path, config, model.path)
+    model.metadata.update(
+        {
+            "framework": "keras",
+            "architecture": config.architecture,
+            "params": result.params,
+            "best_epoch": result.best_epoch,
+            "val_accuracy": result.best_val_accuracy,
+            "temperature": result.temperature,
+            "backend": result.backend,
+            "device": result.device,
+        }
+    )
+    for name, value in (
+        ("val_accuracy", result.best_val_accuracy),
+        ("val_loss", result.val_loss),
+        ("best_epoch", result.best_epoch),
+        ("epochs_run", result.epochs_run),
+        ("train_seconds", result.train_seconds),
+        ("temperature", result.temperature),
+        ("val_ece_before", result.val_ece_before),
+        ("val_ece_after", result.val_ece_after),
+    ):
+        metrics.log_metric(name, float(value))
+    png = base64.b64encode((Path(model.path) / CURVES_FILE).read_bytes()).decode()
+    Path(curves.path).write_text(
+        f"<!doctype html><html><body><h1>Training curves</h1><pre>{html.escape(str(config.to_dict()))}</pre>"
+        f"<img alt='training curves' src='data:image/png;base64,{png}'></body></html>"
+    )

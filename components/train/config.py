@@ -1,0 +1,288 @@
+"""Hyper-parameter grids: YAML files in `configs/`, validated once on load.
+
+A grid file names a `base` trial (every hyper-parameter's value), an optional
+list of `trials` (each overrides some of `base`) and an optional `grid` (each
+key maps to a list of values; their cartesian product is crossed with the
+trials). Example:
+
+```yaml
+name: quick
+description: two tiny ResNets on the shipped sample
+selection_metric: val_accuracy
+base:
+  architecture: resnet
+  depth: 8
+  epochs: 2
+grid:
+  learning_rate: [0.05, 0.1]
+```
+
+Anything unknown or out of range is reported in one `BadInputError` that lists
+every problem. A trial travels through KFP as a plain JSON dict (see
+`TrialConfig.to_dict`), where integers may come back as floats; `from_dict`
+accepts those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from cifarflow.errors import BadInputError
+
+ARCHITECTURES = ("resnet", "densenet121", "resnet50", "xception")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "onecycle", "constant")
+MIXED_PRECISION = ("auto", "on", "off")
+SELECTION_METRICS = ("val_accuracy", "val_top5_accuracy", "val_macro_f1", "val_loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialConfig:
+    """Every hyper-parameter of one training run.
+
+    Attributes:
+        architecture: "resnet" (from scratch) or a transfer base
+            ("densenet121", "resnet50", "xception").
+        depth: resnet depth, 6n+2 (8, 14, 20, 32, ...).
+        width: resnet width multiplier of the 16-32-64 filter stages.
+        input_size: transfer bases: the size images are resized to (2023: 75).
+        weights: transfer bases: "imagenet", "none" or a weights file path.
+        freeze_base: transfer bases: train only the head.
+        size_inner: transfer bases: units of the Dense(relu) layer before the output.
+        dropout: dropout rate before the inner layer (transfer) or the output (resnet).
+        optimizer: "sgd" (Nesterov momentum), "adam" or "adamw".
+        learning_rate: peak learning rate.
+        momentum: SGD momentum.
+        schedule: "cosine" (linear warm-up, cosine decay to 0), "onecycle"
+            (linear up to the peak over `warmup_epochs`, linear down to 0) or "constant".
+        warmup_epochs: epochs of linear warm-up (may be fractional).
+        weight_decay: coupled L2 on kernels (sgd, adam); decoupled for adamw.
+        batch_size: images per step.
+        epochs: maximum epochs.
+        label_smoothing: cross-entropy label smoothing.
+        flip: random horizontal flip.
+        crop_padding: random translation by up to this many pixels (pad-and-crop).
+        cutout: side of a random erased square (0: off).
+        fine_label_weight: weight of an auxiliary 100-way fine-label head's loss
+            (0: off). The served model keeps only the 20 coarse outputs.
+        early_stopping_patience: epochs without val-accuracy gain before stopping (0: never).
+        time_budget_minutes: wall-clock budget of the training loop (0: none). After
+            each epoch the remaining epochs are re-planned to fit it, and the
+            learning-rate schedule is shortened to end on time.
+        mixed_precision: "auto" (on when a GPU is present), "on" or "off".
+        seed: seed of initialisation, shuffling and augmentation.
+    """
+
+    architecture: str = "resnet"
+    depth: int = 20
+    width: int = 1
+    input_size: int = 32
+    weights: str = "none"
+    freeze_base: bool = False
+    size_inner: int = 100
+    dropout: float = 0.0
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    epochs: int = 20
+    label_smoothing: float = 0.1
+    flip: bool = True
+    crop_padding: int = 4
+    cutout: int = 0
+    fine_label_weight: float = 0.0
+    early_stopping_patience: int = 0
+    time_budget_minutes: float = 0.0
+    mixed_precision: str = "auto"
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "trial") -> "TrialConfig":
+        """Builds and validates a trial; raises one BadInputError listing every problem."""
+        problems: list[str] = []
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            problems.append(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in known:
+                try:
+                    kwargs[key] = _coerce(key, value, known[key].type)
+                except ValueError as exc:
+                    problems.append(str(exc))
+        # Fields that failed to convert keep their defaults, so range checks
+        # still report the others in the same message.
+        config = cls(**kwargs)
+        problems.extend(config._range_problems())
+        if problems:
+            raise BadInputError(f"{where}: " + "; ".join(problems))
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """All hyper-parameters as a JSON-serialisable dict (the KFP ParallelFor item)."""
+        return dataclasses.asdict(self)
+
+    def _range_problems(self) -> list[str]:
+        p: list[str] = []
+
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                p.append(message)
+
+        check(self.architecture in ARCHITECTURES, f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        check(self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        check(self.depth >= 8 and (self.depth - 2) % 6 == 0, f"depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {self.depth}")
+        check(1 <= self.width <= 16, f"width must be in 1..16, got {self.width}")
+        check(32 <= self.input_size <= 512, f"input_size must be in 32..512, got {self.input_size}")
+        check(self.size_inner >= 1, f"size_inner must be >= 1, got {self.size_inner}")
+        check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        check(0.0 < self.learning_rate <= 10.0, f"learning_rate must be in (0, 10], got {self.learning_rate}")
+        check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
+        check(self.warmup_epochs >= 0 and self.warmup_epochs <= self.epochs, f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        check(0.0 <= self.weight_decay < 1.0, f"weight_decay must be in [0, 1), got {self.weight_decay}")
+        check(1 <= self.batch_size <= 8192, f"batch_size must be in 1..8192, got {self.batch_size}")
+        check(1 <= self.epochs <= 10_000, f"epochs must be in 1..10000, got {self.epochs}")
+        check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check(0 <= self.crop_padding <= 16, f"crop_padding must be in 0..16, got {self.crop_padding}")
+        check(0 <= self.cutout <= 32, f"cutout must be in 0..32, got {self.cutout}")
+        check(self.fine_label_weight >= 0.0, f"fine_label_weight must be >= 0, got {self.fine_label_weight}")
+        check(self.time_budget_minutes >= 0, f"time_budget_minutes must be >= 0, got {self.time_budget_minutes}")
+        check(self.early_stopping_patience >= 0, f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        check(bool(self.weights), "weights must be 'imagenet', 'none' or a file path")
+        if self.architecture == "resnet" and self.weights != "none":
+            p.append("weights applies to transfer architectures only; resnet trains from scratch (use weights: none)")
+        return p
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """Converts a YAML/JSON value to the field's type, or raises ValueError."""
+    if annotation == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if annotation == "int":
+        # KFP hands ints back as floats (2.0): accept whole floats, nothing else.
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            return int(value)
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML reads 1e-4 (no dot) as a string; accept numeric strings.
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise ValueError(f"{key} must be a number, got {value!r}") from None
+            else:
+                raise ValueError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{key} must be finite, got {value!r}")
+        return value
+    if annotation == "str":
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{key} must be a string, got {value!r}")
+    raise AssertionError(f"unhandled field type {annotation} for {key}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A validated grid file.
+
+    Attributes:
+        name: short name (the file's stem unless set).
+        description: one line for people.
+        selection_metric: the validation metric select_best ranks trials by.
+        trials: every trial, in a stable order (trial N of the CLI's `--trial N`).
+    """
+
+    name: str
+    description: str
+    selection_metric: str
+    trials: tuple[TrialConfig, ...]
+
+    def trial_dicts(self) -> list[dict[str, Any]]:
+        """The trials as JSON-serialisable dicts, the items of the pipeline's ParallelFor."""
+        return [t.to_dict() for t in self.trials]
+
+    def trial(self, index: int) -> TrialConfig:
+        if not 0 <= index < len(self.trials):
+            raise BadInputError(f"grid {self.name!r} has {len(self.trials)} trial(s) (0..{len(self.trials) - 1}); no trial {index}")
+        return self.trials[index]
+
+
+_GRID_KEYS = {"name", "description", "selection_metric", "base", "trials", "grid"}
+MAX_TRIALS = 1000
+
+
+def parse_grid(document: Any, source: str = "grid") -> Grid:
+    """Validates a parsed YAML document into a Grid (see the module docstring)."""
+    if not isinstance(document, dict):
+        raise BadInputError(f"{source}: a grid must be a YAML mapping with keys {', '.join(sorted(_GRID_KEYS))}")
+    problems: list[str] = []
+    unknown = sorted(set(document) - _GRID_KEYS)
+    if unknown:
+        problems.append(f"unknown top-level key(s) {', '.join(unknown)} (known: {', '.join(sorted(_GRID_KEYS))})")
+    base = document.get("base") or {}
+    trials = document.get("trials") or [{}]
+    grid = document.get("grid") or {}
+    metric = document.get("selection_metric", "val_accuracy")
+    if not isinstance(base, dict):
+        problems.append("base must be a mapping of hyper-parameters")
+    if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
+        problems.append("trials must be a list of mappings")
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        problems.append("grid must map each hyper-parameter to a non-empty list of values")
+    if metric not in SELECTION_METRICS:
+        problems.append(f"selection_metric must be one of {', '.join(SELECTION_METRICS)}, got {metric!r}")
+    if problems:
+        raise BadInputError(f"{source}: " + "; ".join(problems))
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    if len(trials) * len(combos) > MAX_TRIALS:
+        raise BadInputError(f"{source}: {len(trials) * len(combos)} trials; at most {MAX_TRIALS}")
+    built: list[TrialConfig] = []
+    for t_index, override in enumerate(trials):
+        for combo in combos:
+            where = f"{source}: trial {len(built)}"
+            built.append(TrialConfig.from_dict({**base, **override, **combo}, where=where))
+    return Grid(
+        name=str(document.get("name") or Path(source).stem),
+        description=str(document.get("description", "")),
+        selection_metric=metric,
+        trials=tuple(built),
+    )
+
+
+def load_grid(path: str | os.PathLike) -> Grid:
+    """Reads and validates a grid YAML file.
+
+    Raises:
+        BadInputError: the file is missing, is not YAML, or any value is invalid
+            (one message listing every problem of the first bad trial).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"grid file {path} does not exist")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise BadInputError(f"{path} is not valid YAML: {exc}") from None
+    return parse_grid(document, source=str(path))

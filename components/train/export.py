@@ -1,0 +1,155 @@
+"""Writes the servable SavedModel (and TFLite) of a trained Keras model.
+
+This is the one training module that uses TensorFlow: the signatures of the
+model contract (../shared/DESIGN.md) are TensorFlow graphs.
+
+- `serving_default(image_bytes: string[None])`: decodes JPEG/PNG/GIF/BMP to
+  RGB (grayscale is replicated, alpha is dropped, a GIF gives its first
+  frame), resizes to 32×32 with antialiasing, rounds to whole pixel values like
+  the uint8 training data, and runs the model.
+- `predict_pixels(images: uint8[None, 32, 32, 3])`: the model on raw pixels.
+
+Both return `probabilities` (softmax of the temperature-scaled logits),
+`logits` (already divided by the fitted temperature, so
+`softmax(logits) == probabilities`), `class_ids` (int64) and `class_names`.
+Nothing is rejected in the graph: the serving layer rejects empty batches and
+undecodable images before they reach it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import keras
+
+TFLITE_FILE = "model.tflite"
+SAVED_MODEL_FILES = ("saved_model.pb", "variables", "assets", "fingerprint.pb")
+CLASS_NAMES_ASSET = "class_names.txt"
+IMAGE_SIZE = 32
+
+
+def _require_tensorflow_backend() -> None:
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"the SavedModel export needs KERAS_BACKEND=tensorflow (running {keras.backend.backend()}); "
+            "export the trained model.keras with `cifarflow train --export-only --out DIR`"
+        )
+
+
+def decode_and_resize(image_bytes):
+    """One encoded image -> float32 [32, 32, 3] pixel values in 0..255 (a TF graph op)."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    resized = tf.image.resize(tf.cast(image, tf.float32), [IMAGE_SIZE, IMAGE_SIZE], method="bilinear", antialias=True)
+    # The model was trained on whole uint8 values: round like a saved thumbnail would.
+    return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+
+
+def export_saved_model(
+    model: keras.Model,
+    out_dir: str | os.PathLike,
+    class_names: Sequence[str],
+    temperature: float = 1.0,
+) -> None:
+    """Writes the SavedModel files into `out_dir` (beside whatever else is there).
+
+    The archive is written to a temporary folder and its entries are moved in,
+    so a kill never leaves a half-written `saved_model.pb` behind.
+    """
+    _require_tensorflow_backend()
+    import tensorflow as tf
+
+    out = Path(out_dir)
+    tmp = out / ".saved_model.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    names = tf.constant(list(class_names))
+    inverse_t = 1.0 / float(temperature)
+
+    def outputs(pixels):
+        logits = tf.cast(model(pixels, training=False), tf.float32) * inverse_t
+        class_ids = tf.argmax(logits, axis=1, output_type=tf.int64)
+        return {
+            "probabilities": tf.nn.softmax(logits),
+            "logits": logits,
+            "class_ids": class_ids,
+            "class_names": tf.gather(names, class_ids),
+        }
+
+    def serve_bytes(image_bytes):
+        pixels = tf.map_fn(
+            decode_and_resize, image_bytes,
+            fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32),
+        )
+        return outputs(pixels)
+
+    def predict_pixels(images):
+        return outputs(tf.cast(images, tf.float32))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default", serve_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+    )
+    archive.add_endpoint(
+        "predict_pixels", predict_pixels,
+        input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name="images")],
+    )
+    archive.write_out(str(tmp), verbose=False)
+    (tmp / "assets").mkdir(exist_ok=True)
+    (tmp / "assets" / CLASS_NAMES_ASSET).write_text("\n".join(class_names) + "\n")
+    for name in SAVED_MODEL_FILES:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    # saved_model.pb moves last: a folder with it has the variables it needs.
+    for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "saved_model.pb"):
+        os.replace(entry, out / entry.name)
+    tmp.rmdir()
+
+
+def export_tflite(saved_model_dir: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Converts the `predict_pixels` signature to TFLite (decoding is not a builtin op)."""
+    _require_tensorflow_backend()
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=["predict_pixels"])
+    # class_names is a string gather; let TFLite fall back to TF ops where needed.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    data = converter.convert()
+    partial = Path(path).with_name(f".{Path(path).name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def export_model_folder(out_dir: str | os.PathLike, tflite: bool = True) -> None:
+    """(Re-)exports a trial folder's `model.keras` as SavedModel (+ TFLite).
+
+    For models trained on another backend (JAX on a GPU machine): run this
+    with KERAS_BACKEND=tensorflow. Class names and temperature come from the
+    folder's `train_summary.json`.
+    """
+    import json
+
+    from cifarflow.errors import BadInputError
+
+    out = Path(out_dir)
+    summary_path = out / "train_summary.json"
+    if not (out / "model.keras").is_file() or not summary_path.is_file():
+        raise BadInputError(f"{out} has no model.keras and train_summary.json: it is not a finished trial")
+    _require_tensorflow_backend()
+    # Importing the training package registers the custom layers for loading.
+    import cifarflow.components.train.models  # noqa: F401
+
+    summary = json.loads(summary_path.read_text())
+    model = keras.saving.load_model(out / "model.keras", compile=False)
+    export_saved_model(model, out, summary["class_names"], summary.get("temperature", 1.0))
+    if tflite:
+        export_tflite(out, out / TFLITE_FILE)

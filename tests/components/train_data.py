@@ -1,0 +1,64 @@
+"""Preprocessed splits built from a real CIFAR-100 archive, for the training tests.
+
+Reads the official pickles with the project's safe unpickler and writes the
+`cifarflow.data.splits` layout with a stratified validation split, the same
+contract preprocess fulfils, so these tests do not depend on that step.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifarflow.classes import COARSE_CLASS_NAMES, NUM_COARSE_CLASSES
+from cifarflow.data.cifar_pickle import load_pickle
+from cifarflow.data.splits import Split, write_split, write_stats
+
+
+def _read_member(archive: Path, name: str) -> dict:
+    with tarfile.open(archive, "r:gz") as tar:
+        member = tar.getmember(f"cifar-100-python/{name}")
+        return load_pickle(tar.extractfile(member).read(), source=f"{archive}:{name}")
+
+
+def _to_split(batch: dict, index: np.ndarray | None = None) -> Split:
+    images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    coarse = np.asarray(batch["coarse_labels"], dtype=np.uint8)
+    fine = np.asarray(batch["fine_labels"], dtype=np.uint8)
+    if index is not None:
+        images, coarse, fine = images[index], coarse[index], fine[index]
+    return Split(np.ascontiguousarray(images), coarse, fine)
+
+
+def write_splits_from_archive(archive: Path, out: Path, val_fraction: float = 0.1, seed: int = 0) -> Path:
+    """Writes train/val/test + stats.json under `out` from an official-format archive."""
+    train = _read_member(archive, "train")
+    coarse = np.asarray(train["coarse_labels"])
+    rng = np.random.default_rng(seed)
+    val_index: list[int] = []
+    for label in range(NUM_COARSE_CLASSES):
+        members = np.flatnonzero(coarse == label)
+        val_index.extend(rng.choice(members, size=round(len(members) * val_fraction), replace=False))
+    is_val = np.zeros(len(coarse), dtype=bool)
+    is_val[val_index] = True
+    splits = {
+        "train": _to_split(train, np.flatnonzero(~is_val)),
+        "val": _to_split(train, np.flatnonzero(is_val)),
+        "test": _to_split(_read_member(archive, "test")),
+    }
+    stats = {"splits": {}, "class_names": list(COARSE_CLASS_NAMES)}
+    for name, split in splits.items():
+        write_split(out, name, split)
+        counts = np.bincount(split.coarse_labels, minlength=NUM_COARSE_CLASSES)
+        stats["splits"][name] = {"count": len(split), "class_counts": [int(c) for c in counts]}
+    write_stats(out, stats)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory, sample_archive) -> Path:
+    """The shipped sample as preprocessed splits: 1,800 train, 200 val, 500 test images."""
+    return write_splits_from_archive(sample_archive, tmp_path_factory.mktemp("sample_data"))
