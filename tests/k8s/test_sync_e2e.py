@@ -8,12 +8,15 @@ against a real S3 server (SeaweedFS) into a folder standing in for the
 store's address (what cluster DNS would resolve), the credentials (what the
 Secret would hold) and the volume's place on disk. Then the project's
 TensorFlow-Serving-compatible model server, started on that folder the way
-TensorFlow Serving is (the same base path and model name), answers a Predict
-over TensorFlow Serving's own gRPC API.
+TensorFlow Serving is (the same base path and model name), answers the TF
+Serving container's probes and a Predict over TensorFlow Serving's own gRPC
+API; and the production gateway, run with its manifest's exact command line
+and token, passes its probes and classifies an image through it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import signal
@@ -28,10 +31,12 @@ import pytest
 
 from tests.k8s.manifests import (
     BASE,
+    OVERLAYS,
     command_line,
     container,
     container_env,
     flag_value,
+    gateway_deployments,
     model_server_deployments,
     named,
     parse_text_proto,
@@ -44,6 +49,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs `cifarflow serve sync` and `cifarflow serve model` (cifarflow.serving.sync, "
     "cifarflow.serving.model_server), built by the serving issue (#6)",
 )
+HAVE_GATEWAY = importlib.util.find_spec("cifarflow.serving.gateway.server") is not None
 
 SECRET = "cifarflow-model-store"
 
@@ -93,8 +99,8 @@ class _PeakMemory(threading.Thread):
 class Pod:
     """The rendered tf-serving pod, and how its containers would run here."""
 
-    def __init__(self, s3_server, volume_root: Path):
-        self.objects = render(BASE)
+    def __init__(self, s3_server, volume_root: Path, folder: Path = BASE):
+        self.objects = render(folder)
         (self.deployment,) = [d for d in model_server_deployments(self.objects) if d["metadata"]["name"] == "tf-serving"]
         self.spec = self.deployment["spec"]["template"]["spec"]
         self.s3 = s3_server
@@ -139,126 +145,238 @@ class Pod:
         return config
 
 
-@pytest.fixture
-def own_s3(tmp_path):
-    """A fresh S3 server: the manifest's bucket name must start empty here."""
-    from tests.support.s3_server import S3Server
+@dataclasses.dataclass
+class Synced:
+    """The state the module's tests share: a store, its synced copy, a model server on it."""
 
-    server = S3Server(tmp_path / "s3").start()
-    yield server
-    server.stop()
+    pod: Pod
+    config: dict
+    stable: int
+    base_path: Path
+    home: Path
+    sync_output: str
+    sync_peak_mib: float | None
+    grpc_port: int = 0
+    rest_port: int = 0
+    sidecar_alive_after_3s: bool = False
+    sidecar_output: str = ""
+    sidecar_returncode: int | None = None
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="module")
-def test_model(tmp_path_factory) -> Path:
+def synced(tmp_path_factory) -> Synced:
+    """Publish to a fresh S3 server, then run the init container's exact command line."""
+    from cifarflow.s3 import S3Location
+    from cifarflow.serving.store import open_store, publish_model
+    from tests.support.s3_server import S3Server
+
     try:
         from tests.serving.model_factory import export_test_model
     except ImportError:
         pytest.skip("needs the serving tests' model factory (tests/serving/model_factory.py)")
-    return export_test_model(tmp_path_factory.mktemp("k8s-model") / "model")
 
-
-def test_manifest_sync_feeds_a_model_server_that_answers_predict(own_s3, test_model, tmp_path):
-    from cifarflow.s3 import S3Location
-    from cifarflow.serving.store import open_store, publish_model
-
-    pod = Pod(own_s3, tmp_path / "volumes")
-    home = tmp_path / "home"
-    home.mkdir()
-    store_env = pod.env("model-sync-once")
-    model_name, store_uri = store_env["MODEL_NAME"], store_env["MODEL_STORE"]
-
-    # What the pipeline's publish step does: a new version, labelled the way
-    # docs/kubernetes.md says, so sync keeps it.
-    own_s3.settings.client().make_bucket(S3Location.parse(store_uri).bucket)
-    published = publish_model(test_model, store_uri, model_name, {"metrics": {"accuracy": 0.5}}, own_s3.settings)
-    config = pod.model_config()
-    stable = int(next(label["value"][0] for label in config["version_labels"] if label["key"] == ["stable"]))
-    assert published.version == stable, "the base models.config serves the first version a fresh store gets"
-    open_store(store_uri, own_s3.settings).promote(model_name, published.version, "stable")
-
-    # The init container, exactly; its own peak memory must fit its limit
-    # with room to spare.
-    once = subprocess.Popen(pod.argv("model-sync-once"), env=pod.process_env("model-sync-once", home),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = _PeakMemory(once.pid)
-    output, _ = once.communicate(timeout=120)
-    peak.join()
-    assert once.returncode == 0, output
-    limit = container(pod.spec, "model-sync-once")["resources"]["limits"]["memory"]
-    if peak.mib is not None:
-        assert peak.mib < 0.8 * _mebibytes(limit), f"sync peaked at {peak.mib:.0f} MiB; its limit is {limit}"
-
-    # TF Serving's base_path, seen through its own mount of the same volume.
-    base_path = pod.host_path("tf-serving", config["base_path"][0])
-    version_dir = base_path / str(stable)
-    assert (version_dir / "saved_model.pb").is_file() and (version_dir / "cifarflow.json").is_file()
-    assert not [p for p in base_path.iterdir() if p.name.startswith(".")], "no half-synced leftovers"
-
-    # The sidecar, exactly: it keeps running and stops cleanly on SIGTERM,
-    # which is how the kubelet ends a native sidecar.
-    sidecar = subprocess.Popen(pod.argv("model-sync"), env=pod.process_env("model-sync", home),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    root = tmp_path_factory.mktemp("k8s-e2e")
+    test_model = export_test_model(root / "model")
+    # A server of its own: the manifest's bucket must start empty.
+    s3 = S3Server(root / "s3").start()
     try:
-        time.sleep(3)
-        assert sidecar.poll() is None, f"the watching sync exited: {sidecar.communicate()[0]}"
-        sidecar.send_signal(signal.SIGTERM)
-        output, _ = sidecar.communicate(timeout=15)
-        assert sidecar.returncode == 0, output
+        pod = Pod(s3, root / "volumes")
+        home = root / "home"
+        home.mkdir()
+        store_env = pod.env("model-sync-once")
+        model_name, store_uri = store_env["MODEL_NAME"], store_env["MODEL_STORE"]
+
+        # What the pipeline's publish step does, labelled the way
+        # docs/kubernetes.md says, so sync keeps it.
+        s3.settings.client().make_bucket(S3Location.parse(store_uri).bucket)
+        published = publish_model(test_model, store_uri, model_name, {"metrics": {"accuracy": 0.5}}, s3.settings)
+        config = pod.model_config()
+        stable = int(next(label["value"][0] for label in config["version_labels"] if label["key"] == ["stable"]))
+        assert published.version == stable, "the base models.config serves the first version a fresh store gets"
+        open_store(store_uri, s3.settings).promote(model_name, published.version, "stable")
+
+        once = subprocess.Popen(pod.argv("model-sync-once"), env=pod.process_env("model-sync-once", home),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        peak = _PeakMemory(once.pid)
+        output, _ = once.communicate(timeout=120)
+        peak.join()
+        assert once.returncode == 0, output
+        # TF Serving's base_path, seen through its own mount of the same volume.
+        base_path = pod.host_path("tf-serving", config["base_path"][0])
+        state = Synced(pod, config, stable, base_path, home, output, peak.mib)
+
+        # The sidecar, exactly: it keeps running and stops cleanly on
+        # SIGTERM, which is how the kubelet ends a native sidecar.
+        sidecar = subprocess.Popen(pod.argv("model-sync"), env=pod.process_env("model-sync", home),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(3)
+            state.sidecar_alive_after_3s = sidecar.poll() is None
+            sidecar.send_signal(signal.SIGTERM)
+            state.sidecar_output, _ = sidecar.communicate(timeout=15)
+            state.sidecar_returncode = sidecar.returncode
+        finally:
+            if sidecar.poll() is None:
+                sidecar.kill()
+                sidecar.wait()
     finally:
-        if sidecar.poll() is None:
-            sidecar.kill()
-            sidecar.wait()
+        s3.stop()
 
     # The model server on the folder TF Serving would read: the store root is
     # the volume's mount, the model name is models.config's.
-    grpc_port, rest_port = _free_port(), _free_port()
-    models_root = base_path.parent
+    state.grpc_port, state.rest_port = _free_port(), _free_port()
     server = subprocess.Popen(
-        [_console_script(), "serve", "model", "--store", str(models_root), "--model-name", config["name"][0],
-         "--grpc-port", str(grpc_port), "--rest-port", str(rest_port), "--host", "127.0.0.1"],
+        [_console_script(), "serve", "model", "--store", str(base_path.parent), "--model-name", config["name"][0],
+         "--grpc-port", str(state.grpc_port), "--rest-port", str(state.rest_port), "--host", "127.0.0.1"],
         env={"PATH": os.environ["PATH"], "HOME": str(home)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        _predict_through_tf_serving_api(server, grpc_port, config["name"][0], stable)
+        _wait_http(server, f"http://127.0.0.1:{state.rest_port}/v1/models/{config['name'][0]}", 90)
+        yield state
     finally:
-        server.terminate()
+        _stop(server)
+
+
+def _wait_http(process: subprocess.Popen, url: str, timeout: float, headers: dict | None = None) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args[1:3]} exited with {process.returncode}: {process.communicate()[0]}")
         try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            if requests.get(url, timeout=5, headers=headers).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url} not answering 200 after {timeout} s")
+        time.sleep(0.3)
 
 
-def _predict_through_tf_serving_api(server: subprocess.Popen, port: int, model_name: str, version: int) -> None:
+def test_init_container_fills_the_base_path_tf_serving_reads(synced):
+    version_dir = synced.base_path / str(synced.stable)
+    assert (version_dir / "saved_model.pb").is_file() and (version_dir / "cifarflow.json").is_file()
+    assert not [p for p in synced.base_path.iterdir() if p.name.startswith(".")], "no half-synced leftovers"
+    limit = container(synced.pod.spec, "model-sync-once")["resources"]["limits"]["memory"]
+    if synced.sync_peak_mib is not None:
+        assert synced.sync_peak_mib < 0.8 * _mebibytes(limit), f"sync peaked at {synced.sync_peak_mib:.0f} MiB; its limit is {limit}"
+
+
+def test_sidecar_keeps_watching_and_stops_cleanly_on_sigterm(synced):
+    assert synced.sidecar_alive_after_3s, f"the watching sync exited: {synced.sidecar_output}"
+    assert synced.sidecar_returncode == 0, synced.sidecar_output
+
+
+def test_tf_serving_probes_and_a_stock_predict_answer(synced):
+    """The manifest's TF Serving probe paths, and Predict over TF Serving's gRPC API."""
+    import requests
+
+    server = container(synced.pod.spec, "tf-serving")
+    for probe in ("startupProbe", "readinessProbe"):
+        path = server[probe]["httpGet"]["path"]
+        answer = requests.get(f"http://127.0.0.1:{synced.rest_port}{path}", timeout=10)
+        assert answer.status_code == 200, f"{probe} {path}: {answer.status_code} {answer.text}"
+    _predict_through_tf_serving_api(synced.grpc_port, synced.config["name"][0], synced.stable)
+
+
+@pytest.mark.skipif(not HAVE_GATEWAY, reason="needs the gateway (cifarflow.serving.gateway.server), serving issue #6")
+def test_gateway_from_the_production_manifest_classifies_through_the_model_server(synced):
+    """The production gateway's exact command line and token, its probes, a classification."""
+    import requests
+
+    production = Pod(_NoS3(), synced.pod.volume_root, OVERLAYS / "production")
+    (deployment,) = [d for d in gateway_deployments(production.objects) if d["metadata"]["name"] == "gateway"]
+    spec = deployment["spec"]["template"]["spec"]
+    gateway = container(spec, "gateway")
+    token = "test-" + os.urandom(8).hex()
+    secrets = {"cifarflow-gateway-token": {"token": token}}
+    env = container_env(production.objects, gateway, secrets)
+    argv = command_line(production.objects, gateway, secrets)
+    # What the pod network gives the container: the Service name resolves to
+    # the model server, and the container's ports are its own (here: free ones).
+    http_port, grpc_port = _free_port(), _free_port()
+    ports = {flag_value(argv, "--port"): str(http_port), flag_value(argv, "--grpc-port"): str(grpc_port)}
+    backend = flag_value(argv, "--backend")
+    mapped = []
+    for i, arg in enumerate(argv):
+        previous = argv[i - 1] if i else ""
+        if arg == backend:
+            mapped.append(f"127.0.0.1:{synced.grpc_port}")
+        elif previous in ("--port", "--grpc-port"):
+            mapped.append(ports[arg])
+        else:
+            mapped.append(arg)
+    process = subprocess.Popen(
+        [_console_script(), *mapped[1:]],
+        env={"PATH": os.environ["PATH"], "HOME": str(synced.home), "PYTHONUNBUFFERED": "1", **env},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        # The kubelet's probes carry no token: they must pass without one.
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            _wait_http(process, base + gateway[probe]["httpGet"]["path"], 60)
+        metrics_path = deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
+        assert requests.get(base + metrics_path, timeout=10).status_code == 200
+
+        png = _png()
+        assert requests.post(base + "/v1/classify", files={"file": ("x.png", png, "image/png")}, timeout=30).status_code == 401
+        answer = requests.post(base + "/v1/classify", files={"file": ("x.png", png, "image/png")},
+                               headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert str(body["version"]) == str(synced.stable)
+        assert body["predictions"] and 0.0 <= body["predictions"][0]["probability"] <= 1.0
+
+        # Its memory beside the limit the manifest gives it.
+        status = Path(f"/proc/{process.pid}/status")
+        if status.exists():
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            peak_mib = int(fields["VmHWM"].split()[0]) / 1024
+            limit = gateway["resources"]["limits"]["memory"]
+            assert peak_mib < 0.8 * _mebibytes(limit), f"gateway peaked at {peak_mib:.0f} MiB; its limit is {limit}"
+    finally:
+        _stop(process)
+
+
+class _NoS3:
+    """The gateway needs no store: a Pod view without S3 credentials."""
+
+    endpoint = access_key = secret_key = ""
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 64, 32)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _predict_through_tf_serving_api(port: int, model_name: str, version: int) -> None:
     import grpc
-    import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = "serving_default"
-    png = tf.io.encode_png(np.full((32, 32, 3), 128, np.uint8)).numpy()
-    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([png]))
-
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"the model server exited with {server.returncode}: {server.communicate()[0]}")
-            try:
-                response = stub.Predict(request, timeout=10)
-                break
-            except grpc.RpcError as exc:  # not listening or not loaded yet
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"no Predict answer in 90 s: {exc}") from exc
-                time.sleep(0.5)
-    finally:
-        channel.close()
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([_png()]))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
     assert response.model_spec.name == model_name
     assert response.model_spec.version.value == version
     probabilities = tf.make_ndarray(response.outputs["probabilities"])
