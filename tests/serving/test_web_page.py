@@ -1,0 +1,106 @@
+"""The gateway's web page in headless Chromium: drop an image, see it and the class bars."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+
+from cifarflow.serving.gateway.config import GatewayConfig
+from cifarflow.serving.gateway.server import Gateway
+from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
+from cifarflow.serving.store import publish_model
+from tests.serving.cdp import Browser, find_chromium
+from tests.serving.gateway_support import ImageSite
+from tests.serving.images import encode
+
+CHROMIUM = find_chromium()
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+
+DROP_FILE = """
+(async () => {
+  const bytes = Uint8Array.from(atob(%r), (c) => c.charCodeAt(0));
+  const file = new File([bytes], %r, { type: %r });
+  const transfer = new DataTransfer();
+  transfer.items.add(file);
+  document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+  return true;
+})()
+"""
+
+BARS = """
+[...document.querySelectorAll('#bars .bar')].map((bar) => ({
+  name: bar.querySelector('.label span').textContent,
+  pct: parseFloat(bar.querySelector('.label span:last-child').textContent),
+  width: parseFloat(bar.querySelector('.fill').style.width),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def page(exported_model, tmp_path_factory):
+    store = tmp_path_factory.mktemp("web-store")
+    publish_model(exported_model, store, "cifar", {})
+    server = ModelServer(ModelServerConfig(str(store), "cifar", host="127.0.0.1", grpc_port=0, rest_port=-1)).start()
+    site = ImageSite()
+    gateway = Gateway(GatewayConfig(backend=f"127.0.0.1:{server.grpc_port}", host="127.0.0.1", port=0, grpc_port=-1,
+                                    model_name="cifar", allowed_url_hosts=("127.0.0.1",), allow_private_urls=True)).start()
+    browser = Browser(CHROMIUM)
+    try:
+        browser.navigate(f"http://127.0.0.1:{gateway.port}/")
+        yield browser, site
+    finally:
+        browser.close()
+        gateway.stop(1)
+        site.close()
+        server.stop()
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Set CIFARFLOW_SCREENSHOT_DIR to keep the screenshots for a person to look at."""
+    return Path(os.environ.get("CIFARFLOW_SCREENSHOT_DIR") or tmp_path)
+
+
+def test_drop_an_image_and_see_top_classes(page, cifar, tmp_path):
+    browser, _ = page
+    assert browser.evaluate("document.title").startswith("cifarflow")
+    photo = encode(cifar[0][42], "JPEG", 256, quality=92)
+    browser.evaluate(DROP_FILE % (base64.b64encode(photo).decode(), "photo.jpg", "image/jpeg"))
+    bars = browser.wait_for(f"(() => {{ const b = {BARS}; return b.length === 5 ? b : null; }})()")
+    assert [b["pct"] for b in bars] == sorted((b["pct"] for b in bars), reverse=True)
+    assert all(0 < b["pct"] <= 100 for b in bars)
+    assert abs(bars[0]["width"] - bars[0]["pct"]) < 0.2  # the bar is as long as its probability
+    assert browser.evaluate("document.getElementById('meta').textContent") == "model cifar, version 1"
+    assert browser.wait_for("document.getElementById('preview').naturalWidth") == 256  # the image is shown
+    assert browser.evaluate("getComputedStyle(document.getElementById('error')).display") == "none"
+    browser.wait_for("parseFloat(document.querySelector('#bars .fill').style.width) > 0 && "
+                     "document.querySelector('#bars .fill').getBoundingClientRect().width > 5")
+    import time
+
+    time.sleep(0.4)  # let the bar transition finish before the screenshot
+    out = screenshot_dir(tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    browser.screenshot(out / "web_page_result.png")
+    assert (out / "web_page_result.png").stat().st_size > 10_000
+
+
+def test_bad_file_shows_the_gateway_message(page, tmp_path):
+    browser, _ = page
+    browser.evaluate(DROP_FILE % (base64.b64encode(b"just some text").decode(), "notes.png", "image/png"))
+    message = browser.wait_for("document.getElementById('error').style.display === 'block' && document.getElementById('error').textContent")
+    assert "not an image" in message
+    assert browser.evaluate("document.querySelectorAll('#bars .bar').length") == 0  # no stale classes
+    browser.wait_for("document.getElementById('placeholder').textContent.startsWith('No preview')")
+    browser.screenshot(screenshot_dir(tmp_path) / "web_page_error.png")
+
+
+def test_paste_a_url_when_the_gateway_allows_it(page, cifar):
+    browser, site = page
+    site.routes["/bird.png"] = (200, {"Content-Type": "image/png"}, encode(cifar[0][9], "PNG", 128))
+    assert browser.evaluate("!document.getElementById('url-row').classList.contains('hidden')")
+    browser.evaluate(f"document.getElementById('url').value = {site.url('/bird.png')!r}; "
+                     "document.getElementById('url-go').click(); true")
+    browser.wait_for("document.getElementById('meta').textContent.startsWith('model cifar')")
+    assert browser.evaluate("document.querySelectorAll('#bars .bar').length") == 5
