@@ -23,8 +23,10 @@ BASE = K8S / "base"
 KUBEFLOW = K8S / "kubeflow"
 OVERLAYS = K8S / "overlays"
 
-# The Kubernetes version the manifests are validated against.
+# The Kubernetes version the manifests are validated against, and the oldest
+# they claim to run on (native sidecars: docs/kubernetes.md).
 KUBERNETES_VERSION = "1.32.0"
+OLDEST_KUBERNETES_VERSION = "1.29.0"
 
 # The workloads of the serving stack, by their base names (a canary track
 # adds *-canary copies of both).

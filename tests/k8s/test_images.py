@@ -174,3 +174,25 @@ def test_make_targets_tag_from_cifarflow_images(target, image, default_image_nam
     assert result.returncode == 0, result.stderr
     dockerfile = "docker/Dockerfile.gpu" if target == "image-gpu" else "docker/Dockerfile"
     assert result.stdout.split() == ["build", "-f", dockerfile, "-t", getattr(images, image)(), "."]
+
+
+def test_the_documented_registry_override_retargets_every_project_image(tmp_path, default_image_names):
+    """docs/kubernetes.md tells users how to run their own build; that must work."""
+    guide = (REPO / "docs" / "kubernetes.md").read_text()
+    (override,) = re.findall(r"kustomize edit set image (\S+)=(\S+)", guide)
+    name, target = override
+    new_name, _, new_tag = target.rpartition(":")
+    overlay = tmp_path / "my-overlay"
+    overlay.mkdir()
+    production = os.path.relpath(K8S / "overlays" / "production", overlay)
+    overlay.joinpath("kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [production],
+        "images": [{"name": name, "newName": new_name, "newTag": new_tag}],
+    }))
+    project_images = {
+        c["image"]
+        for obj in render(overlay) if obj["kind"] == "Deployment"
+        for c in pod_containers(obj["spec"]["template"]["spec"])
+        if not c["image"].startswith("tensorflow/serving:")
+    }
+    assert project_images == {target}

@@ -9,6 +9,7 @@ import pytest
 
 from tests.k8s.manifests import (
     KUBERNETES_VERSION,
+    OLDEST_KUBERNETES_VERSION,
     OVERLAYS,
     all_folders,
     folder_id,
@@ -20,10 +21,10 @@ from tests.k8s.manifests import (
 FOLDERS = all_folders()
 
 
-def validate(path: Path) -> subprocess.CompletedProcess:
+def validate(path: Path, version: str = KUBERNETES_VERSION) -> subprocess.CompletedProcess:
     return subprocess.run(
         [venv_tool("kubernetes-validate"), "--strict", "--quiet",
-         "--kubernetes-version", KUBERNETES_VERSION, str(path)],
+         "--kubernetes-version", version, str(path)],
         capture_output=True, text=True, timeout=120,
     )
 
@@ -33,14 +34,15 @@ def test_the_overlays_users_are_told_about_exist():
     assert {"local", "production", "production-gpu", "canary"} <= names
 
 
+@pytest.mark.parametrize("version", [KUBERNETES_VERSION, OLDEST_KUBERNETES_VERSION])
 @pytest.mark.parametrize("folder", FOLDERS, ids=folder_id)
-def test_renders_and_validates_strictly(folder, tmp_path):
+def test_renders_and_validates_strictly(folder, version, tmp_path):
     objects = render(folder)
     assert objects, f"{folder_id(folder)} renders nothing"
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(render_text(folder))
-    result = validate(rendered)
-    assert result.returncode == 0, f"{folder_id(folder)} is not valid Kubernetes {KUBERNETES_VERSION}:\n{result.stdout}{result.stderr}"
+    result = validate(rendered, version)
+    assert result.returncode == 0, f"{folder_id(folder)} is not valid Kubernetes {version}:\n{result.stdout}{result.stderr}"
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=folder_id)
