@@ -158,9 +158,11 @@ class Synced:
     sync_peak_mib: float | None
     grpc_port: int = 0
     rest_port: int = 0
-    sidecar_alive_after_3s: bool = False
+    after_init: list[str] = dataclasses.field(default_factory=list)
+    sidecar_alive: bool = False
     sidecar_output: str = ""
     sidecar_returncode: int | None = None
+    newer: int = 0
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -214,16 +216,31 @@ def synced(tmp_path_factory) -> Synced:
         base_path = pod.host_path("tf-serving", config["base_path"][0])
         state = Synced(pod, config, stable, base_path, home, output, peak.mib)
 
-        # The sidecar, exactly: it keeps running and stops cleanly on
-        # SIGTERM, which is how the kubelet ends a native sidecar.
+        state.after_init = sorted(p.name for p in base_path.iterdir())
+
+        # The sidecar, exactly. The pipeline publishes a newer version; the
+        # sidecar's pass brings it in beside the labelled one, and SIGTERM
+        # (how the kubelet ends a native sidecar) stops it cleanly.
+        newer = publish_model(test_model, store_uri, model_name, {"metrics": {"accuracy": 0.6}}, s3.settings)
         sidecar = subprocess.Popen(pod.argv("model-sync"), env=pod.process_env("model-sync", home),
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(sidecar.stdout), daemon=True)
+        reader.start()
         try:
-            time.sleep(3)
-            state.sidecar_alive_after_3s = sidecar.poll() is None
+            deadline = time.monotonic() + 60
+            while not any(f"added {model_name}/{newer.version}" in line for line in lines):
+                assert sidecar.poll() is None, f"the watching sync exited: {''.join(lines)}"
+                assert time.monotonic() < deadline, f"the watching sync did not bring version {newer.version}: {''.join(lines)}"
+                time.sleep(0.1)
+            time.sleep(1.0)  # its first pass is over; it is waiting for the next
+            state.sidecar_alive = sidecar.poll() is None
             sidecar.send_signal(signal.SIGTERM)
-            state.sidecar_output, _ = sidecar.communicate(timeout=15)
+            sidecar.wait(15)
+            reader.join(5)
+            state.sidecar_output = "".join(lines)
             state.sidecar_returncode = sidecar.returncode
+            state.newer = newer.version
         finally:
             if sidecar.poll() is None:
                 sidecar.kill()
@@ -232,11 +249,13 @@ def synced(tmp_path_factory) -> Synced:
         s3.stop()
 
     # The model server on the folder TF Serving would read: the store root is
-    # the volume's mount, the model name is models.config's.
+    # the volume's mount, the model name is models.config's, and like TF
+    # Serving's config it serves the `stable` version, not the newest.
     state.grpc_port, state.rest_port = _free_port(), _free_port()
     server = subprocess.Popen(
         [_console_script(), "serve", "model", "--store", str(base_path.parent), "--model-name", config["name"][0],
-         "--grpc-port", str(state.grpc_port), "--rest-port", str(state.rest_port), "--host", "127.0.0.1"],
+         "--grpc-port", str(state.grpc_port), "--rest-port", str(state.rest_port), "--host", "127.0.0.1",
+         "--label", "stable"],
         env={"PATH": os.environ["PATH"], "HOME": str(home)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -267,15 +286,18 @@ def _wait_http(process: subprocess.Popen, url: str, timeout: float, headers: dic
 def test_init_container_fills_the_base_path_tf_serving_reads(synced):
     version_dir = synced.base_path / str(synced.stable)
     assert (version_dir / "saved_model.pb").is_file() and (version_dir / "cifarflow.json").is_file()
-    assert not [p for p in synced.base_path.iterdir() if p.name.startswith(".")], "no half-synced leftovers"
+    assert str(synced.stable) in synced.after_init
+    assert not [name for name in synced.after_init if name.startswith(".")], "no half-synced leftovers"
     limit = container(synced.pod.spec, "model-sync-once")["resources"]["limits"]["memory"]
     if synced.sync_peak_mib is not None:
         assert synced.sync_peak_mib < 0.8 * _mebibytes(limit), f"sync peaked at {synced.sync_peak_mib:.0f} MiB; its limit is {limit}"
 
 
-def test_sidecar_keeps_watching_and_stops_cleanly_on_sigterm(synced):
-    assert synced.sidecar_alive_after_3s, f"the watching sync exited: {synced.sidecar_output}"
+def test_sidecar_brings_new_versions_and_stops_cleanly_on_sigterm(synced):
+    assert synced.sidecar_alive, f"the watching sync exited: {synced.sidecar_output}"
     assert synced.sidecar_returncode == 0, synced.sidecar_output
+    for version in (synced.stable, synced.newer):
+        assert (synced.base_path / str(version) / "cifarflow.json").is_file()
 
 
 def test_tf_serving_probes_and_a_stock_predict_answer(synced):
