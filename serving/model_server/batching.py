@@ -1,8 +1,9 @@
 """Server-side batching: concurrent requests run through the model together.
 
 Like TensorFlow Serving's `--enable_batching` (`max_batch_size`,
-`batch_timeout_micros`, `num_batch_threads`): a request waits at most
-`timeout_s` for others to join; rows are concatenated along the batch
+`batch_timeout_micros`, `num_batch_threads`): under load a request waits at
+most `timeout_s` for others to join (an idle server runs a lone request at
+once); rows are concatenated along the batch
 dimension, run once, and the outputs split back. Only requests with the same
 inputs, dtypes and per-row shapes are merged. When a merged batch fails (one
 undecodable image fails the whole batch), each request is re-run alone so
@@ -64,6 +65,8 @@ class Batcher:
         self._on_batch = on_batch or (lambda rows: None)
         self._pending: list[_Item] = []  # items taken from the queue that did not fit a batch
         self._pending_lock = threading.Lock()
+        self._running = 0  # batches executing now
+        self._running_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True) for i in range(config.num_threads)]
         for thread in self._threads:
             thread.start()
@@ -88,7 +91,9 @@ class Batcher:
         with self._pending_lock:
             if self._pending:
                 return self._pending.pop(0)
-        return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+        if timeout is None:
+            return self._queue.get()
+        return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
 
     def _work(self) -> None:
         while True:
@@ -97,10 +102,16 @@ class Batcher:
                 return
             batch = [first]
             rows = first.rows
-            deadline = time.monotonic() + self._config.timeout_s
+            # Wait for company only under load (others queued, or another batch
+            # running): an idle server answers a lone request at once instead of
+            # adding the batch timeout to every request of a single client.
+            with self._running_lock:
+                busy = self._running > 0
+            wait_s = self._config.timeout_s if busy or not self._queue.empty() else 0.0
+            deadline = time.monotonic() + wait_s
             while rows < self._config.max_batch_size:
                 try:
-                    item = self._next(deadline - time.monotonic())
+                    item = self._next(max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:  # closing: finish this batch, let another thread see the sentinel
@@ -115,6 +126,15 @@ class Batcher:
             self._run(batch, rows)
 
     def _run(self, batch: list[_Item], rows: int) -> None:
+        with self._running_lock:
+            self._running += 1
+        try:
+            self._run_batch(batch, rows)
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
+    def _run_batch(self, batch: list[_Item], rows: int) -> None:
         if len(batch) == 1:
             self._run_alone(batch[0])
             return
