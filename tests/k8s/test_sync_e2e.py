@@ -361,6 +361,18 @@ def test_gateway_from_the_production_manifest_classifies_through_the_model_serve
         assert str(body["version"]) == str(synced.stable)
         assert body["predictions"] and 0.0 <= body["predictions"][0]["probability"] <= 1.0
 
+        # docs/kubernetes.md's client command, through the gateway's gRPC port.
+        if importlib.util.find_spec("cifarflow.serving.client") is not None:
+            image = synced.home / "cat.png"
+            image.write_bytes(png)
+            client = [_console_script(), "predict", str(image), "--server", f"127.0.0.1:{grpc_port}"]
+            client_env = {"PATH": os.environ["PATH"], "HOME": str(synced.home)}
+            refused = subprocess.run(client, env=client_env, capture_output=True, text=True, timeout=60)
+            assert refused.returncode != 0, "the production gateway answered without its token"
+            answered = subprocess.run(client, env={**client_env, "CIFARFLOW_GATEWAY_TOKEN": token},
+                                      capture_output=True, text=True, timeout=60)
+            assert answered.returncode == 0, answered.stdout + answered.stderr
+
         # Its memory beside the limit the manifest gives it.
         status = Path(f"/proc/{process.pid}/status")
         if status.exists():
