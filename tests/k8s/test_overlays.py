@@ -64,6 +64,7 @@ def test_canary_runs_beside_production_with_its_own_version():
         (config,) = parse_text_proto(configmap_data(objects, volume["configMap"]["name"])["models.config"])["model_config_list"][0]["config"]
         return {label["key"][0]: label["value"][0] for label in config["version_labels"]}
 
+    assert _token_ref(objects, "gateway-canary").get("optional") is False, "no open side door beside production"
     stable, canary = labels_of("tf-serving")["stable"], labels_of("tf-serving-canary")["canary"]
     assert stable != canary, "a canary serves another version than stable"
     # The canary inherits production's other settings of the base, the
