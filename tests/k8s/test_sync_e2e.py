@@ -99,8 +99,8 @@ class _PeakMemory(threading.Thread):
 class Pod:
     """The rendered tf-serving pod, and how its containers would run here."""
 
-    def __init__(self, s3_server, volume_root: Path, folder: Path = BASE):
-        self.objects = render(folder)
+    def __init__(self, s3_server, volume_root: Path):
+        self.objects = render(BASE)
         (self.deployment,) = [d for d in model_server_deployments(self.objects) if d["metadata"]["name"] == "tf-serving"]
         self.spec = self.deployment["spec"]["template"]["spec"]
         self.s3 = s3_server
@@ -317,14 +317,14 @@ def test_gateway_from_the_production_manifest_classifies_through_the_model_serve
     """The production gateway's exact command line and token, its probes, a classification."""
     import requests
 
-    production = Pod(_NoS3(), synced.pod.volume_root, OVERLAYS / "production")
-    (deployment,) = [d for d in gateway_deployments(production.objects) if d["metadata"]["name"] == "gateway"]
+    objects = render(OVERLAYS / "production")
+    (deployment,) = [d for d in gateway_deployments(objects) if d["metadata"]["name"] == "gateway"]
     spec = deployment["spec"]["template"]["spec"]
     gateway = container(spec, "gateway")
     token = "test-" + os.urandom(8).hex()
     secrets = {"cifarflow-gateway-token": {"token": token}}
-    env = container_env(production.objects, gateway, secrets)
-    argv = command_line(production.objects, gateway, secrets)
+    env = container_env(objects, gateway, secrets)
+    argv = command_line(objects, gateway, secrets)
     # What the pod network gives the container: the Service name resolves to
     # the model server, and the container's ports are its own (here: free ones).
     http_port, grpc_port = _free_port(), _free_port()
@@ -382,12 +382,6 @@ def test_gateway_from_the_production_manifest_classifies_through_the_model_serve
             assert peak_mib < 0.8 * _mebibytes(limit), f"gateway peaked at {peak_mib:.0f} MiB; its limit is {limit}"
     finally:
         _stop(process)
-
-
-class _NoS3:
-    """The gateway needs no store: a Pod view without S3 credentials."""
-
-    endpoint = access_key = secret_key = ""
 
 
 def _png() -> bytes:
