@@ -30,7 +30,10 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     model.add_argument("--poll-interval", type=float, default=5.0, help="seconds between store checks for new versions")
     model.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True, help="server-side batching")
     model.add_argument("--max-batch-size", type=int, default=32)
-    model.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    # Defaults measured on 2 cores (bench/results/serving_latency.md): one batch
+    # at a time, no added wait: requests that arrive while a batch runs form the next.
+    model.add_argument("--batch-timeout-ms", type=float, default=0.0, help="longest a request waits for others under load")
+    model.add_argument("--num-batch-threads", type=int, default=1, help="batches that may run at once")
     model.add_argument("--max-message-mb", type=float, default=16.0, help="largest request, gRPC or REST")
     model.add_argument("--cache-dir", type=Path, help="where an s3:// store is synced (default: a temporary folder)")
     add_s3_flags(model)
@@ -121,6 +124,7 @@ def serve_model(args: argparse.Namespace) -> int:
         batching=args.batching,
         max_batch_size=args.max_batch_size,
         batch_timeout_s=args.batch_timeout_ms / 1000.0,
+        num_batch_threads=args.num_batch_threads,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         cache_dir=args.cache_dir,
     )

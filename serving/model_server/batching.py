@@ -38,8 +38,8 @@ class BatchingConfig:
     """
 
     max_batch_size: int = 32
-    timeout_s: float = 0.002
-    num_threads: int = 2
+    timeout_s: float = 0.0
+    num_threads: int = 1
     max_queued: int = 1024
 
 

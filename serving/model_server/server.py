@@ -41,8 +41,8 @@ class ModelServerConfig:
     poll_interval_s: float = 5.0
     batching: bool = True
     max_batch_size: int = 32
-    batch_timeout_s: float = 0.002
-    num_batch_threads: int = 2
+    batch_timeout_s: float = 0.0
+    num_batch_threads: int = 1
     max_message_bytes: int = 16 * 1024 * 1024
     grpc_workers: int = 64
     cache_dir: Path | None = None

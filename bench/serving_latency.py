@@ -1,0 +1,355 @@
+"""Benchmark: serving latency and throughput, side by side in one run.
+
+Three paths to the same model, at 1 / 8 / 32 concurrent clients (closed
+loop: each client sends its next request when the previous one returns):
+
+- direct: TensorFlow Serving's Predict (stock stub) to `cifarflow serve model`
+- gateway-grpc: the gateway's Classifier.Classify, which calls the model server
+- gateway-rest: the gateway's POST /v1/classify (raw image/jpeg body)
+
+then direct Predict with server-side batching off (a second model server), and
+optionally a soak run: the gateway under load for `--soak-seconds`, its RSS
+sampled every few seconds. The model server and the gateway run as their own
+processes (`cifarflow serve ...`); clients are threads in this process, which
+imports TF Serving's protos without TensorFlow. All of it shares this
+machine's cores, so numbers are for comparison within one run.
+
+Targets: gateway adds <= 1.5 ms p50 over direct at 1 client; gateway keeps
+>= 80 % of direct throughput at 32 clients; batching on gives >= 3x batching
+off at 32 clients; gateway memory flat over 5 minutes.
+
+Usage:
+    python bench/serving_latency.py [--model DIR] [--seconds 5] [--soak-seconds 300]
+
+Without --model, the tiny test model of tests/serving/model_factory.py is
+exported (a linear layer: the numbers then measure serving overhead, not the
+network's compute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.machine import machine_info  # noqa: E402
+
+RESULTS_JSON = REPO / "bench" / "results" / "serving_latency.json"
+RESULTS_MD = REPO / "bench" / "results" / "serving_latency.md"
+CLI = [sys.executable, "-m", "cifarflow.cli.main"]
+CLIENTS = (1, 8, 32)
+
+
+EXPORTERS = {
+    "resnet20": (
+        "import sys\n"
+        "from cifarflow.classes import COARSE_CLASS_NAMES\n"
+        "from cifarflow.components.train.config import TrialConfig\n"
+        "from cifarflow.components.train.export import export_saved_model\n"
+        "from cifarflow.components.train.models.build import build_model\n"
+        "export_saved_model(build_model(TrialConfig(architecture='resnet', depth=20)).inference, sys.argv[1], COARSE_CLASS_NAMES)\n"
+    ),
+    "tiny": (
+        "import sys\nsys.path.insert(0, sys.argv[2])\n"
+        "from tests.serving.model_factory import export_test_model\n"
+        "import shutil; shutil.rmtree(sys.argv[1]); export_test_model(sys.argv[1])\n"
+    ),
+}
+MODEL_DESCRIPTIONS = {
+    "resnet20": "untrained ResNet-20 (0.27 M params) exported by components/train/export.py",
+    "tiny": "tests/serving/model_factory.py (tiny linear test model)",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], ready_text: str, timeout: float = 120) -> subprocess.Popen:
+    process = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if ready_text in lines.get(timeout=0.5):
+                # Keep draining the pipe so the server never blocks on a full stdout.
+                return process
+        except queue.Empty:
+            if process.poll() is not None:
+                break
+    process.kill()
+    raise RuntimeError(f"{args[:2]} did not start")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def sample_image() -> bytes:
+    """A real CIFAR-100 test image as a 64x64 JPEG, the size of a small upload."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from cifarflow.data.cifar_pickle import load_pickle
+    from cifarflow.data.sample import SAMPLE_ARCHIVE
+
+    with tarfile.open(SAMPLE_ARCHIVE) as tar:
+        batch = load_pickle(tar.extractfile("cifar-100-python/test").read())
+    pixels = np.asarray(batch["data"][0], np.uint8).reshape(3, 32, 32).transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((64, 64), Image.BICUBIC).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def closed_loop(make_call, clients: int, seconds: float, warmup: float = 1.0) -> dict[str, float]:
+    """Runs `clients` threads, each calling its own `make_call()` back to back; latencies after warm-up."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    start_at = time.monotonic() + warmup
+    stop_at = start_at + seconds
+    barrier = threading.Barrier(clients)
+
+    def client(index: int) -> None:
+        call = make_call()
+        barrier.wait()
+        while True:
+            t0 = time.monotonic()
+            if t0 >= stop_at:
+                return
+            try:
+                call()
+            except Exception:
+                errors[index] += 1
+                continue
+            t1 = time.monotonic()
+            if t0 >= start_at:
+                latencies[index].append(t1 - t0)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    values = sorted(v for per_client in latencies for v in per_client)
+    if not values:
+        return {"requests": 0, "errors": sum(errors)}
+    return {
+        "requests": len(values),
+        "errors": sum(errors),
+        "throughput_rps": round(len(values) / seconds, 1),
+        "p50_ms": round(1000 * statistics.median(values), 3),
+        "p99_ms": round(1000 * values[min(len(values) - 1, int(0.99 * len(values)))], 3),
+    }
+
+
+def direct_call(target: str, image: bytes):
+    import grpc
+    import numpy as np
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from cifarflow.serving.tensors import DT_STRING, to_tensor_proto
+
+    def make():
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "cifarflow"
+        request.inputs["image_bytes"].CopyFrom(to_tensor_proto(np.array([image], dtype=object), DT_STRING))
+        request.output_filter.append("probabilities")  # what the gateway asks for too
+        return lambda: stub.Predict(request, timeout=10)
+
+    return make
+
+
+def gateway_grpc_call(target: str, image: bytes):
+    import grpc
+
+    from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
+
+    def make():
+        stub = classifier_pb2_grpc.ClassifierStub(grpc.insecure_channel(target))
+        request = classifier_pb2.ClassifyRequest(image=image, top_k=5)
+        return lambda: stub.Classify(request, timeout=10)
+
+    return make
+
+
+def gateway_rest_call(url: str, image: bytes):
+    import requests
+
+    def make():
+        session = requests.Session()
+
+        def call():
+            response = session.post(url, data=image, headers={"Content-Type": "image/jpeg"}, timeout=10)
+            if response.status_code != 200:
+                raise RuntimeError(response.text)
+
+        return call
+
+    return make
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="an exported SavedModel folder to serve")
+    parser.add_argument("--model-kind", choices=("resnet20", "tiny"), default="resnet20",
+                        help="without --model: an untrained ResNet-20 through the trainer's real export "
+                        "(real compute per image), or the tiny linear test model (serving overhead only)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per scenario")
+    parser.add_argument("--soak-seconds", type=float, default=0.0, help="gateway memory soak (0 skips it)")
+    parser.add_argument("--out", type=Path, default=RESULTS_JSON)
+    args = parser.parse_args(argv)
+
+    from cifarflow.serving.protos import use_protos_only
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    model = args.model
+    if model is None:  # exporting needs TensorFlow: do it in a child process, keep this one light
+        model = workdir / "export"
+        model.mkdir()
+        subprocess.run([sys.executable, "-c", EXPORTERS[args.model_kind], str(model), str(REPO)], check=True,
+                       capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"})
+    use_protos_only()
+    from cifarflow.serving.store import publish_model
+
+    store = workdir / "store"
+    publish_model(model, store, "cifarflow", {})
+    image = sample_image()
+    processes: list[subprocess.Popen] = []
+    results: dict[str, object] = {
+        "machine": machine_info(),
+        "model": str(args.model or MODEL_DESCRIPTIONS[args.model_kind]),
+        "image": f"CIFAR-100 test image as {len(image)}-byte 64x64 JPEG, one per request",
+        "seconds_per_scenario": args.seconds,
+        "scenarios": [],
+    }
+
+    def serve_model(batching: bool) -> int:
+        port = free_port()
+        flags = ["--batching"] if batching else ["--no-batching"]
+        processes.append(start(["serve", "--log-level", "WARNING", "model", "--store", str(store), "--model-name", "cifarflow",
+                                "--host", "127.0.0.1", "--grpc-port", str(port), "--rest-port", "-1", *flags], "model server:"))
+        return port
+
+    try:
+        model_port = serve_model(batching=True)
+        http_port, gw_grpc_port = free_port(), free_port()
+        gateway = start(["serve", "--log-level", "WARNING", "gateway", "--backend", f"127.0.0.1:{model_port}",
+                         "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(gw_grpc_port)], "gateway: HTTP")
+        processes.append(gateway)
+        paths = {
+            "direct": direct_call(f"127.0.0.1:{model_port}", image),
+            "gateway-grpc": gateway_grpc_call(f"127.0.0.1:{gw_grpc_port}", image),
+            "gateway-rest": gateway_rest_call(f"http://127.0.0.1:{http_port}/v1/classify", image),
+        }
+        for clients in CLIENTS:
+            for name, make in paths.items():
+                row = {"path": name, "batching": True, "clients": clients, **closed_loop(make, clients, args.seconds)}
+                print(json.dumps(row), flush=True)
+                results["scenarios"].append(row)
+        unbatched_port = serve_model(batching=False)
+        for clients in CLIENTS:
+            row = {"path": "direct", "batching": False, "clients": clients,
+                   **closed_loop(direct_call(f"127.0.0.1:{unbatched_port}", image), clients, args.seconds)}
+            print(json.dumps(row), flush=True)
+            results["scenarios"].append(row)
+        processes.pop().send_signal(signal.SIGTERM)
+        if args.soak_seconds > 0:
+            samples = []
+            done = threading.Event()
+
+            def sampler():
+                t0 = time.monotonic()
+                while not done.wait(5.0):
+                    samples.append((round(time.monotonic() - t0, 1), round(rss_mb(gateway.pid), 1)))
+
+            threading.Thread(target=sampler, daemon=True).start()
+            soak = closed_loop(paths["gateway-rest"], 8, args.soak_seconds, warmup=0)
+            done.set()
+            rss = [mb for _, mb in samples]
+            third = max(1, len(rss) // 3)
+            results["soak"] = {"clients": 8, "path": "gateway-rest", **soak, "rss_mb_samples": samples,
+                               "rss_mb_first_third_max": max(rss[:third]), "rss_mb_last_third_max": max(rss[-third:])}
+            print(json.dumps({k: v for k, v in results["soak"].items() if k != "rss_mb_samples"}), flush=True)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    results["summary"] = summarise(results["scenarios"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    md = args.out.with_suffix(".md")
+    md.write_text(markdown(results))
+    print(md.read_text())
+    return 0
+
+
+def _row(scenarios, path, clients, batching=True):
+    return next(s for s in scenarios if s["path"] == path and s["clients"] == clients and s["batching"] == batching)
+
+
+def summarise(scenarios: list[dict]) -> dict[str, object]:
+    direct1, gw1 = _row(scenarios, "direct", 1), _row(scenarios, "gateway-grpc", 1)
+    rest1 = _row(scenarios, "gateway-rest", 1)
+    direct32 = _row(scenarios, "direct", 32)
+    return {
+        "gateway_grpc_added_p50_ms_at_1": round(gw1["p50_ms"] - direct1["p50_ms"], 3),
+        "gateway_rest_added_p50_ms_at_1": round(rest1["p50_ms"] - direct1["p50_ms"], 3),
+        "gateway_grpc_throughput_share_at_32": round(_row(scenarios, "gateway-grpc", 32)["throughput_rps"] / direct32["throughput_rps"], 3),
+        "gateway_rest_throughput_share_at_32": round(_row(scenarios, "gateway-rest", 32)["throughput_rps"] / direct32["throughput_rps"], 3),
+        "batching_speedup_at_32": round(direct32["throughput_rps"] / _row(scenarios, "direct", 32, False)["throughput_rps"], 2),
+    }
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        "# Serving latency", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, {m['date']} "
+        f"(commit {m['git_commit']}). Model: {results['model']}. {results['image']}. "
+        f"{results['seconds_per_scenario']:g} s per scenario after 1 s warm-up; model server, gateway and "
+        "clients share the machine.", "",
+        "| path | batching | clients | throughput (req/s) | p50 (ms) | p99 (ms) | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in results["scenarios"]:
+        lines.append(f"| {s['path']} | {'on' if s['batching'] else 'off'} | {s['clients']} | {s.get('throughput_rps', 0)} | "
+                     f"{s.get('p50_ms', '-')} | {s.get('p99_ms', '-')} | {s['errors']} |")
+    lines += ["", "Summary: " + ", ".join(f"{k} = {v}" for k, v in results["summary"].items())]
+    if "soak" in results:
+        soak = results["soak"]
+        lines += ["", f"Soak: gateway REST, {soak['clients']} clients, {soak['requests']} requests, {soak['errors']} errors; "
+                  f"gateway RSS max {soak['rss_mb_first_third_max']} MB in the first third, "
+                  f"{soak['rss_mb_last_third_max']} MB in the last third."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
