@@ -41,7 +41,7 @@ lock:  ## re-resolve requirements/*.in into requirements/constraints.txt
 clean:  ## remove the virtual environment and local run outputs
 	rm -rf $(VENV) runs .pytest_cache
 
-# Container images (docker/), built with the repository root as the context.
+# Container images (dockerfiles/), built with the repository root as the context.
 # The tags come from cifarflow/images.py, the one place the pipeline's
 # components and the Kubernetes manifests take them from too; it needs no
 # dependency, so the system Python answers and no venv is built first.
@@ -53,10 +53,10 @@ IMAGE_OF = $(shell $(PYTHON) -c 'from cifarflow.images import $(1); print($(1)()
 .PHONY: image image-gpu
 
 image:  ## build the CPU project image (pipeline steps, gateway, sync)
-	$(IMAGE_BUILDER) build -f docker/Dockerfile -t $(call IMAGE_OF,cpu_image) .
+	$(IMAGE_BUILDER) build -f dockerfiles/Dockerfile -t $(call IMAGE_OF,cpu_image) .
 
 image-gpu:  ## build the GPU project image (the train step)
-	$(IMAGE_BUILDER) build -f docker/Dockerfile.gpu -t $(call IMAGE_OF,gpu_image) .
+	$(IMAGE_BUILDER) build -f dockerfiles/Dockerfile.gpu -t $(call IMAGE_OF,gpu_image) .
 
 proto: $(STAMP)  ## regenerate the gateway's gRPC code from serving/gateway/proto/classifier.proto
 	$(BIN)/python -m cifarflow.serving.gateway.proto.generate

@@ -27,7 +27,7 @@ from tests.k8s.manifests import (
     venv_tool,
 )
 
-DOCKER = REPO / "docker"
+DOCKER = REPO / "dockerfiles"
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile", "gpu": DOCKER / "Dockerfile.gpu"}
 TF_VERSION = constraint_pin("tensorflow")
 
@@ -172,7 +172,7 @@ def test_make_targets_tag_from_cifarflow_images(target, image, default_image_nam
         cwd=REPO, capture_output=True, text=True, timeout=60, env=env,
     )
     assert result.returncode == 0, result.stderr
-    dockerfile = "docker/Dockerfile.gpu" if target == "image-gpu" else "docker/Dockerfile"
+    dockerfile = "dockerfiles/Dockerfile.gpu" if target == "image-gpu" else "dockerfiles/Dockerfile"
     assert result.stdout.split() == ["build", "-f", dockerfile, "-t", getattr(images, image)(), "."]
 
 
