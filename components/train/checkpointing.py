@@ -72,9 +72,10 @@ def load_state(folder: Path) -> TrainingState | None:
 
 def restore_checkpoint(folder: Path, model: keras.Model) -> None:
     """Loads the last weights and optimizer variables into a compiled model."""
-    model.load_weights(folder / _LAST_WEIGHTS)
     optimizer = model.optimizer
+    # Built first, so the weights file's optimizer entries have variables to land in.
     optimizer.build(model.trainable_variables)
+    model.load_weights(folder / _LAST_WEIGHTS)
     with np.load(folder / _OPTIMIZER) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     if len(values) != len(optimizer.variables):

@@ -62,3 +62,36 @@ def write_splits_from_archive(archive: Path, out: Path, val_fraction: float = 0.
 def sample_data(tmp_path_factory, sample_archive) -> Path:
     """The shipped sample as preprocessed splits: 1,800 train, 200 val, 500 test images."""
     return write_splits_from_archive(sample_archive, tmp_path_factory.mktemp("sample_data"))
+
+
+# A trial small enough for tests: ResNet-8 (80 k parameters), a few seconds per epoch on the sample.
+TINY_TRIAL = {
+    "architecture": "resnet",
+    "depth": 8,
+    "batch_size": 64,
+    "learning_rate": 0.05,
+    "epochs": 4,
+    "fine_label_weight": 0.5,
+    "mixed_precision": "off",
+}
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, sample_data) -> Path:
+    """A ResNet-8 trained 4 epochs on the sample and exported (SavedModel, .keras, .tflite)."""
+    from cifarflow.components.train.config import TrialConfig
+    from cifarflow.components.train.executor import train
+
+    out = tmp_path_factory.mktemp("trained") / "model"
+    train(sample_data, TrialConfig.from_dict(TINY_TRIAL), out, log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def candidate(tmp_path_factory, trained_model, sample_data) -> Path:
+    """`trained_model` evaluated into a separate folder: a select_best candidate."""
+    from cifarflow.components.evaluate.executor import evaluate
+
+    out = tmp_path_factory.mktemp("candidate") / "candidate"
+    evaluate(trained_model, sample_data, out)
+    return out

@@ -2,12 +2,13 @@
 
 Base (DenseNet121, ResNet50 or Xception) at an enlarged input size, global
 average pooling, dropout, Dense(size_inner, relu), then the 20-class layer.
-Weights: `imagenet` (needs the internet), a local weights file, or none
-(random init; what runs offline).
+Weights: `imagenet` when reachable (offline it falls back to random
+initialisation with a warning), a local weights file, or none.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import keras
@@ -67,11 +68,19 @@ def transfer_features(
         raise BadInputError(f"weights file {weights} does not exist (use 'imagenet', 'none' or a file path)")
     x = layers.Resizing(input_size, input_size, interpolation="bilinear", name="upsample")(pixels)
     x = ApplicationPreprocess(mode, name="app_preprocess")(x)
-    base = constructor(
-        include_top=False,
-        weights="imagenet" if weights == "imagenet" else None,
-        input_shape=(input_size, input_size, 3),
-    )
+    shape = (input_size, input_size, 3)
+    if weights == "imagenet":
+        try:
+            base = constructor(include_top=False, weights="imagenet", input_shape=shape)
+        except Exception as exc:  # offline: "imagenet when reachable", else random init
+            print(
+                f"train: ImageNet weights for {architecture} unreachable ({type(exc).__name__}); "
+                "training the base from random initialisation",
+                file=sys.stderr, flush=True,
+            )
+            base = constructor(include_top=False, weights=None, input_shape=shape)
+    else:
+        base = constructor(include_top=False, weights=None, input_shape=shape)
     if weights not in ("imagenet", "none"):
         base.load_weights(weights)
     base.trainable = not freeze_base

@@ -1,0 +1,213 @@
+"""Selection and the McNemar gate: hand-checked statistics, constructed champions, local and S3 stores."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifarflow.components.select_best.champion import find_champion
+from cifarflow.components.select_best.executor import SelectConfig, select_best
+from cifarflow.components.select_best.leaderboard import Candidate, rank
+from cifarflow.components.select_best.mcnemar import chi_square_p, challenger_wins, exact_binomial_p, mcnemar_test
+from cifarflow.errors import BadInputError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+# --- the statistics -------------------------------------------------------------------
+
+
+def test_exact_binomial_p_values_by_hand():
+    assert exact_binomial_p(10, 0) == pytest.approx(2 / 1024)
+    # 2 * P(X <= 4), X ~ Bin(10, 1/2) = 2 * (1 + 10 + 45 + 120 + 210) / 1024
+    assert exact_binomial_p(6, 4) == pytest.approx(2 * 386 / 1024)
+    assert exact_binomial_p(5, 5) == 1.0
+    assert exact_binomial_p(0, 0) == 1.0
+
+
+def test_chi_square_with_continuity_correction_by_hand():
+    statistic, p = chi_square_p(60, 30)
+    assert statistic == pytest.approx(29**2 / 90)
+    assert p == pytest.approx(math.erfc(math.sqrt(29**2 / 90 / 2)))
+    assert p == pytest.approx(0.002237, rel=1e-3)  # chi-square(1) survival at 9.344
+
+
+def _paired(b: int, c: int, both_right: int, both_wrong: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels and two prediction vectors with exactly these concordance counts."""
+    n = b + c + both_right + both_wrong
+    labels = np.arange(n) % 20
+    wrong = (labels + 1) % 20
+    challenger = np.concatenate([labels[:b], wrong[b : b + c], labels[b + c : b + c + both_right], wrong[b + c + both_right :]])
+    champion = np.concatenate([wrong[:b], labels[b : b + c], labels[b + c : b + c + both_right], wrong[b + c + both_right :]])
+    return labels, challenger, champion
+
+
+def test_mcnemar_counts_and_method_on_constructed_predictions():
+    labels, new, old = _paired(b=10, c=0, both_right=400, both_wrong=90)
+    result = mcnemar_test(labels, new, old)
+    assert (result.challenger_only, result.champion_only, result.both_correct, result.both_wrong) == (10, 0, 400, 90)
+    assert result.method == "exact-binomial" and result.p_value == pytest.approx(2 / 1024)
+    assert challenger_wins(result, alpha=0.05) and not challenger_wins(result, alpha=0.001)
+
+    labels, new, old = _paired(b=60, c=30, both_right=300, both_wrong=110)
+    result = mcnemar_test(labels, new, old)
+    assert result.method == "chi-square-corrected" and result.p_value == pytest.approx(0.002237, rel=1e-3)
+    assert mcnemar_test(labels, new, old, exact_below=1000).method == "exact-binomial"
+
+    # More right in total is not enough when the difference is noise.
+    labels, new, old = _paired(b=6, c=4, both_right=400, both_wrong=90)
+    assert not challenger_wins(mcnemar_test(labels, new, old), alpha=0.05)
+    # A significant difference the wrong way round never publishes.
+    labels, new, old = _paired(b=0, c=10, both_right=400, both_wrong=90)
+    assert not challenger_wins(mcnemar_test(labels, new, old), alpha=0.05)
+    with pytest.raises(BadInputError, match="differ in length"):
+        mcnemar_test(labels, new[:-1], old)
+
+
+def test_ranking_is_deterministic_with_tie_breaks():
+    make = lambda i, **m: Candidate(index=i, path=f"c{i}", metrics=m)  # noqa: E731
+    candidates = [
+        make(0, val_accuracy=0.80, val_macro_f1=0.70, val_loss=0.9),
+        make(1, val_accuracy=0.82, val_macro_f1=0.60, val_loss=1.0),
+        make(2, val_accuracy=0.80, val_macro_f1=0.75, val_loss=0.9),
+        make(3, val_accuracy=0.80, val_macro_f1=0.75, val_loss=0.9),
+        make(4, val_macro_f1=0.99),  # no val_accuracy: ranked last
+    ]
+    assert [c.index for c in rank(candidates, "val_accuracy")] == [1, 2, 3, 0, 4]
+    assert [c.index for c in rank(list(reversed(candidates)), "val_accuracy")] == [1, 2, 3, 0, 4]
+    assert [c.index for c in rank(candidates, "val_loss")][:3] == [2, 3, 0]  # lower loss first
+
+
+# --- the step on real candidates --------------------------------------------------------
+
+
+def _clone(candidate: Path, folder: Path, **metric_overrides) -> Path:
+    shutil.copytree(candidate, folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics.update(metric_overrides)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def _publish_version(store: Path, version: int, source: Path, predictions: np.ndarray | None = None, complete: bool = True) -> Path:
+    """A store version the way publish lays it out (files copied verbatim, cifarflow.json last)."""
+    folder = store / "cifarflow" / str(version)
+    shutil.copytree(source, folder)
+    if predictions is not None:
+        np.save(folder / "test_predictions.npy", predictions.astype(np.int64))
+    if complete:
+        (folder / "cifarflow.json").write_text(json.dumps({"version": version}))
+    return folder
+
+
+def _champion_predictions(candidate: Path, better_by: int, worse_by: int) -> np.ndarray:
+    """Champion predictions relative to the candidate's: wrong on `better_by` images the
+    candidate gets right, right on `worse_by` images the candidate gets wrong."""
+    labels = np.load(candidate / "test_labels.npy")
+    own = np.load(candidate / "test_predictions.npy")
+    champion = own.copy()
+    right = np.flatnonzero(own == labels)
+    wrong = np.flatnonzero(own != labels)
+    assert len(right) >= better_by and len(wrong) >= worse_by
+    champion[right[:better_by]] = (labels[right[:better_by]] + 1) % 20
+    champion[wrong[:worse_by]] = labels[wrong[:worse_by]]
+    return champion
+
+
+def test_best_candidate_wins_and_no_store_means_publish(candidate, tmp_path):
+    a = _clone(candidate, tmp_path / "a", val_accuracy=0.30)
+    b = _clone(candidate, tmp_path / "b", val_accuracy=0.35)
+    result = select_best([a, b], tmp_path / "out")
+    assert result.winner == 1 and result.publish and result.decision == "publish"
+    model = Path(result.model_dir)
+    assert json.loads((model / "metrics.json").read_text())["val_accuracy"] == 0.35
+    for name in ("saved_model.pb", "variables", "model.keras", "test_predictions.npy", "test_labels.npy"):
+        assert (model / name).exists(), name
+    leaderboard = (tmp_path / "out" / "leaderboard.md").read_text()
+    rows = [line for line in leaderboard.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert [row.split("|")[2].strip() for row in rows] == ["1", "0"]
+    selection = json.loads((tmp_path / "out" / "selection.json").read_text())
+    assert selection["publish"] is True and selection["gate"]["reason"].startswith("no model store")
+    assert [r["index"] for r in selection["ranking"]] == [1, 0]
+
+
+def test_gate_against_a_local_champion(candidate, tmp_path):
+    store = tmp_path / "store"
+    assert find_champion(str(store), "cifarflow") is None
+    no_champion = select_best([candidate], tmp_path / "first", SelectConfig(store=str(store)))
+    assert no_champion.publish and "no champion" in no_champion.record["gate"]["reason"]
+
+    _publish_version(store, 1, candidate, _champion_predictions(candidate, better_by=40, worse_by=0))
+    champion_folder = _publish_version(store, 2, candidate, _champion_predictions(candidate, better_by=30, worse_by=0))
+    _publish_version(store, 3, candidate, complete=False)  # being written: never the champion
+    champion = find_champion(str(store), "cifarflow")
+    assert champion.version == 2 and champion.location == str(champion_folder)
+
+    clearly_better = select_best([candidate], tmp_path / "s1", SelectConfig(store=str(store)))
+    gate = clearly_better.record["gate"]
+    assert clearly_better.publish and gate["decision"] == "publish"
+    assert gate["mcnemar"]["challenger_only"] == 30 and gate["mcnemar"]["champion_only"] == 0
+    assert gate["mcnemar"]["method"] == "chi-square-corrected" and gate["mcnemar"]["p_value"] < 1e-6
+    assert gate["champion"]["version"] == 2
+
+    # Two more right, one fewer: noise. The champion stays unless forced.
+    np.save(champion_folder / "test_predictions.npy", _champion_predictions(candidate, better_by=2, worse_by=1))
+    noise = select_best([candidate], tmp_path / "s2", SelectConfig(store=str(store)))
+    assert not noise.publish and noise.decision == "keep_champion"
+    assert noise.record["gate"]["mcnemar"]["method"] == "exact-binomial"
+    assert noise.record["gate"]["mcnemar"]["p_value"] == pytest.approx(1.0)
+    forced = select_best([candidate], tmp_path / "s3", SelectConfig(store=str(store), force=True))
+    assert forced.publish and forced.record["gate"]["forced"] and "forced" in forced.record["gate"]["reason"]
+    # A looser alpha does not turn noise into a win.
+    assert not select_best([candidate], tmp_path / "s4", SelectConfig(store=str(store), alpha=0.5)).publish
+
+
+def test_champion_without_usable_predictions_is_rerun_on_the_test_set(candidate, sample_data, tmp_path):
+    store = tmp_path / "store"
+    folder = _publish_version(store, 1, candidate)
+    (folder / "test_predictions.npy").unlink()
+    blind = select_best([candidate], tmp_path / "s1", SelectConfig(store=str(store)))
+    assert not blind.publish and "pass --data" in blind.record["gate"]["reason"]
+    rerun = select_best([candidate], tmp_path / "s2", SelectConfig(store=str(store), data_dir=str(sample_data)))
+    gate = rerun.record["gate"]
+    # The champion is the same model: no discordant pair, so no reason to replace it.
+    assert gate["mcnemar"]["champion_predictions"].endswith("re-run on the test set")
+    assert gate["mcnemar"]["discordant"] == 0 and not rerun.publish
+
+
+def test_gate_against_a_champion_in_s3(candidate, tmp_path, s3_server, s3_bucket):
+    client = s3_server.settings.client()
+    champion_predictions = _champion_predictions(candidate, better_by=25, worse_by=0)
+    source = tmp_path / "v7"
+    shutil.copytree(candidate, source)
+    np.save(source / "test_predictions.npy", champion_predictions)
+    (source / "cifarflow.json").write_text("{}")
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        client.fput_object(s3_bucket, f"prod/cifarflow/7/{path.relative_to(source)}", str(path))
+    client.fput_object(s3_bucket, "prod/cifarflow/9/saved_model.pb", str(source / "saved_model.pb"))  # incomplete
+    champion = find_champion(f"s3://{s3_bucket}/prod", "cifarflow", s3_server.settings)
+    assert champion.version == 7 and champion.location == f"s3://{s3_bucket}/prod/cifarflow/7/"
+    np.testing.assert_array_equal(champion.test_predictions, champion_predictions)
+    result = select_best([candidate], tmp_path / "out", SelectConfig(store=f"s3://{s3_bucket}/prod", s3=s3_server.settings))
+    assert result.publish and result.record["gate"]["mcnemar"]["challenger_only"] == 25
+
+
+def test_select_cli(candidate, tmp_path, capsys):
+    from cifarflow.cli.main import main
+
+    store = tmp_path / "store"
+    _publish_version(store, 1, candidate, _champion_predictions(candidate, better_by=3, worse_by=0))
+    args = ["select", "--candidates", str(candidate), "--out", str(tmp_path / "out"), "--store", str(store)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "decision: keep_champion" in out  # 3 vs 0 discordant: p = 0.25
+    assert main(args + ["--alpha", "0.3"]) == 0
+    assert "decision: publish" in capsys.readouterr().out
+    assert main(["select", "--candidates", str(tmp_path), "--out", str(tmp_path / "o2")]) == 2
+    assert "pass folders written by 'cifarflow evaluate'" in capsys.readouterr().err
+    assert main(["select", "--candidates", str(candidate), "--out", str(tmp_path / "o3"), "--alpha", "2"]) == 2

@@ -1,0 +1,184 @@
+"""The train step on the real shipped sample: learning, outputs, resume after a kill, budgets."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from cifarflow.components.train import checkpointing
+from cifarflow.components.train.config import TrialConfig, load_grid
+from cifarflow.components.train.executor import SUMMARY_FILE, TrainResult, train
+from cifarflow.components.train.models import build_model
+from cifarflow.components.train.schedules import WarmupSchedule
+from tests.components.train_data import TINY_TRIAL
+
+REPO = Path(__file__).resolve().parents[2]
+CHANCE = 1 / 20
+
+
+def test_training_on_the_sample_clearly_beats_chance(trained_model):
+    result = TrainResult.load(trained_model)
+    # 200 val images: chance gives 10 +- 3 right; 2.5x chance is > 4 standard deviations away.
+    assert result.best_val_accuracy >= 2.5 * CHANCE
+    assert result.epochs_run == 4 and 1 <= result.best_epoch <= 4
+    history = json.loads((trained_model / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert max(row["val_accuracy"] for row in history) == pytest.approx(result.best_val_accuracy)
+    assert 0.05 < result.temperature < 20
+
+
+def test_a_finished_trial_holds_every_output_and_no_checkpoint(trained_model):
+    for name in ("saved_model.pb", "variables", "assets/class_names.txt", "model.keras", "model.tflite", "history.json", "curves.png", SUMMARY_FILE):
+        assert (trained_model / name).exists(), name
+    assert not (trained_model / checkpointing.CHECKPOINT_DIR).exists()
+    assert (trained_model / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((trained_model / SUMMARY_FILE).read_text())
+    assert summary["trial"] == TrialConfig.from_dict(TINY_TRIAL).to_dict()
+    assert len(summary["class_names"]) == 20 and summary["backend"] == "tensorflow"
+
+
+def test_rerunning_a_finished_trial_does_nothing(trained_model, sample_data):
+    before = (trained_model / "model.keras").stat().st_mtime_ns
+    lines: list[str] = []
+    result = train(sample_data, TrialConfig.from_dict(TINY_TRIAL), trained_model, log=lines.append)
+    assert "already holds a finished trial" in lines[0]
+    assert (trained_model / "model.keras").stat().st_mtime_ns == before
+    assert result == TrainResult.load(trained_model)
+
+
+def test_a_killed_trial_resumes_from_its_last_checkpoint(tmp_path, sample_data):
+    trial = {**TINY_TRIAL, "epochs": 3, "batch_size": 32, "fine_label_weight": 0.0}
+    out = tmp_path / "run"
+    code = (
+        "import sys; from cifarflow.components.train.config import TrialConfig; "
+        "from cifarflow.components.train.executor import train; "
+        f"train({str(sample_data)!r}, TrialConfig.from_dict({trial!r}), {str(out)!r})"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = out / checkpointing.CHECKPOINT_DIR / "state.json"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            if state_file.is_file() and json.loads(state_file.read_text())["epochs_done"] >= 1:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the trial ended before it could be killed"
+        process.send_signal(signal.SIGKILL)  # no chance to clean up, like an evicted pod
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not (out / SUMMARY_FILE).exists()
+    done = json.loads(state_file.read_text())["epochs_done"]
+    assert 1 <= done < 3
+
+    lines: list[str] = []
+    result = train(sample_data, TrialConfig.from_dict(trial), out, log=lines.append)
+    assert result.resumed and any(f"resuming from" in line and f"{done} of 3 epochs done" in line for line in lines)
+    history = json.loads((out / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    # The optimizer's step counter came back: each epoch's last learning rate sits
+    # on the one schedule of the whole run (a fresh optimizer would restart it).
+    steps = math.ceil(1800 / 32)
+    schedule = WarmupSchedule(0.05, total_steps=3 * steps, warmup_steps=steps, kind="cosine")
+    for row in history:
+        expected = float(keras.ops.convert_to_numpy(schedule(row["epoch"] * steps - 1)))
+        assert row["learning_rate"] == pytest.approx(expected, rel=1e-4)
+    assert (out / "saved_model.pb").is_file() and not (out / checkpointing.CHECKPOINT_DIR).exists()
+
+
+def test_a_checkpoint_of_another_trial_is_refused(tmp_path, sample_data):
+    from cifarflow.errors import BadInputError
+
+    folder = tmp_path / "run" / checkpointing.CHECKPOINT_DIR
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"epochs_done": 1, "planned_epochs": 3, "trial": {"depth": 20}}))
+    with pytest.raises(BadInputError, match="checkpoint of a different trial"):
+        train(sample_data, TrialConfig.from_dict(TINY_TRIAL), tmp_path / "run", log=lambda line: None)
+
+
+def test_schedules_warm_up_then_decay_to_zero():
+    cosine = WarmupSchedule(0.1, total_steps=100, warmup_steps=10, kind="cosine")
+    onecycle = WarmupSchedule(0.1, total_steps=100, warmup_steps=10, kind="onecycle")
+    constant = WarmupSchedule(0.1, total_steps=100, warmup_steps=0, kind="constant")
+    value = lambda s, step: float(keras.ops.convert_to_numpy(s(step)))  # noqa: E731
+    assert value(cosine, 0) == pytest.approx(0.01)
+    assert value(cosine, 10) == pytest.approx(0.1)
+    assert value(cosine, 55) == pytest.approx(0.05, rel=1e-4)
+    assert value(cosine, 100) == pytest.approx(0.0, abs=1e-7)
+    assert value(onecycle, 55) == pytest.approx(0.05, rel=1e-4)
+    assert value(onecycle, 32.5) == pytest.approx(0.075, rel=1e-4)
+    assert value(constant, 0) == value(constant, 99) == pytest.approx(0.1)
+    # Serialisable, so a saved optimizer brings its schedule back.
+    assert WarmupSchedule(**cosine.get_config()).get_config() == cosine.get_config()
+
+
+def test_time_budget_shortens_the_plan_and_the_schedule():
+    from cifarflow.components.train.executor import _replan
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    schedule = WarmupSchedule(0.1, total_steps=10 * 5, warmup_steps=5)
+    model.compile(optimizer=keras.optimizers.SGD(schedule), loss="mse")
+    state = checkpointing.TrainingState(epochs_done=2, planned_epochs=10, train_seconds=60.0)
+    lines: list[str] = []
+    _replan(state, budget=150.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append)
+    assert state.planned_epochs == 5 and schedule.total_steps == 25  # 2 done + 90 s left / 30 s
+    assert "room for 5 epochs" in lines[0]
+    _replan(state, budget=1000.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append)
+    assert state.planned_epochs == 5  # never grows back
+
+
+def test_augmentation_is_active_only_in_training():
+    model = build_model(TrialConfig.from_dict({**TINY_TRIAL, "cutout": 8})).inference
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3)).astype("float32")
+    a = keras.ops.convert_to_numpy(model(images, training=False))
+    b = keras.ops.convert_to_numpy(model(images, training=False))
+    np.testing.assert_array_equal(a, b)
+    augmenting = [layer for layer in model.layers if layer.name in {"random_flip", "random_crop", "cutout"}]
+    assert len(augmenting) == 3
+    x = images
+    outputs = [keras.ops.convert_to_numpy(layer(x, training=True)) for layer in augmenting[:2]]
+    assert any(not np.array_equal(o, x) for o in outputs)
+    for layer in augmenting[:2]:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+
+
+def test_gpu_and_reference_models_build():
+    gpu = build_model(load_grid(REPO / "configs" / "gpu.yaml").trials[0]).inference
+    assert gpu.count_params() > 5_000_000 and gpu.output_shape == (None, 20)
+    reference = load_grid(REPO / "configs" / "reference.yaml").trials[0]
+    built = build_model(TrialConfig.from_dict({**reference.to_dict(), "weights": "none"}))
+    assert built.inference.output_shape == (None, 20)
+    # The frozen base leaves only the head trainable, as in the 2023 project.
+    trainable = sum(int(np.prod(v.shape)) for v in built.inference.trainable_weights)
+    assert trainable < 0.2 * built.inference.count_params()
+
+
+@pytest.mark.slow
+def test_the_reference_grids_first_trial_runs(tmp_path, sample_data):
+    """DenseNet121 at 75x75 from the 2023 grid, one short epoch on a slice of the sample."""
+    from cifarflow.data.splits import load_split, write_split, write_stats, load_stats
+
+    small = tmp_path / "small"
+    for name, count in (("train", 96), ("val", 40), ("test", 40)):
+        split = load_split(sample_data, name, mmap=False)
+        write_split(small, name, type(split)(split.images[:count], split.coarse_labels[:count], split.fine_labels[:count]))
+    write_stats(small, load_stats(sample_data))
+    first = load_grid(REPO / "configs" / "reference.yaml").trials[0]
+    trial = TrialConfig.from_dict({**first.to_dict(), "epochs": 1})  # offline: imagenet falls back to random init
+    result = train(small, trial, tmp_path / "out", log=lambda line: None, export_tflite=False)
+    assert result.epochs_run == 1 and (tmp_path / "out" / "saved_model.pb").is_file()
+    assert result.trial["architecture"] == "densenet121"
