@@ -161,8 +161,10 @@ def _make_handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
             finally:
                 server._leave()
             response.headers.setdefault("X-Request-ID", request_id)
-            self._send(response)
+            # Logged and counted before the answer leaves: once a client has its
+            # answer, the log line and the metrics already show the request.
             server.on_done(request, response, time.perf_counter() - started)
+            self._send(response)
 
         def _respond(self, request: Request) -> Response:
             try:

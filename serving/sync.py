@@ -13,6 +13,7 @@ worst a hidden folder, removed by the next run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from cifarflow.errors import CifarflowError
 from cifarflow.serving.store.backends import MANIFEST
@@ -108,15 +110,62 @@ def sync_once(source: ModelStore, dest: str | Path, config: SyncConfig = SyncCon
     return report
 
 
-def watch(source: ModelStore, dest: str | Path, config: SyncConfig, stop: threading.Event | None = None) -> None:
+def watch(source: ModelStore, dest: str | Path, config: SyncConfig, stop: threading.Event | None = None,
+          after_pass: Callable[[], None] | None = None) -> None:
     """Syncs every `interval_s` until `stop` is set; a failed pass is logged and retried."""
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
             sync_once(source, dest, config)
+            if after_pass is not None:
+                after_pass()
         except CifarflowError as exc:
             log.warning("sync pass failed, retrying in %.0fs: %s", config.interval_s, exc)
         stop.wait(config.interval_s)
+
+
+def tf_serving_config(dest: str | Path, models: list[str], base_path: str | None = None) -> str:
+    """TensorFlow Serving's `--model_config_file` text for the synced folder.
+
+    With store labels, each model serves exactly the labelled versions plus
+    its newest, and `version_labels` carry the labels, so `models promote`
+    and `rollback` reach TensorFlow Serving through the sync (it re-reads the
+    file every `--model_config_file_poll_wait_seconds`). Without labels it
+    serves the newest version. TensorFlow Serving refuses a label on a version
+    it has not loaded yet; run it with
+    `--allow_version_labels_for_unavailable_models` so a promotion and its
+    version can arrive in the same pass.
+    """
+    dest = Path(dest)
+    root = (base_path or str(dest)).rstrip("/")
+    blocks = []
+    for model in sorted(models):
+        versions = complete_versions(dest, model)
+        labels = {}
+        labels_path = dest / model / LABELS
+        if labels_path.is_file():
+            labels = {k: int(v) for k, v in json.loads(labels_path.read_text()).get("labels", {}).items() if int(v) in versions}
+        lines = [f'    name: "{model}"', f'    base_path: "{root}/{model}"', '    model_platform: "tensorflow"']
+        if labels and versions:
+            served = sorted(set(labels.values()) | {versions[-1]})
+            lines.append("    model_version_policy { specific { " + " ".join(f"versions: {v}" for v in served) + " } }")
+            lines += [f'    version_labels {{ key: "{k}" value: {v} }}' for k, v in sorted(labels.items())]
+        else:
+            lines.append("    model_version_policy { latest { num_versions: 1 } }")
+        blocks.append("  config {\n" + "\n".join(lines) + "\n  }")
+    return "model_config_list {\n" + "\n".join(blocks) + "\n}\n"
+
+
+def write_tf_serving_config(dest: str | Path, models: list[str], path: str | Path, base_path: str | None = None) -> bool:
+    """Writes the config atomically when it changed; True when it did."""
+    text = tf_serving_config(dest, models, base_path)
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # TF Serving never reads a half-written config
+    return True
 
 
 def complete_versions(dest: str | Path, model: str) -> list[int]:

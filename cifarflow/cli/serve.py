@@ -73,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     sync.add_argument("--keep", type=int, default=2, help="newest complete versions to keep (labelled ones are kept too)")
     sync.add_argument("--watch", action="store_true", help="keep syncing every --interval seconds")
     sync.add_argument("--interval", type=float, default=30.0)
+    sync.add_argument("--tf-serving-config", type=Path, metavar="FILE",
+                      help="also write TensorFlow Serving's --model_config_file here, with the store's labels as version_labels")
+    sync.add_argument("--tf-serving-base-path", help="the --to folder as TensorFlow Serving sees it (default: --to)")
     add_s3_flags(sync)
     sync.set_defaults(func=serve_sync)
 
@@ -88,21 +91,29 @@ def serve_sync(args: argparse.Namespace) -> int:
 
     from cifarflow.serving.store import open_store
     from cifarflow.serving.store.cli_flags import s3_settings
-    from cifarflow.serving.sync import SyncConfig, sync_once, watch
+    from cifarflow.serving.sync import SyncConfig, sync_once, watch, write_tf_serving_config
 
     _logging(args)
     source = open_store(args.source, s3_settings(args, args.source))
     config = SyncConfig(models=tuple(args.model_name), keep=args.keep, interval_s=args.interval)
+
+    def write_config() -> None:
+        if args.tf_serving_config:
+            models = list(config.models) or [p.name for p in args.dest.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            if write_tf_serving_config(args.dest, models, args.tf_serving_config, args.tf_serving_base_path):
+                print(f"wrote {args.tf_serving_config}", flush=True)
+
     report = sync_once(source, args.dest, config)
     for model, version in report.added:
         print(f"added {model}/{version}")
     for model, version in report.removed:
         print(f"removed {model}/{version}")
+    write_config()
     if args.watch:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            watch(source, args.dest, config, stop)
+            watch(source, args.dest, config, stop, after_pass=write_config)
         except KeyboardInterrupt:
             pass
     return 0

@@ -51,7 +51,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
 
                 raise Unavailable("the gateway is shutting down")
             self.auth.check(metadata.get("authorization"))
-            return work(request_id, deadline)
+            with self.classifier.metrics.in_flight.track_inprogress():
+                return work(request_id, deadline)
         except Exception as exc:
             error = as_serving_error(exc)
             if not isinstance(exc, ServingError):

@@ -20,6 +20,7 @@ import dataclasses
 import io
 import warnings
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifarflow.serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
@@ -31,6 +32,7 @@ _PASS_THROUGH_MODES = {"RGB", "L"}
 # anyway, and a lossless PNG of a large photo would be tens of megabytes.
 _MAX_NORMALISED_SIDE = 512
 _ORIENTATION = 0x0112
+_WIDE_GRAY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +104,10 @@ def prepare_image(data: bytes, limits: ImageLimits) -> PreparedImage:
 
 def _normalise(image: Image.Image) -> bytes:
     image = ImageOps.exif_transpose(image)  # applies and drops the EXIF orientation
+    if image.mode in _WIDE_GRAY_MODES:
+        # 16-bit grayscale: PIL's convert() would clip every value above 255 to white.
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), "L")
     if image.mode in ("P", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "RGBa", "La"):

@@ -93,9 +93,11 @@ class GatewayApi:
             if any(path == request.path for _, path in self.routes):
                 raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
             raise NotFound(f"no such endpoint: {request.path}")
-        if request.path not in PUBLIC:
-            self.auth.check(request.headers.get("Authorization"))
-        return handler(request)
+        if request.path in PUBLIC:
+            return handler(request)
+        self.auth.check(request.headers.get("Authorization"))
+        with self.classifier.metrics.in_flight.track_inprogress():
+            return handler(request)
 
     def endpoint_name(self, request: Request) -> str:
         """A bounded label for metrics (unknown paths would explode cardinality)."""

@@ -132,6 +132,12 @@ def test_grayscale_rgba_palette_and_exif_rotation_are_handled(base, cifar):
     palette.save(buffer, "PNG")
     np.testing.assert_allclose(served(buffer.getvalue()), expect(np.array(palette.convert("RGB"))), atol=1e-5)
 
+    wide = (gray.astype(np.uint16) * 257)  # the same picture as a 16-bit grayscale PNG
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, "PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")
+    np.testing.assert_allclose(served(buffer.getvalue()), expect(np.stack([gray] * 3, -1)), atol=1e-5)
+
     gif = io.BytesIO()
     palette.save(gif, "GIF")
     np.testing.assert_allclose(served(gif.getvalue()), expect(np.array(palette.convert("RGB"))), atol=1e-5)
@@ -258,12 +264,15 @@ def test_health_ready_metrics_and_request_ids(base, cifar, caplog):
     assert response.headers["X-Request-ID"] == "trace-123"
     assert len(requests.get(f"{base}/healthz", timeout=5).headers["X-Request-ID"]) == 32
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "cifarflow.gateway.access"]
-    assert {"request_id": "trace-123", "status": 200, "path": "/v1/classify"}.items() <= lines[0].items()
+    traced = [line for line in lines if line["request_id"] == "trace-123"]
+    assert len(traced) == 1 and {"status": 200, "path": "/v1/classify", "protocol": "http"}.items() <= traced[0].items()
+    assert any(line["status"] == 400 and len(line["request_id"]) == 32 for line in lines)
     metrics = requests.get(f"{base}/metrics", timeout=5).text
     assert 'cifarflow_gateway_requests_total{code="200",endpoint="/v1/classify",protocol="http"}' in metrics
     assert 'cifarflow_gateway_errors_total{cause="invalid_input"}' in metrics
     assert "cifarflow_gateway_request_seconds_bucket" in metrics and "cifarflow_gateway_batch_images_count" in metrics
     assert "cifarflow_gateway_backend_seconds_count" in metrics
+    assert "cifarflow_gateway_in_flight 0.0" in metrics
 
 
 def test_backend_down_is_503_with_retry_after_and_deadlines_apply(model_server, base, cifar):

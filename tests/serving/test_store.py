@@ -228,8 +228,37 @@ def test_sync_cli_and_models_cli(s3_server, s3_bucket, tmp_path):
     assert shown["version"] == 2 and shown["labels"] == ["stable"]
     err = run("models", "rollback", "--store", uri, "--model-name", "cifar", code=2).stderr
     assert "nothing to roll back" in err and len(err.strip().splitlines()) == 1
-    run("serve", "sync", "--from", uri, "--to", str(tmp_path / "synced"))
+    config = tmp_path / "models.config"
+    synced = run("serve", "sync", "--from", uri, "--to", str(tmp_path / "synced"), "--tf-serving-config", str(config),
+                 "--tf-serving-base-path", "/models").stdout
     assert complete_versions(tmp_path / "synced", "cifar") == [1, 2]
+    assert "added cifar/2" in synced and 'version_labels { key: "stable" value: 2 }' in config.read_text()
     bad = subprocess.run([*cli, "publish", "--model", str(src), "--store", uri, "--model-name", "cifar"],
                          env={**env, "S3_SECRET_KEY": "wrong"}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 5 and "credentials" in bad.stderr and "wrong" not in bad.stderr
+
+
+def test_sync_writes_tf_serving_config_with_store_labels(tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from cifarflow.serving.sync import write_tf_serving_config
+
+    store_dir, dest = tmp_path / "store", tmp_path / "models"
+    src = fake_export(tmp_path / "export")
+    for _ in range(3):
+        publish_model(src, store_dir, "cifar", {})
+    publish_model(src, store_dir, "plain", {})
+    store = open_store(store_dir)
+    store.promote("cifar", 1)
+    store.promote("cifar", 2, "canary")
+    sync_once(store, dest, SyncConfig(keep=1))
+    config_path = tmp_path / "models.config"
+    assert write_tf_serving_config(dest, ["cifar", "plain"], config_path, "/models")
+    assert not write_tf_serving_config(dest, ["cifar", "plain"], config_path, "/models")  # unchanged: not rewritten
+    parsed = text_format.Parse(config_path.read_text(), model_server_config_pb2.ModelServerConfig())
+    cifar, plain = parsed.model_config_list.config
+    assert (cifar.name, cifar.base_path, cifar.model_platform) == ("cifar", "/models/cifar", "tensorflow")
+    assert list(cifar.model_version_policy.specific.versions) == [1, 2, 3]
+    assert dict(cifar.version_labels) == {"stable": 1, "canary": 2}
+    assert plain.model_version_policy.latest.num_versions == 1 and not plain.version_labels
