@@ -234,7 +234,8 @@ def _train(
         run_seconds.append(seconds)
         log(_epoch_line(epoch + 1, state.planned_epochs, row, state.best_epoch, state.best_val_accuracy))
         if budget > 0:
-            _replan(state, budget, float(np.mean(run_seconds)), schedule, steps_per_epoch, model, log)
+            # The last three epochs: the current load, not the whole run's average.
+            _replan(state, budget, float(np.mean(run_seconds[-3:])), schedule, steps_per_epoch, model, log, config.epochs)
         checkpointing.save_checkpoint(ckpt_dir, model, state, improved)
         patience = config.early_stopping_patience
         if patience and state.epochs_without_gain >= patience and state.epochs_done < state.planned_epochs:
@@ -290,11 +291,23 @@ def _replan(
     steps_per_epoch: int,
     model: keras.Model,
     log: Callable[[str], None],
+    max_epochs: int | None = None,
 ) -> None:
-    """Shrinks the planned epochs (and the schedule) so training ends within the budget."""
-    affordable = state.epochs_done + int((budget - state.train_seconds) // epoch_seconds)
-    planned = max(state.epochs_done, min(state.planned_epochs, affordable))
-    if planned < state.planned_epochs:
+    """Re-plans the epochs (and the schedule's length) so training ends within the budget.
+
+    On a shared machine the epoch time moves with the neighbours' load, so the
+    plan shrinks as soon as it no longer fits, and grows back (never past
+    `max_epochs`) when at least two more epochs fit; the one-epoch gap keeps
+    the plan from flapping, since each change recompiles the training step.
+    """
+    affordable = state.epochs_done + int(max(budget - state.train_seconds, 0.0) // epoch_seconds)
+    ceiling = max_epochs or state.planned_epochs
+    planned = state.planned_epochs
+    if affordable < planned:
+        planned = max(state.epochs_done, affordable)
+    elif affordable >= planned + 2 and planned < ceiling:
+        planned = min(ceiling, affordable - 1)
+    if planned != state.planned_epochs:
         log(f"train: time budget, {epoch_seconds:.0f}s per epoch leaves room for {planned} epochs (planned {state.planned_epochs})")
         state.planned_epochs = planned
         schedule.total_steps = max(planned * steps_per_epoch, 1)

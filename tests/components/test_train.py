@@ -136,8 +136,12 @@ def test_time_budget_shortens_the_plan_and_the_schedule():
     _replan(state, budget=150.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append)
     assert state.planned_epochs == 5 and schedule.total_steps == 25  # 2 done + 90 s left / 30 s
     assert "room for 5 epochs" in lines[0]
-    _replan(state, budget=1000.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append)
-    assert state.planned_epochs == 5  # never grows back
+    # One more epoch fits again: not worth a recompile.
+    _replan(state, budget=180.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append, max_epochs=10)
+    assert state.planned_epochs == 5 and len(lines) == 1
+    # The machine got faster: grow back, but never past the configured epochs.
+    _replan(state, budget=1000.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append, max_epochs=10)
+    assert state.planned_epochs == 10 and schedule.total_steps == 50
 
 
 def test_augmentation_is_active_only_in_training():
