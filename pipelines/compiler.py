@@ -6,12 +6,17 @@ import os
 from pathlib import Path
 
 
-def compile_pipeline(output: str | os.PathLike, trial_parallelism: int = 0) -> Path:
+def compile_pipeline(
+    output: str | os.PathLike,
+    trial_parallelism: int = 0,
+    gpu_node_selector: dict[str, str] | None = None,
+) -> Path:
     """Writes the pipeline's IR YAML to `output` and returns its path.
 
     Args:
         output: file to write.
         trial_parallelism: trials trained at once (0: no limit).
+        gpu_node_selector: node labels for the train pods.
     """
     from kfp import compiler
 
@@ -19,5 +24,6 @@ def compile_pipeline(output: str | os.PathLike, trial_parallelism: int = 0) -> P
 
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(trial_parallelism=trial_parallelism), package_path=str(path))
+    pipeline = build_pipeline(trial_parallelism=trial_parallelism, gpu_node_selector=gpu_node_selector)
+    compiler.Compiler().compile(pipeline, package_path=str(path))
     return path

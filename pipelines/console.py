@@ -9,6 +9,7 @@ starts and outcomes and the lines cifarflow's own steps print
 from __future__ import annotations
 
 import io
+import logging
 import re
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import TextIO
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STEP_PREFIXES = ("ingest", "download", "preprocess", "eda", "grid", "train", "evaluate", "select", "publish", "pipeline")
 _SHOW = re.compile(
-    r"^(?:(?:" + "|".join(_STEP_PREFIXES) + r")\b.*?:\s|epoch\s)"  # our own steps' progress
+    # our steps' progress: "train: <a sentence>" (kfp's own "publish: True" output lines have one word)
+    r"^(?:(?:" + "|".join(_STEP_PREFIXES) + r")\b[^:]*:\s+\S+\s+\S|epoch\s)"
     r"|.* - (?:INFO|WARNING|ERROR) - (?:Running pipeline|Executing task|Task .* (?:finished|failed|cache hit)|Pipeline .* finished)"
 )
 
@@ -62,9 +64,19 @@ class capture_console:
         self._log = open(self._log_path, "a", encoding="utf-8")
         self._stdout = sys.stdout
         sys.stdout = FilteredConsole(self._stdout, self._log, show_all=self._verbose)
+        # kfp.local logs cache hits outside its own logging context: catch them too.
+        root = logging.getLogger()
+        self._saved = (root.level, root.handlers[:])
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s", "%H:%M:%S"))
+        root.handlers = [handler]
+        root.setLevel(logging.INFO)
         return self
 
     def __exit__(self, *exc) -> None:
+        root = logging.getLogger()
+        root.setLevel(self._saved[0])
+        root.handlers = self._saved[1]
         sys.stdout.flush()
         sys.stdout = self._stdout
         self._log.close()

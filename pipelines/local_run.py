@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import warnings
 import shutil
 import tempfile
 import time
@@ -77,7 +79,11 @@ def run_locally(pipeline_func: Callable[..., Any], arguments: dict[str, Any], op
     error: str | None = None
     log_fd, log_name = tempfile.mkstemp(prefix=".run-", suffix=".log", dir=runs_dir)
     os.close(log_fd)
-    with capture_console(Path(log_name), verbose=options.verbose):
+    with capture_console(Path(log_name), verbose=options.verbose), warnings.catch_warnings():
+        # Expected locally: resource/GPU settings are cluster-only, and tasks run
+        # in this environment instead of the project image.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
         try:
             pipeline_func(**arguments)
         except RuntimeError as exc:  # kfp.local's way of saying a task failed
@@ -88,7 +94,7 @@ def run_locally(pipeline_func: Callable[..., Any], arguments: dict[str, Any], op
         raise PipelineFailedError(f"the pipeline did not start: {error or 'no run folder was created'} (log: {log_name})")
     run_dir = new_dirs[-1]
     shutil.move(log_name, run_dir / "run.log")
-    tasks = run_record.task_outputs(run_dir)
+    tasks = run_record.task_outputs(run_dir, cache_dir=runs_dir / ".cache")
     record = {
         "run_id": run_dir.name,
         "pipeline": getattr(pipeline_func, "name", "cifarflow"),
@@ -107,5 +113,22 @@ def run_locally(pipeline_func: Callable[..., Any], arguments: dict[str, Any], op
         run_record.write_record(run_dir, record)
     result = LocalRunResult(run_dir.name, run_dir, record)
     if error:
-        raise PipelineFailedError(f"{error} (artifacts so far kept in {run_dir}; full log: {run_dir / 'run.log'})")
+        cause = failure_cause(run_dir / "run.log")
+        raise PipelineFailedError(
+            f"{error}{f' Cause: {cause}' if cause else ''} (artifacts so far kept in {run_dir}; full log: {run_dir / 'run.log'})"
+        )
     return result
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception)): (.+)$")
+
+
+def failure_cause(log: Path) -> str | None:
+    """The last exception a task raised, as `Type: message`, from the run log."""
+    if not log.is_file():
+        return None
+    causes = [m for line in log.read_text(errors="replace").splitlines() if (m := _EXCEPTION_LINE.match(line))]
+    if not causes:
+        return None
+    kind, message = causes[-1].groups()
+    return f"{kind.rsplit('.', 1)[-1]}: {message.strip()}"

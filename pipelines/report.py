@@ -7,7 +7,8 @@ from typing import Any
 
 
 def _artifact_path(run_dir: Path, task: str, uri: str) -> Path:
-    return run_dir / task / Path(uri).name
+    # kfp.local records absolute local paths; cached tasks point into earlier runs.
+    return Path(uri) if Path(uri).is_absolute() else run_dir / task / Path(uri).name
 
 
 def describe_run(run_dir: Path, record: dict[str, Any]) -> str:
@@ -20,7 +21,7 @@ def describe_run(run_dir: Path, record: dict[str, Any]) -> str:
                 if path.is_file():
                     lines += ["", path.read_text().rstrip()]
     for task, outputs in tasks.items():
-        if task.startswith("publish"):
+        if "publish" in task:
             for name, artifact in outputs["artifacts"].items():
                 path = _artifact_path(run_dir, task, artifact["uri"])
                 if path.is_file():

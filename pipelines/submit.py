@@ -33,6 +33,8 @@ class SubmitOptions:
             otherwise `$KFP_TOKEN` is used when set.
         wait: block until the run finishes.
         timeout: seconds to wait at most.
+        service_account: Kubernetes service account of the run's pods
+            (k8s/kubeflow creates `cifarflow-pipeline`); None for the default.
     """
 
     host: str
@@ -42,6 +44,7 @@ class SubmitOptions:
     token_file: str | None = None
     wait: bool = False
     timeout: int = 6 * 3600
+    service_account: str | None = None
 
     def token(self) -> str | None:
         if self.token_file:
@@ -110,6 +113,7 @@ def submit(package: str | os.PathLike, parameters: dict[str, Any], options: Subm
             run_name=options.run_name,
             experiment_name=options.experiment,
             namespace=options.namespace,
+            service_account=options.service_account,
         )
         run_id = result.run_id
         run = client.get_run(run_id)

@@ -23,7 +23,7 @@ class Request:
     path: str
     query: dict[str, list[str]]
     body: Any
-    headers: dict[str, str]
+    headers: dict[str, str]  # lower-case names
 
 
 class KfpApiServer:
@@ -94,7 +94,7 @@ class KfpApiServer:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 with server._lock:
-                    server.requests.append(Request(method, parsed.path, parse_qs(parsed.query), body, dict(self.headers)))
+                    server.requests.append(Request(method, parsed.path, parse_qs(parsed.query), body, {k.lower(): v for k, v in self.headers.items()}))
                     if server.required_token and self.headers.get("Authorization") != f"Bearer {server.required_token}":
                         status, answer = 401, {"error": "unauthenticated", "code": 16}
                     else:

@@ -1,0 +1,93 @@
+"""The pipeline's parameters as CLI flags, shared by `run` and `submit`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LOCAL_STORE = "runs/model-store"
+DEFAULT_CLUSTER_STORE = "s3://cifarflow/models"
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pipeline parameters")
+    group.add_argument("--config", default="quick", help="grid: a shipped name (quick, cpu, gpu, reference) or a YAML file (default quick)")
+    group.add_argument("--source", default="sample", help="data: 'sample', a URL, a path or s3://bucket/key (default sample)")
+    group.add_argument("--expected-md5", default="", help="whole-archive md5 for your own archive")
+    group.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out as val (default 0.1)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the val split (default 0)")
+    group.add_argument("--model-name", default="cifarflow", help="model name in the store (default cifarflow)")
+    group.add_argument(
+        "--store",
+        help=f"model store: a folder or s3://bucket/prefix (default {DEFAULT_LOCAL_STORE} locally, {DEFAULT_CLUSTER_STORE} on a cluster)",
+    )
+    group.add_argument("--gate-metric", help="validation metric that picks the best trial (default: the grid's selection_metric)")
+    group.add_argument("--alpha", type=float, default=0.05, help="significance of the McNemar gate against the champion (default 0.05)")
+    group.add_argument("--force-publish", action="store_true", help="publish even if the gate keeps the champion")
+
+
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster settings compiled into the pipeline")
+    group.add_argument("--trial-parallelism", type=int, default=0, help="trials trained at once (0: all; default 0)")
+    group.add_argument(
+        "--gpu-node-selector", action="append", default=[], metavar="LABEL=VALUE",
+        help="node label the train pods must match (repeatable), e.g. cloud.google.com/gke-accelerator=nvidia-l4",
+    )
+
+
+def compile_options(args: argparse.Namespace) -> dict[str, Any]:
+    from cifarflow.errors import BadInputError
+
+    if args.trial_parallelism < 0:
+        raise BadInputError("--trial-parallelism must be >= 0")
+    selector = {}
+    for item in args.gpu_node_selector:
+        label, sep, value = item.partition("=")
+        if not sep or not label:
+            raise BadInputError(f"--gpu-node-selector takes LABEL=VALUE, got {item!r}")
+        selector[label] = value
+    return {"trial_parallelism": args.trial_parallelism, "gpu_node_selector": selector or None}
+
+
+def grid_parameter(config: str) -> tuple[str, str]:
+    """(the `grid` parameter, the grid's selection metric), validating the grid here.
+
+    A shipped grid travels by name; any other YAML file travels as its text,
+    so a pod without this checkout can still read it.
+    """
+    import cifarflow.configs as configs
+    from cifarflow.components.train.config import load_grid
+
+    path = configs.resolve(config)
+    metric = load_grid(path).selection_metric  # a bad grid fails now, not in a pod
+    return (path.stem if path.parent == configs.CONFIG_DIR else path.read_text()), metric
+
+
+def pipeline_arguments(args: argparse.Namespace, for_cluster: bool) -> dict[str, Any]:
+    from cifarflow.errors import BadInputError
+
+    if not 0.0 < args.val_fraction < 1.0:
+        raise BadInputError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    if not 0.0 < args.alpha < 1.0:
+        raise BadInputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    grid, grid_metric = grid_parameter(args.config)
+    store = args.store or (DEFAULT_CLUSTER_STORE if for_cluster else DEFAULT_LOCAL_STORE)
+    source = args.source
+    if not for_cluster:  # tasks run as subprocesses: make local paths independent of their cwd
+        if not store.startswith("s3://"):
+            store = str(Path(store).resolve())
+        if source != "sample" and "://" not in source and Path(source).exists():
+            source = str(Path(source).resolve())
+    return {
+        "source": source,
+        "expected_md5": args.expected_md5,
+        "grid": grid,
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+        "model_name": args.model_name,
+        "store": store,
+        "gate_metric": args.gate_metric or grid_metric,
+        "alpha": args.alpha,
+        "force_publish": args.force_publish,
+    }

@@ -1,0 +1,153 @@
+"""The cifarflow pipeline: CIFAR-100 from raw archive to a published, gated model.
+
+```
+ingest -> preprocess -> eda
+              |
+              +-> expand_grid -> ParallelFor(trial): train (GPU) -> evaluate
+                                                                      |
+                          select_best  <------- dsl.Collected --------+
+                               |  (McNemar gate against the store's champion)
+                               v
+                            publish -> model store
+exit handler: record_status (runs whatever happened, failures included)
+```
+
+Every step is a lightweight component over the project image
+(`cifarflow.images`); the same compiled DAG runs under kfp.local and on a
+Kubeflow cluster. On a cluster the S3 settings of the steps that touch the
+model store come from the ConfigMap `cifarflow-pipeline-settings` and the
+Secret `cifarflow-model-store` (see k8s/kubeflow/).
+"""
+
+# No `from __future__ import annotations`: kfp reads the pipeline's parameter
+# types from real annotations, not strings.
+from typing import Callable, Dict, Optional
+
+from kfp import dsl, kubernetes
+
+from cifarflow.components.eda.component import eda_component
+from cifarflow.components.evaluate.component import evaluate_component
+from cifarflow.components.expand_grid.component import expand_grid_component
+from cifarflow.components.ingest.component import ingest_component
+from cifarflow.components.preprocess.component import preprocess_component
+from cifarflow.components.publish.component import publish_component
+from cifarflow.components.record_status.component import record_status_component
+from cifarflow.components.select_best.component import select_best_component
+from cifarflow.components.train.component import train_component
+from cifarflow.images import gpu_image
+
+PIPELINE_NAME = "cifarflow"
+SETTINGS_CONFIG_MAP = "cifarflow-pipeline-settings"
+STORE_SECRET = "cifarflow-model-store"
+DEFAULT_STORE = "s3://cifarflow/models"
+
+
+def _resources(task: dsl.PipelineTask, cpu: str, memory: str, cpu_limit: str, memory_limit: str) -> dsl.PipelineTask:
+    return task.set_cpu_request(cpu).set_memory_request(memory).set_cpu_limit(cpu_limit).set_memory_limit(memory_limit)
+
+
+def _with_store_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """S3 endpoint and keys for tasks that read or write the bucket (ignored by kfp.local)."""
+    kubernetes.use_config_map_as_env(
+        task, SETTINGS_CONFIG_MAP, {"S3_ENDPOINT": "S3_ENDPOINT", "S3_SECURE": "S3_SECURE"}
+    )
+    kubernetes.use_secret_as_env(task, STORE_SECRET, {"accesskey": "S3_ACCESS_KEY", "secretkey": "S3_SECRET_KEY"})
+    return task
+
+
+def build_pipeline(
+    trial_parallelism: int = 0,
+    gpu_node_selector: Optional[Dict[str, str]] = None,
+    train_retries: int = 2,
+) -> Callable[..., None]:
+    """Builds the pipeline function.
+
+    Args:
+        trial_parallelism: trials trained at once; 0 means no limit (a cluster
+            with enough GPUs). Local runs use 1: one trial already fills the CPU.
+        train_retries: retries of a failed train task, with backoff. On a
+            cluster a preempted GPU node is the usual cause and the trial
+            resumes from its checkpoint; locally a failure is a real error.
+        gpu_node_selector: node labels the train pods must match, e.g.
+            `{"cloud.google.com/gke-accelerator": "nvidia-l4"}`.
+
+    Returns:
+        The `@dsl.pipeline` function; call it under kfp.local, or compile it.
+    """
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="CIFAR-100 (20 coarse classes): ingest, preprocess, EDA, HP grid on GPU, evaluate, gated publish",
+    )
+    def cifarflow_pipeline(
+        source: str = "sample",
+        expected_md5: str = "",
+        grid: str = "quick",
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        model_name: str = "cifarflow",
+        store: str = DEFAULT_STORE,
+        gate_metric: str = "val_accuracy",
+        alpha: float = 0.05,
+        force_publish: bool = False,
+    ) -> None:
+        status = record_status_component().set_display_name("record status")
+        _resources(status, "100m", "128Mi", "500m", "512Mi")
+
+        with dsl.ExitHandler(status, name="cifarflow-steps"):
+            ingest = ingest_component(source=source, expected_md5=expected_md5).set_display_name("ingest")
+            _resources(ingest, "1", "2Gi", "2", "4Gi").set_caching_options(True)
+            ingest.set_retry(2, backoff_duration="30s")  # downloads also resume and retry inside the step
+            _with_store_credentials(ingest)
+
+            preprocess = preprocess_component(
+                raw=ingest.outputs["dataset"], val_fraction=val_fraction, seed=seed
+            ).set_display_name("preprocess")
+            _resources(preprocess, "2", "3Gi", "2", "6Gi").set_caching_options(True)
+
+            eda = eda_component(splits=preprocess.outputs["splits"]).set_display_name("eda")
+            _resources(eda, "1", "2Gi", "2", "4Gi").set_caching_options(True)
+
+            expand = expand_grid_component(grid=grid).set_display_name("expand grid")
+            _resources(expand, "100m", "256Mi", "500m", "512Mi").set_caching_options(False)
+
+            with dsl.ParallelFor(expand.output, parallelism=trial_parallelism, name="trials") as trial:
+                train = train_component(data=preprocess.outputs["splits"], trial=trial).set_display_name("train")
+                train.set_container_image(gpu_image())
+                train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+                _resources(train, "4", "16Gi", "8", "32Gi")
+                if train_retries:
+                    train.set_retry(num_retries=train_retries, backoff_duration="60s", backoff_factor=2.0)
+                kubernetes.add_toleration(train, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+                if gpu_node_selector:
+                    for label, value in gpu_node_selector.items():
+                        kubernetes.add_node_selector(train, label_key=label, label_value=value)
+
+                evaluate = evaluate_component(
+                    data=preprocess.outputs["splits"], model=train.outputs["model"]
+                ).set_display_name("evaluate")
+                _resources(evaluate, "2", "4Gi", "4", "8Gi")
+
+            select = select_best_component(
+                candidates=dsl.Collected(evaluate.outputs["candidate"]),
+                metric=gate_metric,
+                store=store,
+                model_name=model_name,
+                alpha=alpha,
+                force=force_publish,
+            ).set_display_name("select best")
+            _resources(select, "1", "2Gi", "2", "4Gi").set_caching_options(False)
+            _with_store_credentials(select)
+
+            publish = publish_component(
+                model=select.outputs["best"],
+                store=store,
+                model_name=model_name,
+                approved=select.outputs["publish"],
+                reason=select.outputs["decision"],
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            ).set_display_name("publish")
+            _resources(publish, "500m", "1Gi", "1", "2Gi").set_caching_options(False)
+            _with_store_credentials(publish)
+
+    return cifarflow_pipeline

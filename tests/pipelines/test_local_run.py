@@ -1,0 +1,125 @@
+"""The whole pipeline through kfp.local on the shipped sample: `cifarflow run` as a user runs it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from cifarflow.cli.main import main
+from cifarflow.pipelines.artifact_upload import upload_run
+from cifarflow.pipelines.local_run import PipelineFailedError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The quick grid twice: a first run publishes, a second reuses the cache and meets a champion."""
+    root = tmp_path_factory.mktemp("local-run")
+    runs, store = root / "runs", root / "store"
+    results = []
+    for _ in range(2):
+        console = io.StringIO()
+        with contextlib.redirect_stdout(console):
+            code = main(["run", "--runs-dir", str(runs), "--store", str(store)])
+        results.append((code, console.getvalue()))
+    run_dirs = sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return runs, store, run_dirs, results
+
+
+def _record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def test_every_task_succeeds_and_the_model_lands_in_the_store(two_runs):
+    runs, store, run_dirs, results = two_runs
+    assert [code for code, _ in results] == [0, 0] and len(run_dirs) == 2
+    record = _record(run_dirs[0])
+    assert record["status"] == "SUCCEEDED"
+    tasks = record["tasks"]
+    for step in ("ingest-component", "preprocess-component", "eda-component", "expand-grid-component",
+                 "select-best-component", "publish-component", "record-status-component"):
+        assert step in tasks, step
+    trials = [t for t in tasks if t.endswith("/train-component")]
+    assert len(trials) == 2 and len([t for t in tasks if t.endswith("/evaluate-component")]) == 2
+    version = store / "cifarflow" / "1"
+    assert (version / "saved_model.pb").is_file() and (version / "cifarflow.json").is_file()
+    leaderboard = Path(tasks["select-best-component"]["artifacts"]["leaderboard"]["uri"]).read_text()
+    assert leaderboard.count("\n| 1 |") == 1 and "\n| 2 |" in leaderboard  # both trials ranked
+
+
+def test_second_run_reuses_the_cache_and_keeps_the_champion(two_runs):
+    _, store, run_dirs, _ = two_runs
+    tasks = _record(run_dirs[1])["tasks"]
+    assert any(t.startswith("ingest-component (cached") for t in tasks)
+    assert any(t.startswith("preprocess-component (cached") for t in tasks)
+    assert sorted(p.name for p in (store / "cifarflow").iterdir() if p.name.isdigit()) == ["1"]
+    assert tasks["select-best-component"]["parameters"]["publish"] is False
+
+
+def test_console_shows_progress_not_kfp_internals(two_runs):
+    _, _, run_dirs, results = two_runs
+    first, second = (out for _, out in results)
+    assert "epoch 1/4" in first and "Executing task 'train-component'" in first
+    assert "cache hit" in second
+    for out in (first, second):
+        assert "Leaderboard" in out and "artifacts:" in out
+        assert "executorInput" not in out and "[KFP Executor" not in out
+    assert "executorInput" in (run_dirs[0] / "run.log").read_text()  # the full log keeps everything
+
+
+def test_runs_list_and_compare(two_runs, capsys, tmp_path):
+    runs, _, run_dirs, _ = two_runs
+    assert main(["runs", "list", "--from", str(runs)]) == 0
+    listing = capsys.readouterr().out
+    assert all(d.name in listing for d in run_dirs) and "SUCCEEDED" in listing
+    page = tmp_path / "compare.html"
+    assert main(["runs", "compare", run_dirs[0].name, run_dirs[1].name, "--from", str(runs), "--html", str(page)]) == 0
+    table = capsys.readouterr().out
+    assert "metric best_val_accuracy" in table and "param grid" in table
+    html = page.read_text()
+    assert "<svg" in html and "for-loop" in html  # one curve per trial
+
+
+def test_runs_compare_unknown_run(two_runs, capsys):
+    runs, *_ = two_runs
+    assert main(["runs", "compare", "no-such-run", "--from", str(runs)]) == 2
+    assert "no run no-such-run" in capsys.readouterr().err
+
+
+def test_artifacts_uploaded_in_the_kfp_layout_and_listed_from_s3(two_runs, s3_server, s3_bucket, monkeypatch, capsys):
+    _, _, run_dirs, _ = two_runs
+    uri = upload_run(run_dirs[0], f"s3://{s3_bucket}/root", "cifarflow", s3_server.settings)
+    assert uri == f"s3://{s3_bucket}/root/cifarflow/{run_dirs[0].name}"
+    names = {o.object_name for o in s3_server.settings.client().list_objects(s3_bucket, prefix="root/", recursive=True)}
+    prefix = f"root/cifarflow/{run_dirs[0].name}"
+    assert f"{prefix}/run.json" in names
+    assert f"{prefix}/for-loop-2-iteration-0/train-component/model/saved_model.pb" in names
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    assert main(["runs", "list", "--from", f"s3://{s3_bucket}/root/cifarflow"]) == 0
+    assert run_dirs[0].name in capsys.readouterr().out
+
+
+def test_a_failing_trial_fails_the_run_and_keeps_the_other_trials_results(tmp_path, capsys):
+    grid = tmp_path / "one-bad.yaml"
+    grid.write_text(
+        "name: one-bad\nbase: {architecture: resnet, depth: 8, epochs: 1, mixed_precision: 'off'}\n"
+        "trials:\n  - {}\n  - {architecture: densenet121, weights: /nonexistent/weights.h5}\n"
+    )
+    code = main(["run", "--config", str(grid), "--runs-dir", str(tmp_path / "runs"), "--store", str(tmp_path / "store")])
+    assert code == PipelineFailedError.exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weights file /nonexistent/weights.h5 does not exist" in err[0]
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    record = _record(run_dir)
+    assert record["status"] == "FAILED"
+    good = [t for t in record["tasks"] if t.endswith("/train-component")]
+    assert good and (Path(record["tasks"][good[0]]["artifacts"]["model"]["uri"]) / "saved_model.pb").is_file()
+    assert not (tmp_path / "store" / "cifarflow").exists()
+    status = Path(record["tasks"]["record-status-component"]["artifacts"]["record"]["uri"]).read_text()
+    assert "FAILED" in status  # the exit handler ran
