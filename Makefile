@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: venv run test bench-data sample lock clean help proto
+.PHONY: venv run test test-system-deps bench-data sample lock clean help proto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -24,8 +24,17 @@ venv: $(STAMP)  ## create .venv and install the package with pinned dependencies
 run: $(STAMP)  ## run the pipeline end to end on the shipped sample (no cluster, no internet)
 	$(BIN)/cifarflow run $(RUN_ARGS)
 
-test: $(STAMP)  ## run the test suite (starts its own S3 and HTTP servers)
+test: $(STAMP) test-system-deps  ## run the test suite (starts its own S3 and HTTP servers)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The web page tests drive a real headless Chromium (Debian's package). As
+# root with apt it is installed; otherwise those tests skip and say why.
+test-system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the web page tests"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium is not installed; the web page tests will skip"; fi; }
 
 bench-data: $(STAMP)  ## benchmark ingest + preprocess of the full archive
 	$(BIN)/python bench/ingest_preprocess.py
