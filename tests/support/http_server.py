@@ -9,8 +9,9 @@ Range header is recorded so tests can assert how the client resumed.
 from __future__ import annotations
 
 import dataclasses
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.support.local_http import LocalHTTPServer
 
 
 @dataclasses.dataclass
@@ -22,28 +23,14 @@ class Faults:
     corrupt_offset: int | None = None  # flip the byte at this offset
 
 
-class FileServer:
+class FileServer(LocalHTTPServer):
     def __init__(self, payload: bytes, name: str = "cifar-100-python.tar.gz") -> None:
         self.payload = payload
         self.name = name
+        self.path = f"/{name}"
         self.faults = Faults()
         self.ranges: list[str | None] = []
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address
-        return f"http://{host}:{port}/{self.name}"
-
-    def __enter__(self) -> "FileServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
 
     def _handler(self):
         server = self

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.support.local_http import LocalHTTPServer
 
 
 @dataclasses.dataclass
@@ -26,29 +27,14 @@ class Request:
     headers: dict[str, str]  # lower-case names
 
 
-class KfpApiServer:
+class KfpApiServer(LocalHTTPServer):
     def __init__(self, required_token: str | None = None) -> None:
         self.required_token = required_token
         self.requests: list[Request] = []
         self.experiments: dict[str, dict] = {}
         self.runs: dict[str, dict] = {}
         self.run_states: list[str] = ["RUNNING", "SUCCEEDED"]  # answers to successive GET run
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> "KfpApiServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
 
     def calls(self, method: str, path_prefix: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and r.path.startswith(path_prefix)]
