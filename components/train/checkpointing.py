@@ -55,7 +55,7 @@ def save_checkpoint(folder: Path, model: keras.Model, state: TrainingState, impr
         _replace(partial, folder / BEST_WEIGHTS)
     partial = folder / f".partial.{_OPTIMIZER}"
     with open(partial, "wb") as f:
-        np.savez(f, *[np.asarray(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables])
+        np.savez(f, *[np.asarray(v.numpy()) for v in model.optimizer.variables])
     _replace(partial, folder / _OPTIMIZER)
     partial = folder / f".partial.{_STATE}"
     partial.write_text(json.dumps(dataclasses.asdict(state), indent=1))

@@ -220,7 +220,7 @@ def _train(
             "accuracy": logs[accuracy_key],
             "val_loss": negative_log_likelihood(val_logits, data.val_coarse),
             "val_accuracy": float((val_logits.argmax(axis=1) == data.val_coarse).mean()),
-            "learning_rate": float(keras.ops.convert_to_numpy(schedule(max(int(model.optimizer.iterations) - 1, 0)))),
+            "learning_rate": float(keras.ops.convert_to_numpy(schedule(max(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) - 1, 0)))),
             "seconds": seconds,
         }
         improved = row["val_accuracy"] > state.best_val_accuracy

@@ -22,6 +22,8 @@ from cifarflow.components.train.models import build_model
 from cifarflow.components.train.schedules import WarmupSchedule
 from tests.components.train_data import TINY_TRIAL
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
 REPO = Path(__file__).resolve().parents[2]
 CHANCE = 1 / 20
 
