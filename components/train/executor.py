@@ -45,6 +45,7 @@ from cifarflow.components.train.models import build_model
 from cifarflow.components.train.models.build import FINE_LOGITS_LAYER, LOGITS_LAYER
 from cifarflow.components.train.schedules import WarmupSchedule
 from cifarflow.classes import NUM_FINE_CLASSES
+from cifarflow.errors import BadInputError
 
 SUMMARY_FILE = "train_summary.json"
 HISTORY_FILE = "history.json"
@@ -166,8 +167,6 @@ def _train(
     resumed = state is not None
     if state is not None and state.trial != config.to_dict():
         # Resuming someone else's trial would silently mix two experiments.
-        from cifarflow.errors import BadInputError
-
         raise BadInputError(f"{out} holds a checkpoint of a different trial; use a fresh --out or delete {ckpt_dir}")
     state = state or checkpointing.TrainingState(planned_epochs=config.epochs, trial=config.to_dict())
 
