@@ -79,8 +79,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args: list[str], ready_text: str, timeout: float = 120) -> subprocess.Popen:
-    process = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def start(args: list[str], ready_text: str, timeout: float = 120, cpus: str | None = None) -> subprocess.Popen:
+    pin = ["taskset", "-c", cpus] if cpus else []
+    process = subprocess.Popen([*pin, *CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
@@ -220,7 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per scenario")
     parser.add_argument("--soak-seconds", type=float, default=0.0, help="gateway memory soak (0 skips it)")
     parser.add_argument("--out", type=Path, default=RESULTS_JSON)
+    parser.add_argument("--pin", action="store_true",
+                        help="model server and clients on CPU 0, the gateway on CPU 1: the gateway gets its own "
+                        "core, as a gateway pod has its own CPU in a cluster, and the model server the same CPU on every path")
     args = parser.parse_args(argv)
+    if args.pin:
+        if args.out == RESULTS_JSON:
+            args.out = RESULTS_JSON.with_name("serving_latency_pinned.json")
+        os.sched_setaffinity(0, {0})  # before any client thread exists: they all inherit it
 
     from cifarflow.serving.protos import use_protos_only
 
@@ -243,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(args.model or MODEL_DESCRIPTIONS[args.model_kind]),
         "image": f"CIFAR-100 test image as {len(image)}-byte 64x64 JPEG, one per request",
         "seconds_per_scenario": args.seconds,
+        "pinned": args.pin,
+        "load_average_before": open("/proc/loadavg").read().split()[:3],
         "scenarios": [],
     }
 
@@ -250,14 +260,16 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         flags = ["--batching"] if batching else ["--no-batching"]
         processes.append(start(["serve", "--log-level", "WARNING", "model", "--store", str(store), "--model-name", "cifarflow",
-                                "--host", "127.0.0.1", "--grpc-port", str(port), "--rest-port", "-1", *flags], "model server:"))
+                                "--host", "127.0.0.1", "--grpc-port", str(port), "--rest-port", "-1", *flags], "model server:",
+                               cpus="0" if args.pin else None))
         return port
 
     try:
         model_port = serve_model(batching=True)
         http_port, gw_grpc_port = free_port(), free_port()
         gateway = start(["serve", "--log-level", "WARNING", "gateway", "--backend", f"127.0.0.1:{model_port}",
-                         "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(gw_grpc_port)], "gateway: HTTP")
+                         "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(gw_grpc_port)], "gateway: HTTP",
+                        cpus="1" if args.pin else None)
         processes.append(gateway)
         paths = {
             "direct": direct_call(f"127.0.0.1:{model_port}", image),
@@ -302,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
+    results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
     results["summary"] = summarise(results["scenarios"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -334,8 +347,11 @@ def markdown(results: dict) -> str:
         "# Serving latency", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, {m['date']} "
         f"(commit {m['git_commit']}). Model: {results['model']}. {results['image']}. "
-        f"{results['seconds_per_scenario']:g} s per scenario after 1 s warm-up; model server, gateway and "
-        "clients share the machine.", "",
+        f"{results['seconds_per_scenario']:g} s per scenario after 1 s warm-up. "
+        + ("Pinned: model server and clients on CPU 0, gateway on CPU 1." if results.get("pinned") else
+           "Model server, gateway and clients share both cores.")
+        + f" Load average before/after: {' '.join(results['load_average_before'])} / {' '.join(results['load_average_after'])}"
+        " (other engineers' jobs share this machine).", "",
         "| path | batching | clients | throughput (req/s) | p50 (ms) | p99 (ms) | errors |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]

@@ -1,7 +1,7 @@
 """The gateway's own gRPC service (classifier.proto): Classify and ClassifyBatch.
 
 Auth (the `authorization` metadata), request ids (`x-request-id` in, or
-generated; sent back as initial metadata), the caller's deadline (passed on
+generated; sent back as trailing metadata and in the response), the caller's deadline (passed on
 to the backend call) and metrics are handled once in `_call`.
 """
 
@@ -41,7 +41,9 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         started = time.perf_counter()
         metadata = dict(context.invocation_metadata())
         request_id = str(metadata.get("x-request-id") or "")[:64] or uuid.uuid4().hex
-        context.send_initial_metadata((("x-request-id", request_id),))
+        # Trailing, not initial, metadata: it rides with the status in the last
+        # message, while initial metadata would cost a write of its own.
+        context.set_trailing_metadata((("x-request-id", request_id),))
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         code, error = "OK", None

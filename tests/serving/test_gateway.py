@@ -321,7 +321,7 @@ def test_gateway_grpc_service(gateway, cifar):
     response, call = stub.Classify.with_call(classifier_pb2.ClassifyRequest(image=encode(pixels[4], "JPEG", 128), top_k=3),
                                              timeout=5, metadata=(("x-request-id", "grpc-1"),))
     assert response.model == "cifar" and response.version == 1 and len(response.predictions) == 3
-    assert response.request_id == "grpc-1" and dict(call.initial_metadata())["x-request-id"] == "grpc-1"
+    assert response.request_id == "grpc-1" and dict(call.trailing_metadata())["x-request-id"] == "grpc-1"
     batch = stub.ClassifyBatch(classifier_pb2.ClassifyBatchRequest(images=[encode(p, "PNG") for p in pixels[:8]], top_k=1), timeout=5)
     assert [r.predictions[0].class_id for r in batch.results] == list(np.argmax(reference_logits(pixels[:8]), axis=1))
     for request, code, message in [
