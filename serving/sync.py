@@ -121,6 +121,8 @@ def watch(source: ModelStore, dest: str | Path, config: SyncConfig, stop: thread
                 after_pass()
         except CifarflowError as exc:
             log.warning("sync pass failed, retrying in %.0fs: %s", config.interval_s, exc)
+        except OSError as exc:  # a full disk or a vanished mount: keep the sidecar alive and retry
+            log.error("sync pass failed (%s), retrying in %.0fs", exc, config.interval_s)
         stop.wait(config.interval_s)
 
 

@@ -45,7 +45,10 @@ def list_versions(args: argparse.Namespace) -> int:
     store = _store(args)
     labels = store.labels(args.model_name)
     print(f"{'VERSION':<8} {'CREATED':<26} {'LABELS':<16} {'ACCURACY':<9} RUN")
-    for version in store.versions(args.model_name):
+    versions = store.versions(args.model_name)
+    if not versions:
+        print(f"(no complete versions of {args.model_name} in {store.uri})")
+    for version in versions:
         manifest = store.manifest(args.model_name, version)
         names = ",".join(sorted(k for k, v in labels.items() if v == version)) or "-"
         accuracy = (manifest.get("metrics") or {}).get("accuracy")

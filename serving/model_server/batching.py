@@ -3,7 +3,7 @@
 Like TensorFlow Serving's `--enable_batching` (`max_batch_size`,
 `batch_timeout_micros`, `num_batch_threads`): under load a request waits at
 most `timeout_s` for others to join (an idle server runs a lone request at
-once); rows are concatenated along the batch
+once, on the request's own thread); rows are concatenated along the batch
 dimension, run once, and the outputs split back. Only requests with the same
 inputs, dtypes and per-row shapes are merged. When a merged batch fails (one
 undecodable image fails the whole batch), each request is re-run alone so
@@ -74,6 +74,21 @@ class Batcher:
     def submit(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Runs `inputs` (leading dimension = rows) in some batch; blocks until done."""
         rows = len(next(iter(inputs.values())))
+        with self._running_lock:
+            # An idle batcher runs the request on the caller's thread: no hand-off
+            # to a batch thread and back for a lone request. Requests that arrive
+            # meanwhile see it running and queue up to form the next batch.
+            inline = self._running == 0 and self._queue.empty()
+            if inline:
+                self._running += 1
+        if inline:
+            try:
+                result = self._runner(inputs)
+                self._on_batch(rows)
+                return result
+            finally:
+                with self._running_lock:
+                    self._running -= 1
         item = _Item(inputs, rows, _key(inputs), Future())
         try:
             self._queue.put_nowait(item)

@@ -237,7 +237,8 @@ class VersionStatus:
 @dataclasses.dataclass(frozen=True)
 class ManagerConfig:
     """Attributes:
-    label: serve the version this label names instead of the newest.
+    label: serve the version this label names instead of the newest
+        (the newest while the label is not set).
     poll_interval_s: how often the folder is checked for new versions.
     batching: None turns server-side batching off.
     warm_up: run each signature once after loading, before serving.
@@ -267,6 +268,7 @@ class ModelManager:
         self._failed: dict[int, float] = {}  # version -> manifest mtime when it failed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warned_label = False
 
     # -- requests ---------------------------------------------------------------
 
@@ -345,12 +347,15 @@ class ModelManager:
         self._refresh()
         available = complete_versions(self.root, self.model_name)
         labels = {k: v for k, v in self._read_labels().items() if v in available}
+        target = available[-1] if available else None
         if self.config.label:
-            target = labels.get(self.config.label)
-            if target is None and available:
-                log.warning("label %r names no complete version of %s; serving nothing new", self.config.label, self.model_name)
-        else:
-            target = available[-1] if available else None
+            if self.config.label in labels:
+                target = labels[self.config.label]
+            elif available and not self._warned_label:
+                # Before the first promotion there is no label yet: serve the newest.
+                log.warning("label %r names no complete version of %s yet; serving the newest, %d",
+                            self.config.label, self.model_name, target)
+                self._warned_label = True
         wanted = ({target} if target is not None else set()) | set(labels.values())
         for version in sorted(wanted - set(self._served), reverse=True):
             self._load(version)

@@ -24,6 +24,7 @@ whole and under a number no other publisher got.
 from __future__ import annotations
 
 import abc
+import errno
 import os
 import random
 import shutil
@@ -147,7 +148,9 @@ class LocalBackend(Backend):
                     # Fails with ENOTEMPTY/EEXIST when another publisher got there first.
                     os.rename(staging, model_dir / str(version))
                     return version
-                except OSError:
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise RemoteError(f"cannot publish into {model_dir}: {exc.strerror}") from exc
                     time.sleep(random.uniform(0.001, 0.02))
             raise RemoteError(f"could not allocate a version of {model} in {self.uri}: too many concurrent publishers")
         finally:

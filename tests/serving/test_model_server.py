@@ -287,3 +287,12 @@ def test_label_picks_the_served_version(exported_model, favour7_model, tmp_path,
         assert requests.post(f"{rest}/v1/models/cifar/labels/canary:predict", json=body, timeout=10).status_code == 404
     finally:
         server.stop()
+    unlabelled = tmp_path / "unlabelled"
+    publish_model(exported_model, unlabelled, "cifar", {})
+    publish_model(favour7_model, unlabelled, "cifar", {})
+    server = ModelServer(ModelServerConfig(str(unlabelled), "cifar", host="127.0.0.1", grpc_port=0, rest_port=-1,
+                                           label="stable", poll_interval_s=60)).start()
+    try:
+        assert server.manager.default_version == 2  # no promotion yet: the newest serves
+    finally:
+        server.stop()
