@@ -146,6 +146,7 @@ def build_pipeline(
                 approved=select.outputs["publish"],
                 reason=select.outputs["decision"],
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                data_checksum=ingest.outputs["Output"],
             ).set_display_name("publish")
             _resources(publish, "500m", "1Gi", "1", "2Gi").set_caching_options(False)
             _with_store_credentials(publish)

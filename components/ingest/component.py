@@ -7,7 +7,7 @@ from cifarflow.images import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
-def ingest_component(source: str, dataset: Output[Dataset], expected_md5: str = "") -> None:
+def ingest_component(source: str, dataset: Output[Dataset], expected_md5: str = "") -> str:
     """Fetches, verifies and extracts the CIFAR-100 archive.
 
     Args:
@@ -15,6 +15,9 @@ def ingest_component(source: str, dataset: Output[Dataset], expected_md5: str = 
         dataset: the extracted `cifar-100-python/` folder and `ingest.json`.
         expected_md5: whole-archive md5 for your own archive; empty means the
             published per-file md5s.
+
+    Returns:
+        The archive's md5: the data checksum publish records with the model.
 
     Example:
         >>> ingest_task = ingest_component(source="sample")
@@ -25,3 +28,4 @@ def ingest_component(source: str, dataset: Output[Dataset], expected_md5: str = 
     dataset.metadata.update(
         {"source": source, "archive_md5": result.archive_md5 or "", "verified_by": result.verified_by}
     )
+    return result.archive_md5 or ""

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cifarflow.cli.main import main
+from cifarflow.data.sample import SAMPLE_MD5
 from cifarflow.pipelines.artifact_upload import upload_run
 from cifarflow.pipelines.local_run import PipelineFailedError
 
@@ -47,7 +48,10 @@ def test_every_task_succeeds_and_the_model_lands_in_the_store(two_runs):
     trials = [t for t in tasks if t.endswith("/train-component")]
     assert len(trials) == 2 and len([t for t in tasks if t.endswith("/evaluate-component")]) == 2
     version = store / "cifarflow" / "1"
-    assert (version / "saved_model.pb").is_file() and (version / "cifarflow.json").is_file()
+    assert (version / "saved_model.pb").is_file()
+    manifest = json.loads((version / "cifarflow.json").read_text())
+    assert manifest["data_checksum"] == SAMPLE_MD5  # the ingested archive's md5
+    assert manifest["run_id"].startswith("cifarflow-")
     leaderboard = Path(tasks["select-best-component"]["artifacts"]["leaderboard"]["uri"]).read_text()
     assert leaderboard.count("\n| 1 |") == 1 and "\n| 2 |" in leaderboard  # both trials ranked
 
