@@ -115,6 +115,21 @@ def test_predict_through_gateway_and_straight_to_the_model_server(gateway_proces
     assert [f"{p[1]:.4f}" for r in json.loads(direct.stdout) for p in r["predictions"]] == by_gateway
 
 
+def test_predict_fetches_urls(gateway_process, cifar):
+    from tests.serving.gateway_support import ImageSite
+
+    _, _, grpc_port = gateway_process
+    site = ImageSite()
+    site.routes["/a.png"] = (200, {"Content-Type": "image/png"}, encode(cifar[0][5], "PNG", 64))
+    try:
+        done = subprocess.run([*CLI, "predict", site.url("/a.png"), site.url("/gone.png"), "--server",
+                               f"127.0.0.1:{grpc_port}", "--top-k", "1"], capture_output=True, text=True, timeout=60)
+    finally:
+        site.close()
+    assert done.returncode == 2  # one URL answered 404
+    assert site.url("/a.png") in done.stdout and "error: HTTP 404" in done.stdout
+
+
 def test_predict_errors_are_one_clear_line(gateway_process, model_server, images, tmp_path):
     _, _, grpc_port = gateway_process
 

@@ -262,3 +262,26 @@ def test_sync_writes_tf_serving_config_with_store_labels(tmp_path):
     assert list(cifar.model_version_policy.specific.versions) == [1, 2, 3]
     assert dict(cifar.version_labels) == {"stable": 1, "canary": 2}
     assert plain.model_version_policy.latest.num_versions == 1 and not plain.version_labels
+
+
+def test_sync_killed_at_any_moment_never_leaves_half_a_version(s3_server, s3_bucket, tmp_path):
+    from cifarflow.serving.store import verify_files
+
+    env = {**os.environ, **s3_server.env()}
+    uri = f"s3://{s3_bucket}/kill"
+    src = fake_export(tmp_path / "export", big=8 * 1024 * 1024)
+    publish_model(src, uri, "cifar", {}, s3_server.settings)
+    publish_model(src, uri, "cifar", {}, s3_server.settings)
+    dest = tmp_path / "models"
+    command = [sys.executable, "-m", "cifarflow.cli.main", "serve", "sync", "--from", uri, "--to", str(dest), "--watch"]
+    for delay in (0.3, 0.6, 0.9, 1.2):  # wherever the kill lands, the invariant below holds
+        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        for folder in (dest / "cifar").iterdir() if (dest / "cifar").is_dir() else ():
+            if folder.name.isdigit():  # what TF Serving would load: always whole
+                verify_files(folder, json.loads((folder / MANIFEST).read_text()))
+    done = subprocess.run(command[:-1], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert complete_versions(dest, "cifar") == [1, 2]
