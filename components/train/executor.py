@@ -233,8 +233,8 @@ def _train(
         run_seconds.append(seconds)
         log(_epoch_line(epoch + 1, state.planned_epochs, row, state.best_epoch, state.best_val_accuracy))
         if budget > 0:
-            # The last three epochs: the current load, not the whole run's average.
-            _replan(state, budget, float(np.mean(run_seconds[-3:])), schedule, steps_per_epoch, model, log, config.epochs)
+            # The median resists one slow epoch (a neighbour's burst) but follows a lasting change.
+            _replan(state, budget, float(np.median(run_seconds)), schedule, steps_per_epoch, model, log, config.epochs)
         checkpointing.save_checkpoint(ckpt_dir, model, state, improved)
         patience = config.early_stopping_patience
         if patience and state.epochs_without_gain >= patience and state.epochs_done < state.planned_epochs:
@@ -294,17 +294,18 @@ def _replan(
 ) -> None:
     """Re-plans the epochs (and the schedule's length) so training ends within the budget.
 
-    On a shared machine the epoch time moves with the neighbours' load, so the
-    plan shrinks as soon as it no longer fits, and grows back (never past
-    `max_epochs`) when at least two more epochs fit; the one-epoch gap keeps
-    the plan from flapping, since each change recompiles the training step.
+    On a shared machine the epoch time moves with the neighbours' load. The
+    plan shrinks as soon as it no longer fits. It grows back (never past
+    `max_epochs`) only in the first half of the plan and only when at least
+    two more epochs fit: growing late would raise a learning rate that is
+    already decaying, and every change recompiles the training step.
     """
     affordable = state.epochs_done + int(max(budget - state.train_seconds, 0.0) // epoch_seconds)
     ceiling = max_epochs or state.planned_epochs
     planned = state.planned_epochs
     if affordable < planned:
         planned = max(state.epochs_done, affordable)
-    elif affordable >= planned + 2 and planned < ceiling:
+    elif affordable >= planned + 2 and planned < ceiling and state.epochs_done * 2 <= planned:
         planned = min(ceiling, affordable - 1)
     if planned != state.planned_epochs:
         log(f"train: time budget, {epoch_seconds:.0f}s per epoch leaves room for {planned} epochs (planned {state.planned_epochs})")

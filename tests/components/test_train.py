@@ -144,6 +144,10 @@ def test_time_budget_shortens_the_plan_and_the_schedule():
     # The machine got faster: grow back, but never past the configured epochs.
     _replan(state, budget=1000.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append, max_epochs=10)
     assert state.planned_epochs == 10 and schedule.total_steps == 50
+    # Past half of the plan the learning rate is decaying: no more growing.
+    state.planned_epochs, state.epochs_done, schedule.total_steps = 8, 5, 40
+    _replan(state, budget=1000.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append, max_epochs=10)
+    assert state.planned_epochs == 8 and schedule.total_steps == 40
 
 
 def test_augmentation_is_active_only_in_training():
