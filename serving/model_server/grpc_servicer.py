@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 
-import grpc
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,

@@ -3,12 +3,10 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
-
 
 from cifarflow.components.publish.executor import publish
 from cifarflow.serving.store import open_store
-from tests.serving.test_store import fake_export
+from tests.serving.fakes import fake_export
 
 
 def test_publish_records_metrics_and_run_id_on_s3(s3_server, s3_bucket, tmp_path):

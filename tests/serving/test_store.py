@@ -17,20 +17,9 @@ import pytest
 from cifarflow.errors import BadInputError
 from cifarflow.serving.store import MANIFEST, open_store, publish_model
 from cifarflow.serving.sync import SyncConfig, complete_versions, sync_once
+from tests.serving.fakes import fake_export
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def fake_export(folder: Path, tag: str = "a", big: int = 0) -> Path:
-    """A folder shaped like the train step's Model artifact (no TF needed here)."""
-    (folder / "variables").mkdir(parents=True)
-    (folder / "assets").mkdir()
-    (folder / "saved_model.pb").write_bytes(b"pb-" + tag.encode())
-    (folder / "variables" / "variables.index").write_bytes(b"index-" + tag.encode())
-    (folder / "variables" / "variables.data-00000-of-00001").write_bytes(os.urandom(big or 1000))
-    (folder / "model.keras").write_bytes(b"keras")
-    (folder / "test_predictions.npy").write_bytes(b"npy")
-    return folder
 
 
 @pytest.fixture(params=["local", "s3"])
