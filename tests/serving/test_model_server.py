@@ -296,3 +296,24 @@ def test_label_picks_the_served_version(exported_model, favour7_model, tmp_path,
         assert server.manager.default_version == 2  # no promotion yet: the newest serves
     finally:
         server.stop()
+
+
+def test_serves_from_an_s3_store_and_picks_up_new_versions(exported_model, favour7_model, s3_server, s3_bucket, tmp_path, cifar):
+    uri = f"s3://{s3_bucket}/models"
+    publish_model(exported_model, uri, "cifar", {}, s3_server.settings)
+    config = ModelServerConfig(uri, "cifar", host="127.0.0.1", grpc_port=0, rest_port=0, poll_interval_s=0.2,
+                               cache_dir=tmp_path / "cache")
+    server = ModelServer(config, s3_server.settings).start()
+    try:
+        rest = f"http://127.0.0.1:{server.rest_port}"
+        body = {"signature_name": "predict_pixels", "instances": cifar[0][:1].tolist()}
+        assert requests.get(f"{rest}/v1/models/cifar", timeout=5).json()["model_version_status"][0]["version"] == "1"
+        publish_model(favour7_model, uri, "cifar", {}, s3_server.settings)
+        deadline = time.monotonic() + 20
+        while server.manager.default_version != 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        answer = requests.post(f"{rest}/v1/models/cifar:predict", json=body, timeout=10).json()
+        assert answer["predictions"][0]["class_ids"] == 7
+        assert sorted(p.name for p in (tmp_path / "cache" / "cifar").iterdir() if p.name.isdigit()) == ["1", "2"]
+    finally:
+        server.stop()
