@@ -342,9 +342,11 @@ def test_gateway_grpc_service(gateway, cifar):
 def test_graceful_shutdown_finishes_in_flight_requests(model_server, cifar):
     gw = start_gateway(model_server)
     real = gw.backend.classify
+    entered = threading.Event()
 
     def slow_classify(*args, **kwargs):
-        time.sleep(0.6)  # a request that is still running when SIGTERM arrives
+        entered.set()
+        time.sleep(0.6)  # a request that is still running when the stop comes
         return real(*args, **kwargs)
 
     gw.backend.classify = slow_classify
@@ -352,7 +354,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(model_server, cifar):
     results = {}
     worker = threading.Thread(target=lambda: results.update(r=classify_file(url, encode(cifar[0][0], "PNG"))))
     worker.start()
-    time.sleep(0.2)
+    assert entered.wait(10)
     assert gw.stop(grace_s=5) is True
     worker.join()
     assert results["r"].status_code == 200
