@@ -48,8 +48,9 @@ print("VERSION", only_publish(uri=sys.argv[1], store=sys.argv[2]).output)
 
 
 def test_component_runs_under_kfp_local(tmp_path):
-    # A subprocess in tmp_path: pytest puts the repository root on sys.path, where
-    # the docker/ folder shadows the (absent) docker package kfp.local probes for.
+    # A subprocess in tmp_path: kfp.local's global state stays out of this process,
+    # and the repository root (which pytest puts on sys.path) cannot shadow the
+    # optional packages kfp.local probes for (a top-level docker/ folder once did).
     model = fake_export(tmp_path / "model")
     store = tmp_path / "store"
     done = subprocess.run(
