@@ -72,8 +72,9 @@ def test_console_shows_progress_not_kfp_internals(two_runs):
     assert "cache hit" in second
     for out in (first, second):
         assert "Leaderboard" in out and "artifacts:" in out
-        assert "executorInput" not in out and "[KFP Executor" not in out
-    assert "executorInput" in (run_dirs[0] / "run.log").read_text()  # the full log keeps everything
+        assert "executor_input" not in out and "[KFP Executor" not in out
+    log = (run_dirs[0] / "run.log").read_text()
+    assert "Got executor_input" in log and "epoch 1/4" in log  # the full log keeps everything
 
 
 def test_runs_list_and_compare(two_runs, capsys, tmp_path):
