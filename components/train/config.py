@@ -72,6 +72,8 @@ class TrialConfig:
         cutout: side of a random erased square (0: off).
         fine_label_weight: weight of an auxiliary 100-way fine-label head's loss
             (0: off). The served model keeps only the 20 coarse outputs.
+        tta_flip: the inference model (and so the served graph) averages the
+            logits of each image and its mirror image; twice the inference cost.
         early_stopping_patience: epochs without val-accuracy gain before stopping (0: never).
         time_budget_minutes: wall-clock budget of the training loop (0: none). After
             each epoch the remaining epochs are re-planned to fit it, and the
@@ -101,6 +103,7 @@ class TrialConfig:
     crop_padding: int = 4
     cutout: int = 0
     fine_label_weight: float = 0.0
+    tta_flip: bool = False
     early_stopping_patience: int = 0
     time_budget_minutes: float = 0.0
     mixed_precision: str = "auto"

@@ -181,7 +181,7 @@ def _train(
     )
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
     y_train: Any = _one_hot(data.train_coarse, len(data.class_names))
-    if model is inference:
+    if not built.has_fine_head:
         model.compile(optimizer=_optimizer(config, schedule), loss=loss, metrics=["accuracy"])
     else:
         model.compile(

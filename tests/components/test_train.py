@@ -166,6 +166,31 @@ def test_augmentation_is_active_only_in_training():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
 
 
+def test_flip_tta_averages_the_two_views_with_the_same_weights():
+    built = build_model(TrialConfig.from_dict({**TINY_TRIAL, "tta_flip": True}))
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    mirrored = images[:, :, ::-1, :]
+    served = keras.ops.convert_to_numpy(built.inference(images, training=False))
+    # A mirror image gets the same answer: the two views are symmetric.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(built.inference(mirrored, training=False)), served, atol=1e-5)
+    coarse = lambda x: keras.ops.convert_to_numpy(built.training(x, training=False)["logits"])  # noqa: E731
+    np.testing.assert_allclose(served, (coarse(images) + coarse(mirrored)) / 2, atol=1e-5)
+    assert built.inference.count_params() == build_model(TrialConfig.from_dict(TINY_TRIAL)).inference.count_params()
+
+
+def test_flip_tta_model_survives_a_keras_file_round_trip(tmp_path):
+    model = build_model(TrialConfig.from_dict({**TINY_TRIAL, "tta_flip": True})).inference
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    images = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(images, training=False)),
+        keras.ops.convert_to_numpy(model(images, training=False)),
+        atol=1e-6,
+    )
+
+
 def test_gpu_and_reference_models_build():
     gpu = build_model(load_grid(REPO / "configs" / "gpu.yaml").trials[0]).inference
     assert gpu.count_params() > 5_000_000 and gpu.output_shape == (None, 20)

@@ -21,7 +21,7 @@ from keras import layers
 
 from cifarflow.classes import NUM_COARSE_CLASSES, NUM_FINE_CLASSES
 from cifarflow.components.train.config import TrialConfig
-from cifarflow.components.train.models.layers import Cutout, PixelNormalization, augmentation_layers
+from cifarflow.components.train.models.layers import Cutout, HorizontalFlip, PixelNormalization, augmentation_layers
 from cifarflow.components.train.models.resnet import resnet_features
 from cifarflow.components.train.models.transfer import transfer_features
 
@@ -33,12 +33,24 @@ FINE_LOGITS_LAYER = "fine_logits"
 class BuiltModel:
     """`inference` maps pixels to coarse logits; `training` may add the fine head.
 
-    Both share their layers (and so their weights); when there is no fine
-    head they are the same object.
+    Both share their layers (and so their weights); without a fine head and
+    without test-time augmentation they are the same object.
     """
 
     inference: keras.Model
     training: keras.Model
+    has_fine_head: bool = False
+
+
+def with_flip_tta(core: keras.Model) -> keras.Model:
+    """Wraps a pixels-to-logits model so it averages the logits of the image and its mirror.
+
+    The weights stay those of `core` (it is called twice, as a nested model).
+    """
+    pixels = keras.Input(shape=(32, 32, 3), dtype="float32", name="pixels")
+    mirrored = HorizontalFlip(name="mirror")(pixels)
+    logits = layers.Average(name="tta_average", dtype="float32")([core(pixels), core(mirrored)])
+    return keras.Model(pixels, logits, name=f"{core.name}_tta")
 
 
 def build_model(
@@ -76,9 +88,10 @@ def build_model(
     # float32 logits even under mixed precision: softmax and the loss need the range.
     logits = layers.Dense(num_classes, kernel_regularizer=reg, dtype="float32", name=LOGITS_LAYER)(features)
     name = f"{config.architecture}{config.depth if config.architecture == 'resnet' else ''}"
-    inference = keras.Model(pixels, logits, name=name)
+    core = keras.Model(pixels, logits, name=name)
+    inference = with_flip_tta(core) if config.tta_flip else core
     if config.fine_label_weight <= 0:
-        return BuiltModel(inference=inference, training=inference)
+        return BuiltModel(inference=inference, training=core)
     fine = layers.Dense(NUM_FINE_CLASSES, kernel_regularizer=reg, dtype="float32", name=FINE_LOGITS_LAYER)(features)
     training = keras.Model(pixels, {LOGITS_LAYER: logits, FINE_LOGITS_LAYER: fine}, name=f"{name}_train")
-    return BuiltModel(inference=inference, training=training)
+    return BuiltModel(inference=inference, training=training, has_fine_head=True)

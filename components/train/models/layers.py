@@ -79,6 +79,17 @@ class Cutout(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="cifarflow")
+class HorizontalFlip(keras.layers.Layer):
+    """Mirrors images left-right, always (the second view of flip test-time augmentation)."""
+
+    def call(self, inputs):
+        return ops.flip(inputs, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 def augmentation_layers(flip: bool, crop_padding: int, seed: int | None) -> list[keras.layers.Layer]:
     """Flip and pad-and-crop, both per image, identity at inference.
 
