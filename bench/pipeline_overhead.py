@@ -11,6 +11,10 @@ Side by side in one run, on the quick grid and the shipped sample:
 Overhead = (pipeline wall time - sum of the direct step times) / pipeline
 wall time. Target: under 25 % on the quick config.
 
+Where the overhead goes: each task is a fresh Python process that imports
+kfp's executor (~0.5 s), and train and evaluate each import TensorFlow
+again (~3 s each), costs the one-process run pays once.
+
 Usage: python bench/pipeline_overhead.py
 """
 
