@@ -32,6 +32,10 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     local.add_argument("--runs-dir", default="runs", help="where run folders go (default runs)")
     local.add_argument("--artifacts", help="also upload the run to s3://bucket/prefix in KFP's layout")
     local.add_argument("--no-cache", action="store_true", help="re-run every task, even unchanged ingest/preprocess/eda")
+    local.add_argument(
+        "--trial-parallelism", type=int, default=2,
+        help="trials trained at once (default 2: while one trial starts up or is evaluated, the other trains)",
+    )
     local.add_argument("-v", "--verbose", action="store_true", help="show kfp's full task logs on the console")
     parser.set_defaults(func=run)
 
@@ -41,12 +45,16 @@ def run(args: argparse.Namespace) -> int:
     from cifarflow.pipelines.local_run import LocalRunOptions, run_locally
     from cifarflow.pipelines.report import describe_run
 
+    from cifarflow.errors import BadInputError
+
+    if args.trial_parallelism < 1:
+        raise BadInputError("--trial-parallelism must be >= 1")
     arguments = pipeline_arguments(args, for_cluster=False)
     options = LocalRunOptions(
         runs_dir=Path(args.runs_dir), enable_caching=not args.no_cache, artifacts=args.artifacts, verbose=args.verbose
     )
-    # One trial at a time (each already uses every core), and no retries: a
-    # local failure is an error to read, not a preempted node.
-    result = run_locally(build_pipeline(trial_parallelism=1, train_retries=0), arguments, options)
+    # No retries: a local failure is an error to read, not a preempted node.
+    pipeline = build_pipeline(trial_parallelism=args.trial_parallelism, train_retries=0)
+    result = run_locally(pipeline, arguments, options)
     print(describe_run(result.run_dir, result.record))
     return 0
