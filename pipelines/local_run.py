@@ -25,6 +25,9 @@ from cifarflow.pipelines import run_record
 from cifarflow.pipelines.console import capture_console
 
 
+_RUN_DIR = re.compile(r"^-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d+$")
+
+
 class PipelineFailedError(CifarflowError):
     """A task of the pipeline failed; its artifacts so far are kept."""
 
@@ -89,7 +92,12 @@ def run_locally(pipeline_func: Callable[..., Any], arguments: dict[str, Any], op
         except RuntimeError as exc:  # kfp.local's way of saying a task failed
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else "a task failed"
     wall = time.monotonic() - t0
-    new_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name not in before and not p.name.startswith("."))
+    # kfp.local names the run folder <pipeline>-<timestamp>; other new folders
+    # (a model store under runs/, say) are not runs.
+    name = getattr(pipeline_func, "name", "cifarflow")
+    new_dirs = sorted(
+        p for p in runs_dir.iterdir() if p.is_dir() and p.name not in before and _RUN_DIR.match(p.name.removeprefix(name))
+    )
     if not new_dirs:
         raise PipelineFailedError(f"the pipeline did not start: {error or 'no run folder was created'} (log: {log_name})")
     run_dir = new_dirs[-1]
@@ -124,11 +132,18 @@ _EXCEPTION_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Ex
 
 
 def failure_cause(log: Path) -> str | None:
-    """The last exception a task raised, as `Type: message`, from the run log."""
+    """The exception a failed task raised, as `Type: message`, from the run log.
+
+    cifarflow's own errors (a bad input, a corrupt file) say what to fix, so
+    they win over anything else that looks like an exception in the log,
+    such as a concurrent trial's output.
+    """
     if not log.is_file():
         return None
     causes = [m for line in log.read_text(errors="replace").splitlines() if (m := _EXCEPTION_LINE.match(line))]
-    if not causes:
+    ours = [m for m in causes if m.group(1).startswith("cifarflow.")]
+    chosen = (ours or causes or [None])[-1]
+    if chosen is None:
         return None
-    kind, message = causes[-1].groups()
+    kind, message = chosen.groups()
     return f"{kind.rsplit('.', 1)[-1]}: {message.strip()}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,16 +20,24 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """The quick grid twice: a first run publishes, a second reuses the cache and meets a champion."""
+    """`cifarflow run` twice with its defaults, as `make run` does, from a fresh folder.
+
+    The first run publishes; the second reuses the cache and meets a champion.
+    """
     root = tmp_path_factory.mktemp("local-run")
-    runs, store = root / "runs", root / "store"
+    runs, store = root / "runs", root / "runs" / "model-store"  # the defaults, relative to the cwd
     results = []
-    for _ in range(2):
-        console = io.StringIO()
-        with contextlib.redirect_stdout(console):
-            code = main(["run", "--runs-dir", str(runs), "--store", str(store)])
-        results.append((code, console.getvalue()))
-    run_dirs = sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for _ in range(2):
+            console = io.StringIO()
+            with contextlib.redirect_stdout(console):
+                code = main(["run"])
+            results.append((code, console.getvalue()))
+    finally:
+        os.chdir(cwd)
+    run_dirs = sorted(p for p in runs.iterdir() if p.name.startswith("cifarflow-"))
     return runs, store, run_dirs, results
 
 
@@ -39,6 +48,7 @@ def _record(run_dir: Path) -> dict:
 def test_every_task_succeeds_and_the_model_lands_in_the_store(two_runs):
     runs, store, run_dirs, results = two_runs
     assert [code for code, _ in results] == [0, 0] and len(run_dirs) == 2
+    assert f"run {run_dirs[0].name}: SUCCEEDED" in results[0][1]
     record = _record(run_dirs[0])
     assert record["status"] == "SUCCEEDED"
     tasks = record["tasks"]
@@ -119,7 +129,7 @@ def test_a_failing_trial_fails_the_run_and_keeps_the_other_trials_results(tmp_pa
     code = main(["run", "--config", str(grid), "--runs-dir", str(tmp_path / "runs"), "--store", str(tmp_path / "store")])
     assert code == PipelineFailedError.exit_code
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "weights file /nonexistent/weights.h5 does not exist" in err[0]
+    assert len(err) == 1 and "weights file /nonexistent/weights.h5 does not exist" in err[0], err
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     record = _record(run_dir)
     assert record["status"] == "FAILED"
