@@ -9,6 +9,7 @@ to an S3 bucket in the same layout.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import os
 import re
@@ -87,10 +88,15 @@ def run_locally(pipeline_func: Callable[..., Any], arguments: dict[str, Any], op
         # in this environment instead of the project image.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
+        original_print = builtins.print
         try:
             pipeline_func(**arguments)
         except RuntimeError as exc:  # kfp.local's way of saying a task failed
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else "a task failed"
+        finally:
+            # kfp.local indents task output by swapping builtins.print per task;
+            # with two tasks at once the swaps interleave and can leave it swapped.
+            builtins.print = original_print
     wall = time.monotonic() - t0
     # kfp.local names the run folder <pipeline>-<timestamp>; other new folders
     # (a model store under runs/, say) are not runs.

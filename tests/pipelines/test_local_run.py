@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import json
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,7 @@ def test_console_shows_progress_not_kfp_internals(two_runs):
     for out in (first, second):
         assert "Leaderboard" in out and "artifacts:" in out
         assert "executor_input" not in out and "[KFP Executor" not in out
+    assert isinstance(builtins.print, types.BuiltinFunctionType)  # kfp.local's print swap undone
     log = (run_dirs[0] / "run.log").read_text()
     assert "Got executor_input" in log and "epoch 1/4" in log  # the full log keeps everything
 
