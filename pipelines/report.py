@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-def _artifact_path(run_dir: Path, task: str, uri: str) -> Path:
-    # kfp.local records absolute local paths; cached tasks point into earlier runs.
-    return Path(uri) if Path(uri).is_absolute() else run_dir / task / Path(uri).name
+from cifarflow.pipelines.run_record import artifact_path
 
 
 def describe_run(run_dir: Path, record: dict[str, Any]) -> str:
@@ -17,19 +14,19 @@ def describe_run(run_dir: Path, record: dict[str, Any]) -> str:
     for task, outputs in tasks.items():
         for name, artifact in outputs["artifacts"].items():
             if name == "leaderboard":
-                path = _artifact_path(run_dir, task, artifact["uri"])
+                path = artifact_path(run_dir, task, artifact["uri"])
                 if path.is_file():
                     lines += ["", path.read_text().rstrip()]
     for task, outputs in tasks.items():
         if "publish" in task:
             for name, artifact in outputs["artifacts"].items():
-                path = _artifact_path(run_dir, task, artifact["uri"])
+                path = artifact_path(run_dir, task, artifact["uri"])
                 if path.is_file():
                     lines += ["", path.read_text().strip()]
     lines += ["", "artifacts:"]
     for task, outputs in sorted(tasks.items()):
         for name, artifact in sorted(outputs["artifacts"].items()):
-            path = _artifact_path(run_dir, task, artifact["uri"])
+            path = artifact_path(run_dir, task, artifact["uri"])
             lines.append(f"  {task}/{name}: {path}")
     lines.append(f"  run record: {run_dir / 'run.json'}; full log: {run_dir / 'run.log'}")
     return "\n".join(lines)

@@ -8,10 +8,11 @@ a bucket are compared the same way.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
+
+from cifarflow.atomic_files import write_json_atomic
 
 RUN_RECORD = "run.json"
 _CACHE_HIT = re.compile(r"Task '?([\w.-]+)'? cache hit \(key=([0-9a-f]+)\)")
@@ -54,11 +55,22 @@ def _from_cache_entry(outputs: dict[str, Any]) -> dict[str, Any]:
     return {"artifacts": artifacts, "parameters": parameters, "cached": True}
 
 
+def artifact_path(run_dir: Path, task: str, uri: str) -> Path:
+    """Where a recorded artifact is on this machine.
+
+    kfp.local records absolute paths, which hold where the run happened (cached
+    tasks point into earlier runs); a run downloaded from S3 has the same
+    `<task>/<output>` layout under its own folder.
+    """
+    path = Path(uri)
+    if path.is_absolute() and path.exists():
+        return path
+    return run_dir / task / path.name
+
+
 def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
     path = run_dir / RUN_RECORD
-    partial = path.with_name(f".{RUN_RECORD}.partial")
-    partial.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(partial, path)
+    write_json_atomic(path, record, default=str)
     return path
 
 

@@ -49,9 +49,9 @@ def _histories(run_dir: Path, record: dict[str, Any]) -> dict[str, list[dict[str
     for task, outputs in sorted(record.get("tasks", {}).items()):
         for artifact in outputs["artifacts"].values():
             uri = artifact.get("uri", "")
-            local = run_dir / task / Path(uri).name if uri else None
-            if local is not None and (local / "history.json").is_file():
-                histories[task] = json.loads((local / "history.json").read_text())
+            history = run_record.artifact_path(run_dir, task, uri) / "history.json" if uri else None
+            if history is not None and history.is_file():
+                histories[task] = json.loads(history.read_text())
     return histories
 
 

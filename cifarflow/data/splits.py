@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from cifarflow.atomic_files import write_json_atomic
 from cifarflow.errors import BadInputError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -67,10 +68,7 @@ def load_split(root: str | os.PathLike, name: str, mmap: bool = True) -> Split:
 
 
 def write_stats(root: str | os.PathLike, stats: dict[str, Any]) -> None:
-    path = Path(root) / STATS_FILE
-    partial = path.with_name(f".{STATS_FILE}.partial")
-    partial.write_text(json.dumps(stats, indent=2) + "\n")
-    os.replace(partial, path)
+    write_json_atomic(Path(root) / STATS_FILE, stats)
 
 
 def load_stats(root: str | os.PathLike) -> dict[str, Any]:

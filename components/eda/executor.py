@@ -7,7 +7,6 @@ images it shows, thanks to memory-mapped arrays.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cifarflow.atomic_files import write_json_atomic, write_text_atomic
 from cifarflow.components.eda import charts, report
 from cifarflow.data.splits import SPLIT_NAMES, load_split, load_stats
 
@@ -97,9 +97,9 @@ def eda(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: EdaConf
     )
     metrics = summary_metrics(stats)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write(out_dir / REPORT_HTML, report.render_html(view))
-    _write(out_dir / SUMMARY_MD, report.render_markdown(view, metrics))
-    _write(out_dir / METRICS_JSON, json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(out_dir / REPORT_HTML, report.render_html(view))
+    write_text_atomic(out_dir / SUMMARY_MD, report.render_markdown(view, metrics))
+    write_json_atomic(out_dir / METRICS_JSON, metrics)
     print(f"eda: report for {len(class_names)} classes ({time.monotonic() - started:.1f}s) -> {out_dir / REPORT_HTML}", flush=True)
     return EdaResult(out_dir, metrics)
 
@@ -129,9 +129,3 @@ def _fine_classes_by_coarse(splits: dict, stats: dict[str, Any]) -> list[list[st
         if fine_names[fine] != stats["class_names"][coarse]:  # image folders: fine == coarse
             by_coarse[coarse].append(fine_names[fine])
     return by_coarse
-
-
-def _write(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)

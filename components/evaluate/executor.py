@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from cifarflow.atomic_files import write_json_atomic
 from cifarflow.components.evaluate.calibration import softmax
 from cifarflow.components.evaluate.metrics import classification_report
 from cifarflow.components.evaluate.predict import has_saved_model, load_signature, predict_arrays
@@ -165,7 +166,5 @@ def evaluate(
             "splits": splits,
         }
     )
-    partial = out / f".{METRICS_FILE}.partial"
-    partial.write_text(json.dumps(metrics, indent=1) + "\n")
-    os.replace(partial, out / METRICS_FILE)
+    write_json_atomic(out / METRICS_FILE, metrics, indent=1)
     return EvaluationResult(out_dir=str(out), metrics=metrics)

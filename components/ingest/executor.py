@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from cifarflow.atomic_files import write_json_atomic
 from cifarflow.data import official
 from cifarflow.data.safe_tar import extract_members
 from cifarflow.data.sample import SAMPLE_ARCHIVE, SAMPLE_MD5, SAMPLE_SOURCE
@@ -181,10 +181,7 @@ def _extract_verified(archive: Path, source: str, out_dir: Path, expected_md5: s
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result = IngestResult(out_dir, source, archive_md5, member_md5, verified_by)
-    record = out_dir / INGEST_RECORD
-    partial = record.with_name(f".{INGEST_RECORD}.partial")
-    partial.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    os.replace(partial, record)
+    write_json_atomic(out_dir / INGEST_RECORD, result.to_json())
     print(f"ingest: {source} verified ({verified_by}) -> {result.data_dir}", flush=True)
     return result
 

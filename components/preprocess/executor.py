@@ -17,10 +17,9 @@ from typing import Any
 
 from cifarflow.data.splits import STATS_FILE, Split, write_split, write_stats
 from cifarflow.errors import BadInputError
+from cifarflow.components.ingest.executor import INGEST_RECORD
 from cifarflow.components.preprocess import checks, sources, statistics
 from cifarflow.components.preprocess.split import stratified_split
-
-INGEST_RECORD = "ingest.json"
 
 
 @dataclasses.dataclass(frozen=True)

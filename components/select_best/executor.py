@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cifarflow.atomic_files import write_json_atomic
 from cifarflow.components.select_best import champion as champion_store
 from cifarflow.components.select_best.leaderboard import Candidate, markdown_leaderboard, rank
 from cifarflow.components.select_best.mcnemar import EXACT_BELOW, challenger_wins, mcnemar_test
@@ -130,9 +131,7 @@ def select_best(candidates: Sequence[str | os.PathLike], out_dir: str | os.PathL
         "publish": gate["publish"],
     }
     (out / LEADERBOARD_FILE).write_text(markdown_leaderboard(ranked, config.metric))
-    partial = out / f".{SELECTION_FILE}.partial"
-    partial.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(partial, out / SELECTION_FILE)
+    write_json_atomic(out / SELECTION_FILE, record, indent=1)
     return SelectionResult(
         out_dir=str(out), model_dir=str(model_out), winner=winner.index,
         publish=gate["publish"], decision=gate["decision"], record=record,

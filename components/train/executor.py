@@ -32,6 +32,7 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
+from cifarflow.atomic_files import write_json_atomic
 from cifarflow.components.evaluate.calibration import (
     expected_calibration_error,
     fit_temperature,
@@ -275,9 +276,7 @@ def _train(
         dtype_policy=policy,
         tflite=(out / "model.tflite").is_file(),
     )
-    partial = out / f".{SUMMARY_FILE}.partial"
-    partial.write_text(json.dumps(dataclasses.asdict(result), indent=1) + "\n")
-    os.replace(partial, out / SUMMARY_FILE)
+    write_json_atomic(out / SUMMARY_FILE, dataclasses.asdict(result), indent=1)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return result
 

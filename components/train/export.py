@@ -25,6 +25,8 @@ from typing import Sequence
 
 import keras
 
+from cifarflow.atomic_files import write_bytes_atomic
+
 TFLITE_FILE = "model.tflite"
 SAVED_MODEL_FILES = ("saved_model.pb", "variables", "assets", "fingerprint.pb")
 CLASS_NAMES_ASSET = "class_names.txt"
@@ -130,9 +132,7 @@ def export_tflite(saved_model_dir: str | os.PathLike, path: str | os.PathLike) -
     # class_names is a string gather; let TFLite fall back to TF ops where needed.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     data = converter.convert()
-    partial = Path(path).with_name(f".{Path(path).name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    write_bytes_atomic(path, data)
 
 
 def export_model_folder(out_dir: str | os.PathLike, tflite: bool = True) -> None:
