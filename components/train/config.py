@@ -78,7 +78,7 @@ class TrialConfig:
         time_budget_minutes: wall-clock budget of the training loop (0: none). After
             each epoch the remaining epochs are re-planned to fit it, and the
             learning-rate schedule is shortened to end on time.
-        mixed_precision: "auto" (on when a GPU is present), "on" or "off".
+        mixed_precision: "auto" (on with a GPU or a CPU with native bfloat16), "on" or "off".
         seed: seed of initialisation, shuffling and augmentation.
     """
 

@@ -250,7 +250,7 @@ def _train(
     ece_after = expected_calibration_error(softmax(val_logits / temperature), data.val_coarse)
     log(f"train: best epoch {state.best_epoch}: val_acc {state.best_val_accuracy:.4f}; temperature {temperature:.3f} (val ECE {ece_before:.4f} -> {ece_after:.4f})")
 
-    # Export in float32: the served graph should not depend on the training policy.
+    # Exported in float32 (see _write_outputs): the served graph should not depend on the training policy.
     _write_outputs(out, inference, data, config, temperature, export_tflite, log)
     (out / HISTORY_FILE).write_text(json.dumps(state.history, indent=1) + "\n")
     from cifarflow.components.train.plots import plot_curves
@@ -325,6 +325,8 @@ def _write_outputs(
 ) -> None:
     from cifarflow.components.train import export
 
+    if keras.mixed_precision.global_policy().name != "float32":
+        inference = _float32_copy(inference, config, data)
     partial = out / f".partial.{KERAS_FILE}"
     inference.save(partial)
     os.replace(partial, out / KERAS_FILE)
@@ -337,3 +339,20 @@ def _write_outputs(
             export.export_tflite(out, out / export.TFLITE_FILE)
         except Exception as exc:  # TFLite is a bonus; the SavedModel is the contract
             log(f"train: TFLite export skipped: {type(exc).__name__}: {exc}")
+
+
+def _float32_copy(trained: keras.Model, config: TrialConfig, data: TrainingData) -> keras.Model:
+    """The same model and weights with float32 compute.
+
+    Mixed-precision variables are float32 already; only the layers' compute
+    dtype changes, so the served graph and the `.keras` file never depend on
+    the precision (or the CPU) training happened to use.
+    """
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = build_model(config, data.pixel_mean, data.pixel_std, num_classes=len(data.class_names)).inference
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    copy.set_weights(trained.get_weights())
+    return copy

@@ -217,3 +217,20 @@ def test_the_reference_grids_first_trial_runs(tmp_path, sample_data):
     result = train(small, trial, tmp_path / "out", log=lambda line: None, export_tflite=False)
     assert result.epochs_run == 1 and (tmp_path / "out" / "saved_model.pb").is_file()
     assert result.trial["architecture"] == "densenet121"
+
+
+def test_bfloat16_training_exports_a_float32_model(tmp_path, sample_data):
+    from cifarflow.components.train import device
+
+    trial = TrialConfig.from_dict({**TINY_TRIAL, "epochs": 1, "fine_label_weight": 0.0, "mixed_precision": "on"})
+    out = tmp_path / "bf16"
+    result = train(sample_data, trial, out, log=lambda line: None, export_tflite=False)
+    assert result.dtype_policy == "mixed_bfloat16"
+    # Training must not leave its policy behind for the rest of the process.
+    assert keras.mixed_precision.global_policy().name == "float32"
+    saved = keras.models.load_model(out / "model.keras")
+    policies = {layer.dtype_policy.name for layer in saved.layers if hasattr(layer, "dtype_policy")}
+    assert policies == {"float32"}
+    images = np.load(sample_data / "val" / "images.npy")[:16].astype("float32")
+    assert saved.predict(images, verbose=0).dtype == np.float32
+    assert device.dtype_policy("off") == "float32" and device.dtype_policy("on") == "mixed_bfloat16"
