@@ -4,8 +4,10 @@
 complete when `cifarflow.json` exists), loads the version it should serve
 (the newest, or the one a label names) in the background, swaps it in
 atomically and only then unloads the old one, so requests never fail during
-a rollout. A version that fails to load is recorded (GetModelStatus shows
-its error) and the old one keeps serving.
+a rollout. A version that fails to load, or that drops or changes a
+signature the served version offers (`check_compatible`), is recorded
+(GetModelStatus and the metrics show its error) and the old one keeps
+serving.
 
 `ServedVersion.predict` is the KServe-style pipeline for one request:
 `preprocess` (check the inputs against the signature, like TensorFlow
@@ -15,6 +17,7 @@ batcher), `postprocess` (output filter).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -227,6 +230,44 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else "invalid argument"
 
 
+def check_compatible(new: ServedVersion, current: ServedVersion) -> None:
+    """Raises FailedPrecondition when `new` cannot answer what clients of `current` send.
+
+    Every signature `current` serves must still be there, take the same
+    inputs (names, dtypes, shapes it accepted), and return the outputs it
+    returned. A version that breaks this would fail every request after the
+    swap, so it is refused like one that does not load. Extra signatures and
+    outputs are fine.
+    """
+    problems = []
+    for name in sorted(current.signatures):
+        old, got = current.signatures[name], new.signatures.get(name)
+        if got is None:
+            problems.append(f"signature {name!r} is missing")
+            continue
+        if set(got.inputs) != set(old.inputs):
+            problems.append(f"signature {name!r} takes inputs {sorted(got.inputs)}, not {sorted(old.inputs)}")
+        for key in sorted(set(got.inputs) & set(old.inputs)):
+            if got.inputs[key].dtype != old.inputs[key].dtype or not _accepts(got.inputs[key].shape, old.inputs[key].shape):
+                problems.append(f"signature {name!r} input {key!r} changed type or shape")
+        for key in sorted(old.outputs):
+            if key not in got.outputs or got.outputs[key].dtype != old.outputs[key].dtype:
+                problems.append(f"signature {name!r} lost output {key!r} or changed its type")
+    if problems:
+        raise FailedPrecondition(
+            f"version {new.version} is not compatible with version {current.version} being served: " + "; ".join(problems)
+        )
+
+
+def _accepts(new: tuple[int | None, ...] | None, old: tuple[int | None, ...] | None) -> bool:
+    """Whether a tensor of shape `new` takes everything one of shape `old` took."""
+    if new is None:
+        return True
+    if old is None or len(new) != len(old):
+        return False
+    return all(n is None or n == o for n, o in zip(new, old))
+
+
 @dataclasses.dataclass
 class VersionStatus:
     version: int
@@ -266,6 +307,7 @@ class ModelManager:
         self._labels: dict[str, int] = {}
         self._status: dict[int, VersionStatus] = {}
         self._failed: dict[int, float] = {}  # version -> manifest mtime when it failed
+        self._load_attempts: collections.Counter[tuple[int, bool]] = collections.Counter()  # (version, ok) -> count
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_label = False
@@ -302,6 +344,15 @@ class ModelManager:
             if not self._status:
                 raise NotFound(f"Could not find any versions of model {model_name}")
             return [self._status[v] for v in sorted(self._status, reverse=True)]
+
+    def snapshot(self) -> tuple[list[VersionStatus], dict[tuple[int, bool], int], int | None]:
+        """(every version's status, load attempts by (version, succeeded), the default version), for metrics."""
+        with self._lock:
+            statuses = [dataclasses.replace(self._status[v]) for v in sorted(self._status)]
+            return statuses, dict(self._load_attempts), self._default
+
+    def version_path(self, version: int) -> Path:
+        return self.root / self.model_name / str(version)
 
     @property
     def ready(self) -> bool:
@@ -384,21 +435,29 @@ class ModelManager:
         with self._lock:
             self._status[version] = VersionStatus(version, STATE_LOADING)
         started = time.monotonic()
+        served = None
         try:
-            served = ServedVersion(self.model_name, version, self.root / self.model_name / str(version),
-                                   self.config.batching, self._on_batch)
+            served = ServedVersion(self.model_name, version, self.version_path(version), self.config.batching, self._on_batch)
+            with self._lock:
+                current = self._served.get(self._default) if self._default is not None else None
+            if current is not None:
+                check_compatible(served, current)
             if self.config.warm_up:
                 served.warm_up()
         except Exception as exc:
+            if served is not None:
+                served.close()
             self._failed[version] = stamp
-            message = _first_line(str(exc))[:500]
+            message = _first_line(str(exc))[:1000]
             log.error("loading %s version %d failed, keeping the current one: %s", self.model_name, version, message)
             with self._lock:
                 self._status[version] = VersionStatus(version, STATE_END, f"{type(exc).__name__}: {message}")
+                self._load_attempts[version, False] += 1
             return
         with self._lock:
             self._served[version] = served
             self._status[version] = VersionStatus(version, STATE_AVAILABLE)
+            self._load_attempts[version, True] += 1
         log.info("loaded %s version %d in %.2fs", self.model_name, version, time.monotonic() - started)
 
 

@@ -3,6 +3,7 @@
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            model status
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   signature defs
     POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    row or columnar
+    GET  /monitoring/prometheus/metrics (and /metrics)          Prometheus
 
 Request and response JSON follow TensorFlow Serving's documented formats:
 "instances" (row) -> "predictions", "inputs" (columnar) -> "outputs";
@@ -24,6 +25,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from cifarflow.serving.errors import InvalidInput, MethodNotAllowed, NotFound
 from cifarflow.serving.http import Request, Response
 from cifarflow.serving.model_server.grpc_servicer import model_metadata, model_status
+from cifarflow.serving.model_server.metrics import ModelServerMetrics
 from cifarflow.serving.model_server.model import ModelManager, Signature
 from cifarflow.serving.tensors import DT_STRING
 
@@ -31,6 +33,8 @@ _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<verb>[a-z]+))?$"
 )
+# TensorFlow Serving's default monitoring path, and the usual one.
+METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
 
 
 class RestApi:
@@ -38,8 +42,13 @@ class RestApi:
 
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
+        self.metrics = ModelServerMetrics(manager)
 
     def __call__(self, request: Request) -> Response:
+        if request.path in METRICS_PATHS:
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"use GET for {request.path}")
+            return Response(200, self.metrics.render(), self.metrics.content_type)
         match = _PATH.match(request.path)
         if not match:
             raise NotFound(f"Malformed request: {request.method} {request.path}")
