@@ -21,17 +21,45 @@ import numpy as np
 
 from cifarflow.errors import IntegrityError
 
-# numpy 1.x pickles name numpy.core; numpy 2.x renamed the module to numpy._core.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
-    ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
 
 
 class UnsafePickleError(IntegrityError):
     """A pickle asked for a global outside the allow-list."""
+
+
+def _plain_dtype(*args: Any) -> np.dtype:
+    """`numpy.dtype` for numbers and bytes only: an object dtype would let arbitrary objects into the arrays."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise UnsafePickleError(f"refusing to unpickle an array of Python objects (dtype {dtype})")
+    return dtype
+
+
+_NUMPY_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]
+
+
+def _empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's `_reconstruct` as pickles use it: an empty ndarray that BUILD then fills.
+
+    Any other shape would allocate memory the stream never pays for in bytes.
+    """
+    if subtype is not np.ndarray or shape != (0,):
+        raise UnsafePickleError(f"refusing to unpickle _reconstruct({getattr(subtype, '__name__', subtype)}, {shape!r}, ...)")
+    return _NUMPY_RECONSTRUCT(subtype, shape, dtype)
+
+
+# numpy 1.x pickles name numpy.core; numpy 2.x renamed the module to numpy._core.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _empty_array,
+    ("numpy._core.multiarray", "_reconstruct"): _empty_array,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _plain_dtype,
+}
+# What a malformed stream makes the C unpickler raise: opcodes applied to the
+# wrong type (AttributeError, IndexError), a length field larger than memory
+# (MemoryError: the unpickler allocates the declared size before reading).
+_MALFORMED = (pickle.UnpicklingError, EOFError, ValueError, TypeError, struct.error, AttributeError, LookupError,
+              MemoryError, OverflowError, RecursionError)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -61,7 +89,7 @@ def load_pickle(data: bytes | BinaryIO, source: str = "pickle") -> Any:
         return _RestrictedUnpickler(stream, encoding="latin1").load()
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{source}: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, struct.error) as exc:
+    except _MALFORMED as exc:
         raise IntegrityError(f"{source}: not a readable CIFAR pickle ({type(exc).__name__}: {exc})") from None
 
 

@@ -2,7 +2,9 @@
 
 Archives from the internet or a bucket are untrusted. `extract_members`
 reads the archive once, front to back, and for every member refuses absolute
-paths, `..` components, links, devices and FIFOs before anything is written.
+paths, `..` components, links, devices and FIFOs before anything is written,
+and a file name that appears twice (the second copy would silently replace
+the first).
 Only the members asked for are written, each hashed (md5) while it streams to
 disk, so verification costs no second read.
 """
@@ -78,10 +80,16 @@ def extract_members(
     """
     wanted = set(wanted)
     found: dict[str, ExtractedMember] = {}
+    files_seen: set[str] = set()
     try:
         with tarfile.open(fileobj=fileobj, mode="r|gz") as tar:
             for member in tar:
                 check_member(member)
+                if member.isfile():
+                    path = posixpath.normpath(member.name.replace("\\", "/"))
+                    if path in files_seen:
+                        raise UnsafeArchiveError(f"archive member {member.name!r} appears twice")
+                    files_seen.add(path)
                 if member.name not in wanted or not member.isfile():
                     continue
                 found[member.name] = _write_member(tar, member, target)
