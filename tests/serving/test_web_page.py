@@ -15,28 +15,10 @@ from cifarflow.serving.store import publish_model
 from tests.serving.cdp import Browser, find_chromium
 from tests.serving.gateway_support import ImageSite
 from tests.serving.images import encode
+from tests.serving.web_page_scripts import BARS, DROP_FILE
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
-
-DROP_FILE = """
-(async () => {
-  const bytes = Uint8Array.from(atob(%r), (c) => c.charCodeAt(0));
-  const file = new File([bytes], %r, { type: %r });
-  const transfer = new DataTransfer();
-  transfer.items.add(file);
-  document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
-  return true;
-})()
-"""
-
-BARS = """
-[...document.querySelectorAll('#bars .bar')].map((bar) => ({
-  name: bar.querySelector('.label span').textContent,
-  pct: parseFloat(bar.querySelector('.label span:last-child').textContent),
-  width: parseFloat(bar.querySelector('.fill').style.width),
-}))
-"""
 
 
 @pytest.fixture(scope="module")
