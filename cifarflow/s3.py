@@ -96,4 +96,17 @@ def describe_s3_error(exc: Exception, location: S3Location | str) -> RemoteError
         if exc.code in {"NoSuchKey", "NoSuchBucket"}:
             return RemoteError(f"{location} does not exist ({exc.code})")
         return RemoteError(f"S3 error for {location}: {exc.code}: {exc.message}")
-    return RemoteError(f"cannot reach S3 for {location}: {type(exc).__name__}: {exc}")
+    where, cause = _network_failure(exc)
+    return RemoteError(f"cannot reach S3{where} for {location}: {cause}")
+
+
+def _network_failure(exc: Exception) -> tuple[str, str]:
+    """(' at host:port', root cause) of urllib3's retry-wrapped errors, which bury both in reprs."""
+    from urllib3.exceptions import MaxRetryError
+
+    if not isinstance(exc, MaxRetryError):
+        return "", f"{type(exc).__name__}: {exc}"
+    reason = exc.reason if exc.reason is not None else exc
+    # "HTTPConnection(host=..., port=...): Failed to establish a new connection: [Errno 111] Connection refused"
+    cause = str(reason).split("): ", 1)[-1]
+    return f" at {exc.pool.host}:{exc.pool.port}", f"{cause} (after retries)"

@@ -210,10 +210,10 @@ class S3Backend(Backend):
     def write_bytes(self, rel: str, data: bytes) -> None:
         import io
 
-        self._call("put", self.client.put_object, self.location.bucket, self._key(rel), io.BytesIO(data), len(data))
+        self._call(f"put {rel}", self.client.put_object, self.location.bucket, self._key(rel), io.BytesIO(data), len(data))
 
     def upload_file(self, rel: str, path: Path) -> None:
-        self._call("put", self.client.fput_object, self.location.bucket, self._key(rel), str(path))
+        self._call(f"put {rel}", self.client.fput_object, self.location.bucket, self._key(rel), str(path))
 
     def download_tree(self, rel: str, dest: Path) -> None:
         prefix = self._key(rel) + "/"
@@ -226,7 +226,7 @@ class S3Backend(Backend):
             if not target.is_relative_to(dest.resolve()):  # a hostile key like '../../x'
                 raise BadInputError(f"refusing object {obj.object_name!r}: it escapes {dest}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._call("get", self.client.fget_object, self.location.bucket, obj.object_name, str(target))
+            self._call(f"get {rel}/{relative}", self.client.fget_object, self.location.bucket, obj.object_name, str(target))
 
     def delete_tree(self, rel: str) -> None:
         from minio.deleteobjects import DeleteObject

@@ -1,7 +1,9 @@
 """A real S3 server for tests: SeaweedFS (`weed mini`) on 127.0.0.1.
 
-Credentials are generated per server start and handed to the code under test
+Credentials are generated per server and handed to the code under test
 through `S3Settings`/environment variables, never written in the source.
+`stop()` then `start()` brings the same server back (same ports, same data
+and credentials), and `freeze()`/`thaw()` pause it, for fault tests.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -119,10 +122,27 @@ class S3Server:
         raise RuntimeError(f"S3 server not ready after {timeout}s: {last}")
 
     def stop(self) -> None:
+        """Ends the server; its data stays in `workdir`, so `start()` brings it back."""
         if self.process and self.process.poll() is None:
+            self.thaw()  # a frozen process cannot act on SIGTERM
             self.process.terminate()
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, like a crashed or evicted pod: no chance to flush or close connections."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the ports still accept connections but nothing answers (a hung server)."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGCONT)
