@@ -5,13 +5,16 @@ link-local, multicast and reserved addresses are refused unless explicitly
 allowed (so an allowed name that resolves to 169.254.169.254 or 10.x is still
 refused). The connection goes to the address that was checked, not to a
 second DNS answer (no DNS-rebinding window). Redirects are followed only to
-URLs that pass the same checks. Size and total time are capped.
+URLs that pass the same checks. Size and total time are capped: every read
+and write waits at most for what is left of the fetch's deadline, so a
+server that drips its headers or body a byte at a time cannot stretch it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import http.client
+import io
 import ipaddress
 import socket
 import ssl
@@ -46,12 +49,17 @@ class UrlPolicy:
 
 def _refused_address(address: str) -> str | None:
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address inside an IPv6 one (mapped, 6to4) reaches that IPv4 host.
+        ip = ip.ipv4_mapped or ip.sixtofour or ip
     # Most specific first: 169.254.x.x is also "private", but link-local says why.
     for attribute in ("is_loopback", "is_link_local", "is_multicast", "is_unspecified", "is_reserved", "is_private"):
         if getattr(ip, attribute):
             return attribute[3:].replace("_", "-")
+    # Not private, yet not the internet either: the shared address space
+    # 100.64.0.0/10, where some clouds put their metadata service (100.100.100.200).
+    if not ip.is_global:
+        return "non-global"
     return None
 
 
@@ -127,38 +135,76 @@ def _remaining(deadline: float, policy: UrlPolicy) -> float:
     return left
 
 
+class _DeadlineSocket:
+    """A connected socket as http.client uses it, each send and receive bounded by the fetch's deadline.
+
+    A socket timeout bounds one receive, not the sum: without this, a server
+    that sends a header byte every second would hold the fetch for hours.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float, policy: UrlPolicy) -> None:
+        self._sock, self._deadline, self._policy = sock, deadline, policy
+
+    def _arm(self) -> None:
+        self._sock.settimeout(_remaining(self._deadline, self._policy))
+
+    def sendall(self, data: bytes) -> None:
+        self._arm()
+        self._sock.sendall(data)
+
+    def recv_into(self, buffer) -> int:
+        self._arm()
+        return self._sock.recv_into(buffer)
+
+    def makefile(self, mode: str = "rb", buffering: int | None = None) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:
+        # http.client closes the connection while a Connection: close response
+        # still reads from it; `_get` closes the real socket when it is done.
+        pass
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock: _DeadlineSocket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._sock.recv_into(buffer)
+
+
 def _get(scheme: str, host: str, port: int, address: str, target: str, policy: UrlPolicy, deadline: float):
+    sock: socket.socket | None = None
     try:
         sock = socket.create_connection((address, port), timeout=_remaining(deadline, policy))
         if scheme == "https":
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-        connection = http.client.HTTPConnection(host, port, timeout=_remaining(deadline, policy))
-        connection.sock = sock  # already connected to the checked address
+        connection = http.client.HTTPConnection(host, port)
+        connection.sock = _DeadlineSocket(sock, deadline, policy)  # already connected to the checked address
         connection.request("GET", target, headers={"Host": host if port in (80, 443) else f"{host}:{port}",
                                                    "User-Agent": "cifarflow-gateway", "Accept": "image/*"})
         response = connection.getresponse()
-        try:
-            if 300 <= response.status < 400:
-                return response.status, response.getheader("Location"), b""
-            length = response.getheader("Content-Length")
-            if length and length.isdigit() and int(length) > policy.max_bytes:
-                raise PayloadTooLarge(f"the URL's image is {length} bytes; the limit is {policy.max_bytes} bytes")
-            chunks, size = [], 0
-            while True:
-                sock.settimeout(_remaining(deadline, policy))
-                chunk = response.read1(64 * 1024) if hasattr(response, "read1") else response.read(64 * 1024)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > policy.max_bytes:
-                    raise PayloadTooLarge(f"the URL's image is over the limit of {policy.max_bytes} bytes")
-                chunks.append(chunk)
-            return response.status, None, b"".join(chunks)
-        finally:
-            connection.close()
+        if 300 <= response.status < 400:
+            return response.status, response.getheader("Location"), b""
+        length = response.getheader("Content-Length")
+        if length and length.isdigit() and int(length) > policy.max_bytes:
+            raise PayloadTooLarge(f"the URL's image is {length} bytes; the limit is {policy.max_bytes} bytes")
+        chunks, size = [], 0
+        while chunk := response.read1(64 * 1024):
+            size += len(chunk)
+            if size > policy.max_bytes:
+                raise PayloadTooLarge(f"the URL's image is over the limit of {policy.max_bytes} bytes")
+            chunks.append(chunk)
+        return response.status, None, b"".join(chunks)
     except (socket.timeout, TimeoutError):
         raise DeadlineExceeded(f"fetching the URL took longer than {policy.timeout_s:g}s") from None
     except ssl.SSLError as exc:
         raise BadGateway(f"TLS failed for {host}: {exc.reason or exc}") from None
     except (ConnectionError, OSError, http.client.HTTPException) as exc:
         raise BadGateway(f"fetching the URL failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        if sock is not None:
+            sock.close()
