@@ -146,7 +146,8 @@ def _gate(winner: Candidate, config: SelectConfig) -> dict[str, Any]:
     champion = champion_store.find_champion(config.store, config.model_name, config.s3)
     if champion is None:
         return {**base, "decision": "publish", "publish": True, "reason": f"no champion: {config.model_name} has no complete version in the store"}
-    base["champion"] = {"version": champion.version, "location": champion.location, "accuracy": champion.metrics.get("accuracy")}
+    base["champion"] = {"version": champion.version, "label": champion.label, "location": champion.location,
+                        "accuracy": champion.metrics.get("accuracy")}
     labels, champion_predictions, source = _paired_predictions(winner, champion, config)
     if champion_predictions is None:
         decision = "publish" if config.force else "keep_champion"
@@ -194,7 +195,7 @@ def _paired_predictions(
     test = load_split(config.data_dir, "test")
     if data_checksum(test.images, test.coarse_labels) != checksum:
         raise DataAnomalyError(f"the winning candidate was evaluated on another test set than {config.data_dir} holds")
-    download = champion_store.local_copy(champion, config.s3)
+    download = champion_store.local_copy(champion)
     try:
         folder = download.name if download else champion.location
         if not has_saved_model(folder):

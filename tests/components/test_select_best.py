@@ -15,6 +15,7 @@ from cifarflow.components.select_best.executor import SelectConfig, select_best
 from cifarflow.components.select_best.leaderboard import Candidate, rank
 from cifarflow.components.select_best.mcnemar import chi_square_p, challenger_wins, exact_binomial_p, mcnemar_test
 from cifarflow.errors import BadInputError
+from cifarflow.serving.store import local_store
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -167,6 +168,24 @@ def test_gate_against_a_local_champion(candidate, tmp_path):
     assert not select_best([candidate], tmp_path / "s4", SelectConfig(store=str(store), alpha=0.5)).publish
 
 
+def test_the_champion_is_the_version_labelled_stable_when_there_is_one(candidate, tmp_path):
+    store = tmp_path / "store"
+    _publish_version(store, 1, candidate, _champion_predictions(candidate, better_by=40, worse_by=0))
+    _publish_version(store, 2, candidate, _champion_predictions(candidate, better_by=0, worse_by=0))
+    # Version 2 was published but rolled back: 1 is what serves, so 1 is what the gate must beat.
+    local_store(store).promote("cifarflow", 1, "stable")
+    champion = find_champion(str(store), "cifarflow")
+    assert (champion.version, champion.label) == (1, "stable")
+    result = select_best([candidate], tmp_path / "out", SelectConfig(store=str(store)))
+    recorded = result.record["gate"]["champion"]
+    assert result.publish and (recorded["version"], recorded["label"]) == (1, "stable")
+    assert recorded["location"] == str(store / "cifarflow" / "1")
+    assert result.record["gate"]["mcnemar"]["challenger_only"] == 40
+    # A label pointing at a version that is gone falls back to the newest complete one.
+    (store / "cifarflow" / "1" / "cifarflow.json").unlink()
+    assert (find_champion(str(store), "cifarflow").version, find_champion(str(store), "cifarflow").label) == (2, None)
+
+
 def test_champion_without_usable_predictions_is_rerun_on_the_test_set(candidate, sample_data, tmp_path):
     store = tmp_path / "store"
     folder = _publish_version(store, 1, candidate)
@@ -191,7 +210,7 @@ def test_gate_against_a_champion_in_s3(candidate, tmp_path, s3_server, s3_bucket
         client.fput_object(s3_bucket, f"prod/cifarflow/7/{path.relative_to(source)}", str(path))
     client.fput_object(s3_bucket, "prod/cifarflow/9/saved_model.pb", str(source / "saved_model.pb"))  # incomplete
     champion = find_champion(f"s3://{s3_bucket}/prod", "cifarflow", s3_server.settings)
-    assert champion.version == 7 and champion.location == f"s3://{s3_bucket}/prod/cifarflow/7/"
+    assert champion.version == 7 and champion.location == f"s3://{s3_bucket}/prod/cifarflow/7"
     np.testing.assert_array_equal(champion.test_predictions, champion_predictions)
     result = select_best([candidate], tmp_path / "out", SelectConfig(store=f"s3://{s3_bucket}/prod", s3=s3_server.settings))
     assert result.publish and result.record["gate"]["mcnemar"]["challenger_only"] == 25
