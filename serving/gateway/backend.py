@@ -5,17 +5,30 @@ the caller's own deadline is nearer) and the request id as metadata. gRPC
 failures become ServingErrors: a down backend or a model that is not
 loaded is `Unavailable` (REST: 503 + Retry-After), a slow one
 `DeadlineExceeded`, an image the model could not decode `InvalidInput`.
+
+Concurrent requests share backend calls: while `max_in_flight` calls are
+out, new requests wait and then go together in the next one (at most
+`max_images` images), the way the model server batches its own callers. A
+Python gRPC call costs the gateway and the model server about as much CPU
+as a small model run, so under load one call per request was what kept the
+gateway well below direct throughput. An idle gateway sends a lone request
+at once. Every request keeps its own deadline; when a shared call fails
+because of one image, its requests are re-sent one by one so only that one
+fails.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import threading
+import time
 
 import grpc
 import numpy as np
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
-from cifarflow.serving.errors import NotFound, Unavailable, from_grpc_error
+from cifarflow.serving.errors import DeadlineExceeded, Internal, InvalidInput, NotFound, ServingError, Unavailable, from_grpc_error
 from cifarflow.serving.tensors import DT_STRING, from_tensor_proto, to_tensor_proto
 
 _AVAILABLE = 30
@@ -28,10 +41,26 @@ class BackendResult:
     probabilities: np.ndarray  # float32 [n, classes]
 
 
+class _Waiting:
+    """One request queued for a shared backend call."""
+
+    __slots__ = ("images", "request_id", "deadline", "alone", "done", "result", "error")
+
+    def __init__(self, images: list[bytes], request_id: str, deadline: float) -> None:
+        self.images = images
+        self.request_id = request_id
+        self.deadline = deadline
+        self.alone = False  # re-sent on its own after a shared call failed
+        self.done = threading.Event()
+        self.result: BackendResult | None = None
+        self.error: ServingError | None = None
+
+
 class Backend:
     """Calls `serving_default` with encoded images; checks model status for /readyz."""
 
-    def __init__(self, target: str, model_name: str, timeout_s: float, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, target: str, model_name: str, timeout_s: float, max_message_bytes: int = 64 * 1024 * 1024,
+                 max_in_flight: int = 2, max_images: int = 32) -> None:
         self.target = target
         self.model_name = model_name
         self.timeout_s = timeout_s
@@ -48,11 +77,45 @@ class Backend:
         )
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self.channel).Predict
         self._status = model_service_pb2_grpc.ModelServiceStub(self.channel).GetModelStatus
+        self.max_in_flight = max_in_flight  # 0: every request makes its own call
+        self.max_images = max_images
+        self._lock = threading.Lock()
+        self._queued: collections.deque[_Waiting] = collections.deque()
+        self._in_flight = 0
 
     def _deadline(self, caller_remaining: float | None) -> float:
         return self.timeout_s if caller_remaining is None else max(0.001, min(self.timeout_s, caller_remaining))
 
     def classify(self, images: list[bytes], request_id: str = "", caller_remaining: float | None = None) -> BackendResult:
+        """Probabilities for `images`, from a call of their own or one shared with concurrent requests."""
+        timeout = self._deadline(caller_remaining)
+        with self._lock:
+            alone = self.max_in_flight <= 0 or len(images) >= self.max_images
+            inline = self._in_flight < self.max_in_flight and not self._queued
+            if alone or inline:
+                self._in_flight += not alone
+            else:
+                waiting = _Waiting(images, request_id, time.monotonic() + timeout)
+                self._queued.append(waiting)
+        if alone:
+            return self._call(images, request_id, timeout)
+        if inline:
+            try:
+                return self._call(images, request_id, timeout)
+            finally:
+                self._send_queued()
+        if not waiting.done.wait(timeout):
+            with self._lock:
+                try:
+                    self._queued.remove(waiting)
+                except ValueError:  # already on its way: the shared call goes on for the others
+                    pass
+            raise DeadlineExceeded(f"model backend {self.target} did not answer in time: deadline exceeded")
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting.result
+
+    def _request(self, images: list[bytes]) -> predict_pb2.PredictRequest:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
         request.model_spec.signature_name = "serving_default"
@@ -60,16 +123,83 @@ class Backend:
         array[:] = images
         request.inputs["image_bytes"].CopyFrom(to_tensor_proto(array, DT_STRING))
         request.output_filter.append("probabilities")
-        try:
-            response = self._predict(request, timeout=self._deadline(caller_remaining),
-                                     metadata=(("x-request-id", request_id),) if request_id else None)
-        except grpc.RpcError as exc:
-            error = from_grpc_error(exc, f"model backend {self.target}")
-            if isinstance(error, NotFound):  # the server is up but has no such model loaded
-                raise Unavailable(f"model {self.model_name!r} is not available on {self.target}: {error.message}") from None
-            raise error from None
+        return request
+
+    def _error(self, exc: grpc.RpcError) -> ServingError:
+        error = from_grpc_error(exc, f"model backend {self.target}")
+        if isinstance(error, NotFound):  # the server is up but has no such model loaded
+            return Unavailable(f"model {self.model_name!r} is not available on {self.target}: {error.message}")
+        return error
+
+    def _result(self, response) -> BackendResult:
         probabilities = from_tensor_proto(response.outputs["probabilities"], "probabilities")
         return BackendResult(response.model_spec.name, int(response.model_spec.version.value), probabilities)
+
+    def _call(self, images: list[bytes], request_id: str, timeout: float) -> BackendResult:
+        try:
+            response = self._predict(self._request(images), timeout=timeout,
+                                     metadata=(("x-request-id", request_id),) if request_id else None)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        return self._result(response)
+
+    def _send_queued(self) -> None:
+        """A call finished: send what queued meanwhile as one call, or free the slot."""
+        with self._lock:
+            group: list[_Waiting] = []
+            images = 0
+            while self._queued:
+                head = self._queued[0]
+                if group and (head.alone or group[0].alone or images + len(head.images) > self.max_images):
+                    break
+                group.append(self._queued.popleft())
+                images += len(head.images)
+            if not group:
+                self._in_flight -= 1
+                return
+        remaining = max(w.deadline for w in group) - time.monotonic()
+        ids = ",".join(w.request_id for w in group if w.request_id)
+        try:
+            future = self._predict.future(
+                self._request([image for w in group for image in w.images]), timeout=max(0.001, remaining),
+                metadata=(("x-request-id", ids[:1024]),) if ids else None)
+        except Exception as exc:  # the channel is closed
+            self._finish(group, error=Unavailable(f"model backend {self.target} unavailable: {exc}"))
+            self._send_queued()
+            return
+        future.add_done_callback(lambda done: self._shared_call_done(group, done))
+
+    def _shared_call_done(self, group: list[_Waiting], future) -> None:
+        # Runs on gRPC's channel thread: no blocking work here.
+        try:
+            try:
+                result = self._result(future.result())
+            except grpc.RpcError as exc:
+                error = self._error(exc)
+                if isinstance(error, InvalidInput) and len(group) > 1:
+                    for waiting in group:
+                        waiting.alone = True
+                    with self._lock:
+                        self._queued.extendleft(reversed(group))
+                else:
+                    self._finish(group, error=error)
+                return
+            start = 0
+            for waiting in group:
+                end = start + len(waiting.images)
+                waiting.result = BackendResult(result.model, result.version, result.probabilities[start:end])
+                waiting.done.set()
+                start = end
+        except Exception as exc:  # never leave a request waiting
+            self._finish([w for w in group if not w.done.is_set()], error=Internal(f"{type(exc).__name__}: {exc}"))
+        finally:
+            self._send_queued()
+
+    @staticmethod
+    def _finish(group: list[_Waiting], error: ServingError) -> None:
+        for waiting in group:
+            waiting.error = error
+            waiting.done.set()
 
     def status(self, timeout_s: float = 1.0) -> tuple[bool, str, int | None]:
         """(ready, reason, serving version) from GetModelStatus."""
