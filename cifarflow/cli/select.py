@@ -8,6 +8,7 @@ import argparse
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     from cifarflow.components.select_best.mcnemar import EXACT_BELOW
     from cifarflow.components.train.config import SELECTION_METRICS
+    from cifarflow.serving.store.cli_flags import add_s3_flags
 
     parser = subparsers.add_parser(
         "select",
@@ -16,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
             f"{summary}. Ranks evaluated candidates by a validation metric, copies the winner to "
             "OUT/model, writes OUT/leaderboard.md and OUT/selection.json. With --store, the winner is "
             "published only if McNemar's test on paired test-set predictions says it beats the "
-            "champion (the newest complete version in the store). Exit code 0 either way; "
+            "champion (the version labelled stable, else the newest complete version in the store). Exit code 0 either way; "
             "selection.json's \"publish\" says what to do."
         ),
         epilog=(
@@ -33,23 +34,15 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument("--exact-below", type=int, default=EXACT_BELOW, help=f"use the exact binomial test below this many discordant pairs (default {EXACT_BELOW})")
     parser.add_argument("--force", action="store_true", help="publish even if the winner does not beat the champion")
     parser.add_argument("--data", help="preprocessed dataset; needed only if the champion has no recorded test predictions")
-    parser.add_argument("--s3-endpoint", help="S3 host:port (default: $S3_ENDPOINT)")
-    parser.add_argument("--s3-access-key", help="default: $S3_ACCESS_KEY")
-    parser.add_argument("--s3-secret-key", help="default: $S3_SECRET_KEY")
-    parser.add_argument("--s3-secure", action="store_true", default=None, help="use https (default: $S3_SECURE)")
+    add_s3_flags(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cifarflow.components.select_best.executor import SelectConfig, select_best
-    from cifarflow.s3 import S3Settings, is_s3_uri
+    from cifarflow.serving.store.cli_flags import s3_settings
 
-    s3 = None
-    if args.store and is_s3_uri(args.store):
-        s3 = S3Settings.from_env(
-            endpoint=args.s3_endpoint, access_key=args.s3_access_key,
-            secret_key=args.s3_secret_key, secure=args.s3_secure,
-        )
+    s3 = s3_settings(args, args.store)
     config = SelectConfig(
         metric=args.metric, store=args.store, model_name=args.model_name, alpha=args.alpha,
         force=args.force, exact_below=args.exact_below, data_dir=args.data, s3=s3,
