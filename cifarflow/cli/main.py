@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from cifarflow import __version__
-from cifarflow.errors import CifarflowError, NotBuiltError
+from cifarflow.errors import CifarflowError, NotBuiltError, storage_error
 
 # (verb, one-line summary, issue that builds it), in pipeline order.
 VERBS: tuple[tuple[str, str, int], ...] = (
@@ -74,11 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_location(args: argparse.Namespace) -> str | None:
+    """Where the verb writes (--out, --store, --to), to name it when an error has no file name."""
+    for flag in ("out", "store", "dest", "runs_dir"):
+        value = getattr(args, flag, None)
+        if value:
+            return str(value)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except OSError as exc:  # a full or read-only disk is the user's to fix, not a bug
+            error = storage_error(exc, _output_location(args))
+            if error is None:
+                raise
+            raise error from exc
     except CifarflowError as exc:
         if args.debug:
             raise

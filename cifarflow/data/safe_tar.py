@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from cifarflow.errors import IntegrityError
+from cifarflow.errors import IntegrityError, storage_error
 
 _CHUNK = 4 * 1024 * 1024
 # No CIFAR member comes close; a bigger one is a decompression bomb or not our archive.
@@ -109,11 +109,18 @@ def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -
     source = tar.extractfile(member)
     digest = hashlib.md5()
     size = 0
-    with open(path, "wb") as out:
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
+    try:
+        with open(path, "wb") as out:
+            while chunk := source.read(_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        # A full disk is not a corrupt archive (reading a corrupt one raises OSErrors without a disk errno).
+        full = storage_error(exc, path)
+        if full is None:
+            raise
+        raise full from None
     if size != member.size:
         raise IntegrityError(f"{member.name}: archive ended after {size} of {member.size} bytes")
     os.chmod(path, 0o644)

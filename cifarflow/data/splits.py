@@ -18,11 +18,11 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from cifarflow.atomic_files import write_json_atomic
+from cifarflow.atomic_files import partial_file, write_json_atomic
 from cifarflow.errors import BadInputError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -42,16 +42,28 @@ class Split:
         return int(self.images.shape[0])
 
 
+class _ChunkedWrites:
+    """Hides the real file from numpy, which then writes in chunks with write().
+
+    On a real file numpy uses tofile(), whose short write on a full disk says
+    only "N requested and M written"; write() raises ENOSPC, which the CLI
+    reports as a full disk.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+
+    def write(self, data: bytes) -> int:
+        return self._out.write(data)
+
+
 def write_split(root: str | os.PathLike, name: str, split: Split) -> None:
     """Writes one split; each file lands under a temporary name first."""
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
     for field in ("images", "coarse_labels", "fine_labels"):
-        final = folder / f"{field}.npy"
-        partial = folder / f".{field}.npy.partial"
-        with open(partial, "wb") as f:
-            np.save(f, np.ascontiguousarray(getattr(split, field)), allow_pickle=False)
-        os.replace(partial, final)
+        with partial_file(folder / f"{field}.npy") as partial, open(partial, "wb") as f:
+            np.save(_ChunkedWrites(f), np.ascontiguousarray(getattr(split, field)), allow_pickle=False)
 
 
 def load_split(root: str | os.PathLike, name: str, mmap: bool = True) -> Split:

@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from cifarflow.errors import BadInputError, RemoteError
+from cifarflow.errors import BadInputError, RemoteError, storage_error
 from cifarflow.s3 import S3Location, S3Settings, describe_s3_error
 
 MANIFEST = "cifarflow.json"
@@ -136,11 +136,17 @@ class LocalBackend(Backend):
         model_dir.mkdir(parents=True, exist_ok=True)
         staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         try:
-            shutil.copytree(staged, staging)
-            with open(staging / MANIFEST, "wb") as out:  # last: it marks the version complete
-                out.write(manifest)
-                out.flush()
-                os.fsync(out.fileno())
+            try:
+                shutil.copytree(staged, staging)
+                with open(staging / MANIFEST, "wb") as out:  # last: it marks the version complete
+                    out.write(manifest)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except OSError as exc:  # copytree's shutil.Error lists every file the disk refused
+                full = storage_error(exc, staging)
+                if full is None:
+                    raise
+                raise full from exc
             for _ in range(_MAX_ATTEMPTS):
                 present = self.versions_present(model)
                 version = max([min_version - 1, *present]) + 1

@@ -1,0 +1,100 @@
+"""A full disk while artifacts are written: a clear error, and nothing half-written taken as complete.
+
+Each test writes into a small tmpfs (`small_disk`), filled up first where
+the step's output would fit, so the failure comes from the file system
+itself (ENOSPC), the way a full volume in a pod fails.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cifarflow.atomic_files import write_bytes_atomic, write_json_atomic
+from cifarflow.cli.main import main
+from cifarflow.components.ingest.executor import ingest
+from cifarflow.data.splits import STATS_FILE
+from cifarflow.errors import StorageError
+from cifarflow.serving.store import MANIFEST, local_store, verify_files
+
+pytestmark = pytest.mark.timeout(120)
+
+MODEL = "cifarflow"
+NO_SPACE = "No space left on device"
+
+
+def fill(folder: Path, leave_bytes: int = 0) -> Path:
+    """Fills the file system under `folder`, leaving about `leave_bytes` free; returns the filler file."""
+    stats = os.statvfs(folder)
+    filler = folder / "filler"
+    with open(filler, "wb") as out:
+        out.write(b"\0" * max(0, stats.f_bavail * stats.f_frsize - leave_bytes))
+    return filler
+
+
+def hidden_leftovers(folder: Path) -> list[str]:
+    """Staging folders and partial files a failed write left behind."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob(".*"))
+
+
+def one_error_line(capsys, verb: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"cifarflow {verb}: error: ") and "internal error" not in err[0]
+    return err[0]
+
+
+def test_publish_onto_a_full_local_store_fails_clearly_and_keeps_the_store_consistent(
+        small_disk, exported_model, capsys):
+    store = small_disk / "store"
+    assert main(["publish", "--model", str(exported_model), "--store", str(store), "--model-name", MODEL]) == 0
+    capsys.readouterr()
+    filler = fill(small_disk, leave_bytes=64 * 1024)  # less than the model's variables
+    code = main(["publish", "--model", str(exported_model), "--store", str(store), "--model-name", MODEL])
+    line = one_error_line(capsys, "publish")
+    assert code == StorageError.exit_code and NO_SPACE in line and str(store / MODEL) in line
+    versions = local_store(store)
+    assert versions.versions(MODEL) == [1] and hidden_leftovers(store) == []
+    verify_files(store / MODEL / "1", versions.manifest(MODEL, 1))  # the earlier version is untouched
+    filler.unlink()  # space again: the next publish just works
+    assert main(["publish", "--model", str(exported_model), "--store", str(store), "--model-name", MODEL]) == 0
+    assert versions.versions(MODEL) == [1, 2] and (store / MODEL / "2" / MANIFEST).is_file()
+
+
+def test_ingest_onto_a_full_disk_leaves_no_record_and_no_staging(small_disk, capsys):
+    out = small_disk / "raw"
+    code = main(["ingest", "--source", "sample", "--out", str(out)])
+    line = one_error_line(capsys, "ingest")
+    assert code == StorageError.exit_code and NO_SPACE in line and str(out) in line
+    assert not (out / "ingest.json").exists() and list(out.iterdir()) == []
+
+
+def test_preprocess_onto_a_full_disk_writes_no_stats_marker(small_disk, tmp_path, capsys):
+    raw = tmp_path / "raw"
+    ingest("sample", raw)
+    out = small_disk / "splits"
+    out.mkdir()
+    (out / STATS_FILE).write_text("{}")  # an earlier run's marker: must not survive a failed re-run
+    code = main(["preprocess", "--raw", str(raw), "--out", str(out)])
+    line = one_error_line(capsys, "preprocess")
+    assert code == StorageError.exit_code and NO_SPACE in line and str(out) in line
+    assert not (out / STATS_FILE).exists()
+    assert hidden_leftovers(out) == []  # no .partial files eating the space that is left
+
+
+def test_atomic_writers_keep_the_old_content_when_the_disk_is_full(small_disk):
+    marker = small_disk / "metrics.json"
+    write_json_atomic(marker, {"accuracy": 0.5})
+    fill(small_disk)
+    with pytest.raises(OSError) as raised:
+        write_json_atomic(marker, {"accuracy": 0.9, "padding": "x" * 100_000})
+    assert raised.value.errno == errno.ENOSPC
+    assert json.loads(marker.read_text()) == {"accuracy": 0.5}  # the old content, whole
+    with pytest.raises(OSError):
+        write_bytes_atomic(small_disk / "model.tflite", b"\1" * 100_000)
+    assert not (small_disk / "model.tflite").exists()
+    assert hidden_leftovers(small_disk) == []
