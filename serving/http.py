@@ -91,16 +91,25 @@ class HttpServer:
     """Runs `app(request) -> Response` on a thread per connection.
 
     `on_done(request, response, seconds)` is called after each request (logs, metrics).
+    `listen_socket`, when given, is an already bound and listening socket to
+    accept on instead of binding `config.host:port` (gateway workers share one).
     """
 
-    def __init__(self, config: HttpConfig, app: Handler, on_done: Callable[[Request, Response, float], None] | None = None) -> None:
+    def __init__(self, config: HttpConfig, app: Handler, on_done: Callable[[Request, Response, float], None] | None = None,
+                 listen_socket: socket.socket | None = None) -> None:
         self.config = config
         self.app = app
         self.on_done = on_done or (lambda req, resp, seconds: None)
         self._inflight = 0
         self._inflight_zero = threading.Condition()
         self.draining = False
-        self._httpd = _Server((config.host, config.port), _make_handler(self))
+        if listen_socket is None:
+            self._httpd = _Server((config.host, config.port), _make_handler(self))
+        else:
+            self._httpd = _Server(listen_socket.getsockname()[:2], _make_handler(self), bind_and_activate=False)
+            self._httpd.socket.close()
+            self._httpd.socket = listen_socket
+            self._httpd.server_address = listen_socket.getsockname()[:2]
         self._thread: threading.Thread | None = None
 
     @property
@@ -158,13 +167,15 @@ def _make_handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
             server._enter()
             try:
                 response = self._respond(request)
+                response.headers.setdefault("X-Request-ID", request_id)
+                # Logged and counted before the answer leaves: once a client has its
+                # answer, the log line and the metrics already show the request.
+                server.on_done(request, response, time.perf_counter() - started)
+                self._send(response)
             finally:
+                # Only once the answer is written: a drain that waits for in-flight
+                # requests, then exits the process, must not cut an answer off.
                 server._leave()
-            response.headers.setdefault("X-Request-ID", request_id)
-            # Logged and counted before the answer leaves: once a client has its
-            # answer, the log line and the metrics already show the request.
-            server.on_done(request, response, time.perf_counter() - started)
-            self._send(response)
 
         def _respond(self, request: Request) -> Response:
             try:

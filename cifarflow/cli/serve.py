@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     gateway.add_argument("--url-timeout", type=float, default=5.0, help="total seconds for one URL fetch")
     gateway.add_argument("--token-file", type=Path, help="file holding the bearer token (a mounted secret)")
     gateway.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to finish in-flight requests on SIGTERM")
+    gateway.add_argument("--workers", type=int, default=1,
+                         help="gateway processes sharing the HTTP and gRPC ports, under a supervisor that restarts "
+                         "any that dies (each has its own /metrics)")
     gateway.set_defaults(func=serve_gateway)
 
     sync = parts.add_parser(
@@ -91,7 +94,8 @@ def serve_sync(args: argparse.Namespace) -> int:
 
     from cifarflow.serving.store import open_store
     from cifarflow.serving.store.cli_flags import s3_settings
-    from cifarflow.serving.sync import SyncConfig, sync_once, watch, write_tf_serving_config
+    from cifarflow.errors import CifarflowError
+    from cifarflow.serving.sync import SyncConfig, SyncReport, sync_once, watch, write_tf_serving_config
 
     _logging(args)
     source = open_store(args.source, s3_settings(args, args.source))
@@ -103,7 +107,14 @@ def serve_sync(args: argparse.Namespace) -> int:
             if write_tf_serving_config(args.dest, models, args.tf_serving_config, args.tf_serving_base_path):
                 print(f"wrote {args.tf_serving_config}", flush=True)
 
-    report = sync_once(source, args.dest, config)
+    try:
+        report = sync_once(source, args.dest, config)
+    except (CifarflowError, OSError) as exc:
+        if not args.watch:
+            raise
+        # A sidecar can start before the store is reachable: wait for it, do not crash-loop.
+        logging.getLogger(__name__).warning("sync pass failed, retrying every %.0fs: %s", config.interval_s, exc)
+        report = SyncReport()
     for model, version in report.added:
         print(f"added {model}/{version}")
     for model, version in report.removed:
@@ -146,10 +157,13 @@ def serve_gateway(args: argparse.Namespace) -> int:
     from cifarflow.serving.protos import use_protos_only
 
     use_protos_only()  # the gateway needs TF Serving's messages, not TensorFlow (saves ~550 MB)
+    from cifarflow.errors import BadInputError
     from cifarflow.serving.gateway.config import GatewayConfig, load_token
     from cifarflow.serving.gateway.server import run_gateway
 
     _logging(args)
+    if args.workers < 1:
+        raise BadInputError(f"--workers must be 1 or more, got {args.workers}")
     config = GatewayConfig(
         backend=args.backend,
         host=args.host,
@@ -165,4 +179,8 @@ def serve_gateway(args: argparse.Namespace) -> int:
         token=load_token(os.environ, args.token_file),
         shutdown_grace_s=args.shutdown_grace,
     )
+    if args.workers > 1:
+        from cifarflow.serving.gateway.workers import run_workers
+
+        return run_workers(config, args.workers, args.log_level)
     return run_gateway(config)

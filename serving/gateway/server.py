@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import socket
 import threading
 from concurrent import futures
 
@@ -22,10 +24,16 @@ log = logging.getLogger(__name__)
 
 
 class Gateway:
-    """A running gateway: `start()`, `port`/`grpc_port`, `stop()` (graceful)."""
+    """A running gateway: `start()`, `port`/`grpc_port`, `stop()` (graceful).
 
-    def __init__(self, config: GatewayConfig) -> None:
+    As one of several workers (serving/gateway/workers.py), it accepts HTTP on
+    the supervisor's `http_socket`, binds its gRPC port with SO_REUSEPORT, and
+    names itself in an `X-Gateway-Worker: <pid>` header on every answer.
+    """
+
+    def __init__(self, config: GatewayConfig, http_socket: socket.socket | None = None, worker: bool = False) -> None:
         self.config = config
+        self.worker_id = str(os.getpid()) if worker else None
         self.metrics = GatewayMetrics()
         self.backend = Backend(config.backend, config.model_name, config.backend_timeout_s,
                                max_message_bytes=max(64 * 1024 * 1024, 2 * config.max_image_bytes))
@@ -36,7 +44,7 @@ class Gateway:
 
         self.api = GatewayApi(self.classifier, self.auth, self._draining.is_set)
         self.http = HttpServer(HttpConfig(config.host, config.port, max_body_bytes=config.max_body_bytes),
-                               self.api, on_done=self._log_request)
+                               self.api, on_done=self._log_request, listen_socket=http_socket)
         self.grpc_server: grpc.Server | None = None
         self.grpc_port: int | None = None
 
@@ -53,6 +61,8 @@ class Gateway:
             except Exception:
                 cause = "other"
         self.metrics.observe("http", endpoint, str(response.status), seconds, cause)
+        if self.worker_id:  # this hook sees every answer, errors included, before it is sent
+            response.headers["X-Gateway-Worker"] = self.worker_id
         # One JSON line per request: greppable by request id, no bodies, no tokens.
         access_log.info(json.dumps({
             "event": "request", "protocol": "http", "request_id": request.request_id, "method": request.method,
@@ -68,13 +78,15 @@ class Gateway:
             limit = self.config.max_body_bytes
             self.grpc_server = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="gw-grpc"),
-                options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)],
+                options=[("grpc.max_receive_message_length", limit),
+                         # Alone, a port already in use must fail the start; workers share theirs.
+                         ("grpc.so_reuseport", 1 if self.worker_id else 0)],
             )
             classifier_pb2_grpc.add_ClassifierServicer_to_server(
                 ClassifierServicer(self.classifier, self.auth, self._draining.is_set), self.grpc_server)
             self.grpc_port = self.grpc_server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
             self.grpc_server.start()
-        log.info(json.dumps({"event": "started", "http_port": self.port, "grpc_port": self.grpc_port,
+        log.info(json.dumps({"event": "started", "pid": os.getpid(), "http_port": self.port, "grpc_port": self.grpc_port,
                              "backend": self.config.backend, "auth": self.auth.enabled,
                              "url_fetching": self.classifier.url_policy.enabled}))
         return self

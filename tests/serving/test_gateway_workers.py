@@ -1,0 +1,182 @@
+"""`cifarflow serve gateway --workers N`: several real gateway processes behind one port pair."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import psutil
+import pytest
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from cifarflow.serving.gateway.config import GatewayConfig
+from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
+from cifarflow.serving.gateway.workers import Supervisor, WorkersFailed
+from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
+from cifarflow.serving.store import publish_model
+from tests.serving.conftest import free_port
+from tests.serving.images import encode
+from tests.serving.test_cli import start
+
+
+@pytest.fixture(scope="module")
+def model_server(exported_model, tmp_path_factory):
+    store = tmp_path_factory.mktemp("workers-store")
+    publish_model(exported_model, store, "cifarflow", {})
+    server = ModelServer(ModelServerConfig(str(store), "cifarflow", host="127.0.0.1", grpc_port=0, rest_port=-1,
+                                           poll_interval_s=60)).start()
+    yield server
+    server.stop()
+
+
+def start_workers(backend_port: int, workers: int = 2):
+    """(process, HTTP port, gRPC port) of a supervised gateway."""
+    http_port, grpc_port = free_port(), free_port()
+    process = start(["serve", "--log-level", "WARNING", "gateway", "--backend", f"127.0.0.1:{backend_port}",
+                     "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(grpc_port),
+                     "--workers", str(workers)], f"{workers} workers (pids")
+    return process, http_port, grpc_port
+
+
+def worker_pids(process) -> set[int]:
+    return {child.pid for child in psutil.Process(process.pid).children()}
+
+
+def classify(port: int, image: bytes) -> tuple[int, str]:
+    """One request on a new connection (each connection is accepted by one worker): (status, worker pid)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", "/v1/classify", body=image, headers={"Content-Type": "image/jpeg"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("X-Gateway-Worker", "")
+    finally:
+        connection.close()
+
+
+def workers_answering(port: int, image: bytes, want: set[str], attempts: int = 200) -> set[str]:
+    seen: set[str] = set()
+    for _ in range(attempts):
+        status, pid = classify(port, image)
+        assert status == 200
+        seen.add(pid)
+        if want <= seen:
+            break
+    return seen
+
+
+@pytest.fixture(scope="module")
+def two_workers(model_server):
+    process, port, grpc_port = start_workers(model_server.grpc_port)
+    yield process, port, grpc_port
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_two_workers_share_the_ports_and_both_serve(two_workers, cifar):
+    process, port, grpc_port = two_workers
+    pids = worker_pids(process)
+    assert len(pids) == 2
+    image = encode(cifar[0][0], "JPEG", size=64)
+    assert workers_answering(port, image, {str(p) for p in pids}) == {str(p) for p in pids}
+    # /metrics answers too, from whichever worker took the connection, and says so.
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    assert b"cifarflow_gateway_requests_total" in response.read()
+    assert int(response.getheader("X-Gateway-Worker")) in pids
+    # The gateway's gRPC service on the shared gRPC port.
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        reply = classifier_pb2_grpc.ClassifierStub(channel).Classify(classifier_pb2.ClassifyRequest(image=image, top_k=3), timeout=10)
+    assert len(reply.predictions) == 3
+
+
+def test_a_killed_worker_is_replaced(two_workers, cifar):
+    process, port, _ = two_workers
+    image = encode(cifar[0][1], "JPEG", size=64)
+    before = worker_pids(process)
+    victim = min(before)
+    psutil.Process(victim).kill()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        # The other worker keeps answering on the shared socket meanwhile.
+        assert classify(port, image)[0] == 200
+        now = worker_pids(process)
+        if len(now) == 2 and victim not in now:
+            break
+        time.sleep(0.2)
+    now = worker_pids(process)
+    assert victim not in now and len(now) == 2
+    replacement = (now - before).pop()
+    assert str(replacement) in workers_answering(port, image, {str(replacement)})
+
+
+class SlowBackend(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Forwards Predict to the real model server after a pause: requests still in flight when SIGTERM comes."""
+
+    def __init__(self, target: str, pause_s: float) -> None:
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
+        self.pause_s = pause_s
+        self.arrived = threading.Semaphore(0)
+
+    def Predict(self, request, context):
+        for _ in request.inputs["image_bytes"].string_val:  # the gateway may send several requests' images in one call
+            self.arrived.release()
+        time.sleep(self.pause_s)
+        return self.stub.Predict(request, timeout=10)
+
+
+def test_sigterm_drains_every_worker(model_server, cifar):
+    backend = SlowBackend(f"127.0.0.1:{model_server.grpc_port}", pause_s=1.5)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(backend, server)
+    backend_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        process, port, _ = start_workers(backend_port)
+        pids = worker_pids(process)
+        image = encode(cifar[0][2], "JPEG", size=64)
+        with futures.ThreadPoolExecutor(max_workers=6) as pool:
+            answers = [pool.submit(classify, port, image) for _ in range(6)]
+            for _ in range(6):  # all six in flight in the workers
+                assert backend.arrived.acquire(timeout=30), [a.result() for a in answers if a.done()]
+            process.send_signal(signal.SIGTERM)
+            results = [answer.result(timeout=30) for answer in answers]
+        assert all(status == 200 for status, _ in results), results
+        assert {int(pid) for _, pid in results} <= pids
+        assert process.wait(30) == 0
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+        with pytest.raises(ConnectionRefusedError):
+            classify(port, image)
+    finally:
+        server.stop(0)
+
+
+def test_workers_that_cannot_start_fail_the_start_in_one_message(model_server):
+    config = GatewayConfig(backend=f"127.0.0.1:{model_server.grpc_port}", host="127.0.0.1", port=0, grpc_port=0)
+    supervisor = Supervisor(config, workers=2)
+    supervisor.worker_command = ("python3", "-c", "import sys; sys.exit(3)")
+    with pytest.raises(WorkersFailed, match=r"gateway worker 1 of 2 did not start: exited with code 3"):
+        supervisor.start()
+    assert supervisor.http_socket is None and supervisor.grpc_socket is None
+
+
+def test_a_port_in_use_is_one_line_and_a_non_zero_exit(model_server, tmp_path):
+    import socket
+    import subprocess
+
+    from tests.serving.test_cli import CLI
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = subprocess.run([*CLI, "serve", "gateway", "--backend", f"127.0.0.1:{model_server.grpc_port}",
+                                 "--host", "127.0.0.1", "--port", str(taken.getsockname()[1]), "--workers", "2"],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and "gateway workers cannot bind" in result.stderr, result.stderr
