@@ -12,7 +12,11 @@ optionally a soak run: the gateway under load for `--soak-seconds`, its RSS
 sampled every few seconds. The model server and the gateway run as their own
 processes (`cifarflow serve ...`); clients are threads in this process, which
 imports TF Serving's protos without TensorFlow. All of it shares this
-machine's cores, so numbers are for comparison within one run.
+machine's cores, so numbers are for comparison within one run. Each
+scenario also records the CPU time the model server, the gateway and the
+client threads spent per request (from /proc, warm-up included), which says
+where the time goes; the summary shows each target beside the previous
+recorded run.
 
 Targets: gateway adds <= 1.5 ms p50 over direct at 1 client; gateway keeps
 >= 80 % of direct throughput at 32 clients; batching on gives >= 3x batching
@@ -105,6 +109,25 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process (this one when pid is None), its threads included."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(run, processes: dict[str, int | None]) -> dict[str, object]:
+    """Runs a closed loop and adds each process's CPU milliseconds per completed request."""
+    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    row = run()
+    completed = max(1, row.get("completed", 0))
+    row["cpu_ms_per_request"] = {name: round(1000 * (cpu_seconds(pid) - before[name]) / completed, 3)
+                                 for name, pid in processes.items()}
+    return row
+
+
 def sample_image() -> bytes:
     """A real CIFAR-100 test image as a 64x64 JPEG, the size of a small upload."""
     import io
@@ -128,6 +151,7 @@ def closed_loop(make_call, clients: int, seconds: float, warmup: float = 1.0) ->
     """Runs `clients` threads, each calling its own `make_call()` back to back; latencies after warm-up."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
+    completed = [0] * clients  # warm-up included, for CPU per request
     start_at = time.monotonic() + warmup
     stop_at = start_at + seconds
     barrier = threading.Barrier(clients)
@@ -145,6 +169,7 @@ def closed_loop(make_call, clients: int, seconds: float, warmup: float = 1.0) ->
                 errors[index] += 1
                 continue
             t1 = time.monotonic()
+            completed[index] += 1
             if t0 >= start_at:
                 latencies[index].append(t1 - t0)
 
@@ -155,9 +180,10 @@ def closed_loop(make_call, clients: int, seconds: float, warmup: float = 1.0) ->
         t.join()
     values = sorted(v for per_client in latencies for v in per_client)
     if not values:
-        return {"requests": 0, "errors": sum(errors)}
+        return {"requests": 0, "errors": sum(errors), "completed": sum(completed)}
     return {
         "requests": len(values),
+        "completed": sum(completed),
         "errors": sum(errors),
         "throughput_rps": round(len(values) / seconds, 1),
         "p50_ms": round(1000 * statistics.median(values), 3),
@@ -264,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": [],
     }
 
-    def serve_model(batching: bool) -> int:
+    def serve_model(batching: bool) -> int:  # the new process is processes[-1]
         port = free_port()
         flags = ["--batching"] if batching else ["--no-batching"]
         processes.append(start(["serve", "--log-level", "WARNING", "model", "--store", str(store), "--model-name", "cifarflow",
@@ -274,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model_port = serve_model(batching=True)
+        model_pid = processes[-1].pid
         http_port, gw_grpc_port = free_port(), free_port()
         gateway = start(["serve", "--log-level", "WARNING", "gateway", "--backend", f"127.0.0.1:{model_port}",
                          "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(gw_grpc_port)], "gateway: HTTP",
@@ -286,13 +313,19 @@ def main(argv: list[str] | None = None) -> int:
         }
         for clients in CLIENTS:
             for name, make in paths.items():
-                row = {"path": name, "batching": True, "clients": clients, **closed_loop(make, clients, args.seconds)}
+                watched = {"model_server": model_pid, "clients": None}
+                if name != "direct":
+                    watched["gateway"] = gateway.pid
+                row = {"path": name, "batching": True, "clients": clients,
+                       **measured(lambda: closed_loop(make, clients, args.seconds), watched)}
                 print(json.dumps(row), flush=True)
                 results["scenarios"].append(row)
         unbatched_port = serve_model(batching=False)
+        unbatched = {"model_server": processes[-1].pid, "clients": None}
         for clients in CLIENTS:
+            make = direct_call(f"127.0.0.1:{unbatched_port}", image)
             row = {"path": "direct", "batching": False, "clients": clients,
-                   **closed_loop(direct_call(f"127.0.0.1:{unbatched_port}", image), clients, args.seconds)}
+                   **measured(lambda: closed_loop(make, clients, args.seconds), unbatched)}
             print(json.dumps(row), flush=True)
             results["scenarios"].append(row)
         processes.pop().send_signal(signal.SIGTERM)
@@ -324,6 +357,14 @@ def main(argv: list[str] | None = None) -> int:
                 process.kill()
     results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
     results["summary"] = summarise(results["scenarios"])
+    try:
+        previous = json.loads(args.out.read_text())
+        results["previous"] = {"date": previous["machine"]["date"], "commit": previous["machine"]["git_commit"],
+                               "load_average_before": previous.get("load_average_before"),
+                               "load_average_after": previous.get("load_average_after"),
+                               "summary": previous["summary"]}
+    except (OSError, ValueError, KeyError):
+        pass
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     md = args.out.with_suffix(".md")
@@ -336,17 +377,48 @@ def _row(scenarios, path, clients, batching=True):
     return next(s for s in scenarios if s["path"] == path and s["clients"] == clients and s["batching"] == batching)
 
 
+# summary key -> (goal text, test on the value); the targets of issue #6.
+TARGETS = {
+    "gateway_grpc_added_p50_ms_at_1": ("<= 1.5 ms", lambda v: v <= 1.5),
+    "gateway_rest_added_p50_ms_at_1": ("<= 1.5 ms", lambda v: v <= 1.5),
+    "gateway_grpc_throughput_share_at_32": (">= 0.8", lambda v: v >= 0.8),
+    "gateway_rest_throughput_share_at_32": (">= 0.8", lambda v: v >= 0.8),
+    "batching_speedup_at_32": (">= 3", lambda v: v >= 3),
+}
+
+
 def summarise(scenarios: list[dict]) -> dict[str, object]:
     direct1, gw1 = _row(scenarios, "direct", 1), _row(scenarios, "gateway-grpc", 1)
     rest1 = _row(scenarios, "gateway-rest", 1)
     direct32 = _row(scenarios, "direct", 32)
-    return {
-        "gateway_grpc_added_p50_ms_at_1": round(gw1["p50_ms"] - direct1["p50_ms"], 3),
-        "gateway_rest_added_p50_ms_at_1": round(rest1["p50_ms"] - direct1["p50_ms"], 3),
-        "gateway_grpc_throughput_share_at_32": round(_row(scenarios, "gateway-grpc", 32)["throughput_rps"] / direct32["throughput_rps"], 3),
-        "gateway_rest_throughput_share_at_32": round(_row(scenarios, "gateway-rest", 32)["throughput_rps"] / direct32["throughput_rps"], 3),
-        "batching_speedup_at_32": round(direct32["throughput_rps"] / _row(scenarios, "direct", 32, False)["throughput_rps"], 2),
+    off32 = _row(scenarios, "direct", 32, False)
+
+    def ratio(a: dict, b: dict, digits: int):  # None when a scenario completed no request
+        return round(a["throughput_rps"] / b["throughput_rps"], digits) if "throughput_rps" in a and "throughput_rps" in b else None
+
+    def added(a: dict, b: dict):
+        return round(a["p50_ms"] - b["p50_ms"], 3) if "p50_ms" in a and "p50_ms" in b else None
+
+    summary = {
+        "gateway_grpc_added_p50_ms_at_1": added(gw1, direct1),
+        "gateway_rest_added_p50_ms_at_1": added(rest1, direct1),
+        "gateway_grpc_throughput_share_at_32": ratio(_row(scenarios, "gateway-grpc", 32), direct32, 3),
+        "gateway_rest_throughput_share_at_32": ratio(_row(scenarios, "gateway-rest", 32), direct32, 3),
+        "batching_speedup_at_32": ratio(direct32, off32, 2),
     }
+    # Where the time goes at 32 clients: CPU per request of each process (all share the cores).
+    for name, row in (("direct_on", direct32), ("direct_off", off32), ("gateway_grpc", _row(scenarios, "gateway-grpc", 32)),
+                      ("gateway_rest", _row(scenarios, "gateway-rest", 32))):
+        if "cpu_ms_per_request" in row:
+            summary[f"cpu_ms_per_request_at_32_{name}"] = row["cpu_ms_per_request"]
+    return summary
+
+
+def _cpu_text(row: dict) -> str:
+    cpu = row.get("cpu_ms_per_request")
+    if not cpu:
+        return "-"
+    return " / ".join(f"{cpu[name]:.2f}" if name in cpu else "-" for name in ("model_server", "gateway", "clients"))
 
 
 def markdown(results: dict) -> str:
@@ -360,13 +432,39 @@ def markdown(results: dict) -> str:
            "Model server, gateway and clients share both cores.")
         + f" Load average before/after: {' '.join(results['load_average_before'])} / {' '.join(results['load_average_after'])}"
         " (other engineers' jobs share this machine).", "",
-        "| path | batching | clients | throughput (req/s) | p50 (ms) | p99 (ms) | errors |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "CPU ms per request: the model server, gateway and client threads' CPU time over the scenario "
+        "(warm-up included) divided by the requests they completed.", "",
+        "| path | batching | clients | throughput (req/s) | p50 (ms) | p99 (ms) | errors | CPU ms/request: model server / gateway / clients |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in results["scenarios"]:
         lines.append(f"| {s['path']} | {'on' if s['batching'] else 'off'} | {s['clients']} | {s.get('throughput_rps', 0)} | "
-                     f"{s.get('p50_ms', '-')} | {s.get('p99_ms', '-')} | {s['errors']} |")
-    lines += ["", "Summary: " + ", ".join(f"{k} = {v}" for k, v in results["summary"].items())]
+                     f"{s.get('p50_ms', '-')} | {s.get('p99_ms', '-')} | {s['errors']} | {_cpu_text(s)} |")
+    previous = results.get("previous")
+    head = "| target | goal | this run | met |"
+    rule = "|---|---|---:|---|"
+    if previous:
+        head = head.replace(" | met |", f" | previous run ({previous['date'][:16]}, commit {previous['commit']}) | met |")
+        rule = "|---|---|---:|---:|---|"
+    lines += ["", head, rule]
+    for key, (goal, met) in TARGETS.items():
+        value = results["summary"][key]
+        before = f" {previous['summary'].get(key, '-')} |" if previous else ""
+        lines.append(f"| {key} | {goal} | {value} |{before} {'yes' if value is not None and met(value) else 'no'} |")
+    if "soak" in results:
+        soak = results["soak"]
+        growth = soak["rss_mb_last_third_max"] - soak["rss_mb_first_third_max"]
+        before = " - |" if previous else ""
+        lines.append(f"| gateway RSS growth over the soak (MB) | flat (< 5 %) | {growth:+.1f} |{before} "
+                     f"{'yes' if growth < 0.05 * soak['rss_mb_first_third_max'] else 'no'} |")
+    if previous and previous.get("load_average_before"):
+        lines += ["", f"Previous run's load average before/after: {' '.join(previous['load_average_before'])} / "
+                  f"{' '.join(previous.get('load_average_after') or [])}."]
+    cpu_rows = {k: v for k, v in results["summary"].items() if k.startswith("cpu_ms_per_request")}
+    if cpu_rows:
+        lines += ["", "CPU ms per request at 32 clients: " + "; ".join(
+            f"{k.removeprefix('cpu_ms_per_request_at_32_')}: " + ", ".join(f"{name} {ms}" for name, ms in v.items())
+            for k, v in cpu_rows.items())]
     if "soak" in results:
         soak = results["soak"]
         lines += ["", f"Soak: gateway REST, {soak['clients']} clients, {soak['requests']} requests, {soak['errors']} errors; "
