@@ -1,0 +1,474 @@
+"""Benchmark: the highest request rate the gateway holds, at 1 and 2 workers, and a soak at half of it.
+
+Open loop (a fixed arrival rate, the way independent users arrive, not a
+closed loop that slows down with the server): request i is due at
+`start + i / rate`; a pool of keep-alive connections sends each as soon as
+one is free, and its latency counts from when it was due, so time spent
+waiting for a free connection is latency too (no coordinated omission).
+Every request is POST /v1/classify with a raw image/jpeg body: real CIFAR-100
+test images from the shipped sample, re-encoded as 64x64 JPEG, in turn.
+
+1. For `cifarflow serve gateway --workers 1`, then `--workers 2`: step the
+   rate up (x1.5, short probes) until a probe fails, bisect between the last
+   pass and the first failure, then hold the best rate for 60 s; if the hold
+   fails, try 10 % lower (at most 3 holds). A step passes with zero errors
+   and p99 < 100 ms. The whole search is bounded (`--search-budget`).
+2. Soak: 10 minutes at half the 1-worker rate against a 1-worker gateway,
+   its RSS and open file descriptors sampled with psutil every 5 s; flat when
+   the largest value of the last third is within 5 % (fds: or 2) of the
+   largest of the first third.
+
+The model server (`cifarflow serve model`, server-side batching on) and the
+gateway run as their own processes on 127.0.0.1; the load generator is this
+process. All three share this machine's cores, so the rates are the whole
+stack's on this machine, load generator included. Results, the machine and
+the load average before/after: bench/results/load.{json,md}.
+
+Usage:
+    python bench/load.py [--model DIR | --model-kind resnet20|tiny]
+    python bench/load.py --quick          # seconds per step: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import http.client
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.machine import machine_info  # noqa: E402
+from bench.serving_latency import EXPORTERS, MODEL_DESCRIPTIONS, free_port, start  # noqa: E402
+
+RESULTS_JSON = REPO / "bench" / "results" / "load.json"
+P99_LIMIT_MS = 100.0
+FLAT_TOLERANCE = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How long each phase runs; `--quick` shrinks every number."""
+
+    start_rate: float = 40.0
+    step_factor: float = 1.5
+    probe_s: float = 10.0
+    hold_s: float = 60.0
+    holds: int = 3
+    bisect_until: float = 1.1  # stop bisecting when first failure / last pass is below this
+    search_budget_s: float = 300.0  # per worker count
+    pause_s: float = 2.0
+    warmup_s: float = 3.0
+    soak_s: float = 600.0
+    sample_every_s: float = 5.0
+    connections: int = 64
+    max_rate: float = 5000.0
+
+
+QUICK = Plan(start_rate=20.0, step_factor=3.0, probe_s=0.4, hold_s=0.8, holds=1, bisect_until=10.0,
+             search_budget_s=1.0, pause_s=0.1, warmup_s=0.3, soak_s=1.5, sample_every_s=0.25, connections=16)
+
+
+def cifar_jpegs(count: int = 256) -> list[bytes]:
+    """The sample's first `count` test images as 64x64 JPEG (quality 90), a small upload each."""
+    from tests.serving.images import cifar_test_images, encode
+
+    pixels, _ = cifar_test_images()
+    return [encode(p, "JPEG", size=64, quality=90) for p in pixels[:count]]
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def open_loop(url: str, images: list[bytes], rate: float, seconds: float, connections: int = 64,
+              timeout_s: float = 10.0) -> dict[str, object]:
+    """Sends `rate * seconds` requests due at a fixed rate; latencies count from when each was due.
+
+    Returns counts (sent, ok, errors by kind: `http_<status>`, the exception's
+    name, or `unfinished` for requests still unanswered `timeout_s` after the
+    end), p50/p99/max latency in ms, the p99 wait for a free connection, and
+    answers per gateway worker pid (`X-Gateway-Worker`).
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    total = max(1, int(round(rate * seconds)))
+    due: queue.SimpleQueue = queue.SimpleQueue()
+    lock = threading.Lock()
+    latencies: list[float] = []
+    waits: list[float] = []
+    errors: Counter[str] = Counter()
+    workers: Counter[str] = Counter()
+    finished = [0]
+
+    def sender() -> None:
+        connection = None
+        while True:
+            item = due.get()
+            if item is None:
+                break
+            index, due_at = item
+            sent_at = time.monotonic()
+            body = images[index % len(images)]
+            try:
+                if connection is None:
+                    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+                connection.request("POST", parts.path, body=body, headers={"Content-Type": "image/jpeg"})
+                response = connection.getresponse()
+                response.read()
+                outcome = None if response.status == 200 else f"http_{response.status}"
+                worker = response.getheader("X-Gateway-Worker", "")
+                if response.getheader("Connection", "").lower() == "close":
+                    connection.close()
+                    connection = None
+            except Exception as exc:  # counted, and the next request gets a new connection
+                outcome, worker = type(exc).__name__, ""
+                if connection is not None:
+                    connection.close()
+                connection = None
+            done_at = time.monotonic()
+            with lock:
+                finished[0] += 1
+                waits.append(sent_at - due_at)
+                if outcome is None:
+                    latencies.append(done_at - due_at)
+                    workers[worker or "-"] += 1
+                else:
+                    errors[outcome] += 1
+        if connection is not None:
+            connection.close()
+
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    began = time.monotonic() + 0.05
+    for index in range(total):
+        due_at = began + index / rate
+        delay = due_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        due.put((index, due_at))
+    for _ in threads:
+        due.put(None)
+    deadline = time.monotonic() + timeout_s + 1.0
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    elapsed = time.monotonic() - began
+    with lock:
+        unfinished = total - finished[0]
+        if unfinished:
+            errors["unfinished"] += unfinished
+        values, wait_values = sorted(latencies), sorted(waits)
+        result: dict[str, object] = {
+            "rate_rps": round(rate, 1), "seconds": seconds, "sent": total, "ok": len(values),
+            "errors": sum(errors.values()), "errors_by_kind": dict(errors),
+            "answered_rps": round(len(values) / elapsed, 1),
+            "p50_ms": round(1000 * _percentile(values, 0.5), 2) if values else None,
+            "p99_ms": round(1000 * _percentile(values, 0.99), 2) if values else None,
+            "max_ms": round(1000 * values[-1], 2) if values else None,
+            "connection_wait_p99_ms": round(1000 * _percentile(wait_values, 0.99), 2) if wait_values else None,
+            "answers_by_worker": dict(workers),
+        }
+    result["passed"] = bool(result["errors"] == 0 and values and result["p99_ms"] < P99_LIMIT_MS)
+    return result
+
+
+class CpuMeter:
+    """Cores used by each named process (children included) between `start()` and `read()`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        import psutil
+
+        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._start: dict[str, float] = {}
+        self._t0 = 0.0
+
+    def _cpu(self, process) -> float:
+        total = 0.0
+        for p in [process, *process.children(recursive=True)]:
+            try:
+                times = p.cpu_times()
+                total += times.user + times.system
+            except Exception:
+                pass
+        return total
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._start = {name: self._cpu(p) for name, p in self.processes.items()}
+
+    def read(self) -> dict[str, float]:
+        seconds = max(1e-6, time.monotonic() - self._t0)
+        return {name: round((self._cpu(p) - self._start[name]) / seconds, 2) for name, p in self.processes.items()}
+
+
+def search(url: str, images: list[bytes], plan: Plan, meter: CpuMeter, start_rate: float, label: str) -> dict[str, object]:
+    """Highest rate that passes a `plan.hold_s` hold: step up, bisect, then hold (lower by 10 % on failure)."""
+    steps: list[dict[str, object]] = []
+    began = time.monotonic()
+
+    def step(rate: float, seconds: float, phase: str) -> bool:
+        meter.start()
+        result = open_loop(url, images, rate, seconds, plan.connections)
+        result.update(phase=phase, cores_used=meter.read(), load_average_1m=round(os.getloadavg()[0], 2))
+        steps.append(result)
+        print(json.dumps({"workers": label, **{k: v for k, v in result.items() if k != "answers_by_worker"}}), flush=True)
+        time.sleep(plan.pause_s)
+        return bool(result["passed"])
+
+    def over_budget() -> bool:
+        return time.monotonic() - began > plan.search_budget_s
+
+    passed_at, failed_at = 0.0, None
+    rate = start_rate
+    while failed_at is None and rate <= plan.max_rate and not over_budget():
+        if step(rate, plan.probe_s, "step-up"):
+            passed_at, rate = rate, rate * plan.step_factor
+        else:
+            failed_at = rate
+    while passed_at == 0.0 and failed_at is not None and failed_at > 2.0 and not over_budget():
+        rate = failed_at / 2  # even the first probe failed: halve until one passes
+        if step(rate, plan.probe_s, "step-down"):
+            passed_at = rate
+        else:
+            failed_at = rate
+    while failed_at is not None and passed_at > 0 and failed_at / passed_at > plan.bisect_until and not over_budget():
+        rate = (passed_at + failed_at) / 2
+        if step(rate, plan.probe_s, "bisect"):
+            passed_at = rate
+        else:
+            failed_at = rate
+    held = None
+    rate = passed_at
+    for _ in range(plan.holds if passed_at > 0 else 0):
+        if step(rate, plan.hold_s, "hold"):
+            held = steps[-1]
+            break
+        rate *= 0.9
+    return {
+        "workers": label,
+        "max_rate_rps": held["rate_rps"] if held else None,
+        "held_s": plan.hold_s if held else 0,
+        "p50_ms": held["p50_ms"] if held else None,
+        "p99_ms": held["p99_ms"] if held else None,
+        "answered_rps": held["answered_rps"] if held else None,
+        "cores_used": held["cores_used"] if held else None,
+        "answers_by_worker": held["answers_by_worker"] if held else None,
+        "first_failed_probe_rps": round(failed_at, 1) if failed_at else None,
+        "search_s": round(time.monotonic() - began, 1),
+        "steps": steps,
+    }
+
+
+def _flat(first: list[float], last: list[float], slack: float = 0.0) -> tuple[float, bool]:
+    ratio = max(last) / max(first) if max(first) else float("inf")
+    return round(ratio, 4), max(last) <= max(first) * (1 + FLAT_TOLERANCE) + slack
+
+
+def soak(url: str, images: list[bytes], rate: float, plan: Plan, gateway_pid: int, meter: CpuMeter) -> dict[str, object]:
+    """`plan.soak_s` at `rate`, sampling the gateway's RSS (MB) and open fds (workers included)."""
+    import psutil
+
+    gateway = psutil.Process(gateway_pid)
+    samples: list[tuple[float, float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        t0 = time.monotonic()
+        while True:
+            processes = [gateway, *gateway.children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in processes) / 2**20
+            fds = sum(p.num_fds() for p in processes)
+            samples.append((round(time.monotonic() - t0, 2), round(rss, 2), fds))
+            if done.wait(plan.sample_every_s):
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    meter.start()
+    sampler.start()
+    result = open_loop(url, images, rate, plan.soak_s, plan.connections)
+    done.set()
+    sampler.join()
+    third = max(1, len(samples) // 3)
+    rss = [s[1] for s in samples]
+    fds = [float(s[2]) for s in samples]
+    rss_ratio, rss_flat = _flat(rss[:third], rss[-third:])
+    fd_ratio, fd_flat = _flat(fds[:third], fds[-third:], slack=2)
+    return {
+        **result, "cores_used": meter.read(),
+        "rss_mb_first_third_max": max(rss[:third]), "rss_mb_last_third_max": max(rss[-third:]), "rss_ratio": rss_ratio,
+        "fds_first_third_max": int(max(fds[:third])), "fds_last_third_max": int(max(fds[-third:])), "fd_ratio": fd_ratio,
+        "flat": rss_flat and fd_flat, "samples": [{"t_s": t, "rss_mb": r, "fds": f} for t, r, f in samples],
+    }
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="an exported SavedModel folder to serve")
+    parser.add_argument("--model-kind", choices=("resnet20", "tiny"), default="resnet20",
+                        help="without --model: an untrained ResNet-20 through the trainer's real export, or the tiny test model")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: about a second per step (not a measurement)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="gateway worker counts to search")
+    parser.add_argument("--soak-seconds", type=float, help="soak length (default 600; --quick: 2)")
+    parser.add_argument("--search-budget", type=float, help="seconds of search per worker count (default 300)")
+    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/load.json; --quick: a temp file)")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    if args.soak_seconds is not None:
+        plan = dataclasses.replace(plan, soak_s=args.soak_seconds)
+    if args.search_budget is not None:
+        plan = dataclasses.replace(plan, search_budget_s=args.search_budget)
+    out = args.out or (Path(tempfile.gettempdir()) / "cifarflow-load-quick.json" if args.quick else RESULTS_JSON)
+
+    from cifarflow.serving.protos import use_protos_only
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    model = args.model
+    kind = "tiny" if args.quick and model is None else args.model_kind
+    if model is None:  # exporting needs TensorFlow: a child process does it
+        model = workdir / "export"
+        model.mkdir()
+        subprocess.run([sys.executable, "-c", EXPORTERS[kind], str(model), str(REPO)], check=True,
+                       capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"})
+    use_protos_only()
+    from cifarflow.serving.store import publish_model
+
+    store = workdir / "store"
+    publish_model(model, store, "cifarflow", {})
+    images = cifar_jpegs()
+    results: dict[str, object] = {
+        "machine": machine_info(),
+        "quick": args.quick,
+        "plan": dataclasses.asdict(plan),
+        "model": str(args.model or MODEL_DESCRIPTIONS[kind]),
+        "images": f"{len(images)} CIFAR-100 test images (shipped sample) as 64x64 JPEG, "
+                  f"{min(map(len, images))}-{max(map(len, images))} bytes, POST /v1/classify as image/jpeg",
+        "criteria": {"p99_ms_below": P99_LIMIT_MS, "errors": 0, "flat_within": FLAT_TOLERANCE},
+        "load_average_before": open("/proc/loadavg").read().split()[:3],
+        "searches": [],
+    }
+    model_port = free_port()
+    model_args = ["serve", "--log-level", "WARNING", "model", "--store", str(store), "--model-name", "cifarflow",
+                  "--host", "127.0.0.1", "--grpc-port", str(model_port), "--rest-port", "-1"]
+
+    def gateway_args(workers: int, http_port: int) -> list[str]:
+        return ["serve", "--log-level", "WARNING", "gateway", "--backend", f"127.0.0.1:{model_port}", "--host", "127.0.0.1",
+                "--port", str(http_port), "--grpc-port", "-1", "--workers", str(workers)]
+
+    # The first gateway starts beside the model server (it connects to its backend lazily): seconds saved per run.
+    first_port = free_port()
+    with ThreadPoolExecutor(2) as pool:
+        starting = [pool.submit(start, model_args, "model server:"),
+                    pool.submit(start, gateway_args(args.workers[0], first_port), "gateway: HTTP")]
+        started = [future.exception() or future.result() for future in starting]
+    stopped: list[subprocess.Popen] = [p for p in started if isinstance(p, subprocess.Popen)]
+    try:
+        for problem in started:
+            if isinstance(problem, BaseException):
+                raise problem
+        model_server, gateway = started
+        start_rate = plan.start_rate
+        for position, workers in enumerate(args.workers):
+            http_port = first_port
+            if position:
+                http_port = free_port()
+                gateway = start(gateway_args(workers, http_port), "gateway: HTTP")
+                stopped.append(gateway)
+            url = f"http://127.0.0.1:{http_port}/v1/classify"
+            meter = CpuMeter({"gateway": gateway.pid, "model_server": model_server.pid, "load_generator": os.getpid()})
+            open_loop(url, images, 20.0, plan.warmup_s, plan.connections)  # warm-up: connections, caches
+            found = search(url, images, plan, meter, start_rate, str(workers))
+            results["searches"].append(found)
+            if workers == 1:
+                # Half the held rate; when no rate was held (a busy machine), half the best passing probe.
+                basis, basis_name = found["max_rate_rps"], "held"
+                if not basis:
+                    passing = [s["rate_rps"] for s in found["steps"] if s["passed"]]
+                    basis, basis_name = (max(passing), "best passing probe") if passing else (plan.start_rate, "start rate")
+                soak_rate = basis / 2
+                print(f"soak: {plan.soak_s:g} s at {soak_rate:g} req/s", flush=True)
+                results["soak"] = {"workers": 1, "rate_basis": f"half the 1-worker {basis_name} rate ({basis} req/s)",
+                                   **soak(url, images, soak_rate, plan, gateway.pid, meter)}
+                print(json.dumps({k: v for k, v in results["soak"].items() if k != "samples"}), flush=True)
+                # The next worker count starts its search near where this one ended.
+                start_rate = max(plan.start_rate, basis * 0.75)
+            gateway.send_signal(signal.SIGTERM)  # drains while the next one starts; waited for below
+    finally:
+        for process in stopped:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in stopped:
+            _stop(process)
+    results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    md = out.with_suffix(".md")
+    md.write_text(markdown(results))
+    print(md.read_text())
+    return 0
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    plan = results["plan"]
+    lines = [
+        "# Gateway load and soak" + (" (quick smoke run: not a measurement)" if results["quick"] else ""), "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, {m['date']} "
+        f"(commit {m['git_commit']}). Model: {results['model']}. {results['images']}. Model server (batching on), "
+        "gateway (access log off: --log-level WARNING) and this open-loop load generator share the machine's cores, "
+        f"on 127.0.0.1. Load average before/after: {' '.join(results['load_average_before'])} / "
+        f"{' '.join(results['load_average_after'])} (other engineers' jobs share this machine).", "",
+        f"Highest rate held for {plan['hold_s']:g} s with p99 < {results['criteria']['p99_ms_below']:g} ms and no "
+        f"errors (latency from each request's due time; {plan['connections']} keep-alive connections):", "",
+        "| gateway workers | max rate (req/s) | p50 (ms) | p99 (ms) | first failed probe (req/s) | cores used: gateway / model server / load gen | search (s) |",
+        "|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for s in results["searches"]:
+        cores = s["cores_used"] or {}
+        lines.append(f"| {s['workers']} | {s['max_rate_rps'] or 'none held'} | {s['p50_ms'] or '-'} | {s['p99_ms'] or '-'} | "
+                     f"{s['first_failed_probe_rps'] or '-'} | {cores.get('gateway', '-')} / {cores.get('model_server', '-')} / "
+                     f"{cores.get('load_generator', '-')} | {s['search_s']} |")
+    lines += ["", "Every step (probes are short; only a hold counts):", "",
+              "| workers | phase | rate | s | ok | errors | p50 | p99 | wait p99 | load 1m |", "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for s in results["searches"]:
+        for st in s["steps"]:
+            errors = ", ".join(f"{k} {v}" for k, v in st["errors_by_kind"].items()) or "0"
+            lines.append(f"| {s['workers']} | {st['phase']} | {st['rate_rps']} | {st['seconds']:g} | {st['ok']} | {errors} | "
+                         f"{st['p50_ms']} | {st['p99_ms']} | {st['connection_wait_p99_ms']} | {st['load_average_1m']} |")
+    soak = results.get("soak")
+    if soak:
+        lines += ["", f"Soak: {soak['seconds']:g} s at {soak['rate_rps']} req/s ({soak['rate_basis']}), 1 worker: "
+                  f"{soak['ok']} answered, {soak['errors']} errors, p50 {soak['p50_ms']} ms, p99 {soak['p99_ms']} ms. "
+                  f"Gateway RSS max {soak['rss_mb_first_third_max']} MB in the first third, {soak['rss_mb_last_third_max']} MB "
+                  f"in the last (ratio {soak['rss_ratio']}); open fds max {soak['fds_first_third_max']} / "
+                  f"{soak['fds_last_third_max']} (ratio {soak['fd_ratio']}); sampled every {plan['sample_every_s']:g} s: "
+                  + ("flat." if soak["flat"] else "NOT flat.")]
+    else:
+        lines += ["", "Soak: not run (1 worker was not measured)."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""bench/load.py: the quick mode end to end, and that failed requests are counted, not dropped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+from bench.load import open_loop
+from tests.support.local_http import LocalHTTPServer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FlakyServer(LocalHTTPServer):
+    """Answers 200, except 500 for every 4th request and a dropped connection for every 10th."""
+
+    path = "/v1/classify"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                with server._lock:
+                    server.count += 1
+                    n = server.count
+                if n % 10 == 0:
+                    self.close_connection = True  # no answer at all
+                    return
+                status = 500 if n % 4 == 0 else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.send_header("X-Gateway-Worker", "4242")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        return Handler
+
+
+def test_open_loop_counts_every_failed_request():
+    with FlakyServer() as server:
+        started = time.monotonic()
+        result = open_loop(server.url, [b"jpeg"], rate=200, seconds=0.5, connections=4, timeout_s=2)
+        took = time.monotonic() - started
+    assert result["sent"] == 100
+    assert result["ok"] + result["errors"] == 100
+    # 25 answers of 500 minus those that landed on a 10th (dropped) request; 10 dropped.
+    assert result["errors_by_kind"]["http_500"] == 20
+    assert result["errors"] == 30 and result["ok"] == 70
+    assert result["passed"] is False
+    assert result["answers_by_worker"] == {"4242": 70}
+    assert 0.45 < took < 5  # open loop: it paces the requests over the given seconds
+
+
+def test_quick_mode_end_to_end(tmp_path, exported_model):
+    out = tmp_path / "load.json"
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "load.py"), "--quick", "--model", str(exported_model),
+                          "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["quick"] is True
+    assert {"cpu", "cores", "memory_gib", "date", "git_commit"} <= set(results["machine"])
+    assert len(results["load_average_before"]) == 3 and len(results["load_average_after"]) == 3
+    assert [s["workers"] for s in results["searches"]] == ["1", "2"]
+    for found in results["searches"]:
+        assert found["steps"], found
+        for step in found["steps"]:
+            assert {"phase", "rate_rps", "sent", "ok", "errors", "errors_by_kind", "p50_ms", "p99_ms", "passed",
+                    "cores_used", "load_average_1m"} <= set(step)
+            assert step["ok"] + step["errors"] == step["sent"]
+            assert step["passed"] == (step["errors"] == 0 and step["p99_ms"] is not None and step["p99_ms"] < 100)
+        if found["max_rate_rps"]:
+            assert found["p99_ms"] < 100
+    # With 2 workers every answer names the worker (its pid) that gave it.
+    for step in results["searches"][1]["steps"]:
+        assert sum(step["answers_by_worker"].values()) == step["ok"]
+        assert len(step["answers_by_worker"]) <= 2 and all(pid.isdigit() for pid in step["answers_by_worker"])
+    soak = results["soak"]
+    assert soak["rate_basis"].startswith("half the 1-worker")
+    assert soak["samples"] and {"rss_mb", "fds", "t_s"} <= set(soak["samples"][0])
+    assert soak["rss_mb_first_third_max"] > 0 and soak["fds_first_third_max"] > 0
+    assert isinstance(soak["flat"], bool) and soak["ok"] + soak["errors"] == soak["sent"]
+    assert out.with_suffix(".md").read_text().startswith("# Gateway load and soak (quick")
