@@ -3,6 +3,10 @@
 Endpoint and credentials come from `S3_ENDPOINT` (host:port), `S3_ACCESS_KEY`,
 `S3_SECRET_KEY` and `S3_SECURE`, or from the matching `--s3-*` CLI flags,
 never from code. Secrets are never printed: `S3Settings.__repr__` hides them.
+`S3_TIMEOUT` (seconds, default 60) bounds each connect and each wait for an
+answer: the minio client's own default is 5 minutes, so a hung server (one
+that accepts connections but never answers) held a publish or a sync for
+half an hour across its retries.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class S3Settings:
     access_key: str = dataclasses.field(repr=False)
     secret_key: str = dataclasses.field(repr=False)
     secure: bool = False
+    timeout_s: float = 60.0  # per connect and per read; a call is tried up to 6 times
 
     @classmethod
     def from_env(
@@ -73,16 +78,34 @@ class S3Settings:
             raise BadInputError("no S3 credentials: set S3_ACCESS_KEY and S3_SECRET_KEY")
         if secure is None:
             secure = env.get("S3_SECURE", "false").strip().lower() in _TRUE
-        return cls(endpoint=endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
+        timeout = env.get("S3_TIMEOUT", "").strip()
+        try:
+            timeout_s = float(timeout) if timeout else cls.timeout_s
+            if not timeout_s > 0:
+                raise ValueError
+        except ValueError:
+            raise BadInputError(f"S3_TIMEOUT must be a positive number of seconds, got {timeout!r}") from None
+        return cls(endpoint=endpoint, access_key=access_key, secret_key=secret_key, secure=secure, timeout_s=timeout_s)
 
     def client(self) -> "Minio":
+        import certifi
+        import urllib3
         from minio import Minio
 
+        # minio's default pool, with our timeout instead of its 5 minutes.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=self.timeout_s, read=self.timeout_s),
+            maxsize=10,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
         return Minio(
             self.endpoint,
             access_key=self.access_key,
             secret_key=self.secret_key,
             secure=self.secure,
+            http_client=http,
         )
 
 
