@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-from pathlib import Path
+import logging
+import threading
 
 import pytest
 
@@ -19,33 +19,14 @@ from cifarflow.cli.main import main
 from cifarflow.components.ingest.executor import ingest
 from cifarflow.data.splits import STATS_FILE
 from cifarflow.errors import StorageError
-from cifarflow.serving.store import MANIFEST, local_store, verify_files
+from cifarflow.serving.store import MANIFEST, local_store, publish_model, verify_files
+from cifarflow.serving.sync import SyncConfig, watch
+from tests.reliability.conftest import fill, hidden_leftovers, one_error_line, tree_digest, until
 
 pytestmark = pytest.mark.timeout(120)
 
 MODEL = "cifarflow"
 NO_SPACE = "No space left on device"
-
-
-def fill(folder: Path, leave_bytes: int = 0) -> Path:
-    """Fills the file system under `folder`, leaving about `leave_bytes` free; returns the filler file."""
-    stats = os.statvfs(folder)
-    filler = folder / "filler"
-    with open(filler, "wb") as out:
-        out.write(b"\0" * max(0, stats.f_bavail * stats.f_frsize - leave_bytes))
-    return filler
-
-
-def hidden_leftovers(folder: Path) -> list[str]:
-    """Staging folders and partial files a failed write left behind."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob(".*"))
-
-
-def one_error_line(capsys, verb: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith(f"cifarflow {verb}: error: ") and "internal error" not in err[0]
-    return err[0]
 
 
 def test_publish_onto_a_full_local_store_fails_clearly_and_keeps_the_store_consistent(
@@ -98,3 +79,29 @@ def test_atomic_writers_keep_the_old_content_when_the_disk_is_full(small_disk):
         write_bytes_atomic(small_disk / "model.tflite", b"\1" * 100_000)
     assert not (small_disk / "model.tflite").exists()
     assert hidden_leftovers(small_disk) == []
+
+
+def test_sync_onto_a_full_disk_keeps_serving_the_old_version_and_catches_up_when_space_returns(
+        small_disk, exported_model, favour7_model, tmp_path, caplog):
+    source = tmp_path / "store"
+    served = small_disk / "served"
+    publish_model(exported_model, source, MODEL, {})
+    stop = threading.Event()
+    passes = threading.Semaphore(0)
+    sidecar = threading.Thread(target=watch, args=(local_store(source), served, SyncConfig(interval_s=0.1), stop),
+                               kwargs={"after_pass": passes.release}, daemon=True)
+    caplog.set_level(logging.ERROR, logger="cifarflow.serving.sync")
+    sidecar.start()
+    try:
+        assert passes.acquire(timeout=30)
+        before = tree_digest(served)
+        filler = fill(small_disk, leave_bytes=64 * 1024)
+        publish_model(favour7_model, source, MODEL, {})  # version 2 does not fit
+        until(lambda: any("No space left" in r.getMessage() for r in caplog.records), 30, "a failed sync pass")
+        assert sidecar.is_alive() and tree_digest(served) == before  # version 1 whole, no half version 2
+        assert hidden_leftovers(served) == []
+        filler.unlink()
+        until(lambda: (served / MODEL / "2" / MANIFEST).is_file(), 30, "version 2 synced")
+    finally:
+        stop.set()
+        sidecar.join(10)
