@@ -397,8 +397,9 @@ def _stop(process: subprocess.Popen) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an exported SavedModel folder to serve")
-    parser.add_argument("--model-kind", choices=("resnet20", "tiny"), default="resnet20",
-                        help="without --model: an untrained ResNet-20 through the trainer's real export, or the tiny test model")
+    parser.add_argument("--model-kind", choices=("resnet20", "tiny"),
+                        help="without --model: an untrained ResNet-20 through the trainer's real export (the default), "
+                        "or the tiny test model (the default with --quick)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: about a second per step (not a measurement)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="gateway worker counts to search")
     parser.add_argument("--soak-seconds", type=float, help="soak length (default 600; --quick: 2)")
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
     model = args.model
-    kind = "tiny" if args.quick and model is None else args.model_kind
+    kind = args.model_kind or ("tiny" if args.quick else "resnet20")
     if model is None:  # exporting needs TensorFlow: a child process does it
         model = workdir / "export"
         model.mkdir()
