@@ -21,6 +21,7 @@ import collections
 import dataclasses
 import json
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -114,7 +115,7 @@ class ServedVersion:
                 name,
                 {k: _spec(v) for k, v in kwargs.items()},
                 {k: _spec(v) for k, v in function.structured_outputs.items()},
-                function,
+                _own_concrete_function(function, kwargs),
             )
         self.signature_defs = _read_signature_defs(path)
         self._batchers: dict[str, Batcher] = {}
@@ -189,6 +190,24 @@ class ServedVersion:
             batcher.close()
 
 
+def _own_concrete_function(signature, input_specs: dict) -> Callable[..., Any]:
+    """The loaded signature wrapped in a function traced here, which is cheaper to call.
+
+    Calling a restored signature resolves every captured variable in Python
+    on each call (108 for the ResNet-20); the wrapper captures them once.
+    Same graph, same outputs; one image through `serving_default` measured
+    1.28 CPU-ms instead of 1.69 on 2 cores (a 32-image batch 20.1 / 20.4).
+    """
+    import tensorflow as tf
+
+    try:
+        wrapper = tf.function(lambda **inputs: signature(**inputs))
+        return wrapper.get_concrete_function(**{k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in input_specs.items()})
+    except Exception as exc:  # an unusual signature still serves through its own call
+        log.info("serving signature %s without a wrapper: %s", getattr(signature, "name", "?"), exc)
+        return signature
+
+
 def _spec(tensor_spec) -> TensorSpec:
     shape = None if tensor_spec.shape.rank is None else tuple(tensor_spec.shape.as_list())
     return TensorSpec(int(tensor_spec.dtype.as_datatype_enum), shape)
@@ -222,7 +241,8 @@ def _read_signature_defs(path: Path) -> dict[str, Any]:
 
 
 def _first_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    # "{{function_node __inference_...}}" names the graph function the error came from: noise to a client.
+    lines = [re.sub(r"^(\{\{function_node [^}]*\}\}\s*)+", "", line.strip()) for line in str(text).splitlines() if line.strip()]
     # TF graph errors put the useful sentence after a "Detected at node" preamble.
     for line in reversed(lines):
         if not line.startswith(("[[", "Detected at", "<stack", "Graph execution")):
