@@ -193,10 +193,11 @@ class ServedVersion:
 def _own_concrete_function(signature, input_specs: dict) -> Callable[..., Any]:
     """The loaded signature wrapped in a function traced here, which is cheaper to call.
 
-    Calling a restored signature resolves every captured variable in Python
-    on each call (108 for the ResNet-20); the wrapper captures them once.
-    Same graph, same outputs; one image through `serving_default` measured
-    1.28 CPU-ms instead of 1.69 on 2 cores (a 32-image batch 20.1 / 20.4).
+    Calling a restored signature maps every captured variable through Python
+    helpers on each call (108 for the ResNet-20); the wrapper's call does
+    not. Same graph, same outputs; the caller's Python time per call fell
+    from 0.30 to 0.19 ms (one image, serving_default) and the whole call
+    from 1.15 to 1.04 CPU-ms, on both signatures alike.
     """
     import tensorflow as tf
 
