@@ -86,6 +86,21 @@ class Load:
         raise AssertionError(f"no answer {what} within {timeout}s; last: {self.answers[-3:]}")
 
 
+def assert_grpc_unavailable_fast(address: str, image: bytes) -> None:
+    """The gateway's own gRPC service says UNAVAILABLE (clients retry on it) as quickly as REST says 503."""
+    import grpc
+
+    from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            classifier_pb2_grpc.ClassifierStub(channel).Classify(classifier_pb2.ClassifyRequest(image=image), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value
+        assert time.monotonic() - started < FAST_503_S
+
+
 @pytest.fixture
 def store(exported_model, tmp_path) -> Path:
     store = tmp_path / "store"
@@ -98,7 +113,8 @@ def test_killed_model_server_gives_fast_503s_and_the_gateway_recovers_without_a_
     gateway = GatewayProcess(model_server.grpc_address, tmp_path / "gateway.log", "--model-name", MODEL)
     restarted = None
     try:
-        with Load(f"{gateway.url}/v1/classify", encode(cifar[0][0], "PNG")) as load:
+        image = encode(cifar[0][0], "PNG")
+        with Load(f"{gateway.url}/v1/classify", image) as load:
             load.wait_for(lambda a: a.status == 200, 30, "200 before the kill")
             model_server.kill()  # SIGKILL: no drain, connections reset mid-request
             killed = time.monotonic()
@@ -107,6 +123,7 @@ def test_killed_model_server_gives_fast_503s_and_the_gateway_recovers_without_a_
             load.wait_for(lambda a: a.started > killed and a.status == 503, 10, "503 after the kill")
             assert requests.get(f"{gateway.url}/readyz", timeout=5).status_code == 503
             assert requests.get(f"{gateway.url}/healthz", timeout=5).status_code == 200  # the gateway itself is fine
+            assert_grpc_unavailable_fast(gateway.grpc_address, image)
             # Same port; it takes seconds to start (TensorFlow, the model): all of that is outage.
             restarted = ModelServerProcess(str(store), MODEL, tmp_path / "model-server-2.log",
                                            grpc_port=model_server.grpc_port, rest_port=-1)
