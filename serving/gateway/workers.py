@@ -134,20 +134,22 @@ class Supervisor:
         assert process is not None and process.stdout is not None
         fd, buffer = process.stdout.fileno(), b""
         deadline = time.monotonic() + timeout_s
-        while b"\n" not in buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return f"not ready within {timeout_s:g} s"
-            if self.stopping.is_set():
-                return "stopping"
-            readable, _, _ = select.select([fd], [], [], min(0.2, remaining))
-            if readable:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    return f"exited with code {process.wait()} before it was ready"
-                buffer += chunk
+        try:
+            while b"\n" not in buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return f"not ready within {timeout_s:g} s"
+                if self.stopping.is_set():
+                    return "stopping"
+                readable, _, _ = select.select([fd], [], [], min(0.2, remaining))
+                if readable:
+                    chunk = os.read(fd, 4096)
+                    if not chunk:
+                        return f"exited with code {process.wait()} before it was ready"
+                    buffer += chunk
+        finally:
+            process.stdout.close()  # one line is all a worker says here
         line = buffer.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-        process.stdout.close()
         return None if line.startswith("ready") else line.removeprefix("error ").strip() or line
 
     # -- the pool ---------------------------------------------------------------------
