@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     # at a time, no added wait: requests that arrive while a batch runs form the next.
     model.add_argument("--batch-timeout-ms", type=float, default=0.0, help="longest a request waits for others under load")
     model.add_argument("--num-batch-threads", type=int, default=1, help="batches that may run at once")
+    # TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism.
+    model.add_argument("--intra-op-threads", type=int, default=1,
+                       help="TensorFlow threads per op (0: one per core; 1 measured best on 2 cores)")
+    model.add_argument("--inter-op-threads", type=int, default=0,
+                       help="TensorFlow ops run at once (0: one per core)")
     model.add_argument("--max-message-mb", type=float, default=16.0, help="largest request, gRPC or REST")
     model.add_argument("--cache-dir", type=Path, help="where an s3:// store is synced (default: a temporary folder)")
     add_s3_flags(model)
@@ -147,6 +152,8 @@ def serve_model(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         batch_timeout_s=args.batch_timeout_ms / 1000.0,
         num_batch_threads=args.num_batch_threads,
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         cache_dir=args.cache_dir,
     )
