@@ -83,23 +83,32 @@ def prepare_image(data: bytes, limits: ImageLimits) -> PreparedImage:
             raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
         if width == 0 or height == 0:
             raise InvalidInput("image has no pixels")
+        mode = image.mode
         try:
-            orientation = image.getexif().get(_ORIENTATION, 1)
-        except Exception:  # a broken EXIF block: ignore it like TF does
-            orientation = 1
-        pass_through = fmt in _PASS_THROUGH_FORMATS and image.mode in _PASS_THROUGH_MODES and orientation in (0, 1)
-        try:
+            jpeg_orientation = _orientation(image) if fmt == "JPEG" else None
             if fmt == "JPEG":
                 # A reduced-scale decode still reads every byte (so it catches
                 # truncation) at a fraction of the cost of a full decode.
-                side = 256 if pass_through else _MAX_NORMALISED_SIDE
-                image.draft(image.mode if image.mode in _PASS_THROUGH_MODES else "RGB", (side, side))
+                upright = mode in _PASS_THROUGH_MODES and jpeg_orientation in (0, 1)
+                side = 256 if upright else _MAX_NORMALISED_SIDE
+                image.draft(mode if mode in _PASS_THROUGH_MODES else "RGB", (side, side))
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise InvalidInput(f"truncated or corrupt {fmt} image: {exc}") from None
+        # Only after load() for the other formats: PNG's getexif() loads the
+        # pixels itself, and the except in _orientation would hide a corrupt stream.
+        orientation = jpeg_orientation if jpeg_orientation is not None else _orientation(image)
+        pass_through = fmt in _PASS_THROUGH_FORMATS and mode in _PASS_THROUGH_MODES and orientation in (0, 1)
         if pass_through:
             return PreparedImage(data, fmt, width, height, normalised=False)
         return PreparedImage(_normalise(image), fmt, width, height, normalised=True)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block: ignore it like TF does
+        return 1
 
 
 def _normalise(image: Image.Image) -> bytes:
