@@ -222,9 +222,11 @@ def test_broken_new_versions_are_refused_reported_and_the_served_one_keeps_answe
     for thread in threads:
         thread.start()
     try:
+        # One at a time: like TF Serving's latest-version policy, a poll that finds
+        # two new versions only tries the newest.
         publish_model(truncated_copy(exported_model, tmp_path / "truncated"), store, MODEL, {})  # version 2
-        publish_model(export_incompatible_model(tmp_path / "other"), store, MODEL, {})  # version 3
         corrupt = wait_for_state(2, 50)
+        publish_model(export_incompatible_model(tmp_path / "other"), store, MODEL, {})  # version 3
         incompatible = wait_for_state(3, 50)
         served_through_failures = len(answers)
         rest_status = requests.get(f"{rest}/v1/models/{MODEL}", timeout=5).json()
