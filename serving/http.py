@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from cifarflow.serving.errors import PayloadTooLarge, ServingError, Unauthenticated, Unavailable, as_serving_error
+from cifarflow.serving.errors import (InvalidInput, PayloadTooLarge, ServingError, Unauthenticated, Unavailable,
+                                      as_serving_error)
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,9 @@ class Request:
     client: str
 
     def json(self) -> Any:
-        from cifarflow.serving.errors import InvalidInput
-
         try:
             return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[... nested too deep
             raise InvalidInput(f"malformed JSON body: {exc}") from None
 
 
@@ -192,10 +191,13 @@ def _make_handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
         def _read_body(self) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                 self.close_connection = True
-                from cifarflow.serving.errors import InvalidInput
-
                 raise InvalidInput("chunked request bodies are not supported: send Content-Length")
-            length = int(self.headers.get("Content-Length") or 0)
+            values = self.headers.get_all("Content-Length") or ["0"]
+            if len(values) > 1 or not (values[0].strip().isascii() and values[0].strip().isdigit()):
+                # int() would raise (a 500) or take "-1"; two lengths are a request-smuggling classic.
+                self.close_connection = True
+                raise InvalidInput(f"Content-Length must be one number of bytes, got {', '.join(values)!r}")
+            length = int(values[0])
             if length > server.config.max_body_bytes:
                 self.close_connection = True  # the unread body cannot be skipped safely
                 raise PayloadTooLarge(

@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from cifarflow.serving.errors import InvalidInput
+from cifarflow.serving.errors import InvalidInput, PayloadTooLarge
+
+# TensorFlow's rule lets one value fill a whole shape: a few bytes on the wire
+# could ask for gigabytes. No served input comes near this.
+MAX_BROADCAST_BYTES = 64 * 1024 * 1024
+MAX_RANK = 32
 
 # tensorflow/core/framework/types.proto values, the ones served models use.
 DT_FLOAT, DT_DOUBLE, DT_INT32, DT_UINT8, DT_INT16, DT_INT8, DT_STRING = 1, 2, 3, 4, 5, 6, 7
@@ -84,7 +89,14 @@ def from_tensor_proto(proto, name: str = "tensor") -> np.ndarray:
     shape = shape_of(proto)
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{name}: negative dimension in shape {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64))
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"{name}: rank {len(shape)} is over the limit of {MAX_RANK}")
+    count, extent = 1, 1
+    for d in shape:  # Python ints: np.prod would wrap around silently for huge shapes
+        count *= d
+        extent *= max(d, 1)
+    if extent > np.iinfo(np.intp).max // 16:  # numpy refuses such a shape even when a zero makes it empty
+        raise InvalidInput(f"{name}: shape {list(shape)} is too large")
     if proto.dtype == DT_STRING:
         values = list(proto.string_val)
         array = np.empty(len(values), dtype=object)
@@ -99,14 +111,20 @@ def from_tensor_proto(proto, name: str = "tensor") -> np.ndarray:
                 )
             return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
         field = getattr(proto, _VAL_FIELD[proto.dtype])
-        if proto.dtype == DT_HALF:
-            array = np.asarray(field, dtype=np.uint16).view(np.float16)
-        else:
-            array = np.asarray(field, dtype=dtype)
+        try:
+            if proto.dtype == DT_HALF:
+                array = np.asarray(field, dtype=np.uint16).view(np.float16)
+            else:
+                array = np.asarray(field, dtype=dtype)
+        except OverflowError:
+            raise InvalidInput(f"{name}: values outside the range of {DTYPE_NAMES[proto.dtype]}") from None
     else:
         raise InvalidInput(f"{name}: unsupported tensor dtype {proto.dtype}")
     if array.size == count:
         return array.reshape(shape)
     if array.size == 1 and count > 1:  # TensorFlow's rule: one value fills the shape
+        if count * array.itemsize > MAX_BROADCAST_BYTES:
+            raise PayloadTooLarge(f"{name}: one value would fill shape {list(shape)}, "
+                                  f"{count * array.itemsize} bytes; the limit is {MAX_BROADCAST_BYTES}")
         return np.full(shape, array[0], dtype=array.dtype)
     raise InvalidInput(f"{name}: {array.size} values do not fill shape {list(shape)} ({count} values)")

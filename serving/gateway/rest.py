@@ -5,6 +5,7 @@
     GET  /readyz        the backend answers and has the model AVAILABLE
     GET  /metrics       Prometheus
     GET  /v1/info       what the page needs to know (URL fetching on? auth on?)
+    GET  /openapi.json  this API described for clients and fuzzers (openapi.json beside this file)
     POST /v1/classify   multipart field `file`, JSON {"image_b64" | "url", "top_k"}, or a raw image/* body
     POST /predict       {"url": ...} -> {"<class name>": score, ...} (the 2023 contract)
 """
@@ -16,6 +17,8 @@ import binascii
 import email.parser
 import email.policy
 import importlib.resources
+import math
+import re
 import time
 from typing import Any
 
@@ -24,11 +27,15 @@ from cifarflow.serving.gateway.auth import BearerAuth
 from cifarflow.serving.gateway.service import Classifier, check_top_k
 from cifarflow.serving.http import Request, Response
 
-PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/v1/info", "/favicon.ico"}
+PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/v1/info", "/favicon.ico", "/openapi.json"}
+# The form has two fields (file, top_k). The email parser costs ~0.1 ms per
+# part, so a body of 100,000 empty parts would hold a core for seconds.
+MAX_MULTIPART_PARTS = 16
+_BOUNDARY = re.compile(r'boundary=(?:"([^"]+)"|([^;\s"]+))', re.IGNORECASE)
 
 
-def _index_html() -> bytes:
-    return importlib.resources.files("cifarflow.serving.gateway").joinpath("static/index.html").read_bytes()
+def _resource(name: str) -> bytes:
+    return importlib.resources.files("cifarflow.serving.gateway").joinpath(name).read_bytes()
 
 
 def _media_type(request: Request) -> str:
@@ -38,21 +45,29 @@ def _media_type(request: Request) -> str:
 def _multipart_file(request: Request) -> tuple[bytes, dict[str, str]]:
     """The `file` field and the other (text) fields of a multipart/form-data body."""
     content_type = request.headers.get("Content-Type", "")
-    if "boundary=" not in content_type:
+    boundary = _BOUNDARY.search(content_type)
+    if not boundary:
         raise InvalidInput("multipart body without a boundary parameter")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + request.body
-    )
-    if not message.is_multipart():
+    delimiter = b"--" + (boundary[1] or boundary[2]).encode("latin-1")
+    if request.body.count(delimiter) > MAX_MULTIPART_PARTS + 1:
+        raise InvalidInput(f"multipart body has more than {MAX_MULTIPART_PARTS} parts")
+    file_bytes, fields, multipart = None, {}, False
+    try:
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + request.body
+        )
+        multipart = message.is_multipart()
+        for part in message.iter_parts() if multipart else ():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True) or b""
+            if name == "file":
+                file_bytes = payload
+            elif name:
+                fields[str(name)] = payload.decode("utf-8", "replace")
+    except Exception as exc:  # the stdlib parser has raised IndexError and others on malformed headers
+        raise InvalidInput(f"malformed multipart body ({type(exc).__name__})") from None
+    if not multipart:
         raise InvalidInput("malformed multipart body")
-    file_bytes, fields = None, {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True) or b""
-        if name == "file":
-            file_bytes = payload
-        elif name:
-            fields[str(name)] = payload.decode("utf-8", "replace")
     if file_bytes is None:
         raise InvalidInput("multipart body has no 'file' field")
     return file_bytes, fields
@@ -82,6 +97,7 @@ class GatewayApi:
             ("GET", "/readyz"): self.readyz,
             ("GET", "/metrics"): self.metrics,
             ("GET", "/v1/info"): self.info,
+            ("GET", "/openapi.json"): self.openapi,
             ("POST", "/v1/classify"): self.classify,
             ("POST", "/predict"): self.predict,
         }
@@ -106,7 +122,10 @@ class GatewayApi:
     # -- endpoints ----------------------------------------------------------------
 
     def index(self, request: Request) -> Response:
-        return Response(200, _index_html(), "text/html; charset=utf-8", {"Cache-Control": "no-cache"})
+        return Response(200, _resource("static/index.html"), "text/html; charset=utf-8", {"Cache-Control": "no-cache"})
+
+    def openapi(self, request: Request) -> Response:
+        return Response(200, _resource("openapi.json"), "application/json")
 
     def healthz(self, request: Request) -> Response:
         return Response.json({"status": "ok"})
@@ -133,6 +152,16 @@ class GatewayApi:
         })
 
     def classify(self, request: Request) -> Response:
+        data, top_k = self.classify_input(request)
+        result = self.classifier.classify([data], request.request_id, _deadline(request))[0]
+        return Response.json({
+            "model": result.model,
+            "version": result.version,
+            "predictions": [{"class": name, "probability": p} for _, name, p in result.top(top_k)],
+        })
+
+    def classify_input(self, request: Request) -> tuple[bytes, int]:
+        """The image bytes and top_k of a /v1/classify request, whichever way it was sent."""
         media_type = _media_type(request)
         top_k_value: Any = (request.query.get("top_k") or [None])[0]
         if media_type == "multipart/form-data":
@@ -155,13 +184,7 @@ class GatewayApi:
             raise UnsupportedMediaType(
                 f"unsupported Content-Type {media_type or '(none)'!r}: send multipart/form-data, application/json or image/*"
             )
-        top_k = check_top_k(top_k_value, self.classifier.config.default_top_k)
-        result = self.classifier.classify([data], request.request_id, _deadline(request))[0]
-        return Response.json({
-            "model": result.model,
-            "version": result.version,
-            "predictions": [{"class": name, "probability": p} for _, name, p in result.top(top_k)],
-        })
+        return data, check_top_k(top_k_value, self.classifier.config.default_top_k)
 
     def predict(self, request: Request) -> Response:
         if _media_type(request) != "application/json":
@@ -177,7 +200,12 @@ class GatewayApi:
 def _deadline(request: Request) -> float | None:
     """A client may shorten the backend deadline with `X-Request-Timeout: <seconds>`."""
     value = request.headers.get("X-Request-Timeout")
+    if not value:
+        return None
     try:
-        return time.monotonic() + float(value) if value else None
+        seconds = float(value)
     except ValueError:
-        raise InvalidInput(f"X-Request-Timeout must be a number of seconds, got {value!r}") from None
+        seconds = math.nan
+    if not 0 < seconds < math.inf:  # also false for NaN
+        raise InvalidInput(f"X-Request-Timeout must be a positive number of seconds, got {value!r}")
+    return time.monotonic() + seconds

@@ -47,7 +47,7 @@ def check_top_k(value, default: int) -> int:
         top_k = int(value)
         if isinstance(value, float) and value != top_k or isinstance(value, bool):
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
         raise InvalidInput(f"top_k must be an integer, got {value!r}") from None
     if not 1 <= top_k <= len(COARSE_CLASS_NAMES):
         raise InvalidInput(f"top_k must be between 1 and {len(COARSE_CLASS_NAMES)}, got {top_k}")

@@ -94,7 +94,10 @@ class RestApi:
         body = request.json()
         if not isinstance(body, dict):
             raise InvalidInput("JSON body must be an object with 'instances' or 'inputs'")
-        signature = served.signature(body.get("signature_name") or "")
+        signature_name = body.get("signature_name") or ""
+        if not isinstance(signature_name, str):
+            raise InvalidInput(f"'signature_name' must be a string, got {type(signature_name).__name__}")
+        signature = served.signature(signature_name)
         if ("instances" in body) == ("inputs" in body):
             raise InvalidInput("Missing 'inputs' or 'instances' key" if "instances" not in body else
                                "Only one of 'instances' or 'inputs' can be specified")
