@@ -8,7 +8,9 @@ import os
 import signal
 import socket
 import threading
+import time
 from concurrent import futures
+from typing import Callable
 
 import grpc
 
@@ -117,14 +119,28 @@ def _cause_for_status(status: int) -> str:
             504: "deadline"}.get(status, "internal" if status >= 500 else "other")
 
 
+def wait_for_stop_signal(on_ready: Callable[[], object] = lambda: None) -> None:
+    """Installs SIGTERM/SIGINT handlers, calls `on_ready()`, and returns once one of them came.
+
+    The main thread sleeps in short steps rather than in Event.wait(): the
+    kernel may deliver the signal to any thread (gRPC's own threads too), and
+    Python runs the handler only when the main thread next runs bytecode, so
+    a main thread blocked on a lock would never see it. The handler sets a
+    plain flag: Event.set() in a handler can deadlock on the lock the
+    interrupted Event.wait() holds.
+    """
+    received: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _: received.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _: received.append(signum))
+    on_ready()
+    while not received:
+        time.sleep(0.2)
+
+
 def run_gateway(config: GatewayConfig) -> int:
     """Serves until SIGTERM/SIGINT, then drains (Kubernetes sends SIGTERM before killing a pod)."""
     gateway = Gateway(config).start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"gateway: HTTP on {config.host}:{gateway.port}, gRPC on {config.host}:{gateway.grpc_port}, "
-          f"backend {config.backend}", flush=True)
-    stop.wait()
+    wait_for_stop_signal(lambda: print(f"gateway: HTTP on {config.host}:{gateway.port}, gRPC on {config.host}:"
+                                       f"{gateway.grpc_port}, backend {config.backend}", flush=True))
     gateway.stop()
     return 0

@@ -43,7 +43,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 from cifarflow.errors import CifarflowError
@@ -103,7 +102,9 @@ class Supervisor:
         self.config = config
         self.log_level = log_level
         self.slots = [_Slot(i) for i in range(workers)]
-        self.stopping = threading.Event()
+        # A plain flag, not a threading.Event: a signal handler must not take a lock
+        # its own thread may hold (Event.set() inside Event.wait() deadlocks).
+        self.stop_requested = False
         self.http_socket: socket.socket | None = None
         self.grpc_socket: socket.socket | None = None
         self.http_port = 0
@@ -139,7 +140,7 @@ class Supervisor:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return f"not ready within {timeout_s:g} s"
-                if self.stopping.is_set():
+                if self.stop_requested:
                     return "stopping"
                 readable, _, _ = select.select([fd], [], [], min(0.2, remaining))
                 if readable:
@@ -171,7 +172,7 @@ class Supervisor:
             self._spawn(slot)
         for slot in self.slots:
             problem = self._await_ready(slot, START_TIMEOUT_S)
-            if self.stopping.is_set():
+            if self.stop_requested:
                 break  # SIGTERM while starting: supervise() drains at once
             if problem is not None:
                 self._terminate_all(grace_s=5.0)
@@ -183,16 +184,17 @@ class Supervisor:
         return [slot.process.pid for slot in self.slots if slot.process is not None and slot.process.poll() is None]
 
     def supervise(self) -> int:
-        """Restarts workers that die until `stopping` is set, then drains; 0 when every worker drained cleanly."""
-        while not self.stopping.wait(0.2):
+        """Restarts workers that die until a stop is requested, then drains; 0 when every worker drained cleanly."""
+        while not self.stop_requested:
+            time.sleep(0.2)
             now = time.monotonic()
             for slot in self.slots:
                 if slot.process is not None and slot.process.poll() is not None:
                     self._note_death(slot, now)
-                if slot.process is None and now >= slot.restart_at and not self.stopping.is_set():
+                if slot.process is None and now >= slot.restart_at and not self.stop_requested:
                     self._spawn(slot)
                     problem = self._await_ready(slot, START_TIMEOUT_S)
-                    if problem is not None and not self.stopping.is_set():
+                    if problem is not None and not self.stop_requested:
                         log.warning(json.dumps({"event": "worker_start_failed", "worker": slot.index, "reason": problem}))
                         if slot.process.poll() is None:
                             slot.process.kill()
@@ -215,7 +217,7 @@ class Supervisor:
 
     def stop(self) -> int:
         """Forwards SIGTERM to every worker and waits for their drain; 0 when all exited 0."""
-        self.stopping.set()
+        self.stop_requested = True
         # Once the workers are gone, new connections must be refused, not left in a queue nobody reads.
         self._close_http_socket()
         codes = self._terminate_all(grace_s=self.config.shutdown_grace_s + 5.0)
@@ -253,8 +255,11 @@ class Supervisor:
 def run_workers(config: GatewayConfig, workers: int, log_level: str = "INFO") -> int:
     """Serves with `workers` processes until SIGTERM/SIGINT, then drains them all."""
     supervisor = Supervisor(config, workers, log_level)
-    signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())
+    def request_stop(*_) -> None:
+        supervisor.stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     supervisor.start()
     grpc_text = f"{config.host}:{supervisor.grpc_port}" if supervisor.grpc_port is not None else "off"
     print(f"gateway: HTTP on {config.host}:{supervisor.http_port}, gRPC on {grpc_text}, backend {config.backend}, "
@@ -293,7 +298,7 @@ def _worker_main(argv: list[str] | None = None) -> int:
         from cifarflow.serving.protos import use_protos_only
 
         use_protos_only()
-        from cifarflow.serving.gateway.server import Gateway
+        from cifarflow.serving.gateway.server import Gateway, wait_for_stop_signal
 
         http_socket = socket.socket(fileno=args.http_fd)
         http_socket.setblocking(False)
@@ -302,12 +307,7 @@ def _worker_main(argv: list[str] | None = None) -> int:
         ready.write(f"error {type(exc).__name__}: {exc}".replace("\n", " ") + "\n")
         ready.close()
         return 1
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    ready.write(f"ready {os.getpid()}\n")
-    ready.close()
-    stop.wait()
+    wait_for_stop_signal(lambda: (ready.write(f"ready {os.getpid()}\n"), ready.close()))
     gateway.stop()
     return 0
 
