@@ -521,6 +521,11 @@ def markdown(results: dict) -> str:
         lines.append(f"| {s['workers']} | {s['max_rate_rps'] or 'none held'} | {s['p50_ms'] or '-'} | {s['p99_ms'] or '-'} | "
                      f"{s['first_failed_probe_rps'] or '-'} | {cores.get('gateway', '-')} / {cores.get('model_server', '-')} / "
                      f"{cores.get('load_generator', '-')} | {s['search_s']} |")
+    for s in results["searches"]:
+        split = s.get("answers_by_worker") or {}
+        if len(split) > 1:
+            lines.append(f"\nAt {s['workers']} workers the held rate's answers came from the workers "
+                         f"{', '.join(f'{pid}: {n}' for pid, n in sorted(split.items()))} (pid: answers).")
     lines += ["", "Every step (probes are short; only a hold counts):", "",
               "| workers | phase | rate | s | ok | errors | p50 | p99 | send lag p99 | load 1m |", "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for s in results["searches"]:
