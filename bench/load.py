@@ -119,11 +119,11 @@ def _parse_answer(buffer: bytes) -> tuple[int, bool, str] | None:
 
 
 def open_loop(url: str, images: list[bytes], rate: float, seconds: float, connections: int = 64,
-              timeout_s: float = 10.0) -> dict[str, object]:
+              timeout_s: float = 10.0, preopen: int = 32) -> dict[str, object]:
     """Sends `rate * seconds` requests due at a fixed rate; latencies count from when each was due.
 
     One thread and a selector drive up to `connections` keep-alive
-    connections (opened as needed), so the generator costs little of the
+    connections (`preopen` opened first, more as needed), so the generator costs little of the
     CPU it shares with the servers and keeps the arrival times exact. A
     request waits for a free connection when all are busy; that wait is
     latency too. Returns counts (sent, ok, errors by kind: `http_<status>`,
@@ -140,15 +140,15 @@ def open_loop(url: str, images: list[bytes], rate: float, seconds: float, connec
     wire = [head.encode() + str(len(body)).encode() + b"\r\n\r\n" + body for body in images]
     total = max(1, int(round(rate * seconds)))
     selector = selectors.DefaultSelector()
-    idle: list[_Connection] = []
+    # Idle connections are reused oldest first, so the load rotates over all of them, as over
+    # many clients' connections (each stays with the gateway worker that accepted it).
+    idle: collections.deque[_Connection] = collections.deque()
     busy: set[_Connection] = set()
     waiting: collections.deque[tuple[int, float]] = collections.deque()
     latencies: list[float] = []
     waits: list[float] = []
     errors: Counter[str] = Counter()
     workers: Counter[str] = Counter()
-    began = time.monotonic() + 0.05
-    give_up_at = began + seconds + timeout_s
     due_index = finished = 0
 
     def close(connection: _Connection) -> None:
@@ -164,6 +164,20 @@ def open_loop(url: str, images: list[bytes], rate: float, seconds: float, connec
         finished += 1
         close(connection)
 
+    def connect() -> _Connection:
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = _Connection(sock)
+        selector.register(sock, selectors.EVENT_READ, connection)
+        return connection
+
+    for _ in range(min(connections, preopen)):
+        try:
+            idle.append(connect())
+        except OSError:
+            break  # the requests will find out, and count it
+    began = time.monotonic() + 0.05
+    give_up_at = began + seconds + timeout_s
     while finished < total:
         now = time.monotonic()
         if now > give_up_at:
@@ -173,13 +187,10 @@ def open_loop(url: str, images: list[bytes], rate: float, seconds: float, connec
             due_index += 1
         while waiting and (idle or len(busy) < connections):
             index, due_at = waiting.popleft()
-            connection = idle.pop() if idle else None
+            connection = idle.popleft() if idle else None
             try:
                 if connection is None:
-                    sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout_s)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    connection = _Connection(sock)
-                    selector.register(sock, selectors.EVENT_READ, connection)
+                    connection = connect()
                 connection.due_at, connection.sent_at, connection.buffer = due_at, time.monotonic(), b""
                 busy.add(connection)
                 connection.sock.sendall(wire[index % len(wire)])
