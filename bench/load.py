@@ -123,9 +123,9 @@ def open_loop(url: str, images: list[bytes], rate: float, seconds: float, connec
     """Sends `rate * seconds` requests due at a fixed rate; latencies count from when each was due.
 
     One thread and a selector drive up to `connections` keep-alive
-    connections (`preopen` opened first, more as needed), so the generator costs little of the
-    CPU it shares with the servers and keeps the arrival times exact. A
-    request waits for a free connection when all are busy; that wait is
+    connections (`preopen` opened first, more as needed), so the generator
+    costs little of the CPU it shares with the servers and keeps the arrival
+    times exact. A request waits for a free connection when all are busy; that wait is
     latency too. Returns counts (sent, ok, errors by kind: `http_<status>`,
     `disconnected`, `timeout`, the exception's name, or `unfinished` for
     requests still unanswered `timeout_s` after the last was due), p50/p99/max
