@@ -39,7 +39,7 @@ class BatchingConfig:
 
     max_batch_size: int = 32
     timeout_s: float = 0.0
-    num_threads: int = 1
+    num_threads: int = 2
     max_queued: int = 1024
 
 

@@ -50,7 +50,7 @@ class ModelServerConfig:
     batching: bool = True
     max_batch_size: int = 32
     batch_timeout_s: float = 0.0
-    num_batch_threads: int = 1
+    num_batch_threads: int = 2
     max_message_bytes: int = 16 * 1024 * 1024
     grpc_workers: int = 64
     intra_op_threads: int = 1
