@@ -34,10 +34,11 @@ class ModelServerConfig:
         Serving's --tensorflow_intra_op_parallelism / _inter_op_parallelism
         (0: TensorFlow's choice, one per core). One thread per op measured
         best on 2 cores for the ResNet-20 (bench/results/serving_latency.md):
-        a 32-image batch cost 0.57 CPU-ms per image with 1 against 0.78 with
-        2, one image 1.07 against 1.56; requests in parallel (batch threads,
-        or concurrent calls without batching) use the other cores. Process-wide:
-        the first server in a process sets them.
+        a 32-image batch cost 0.54 CPU-ms per image with 1 against 0.80 with
+        TensorFlow's choice, one image 1.29 against 3.20 (its threads wait
+        for each other on ops this small); requests in parallel (batch
+        threads, or concurrent calls without batching) use the other cores.
+        Process-wide: the first server in a process sets them.
     """
 
     store: str
