@@ -16,6 +16,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from cifarflow.serving.gateway.auth import BearerAuth
+from cifarflow.serving.gateway.backend import Backend
+from cifarflow.serving.gateway.config import GatewayConfig
+from cifarflow.serving.gateway.metrics import GatewayMetrics
+from cifarflow.serving.gateway.rest import GatewayApi
+from cifarflow.serving.gateway.service import Classifier
 from tests.support.processes import ServiceProcess
 
 MODEL = "cifar"
@@ -87,3 +93,19 @@ def stack(tmp_path_factory, s3_server) -> Stack:
                 f"127.0.0.1:{gateway_grpc}", url, logs, export)
     gateway.stop()
     model.stop()
+
+
+@pytest.fixture(scope="session")
+def api() -> GatewayApi:
+    """The real REST handlers; URL fetching is off, so parsing never leaves the process."""
+    config = GatewayConfig(backend="127.0.0.1:9", max_image_bytes=64 * 1024)
+    backend = Backend(config.backend, config.model_name, 1.0)
+    return GatewayApi(Classifier(config, backend, GatewayMetrics()), BearerAuth(None), lambda: False)
+
+
+def pytest_collection_modifyitems(items):
+    """A hostile input that hangs the code under test must fail its test, not the whole run."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(120))

@@ -21,26 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cifarflow.serving.errors import ServingError
-from cifarflow.serving.gateway.auth import BearerAuth
-from cifarflow.serving.gateway.config import GatewayConfig
-from cifarflow.serving.gateway.metrics import GatewayMetrics
 from cifarflow.serving.gateway.rest import MAX_MULTIPART_PARTS, GatewayApi, _deadline
-from cifarflow.serving.gateway.backend import Backend
-from cifarflow.serving.gateway.service import Classifier
 from cifarflow.serving.http import Request
 from tests.security.conftest import MODEL
 from tests.serving.images import cifar_test_images, encode
 
 QUICK_S = 1.5
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-@pytest.fixture(scope="module")
-def api() -> GatewayApi:
-    """The real REST handlers; URL fetching is off, so parsing never leaves the process."""
-    config = GatewayConfig(backend="127.0.0.1:9", max_image_bytes=64 * 1024)
-    backend = Backend(config.backend, config.model_name, 1.0)
-    return GatewayApi(Classifier(config, backend, GatewayMetrics()), BearerAuth(None), lambda: False)
 
 
 def _request(header_lines: list[str], body: bytes, query: dict | None = None) -> Request:
