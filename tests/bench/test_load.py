@@ -91,7 +91,8 @@ def test_quick_mode_end_to_end(tmp_path, exported_model):
         assert len(step["answers_by_worker"]) <= 2 and all(pid.isdigit() for pid in step["answers_by_worker"])
     soak = results["soak"]
     assert soak["rate_basis"].startswith("half the 1-worker")
-    assert soak["samples"] and {"rss_mb", "fds", "t_s"} <= set(soak["samples"][0])
+    assert soak["samples"] and {"rss_mb", "fds", "client_connections", "t_s"} <= set(soak["samples"][0])
+    assert soak["fds_net_of_clients_first_third_max"] < soak["fds_first_third_max"]  # the clients hold some
     assert soak["rss_mb_first_third_max"] > 0 and soak["fds_first_third_max"] > 0
     assert isinstance(soak["flat"], bool) and soak["ok"] + soak["errors"] == soak["sent"]
     assert out.with_suffix(".md").read_text().startswith("# Gateway load and soak (quick")
