@@ -137,6 +137,7 @@ def test_sigterm_drains_every_worker(model_server, cifar):
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(backend, server)
     backend_port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    process = None
     try:
         process, port, _ = start_workers(backend_port)
         pids = worker_pids(process)
@@ -154,6 +155,9 @@ def test_sigterm_drains_every_worker(model_server, cifar):
         with pytest.raises(ConnectionRefusedError):
             classify(port, image)
     finally:
+        if process is not None and process.poll() is None:  # a failed assertion must not leave the gateway running
+            process.kill()
+            process.wait()
         server.stop(0)
 
 
