@@ -123,6 +123,23 @@ def test_artifacts_uploaded_in_the_kfp_layout_and_listed_from_s3(two_runs, s3_se
     assert run_dirs[0].name in capsys.readouterr().out
 
 
+def test_a_run_publishes_to_an_s3_store(two_runs, s3_server, s3_bucket, monkeypatch, capsys):
+    """`--store s3://...` with the S3_* variables: the cluster's store, from a local run."""
+    runs, _, _, _ = two_runs
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    cwd = os.getcwd()
+    os.chdir(runs.parent)  # the same runs/ folder: ingest, preprocess, eda and the trials come from the cache
+    try:
+        assert main(["run", "--store", f"s3://{s3_bucket}/models"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert f"s3://{s3_bucket}/models/cifarflow/1" in capsys.readouterr().out
+    names = {o.object_name for o in s3_server.settings.client().list_objects(s3_bucket, prefix="models/", recursive=True)}
+    assert {"models/cifarflow/1/saved_model.pb", "models/cifarflow/1/cifarflow.json"} <= names
+    assert not any(n.startswith("models/cifarflow/2/") for n in names)
+
+
 def test_a_failing_trial_fails_the_run_and_keeps_the_other_trials_results(tmp_path, capsys):
     grid = tmp_path / "one-bad.yaml"
     grid.write_text(
