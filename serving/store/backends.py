@@ -9,7 +9,9 @@ whole and under a number no other publisher got.
   Serving ignores names that are not integers) with `cifarflow.json` written
   last, then renamed to `<N>`. `rename(2)` onto an existing non-empty folder
   fails, so two publishers racing for N cannot both win; the loser retries
-  with N+1.
+  with N+1. A publisher killed before the rename leaves its staging folder
+  behind (named with its pid and host); the next publish removes it once its
+  process is gone, or once it is a day old.
 - S3 has no rename and no locks, so a publisher first claims N by writing
   `<model>/.claims/<N>/<uuid>` and listing `.claims/<N>/`: it owns N only if
   its own claim is the only one there. With read-after-write consistent
@@ -25,9 +27,11 @@ from __future__ import annotations
 
 import abc
 import errno
+import logging
 import os
 import random
 import shutil
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -39,9 +43,15 @@ from cifarflow.s3 import S3Location, S3Settings, describe_s3_error
 MANIFEST = "cifarflow.json"
 CLAIMS = ".claims"
 STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"
 # A version number is claimed up to this many times before giving up: only a
 # storm of concurrent publishers of one model could exhaust it.
 _MAX_ATTEMPTS = 50
+# A staging folder this old is abandoned even when its pid looks alive (pids
+# are reused, and another host's pids cannot be checked at all).
+ABANDONED_AFTER_S = 24 * 3600
+
+log = logging.getLogger(__name__)
 
 
 def _is_version(name: str) -> bool:
@@ -127,14 +137,15 @@ class LocalBackend(Backend):
         if not path.exists():
             return
         # Rename first so the folder vanishes in one step even if rmtree is cut short.
-        trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex}")
+        trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex}")
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
     def commit_version(self, model: str, staged: Path, manifest: bytes, min_version: int) -> int:
         model_dir = self._path(model)
         model_dir.mkdir(parents=True, exist_ok=True)
-        staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        _remove_abandoned(model_dir)
+        staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}-{os.getpid()}@{socket.gethostname()}"
         try:
             try:
                 shutil.copytree(staged, staging)
@@ -162,6 +173,45 @@ class LocalBackend(Backend):
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_abandoned(model_dir: Path) -> None:
+    """Deletes what killed publishers and deletions left in `model_dir`.
+
+    A staging folder is abandoned when the process named in it has exited on
+    this host, or when it is older than ABANDONED_AFTER_S; a live publisher's
+    folder is never touched. Trash folders are always leftovers: their
+    deletion already started.
+    """
+    now = time.time()
+    for name in os.listdir(model_dir):
+        path = model_dir / name
+        if name.startswith(STAGING_PREFIX) and not _staging_abandoned(name, path, now):
+            continue
+        if not name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+            continue
+        log.info("removing %s, left by an interrupted publish or delete", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _staging_abandoned(name: str, path: Path, now: float) -> bool:
+    pid, _, host = name.rpartition("-")[2].partition("@")
+    if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+        return True
+    try:
+        return now - path.stat().st_mtime > ABANDONED_AFTER_S
+    except FileNotFoundError:
+        return False
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 class S3Backend(Backend):

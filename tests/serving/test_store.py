@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -170,6 +171,30 @@ def test_local_publish_interrupted_leaves_only_a_hidden_folder(tmp_path, monkeyp
     monkeypatch.undo()
     assert sorted(p.name for p in (store_dir / "m").iterdir()) == ["1"]
     assert publish_model(src, store_dir, "m", {}).version == 2
+
+
+def test_a_publish_removes_what_killed_publishers_left_and_nothing_of_live_ones(tmp_path):
+    store_dir = tmp_path / "store"
+    src = fake_export(tmp_path / "export")
+    publish_model(src, store_dir, "m", {})
+    host = socket.gethostname()
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    leftovers = {
+        f".staging-{'a' * 32}-{exited.pid}@{host}": False,  # its publisher was killed: removed
+        f".staging-{'b' * 32}-{os.getpid()}@{host}": True,    # a live publisher's: kept
+        f".staging-{'c' * 32}-123@another-host": True,         # cannot be checked, and recent: kept
+        f".staging-{'d' * 32}-123@another-host": False,       # cannot be checked, but two days old: removed
+        f".trash-1-{'e' * 32}": False,                          # a deletion that was cut short: removed
+    }
+    for name in leftovers:
+        (store_dir / "m" / name / "variables").mkdir(parents=True)
+        (store_dir / "m" / name / "variables" / "variables.index").write_bytes(b"x" * 1000)
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(store_dir / "m" / f".staging-{'d' * 32}-123@another-host", (two_days_ago, two_days_ago))
+    assert publish_model(src, store_dir, "m", {}).version == 2
+    left = {p.name for p in (store_dir / "m").iterdir()}
+    assert left == {"1", "2", *(name for name, kept in leftovers.items() if kept)}
 
 
 def test_sync_keeps_newest_and_labelled_versions_and_is_idempotent(s3_server, s3_bucket, tmp_path, monkeypatch):
