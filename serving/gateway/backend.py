@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import threading
 import time
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -60,7 +61,7 @@ class Backend:
     """Calls `serving_default` with encoded images; checks model status for /readyz."""
 
     def __init__(self, target: str, model_name: str, timeout_s: float, max_message_bytes: int = 64 * 1024 * 1024,
-                 max_in_flight: int = 2, max_images: int = 32) -> None:
+                 max_in_flight: int = 2, max_images: int = 32, on_call: Callable[[int], None] | None = None) -> None:
         self.target = target
         self.model_name = model_name
         self.timeout_s = timeout_s
@@ -79,6 +80,7 @@ class Backend:
         self._status = model_service_pb2_grpc.ModelServiceStub(self.channel).GetModelStatus
         self.max_in_flight = max_in_flight  # 0: every request makes its own call
         self.max_images = max_images
+        self._on_call = on_call or (lambda images: None)  # told the size of every call sent
         self._lock = threading.Lock()
         self._queued: collections.deque[_Waiting] = collections.deque()
         self._in_flight = 0
@@ -136,6 +138,7 @@ class Backend:
         return BackendResult(response.model_spec.name, int(response.model_spec.version.value), probabilities)
 
     def _call(self, images: list[bytes], request_id: str, timeout: float) -> BackendResult:
+        self._on_call(len(images))
         try:
             response = self._predict(self._request(images), timeout=timeout,
                                      metadata=(("x-request-id", request_id),) if request_id else None)
@@ -159,6 +162,7 @@ class Backend:
                 return
         remaining = max(w.deadline for w in group) - time.monotonic()
         ids = ",".join(w.request_id for w in group if w.request_id)
+        self._on_call(images)
         try:
             future = self._predict.future(
                 self._request([image for w in group for image in w.images]), timeout=max(0.001, remaining),

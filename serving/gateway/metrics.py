@@ -21,7 +21,7 @@ class GatewayMetrics:
                                  ["protocol", "endpoint"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.backend_latency = Histogram("cifarflow_gateway_backend_seconds", "Latency of model backend calls.",
                                          buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.batch_images = Histogram("cifarflow_gateway_batch_images", "Images per backend call.",
+        self.batch_images = Histogram("cifarflow_gateway_batch_images", "Images per call to the model backend (concurrent requests share calls).",
                                       buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.errors = Counter("cifarflow_gateway_errors_total", "Failed requests, by cause.", ["cause"], registry=self.registry)
         self.in_flight = Gauge("cifarflow_gateway_in_flight", "Requests being handled now.", registry=self.registry)

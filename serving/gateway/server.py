@@ -38,7 +38,8 @@ class Gateway:
         self.worker_id = str(os.getpid()) if worker else None
         self.metrics = GatewayMetrics()
         self.backend = Backend(config.backend, config.model_name, config.backend_timeout_s,
-                               max_message_bytes=max(64 * 1024 * 1024, 2 * config.max_image_bytes))
+                               max_message_bytes=max(64 * 1024 * 1024, 2 * config.max_image_bytes),
+                               on_call=self.metrics.batch_images.observe)
         self.classifier = Classifier(config, self.backend, self.metrics)
         self.auth = BearerAuth(config.token)
         self._draining = threading.Event()

@@ -85,5 +85,4 @@ class Classifier:
             result = self.backend.classify(prepared, request_id, remaining)
         finally:
             self.metrics.backend_latency.observe(time.perf_counter() - started)
-        self.metrics.batch_images.observe(len(prepared))
         return [Classification(result.model, result.version, row) for row in result.probabilities]

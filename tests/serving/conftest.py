@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def model_server_for(model_dir: Path, store: Path, model_name: str) -> Iterator:
+    """An in-process model server (gRPC on a free port, no REST) on `model_dir` published as version 1."""
+    from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
+    from cifarflow.serving.store import publish_model
+
+    publish_model(model_dir, store, model_name, {})
+    server = ModelServer(ModelServerConfig(str(store), model_name, host="127.0.0.1", grpc_port=0, rest_port=-1,
+                                           poll_interval_s=60)).start()
+    try:
+        yield server
+    finally:
+        server.stop()

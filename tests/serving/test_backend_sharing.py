@@ -10,19 +10,14 @@ import pytest
 
 from cifarflow.serving.errors import DeadlineExceeded, InvalidInput
 from cifarflow.serving.gateway.backend import Backend
-from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
-from cifarflow.serving.store import publish_model
+from tests.serving.conftest import model_server_for
 from tests.serving.images import encode
 
 
 @pytest.fixture(scope="module")
 def model_server(exported_model, tmp_path_factory):
-    store = tmp_path_factory.mktemp("sharing-store")
-    publish_model(exported_model, store, "cifar", {})
-    server = ModelServer(ModelServerConfig(str(store), "cifar", host="127.0.0.1", grpc_port=0, rest_port=-1,
-                                           poll_interval_s=60)).start()
-    yield server
-    server.stop()
+    with model_server_for(exported_model, tmp_path_factory.mktemp("sharing-store"), "cifar") as server:
+        yield server
 
 
 class HeldFirstCall:
@@ -31,6 +26,7 @@ class HeldFirstCall:
     def __init__(self, stub) -> None:
         self.stub = stub
         self.images_per_call: list[int] = []
+        self.reported: list[int] = []  # what the backend's on_call hook (the batch_images metric) was told
         self.release = threading.Event()
         self.first_started = threading.Event()
 
@@ -47,8 +43,10 @@ class HeldFirstCall:
 
 
 def backend_with_held_first_call(model_server) -> tuple[Backend, HeldFirstCall]:
-    backend = Backend(f"127.0.0.1:{model_server.grpc_port}", "cifar", timeout_s=10, max_in_flight=1)
+    reported: list[int] = []
+    backend = Backend(f"127.0.0.1:{model_server.grpc_port}", "cifar", timeout_s=10, max_in_flight=1, on_call=reported.append)
     held = HeldFirstCall(backend._predict)
+    held.reported = reported
     backend._predict = held
     return backend, held
 
@@ -91,6 +89,7 @@ def test_queued_requests_share_one_call_and_get_their_own_rows(model_server, cif
     finally:
         backend.close()
     assert held.images_per_call == [1, 7]  # the held call, then everything that queued behind it in one
+    assert held.reported == held.images_per_call
     for i in range(6):
         assert results[i].probabilities.shape == (1, 20)
         np.testing.assert_allclose(results[i].probabilities[0], alone[i], rtol=1e-5, atol=1e-6)
@@ -109,6 +108,7 @@ def test_one_bad_image_fails_only_its_own_request(model_server, cifar):
     assert isinstance(results[2], InvalidInput)
     assert all(results[i].probabilities.shape == (1, 20) for i in (0, 1, 3, 4))
     assert held.images_per_call[:2] == [1, 4] and held.images_per_call[2:] == [1, 1, 1, 1]  # shared call failed: one by one
+    assert held.reported == held.images_per_call
 
 
 def test_a_queued_request_keeps_its_own_deadline(model_server, cifar):

@@ -17,9 +17,8 @@ import pytest
 import requests
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
 from cifarflow.serving.store import publish_model
-from tests.serving.conftest import free_port
+from tests.serving.conftest import free_port, model_server_for
 from tests.serving.images import encode
 
 CLI = [sys.executable, "-m", "cifarflow.cli.main"]
@@ -61,11 +60,8 @@ def rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def model_server(exported_model, tmp_path_factory):
-    store = tmp_path_factory.mktemp("cli-store")
-    publish_model(exported_model, store, "cifarflow", {})
-    server = ModelServer(ModelServerConfig(str(store), "cifarflow", host="127.0.0.1", grpc_port=0, rest_port=-1)).start()
-    yield server
-    server.stop()
+    with model_server_for(exported_model, tmp_path_factory.mktemp("cli-store"), "cifarflow") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,7 @@ from cifarflow.classes import COARSE_CLASS_NAMES
 from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
 from cifarflow.serving.gateway.server import Gateway
-from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
-from cifarflow.serving.store import publish_model
-from tests.serving.conftest import free_port
+from tests.serving.conftest import free_port, model_server_for
 from tests.serving.gateway_support import ImageSite
 from tests.serving.images import encode, exif_rotated_jpeg
 from tests.serving.model_factory import reference_logits
@@ -34,12 +32,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model_server(exported_model, tmp_path_factory):
-    store = tmp_path_factory.mktemp("gw-store")
-    publish_model(exported_model, store, "cifar", {})
-    server = ModelServer(ModelServerConfig(str(store), "cifar", host="127.0.0.1", grpc_port=0, rest_port=-1,
-                                           poll_interval_s=60)).start()
-    yield server
-    server.stop()
+    with model_server_for(exported_model, tmp_path_factory.mktemp("gw-store"), "cifar") as server:
+        yield server
 
 
 def start_gateway(model_server, **overrides) -> Gateway:

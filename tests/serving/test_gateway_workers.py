@@ -16,21 +16,15 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
 from cifarflow.serving.gateway.workers import Supervisor, WorkersFailed
-from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
-from cifarflow.serving.store import publish_model
-from tests.serving.conftest import free_port
+from tests.serving.conftest import free_port, model_server_for
 from tests.serving.images import encode
 from tests.serving.test_cli import start
 
 
 @pytest.fixture(scope="module")
 def model_server(exported_model, tmp_path_factory):
-    store = tmp_path_factory.mktemp("workers-store")
-    publish_model(exported_model, store, "cifarflow", {})
-    server = ModelServer(ModelServerConfig(str(store), "cifarflow", host="127.0.0.1", grpc_port=0, rest_port=-1,
-                                           poll_interval_s=60)).start()
-    yield server
-    server.stop()
+    with model_server_for(exported_model, tmp_path_factory.mktemp("workers-store"), "cifarflow") as server:
+        yield server
 
 
 def start_workers(backend_port: int, workers: int = 2):
