@@ -193,6 +193,62 @@ def test_names_that_resolve_to_internal_addresses_are_refused_unfetched(site):
     assert not site.hits
 
 
+class RebindingName:
+    """A DNS name whose answer changes between lookups (rebinding): public first, loopback after.
+
+    The "public" address is routed to the hostile site, standing in for an
+    attacker's public server; any connection to another address is recorded
+    and refused, so nothing reaches the internet.
+    """
+
+    PUBLIC = "93.184.216.34"
+
+    def __init__(self, site: HostileSite, monkeypatch) -> None:
+        self.site, self.lookups, self.connects = site, [], []
+        monkeypatch.setattr(socket, "getaddrinfo", self._resolve)
+
+        def connect(address, timeout=None, *args, **kwargs):
+            self.connects.append(address[0])
+            if address[0] != self.PUBLIC:
+                raise ConnectionRefusedError(111, "not the checked address")
+            sock = socket.socket()  # connect() on a literal address does not resolve
+            sock.settimeout(timeout)
+            sock.connect(("127.0.0.1", site.port))
+            return sock
+
+        monkeypatch.setattr(socket, "create_connection", connect)
+
+    def _resolve(self, host, port, *args, **kwargs):
+        self.lookups.append(host)
+        address = self.PUBLIC if len(self.lookups) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+
+    def url(self, path: str) -> str:
+        return f"http://rebind.example:{self.site.port}{path}"
+
+
+REBIND_POLICY = UrlPolicy(allowed_hosts=("rebind.example",), allow_private=False, timeout_s=1.0)
+
+
+def test_a_rebinding_name_is_fetched_from_the_address_that_was_checked(site, monkeypatch):
+    name = RebindingName(site, monkeypatch)
+    site.hits.clear()
+    body, _ = _timed(name.url("/image.png"), REBIND_POLICY)
+    # One lookup, and the connection went to its (checked) answer: a second
+    # lookup by the HTTP library, which would have answered loopback, never happened.
+    assert body == site.png
+    assert name.lookups == ["rebind.example"] and name.connects == [RebindingName.PUBLIC]
+
+
+def test_a_redirect_back_to_a_rebound_name_is_checked_again_and_refused(site, monkeypatch):
+    name = RebindingName(site, monkeypatch)
+    site.hits.clear()
+    error, _ = _timed(name.url("/to?url=" + requests.utils.quote(name.url("/image.png"), safe="")), REBIND_POLICY)
+    assert isinstance(error, Forbidden) and "127.0.0.1" in str(error), error
+    assert name.lookups == ["rebind.example"] * 2 and name.connects == [RebindingName.PUBLIC]
+    assert site.hits == {"/to": 1}
+
+
 @pytest.mark.parametrize("address, why", [
     ("100.100.100.200", "non-global"),  # shared address space: a cloud metadata service lives here
     ("100.64.0.1", "non-global"),
