@@ -20,7 +20,9 @@ whole and under a number no other publisher got.
   did not see themselves alone withdraw theirs (then retry), so a winner's
   claim stays. Files are then uploaded and `cifarflow.json` is put last, so a
   publish that dies half-way leaves a version without a manifest, which no
-  reader lists, loads or syncs; the next publisher skips past its number.
+  reader lists, loads or syncs; the next publisher skips past its number, and
+  deletes those files once nothing has been written to them for a day (the
+  claim stays, so the number is never given out again).
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ TRASH_PREFIX = ".trash-"
 # A version number is claimed up to this many times before giving up: only a
 # storm of concurrent publishers of one model could exhaust it.
 _MAX_ATTEMPTS = 50
-# A staging folder this old is abandoned even when its pid looks alive (pids
-# are reused, and another host's pids cannot be checked at all).
+# A local staging folder this old is abandoned even when its pid looks alive
+# (pids are reused, and another host's pids cannot be checked at all); on S3,
+# a version without a manifest that nothing has written to for this long.
 ABANDONED_AFTER_S = 24 * 3600
 
 log = logging.getLogger(__name__)
@@ -312,7 +315,34 @@ class S3Backend(Backend):
             time.sleep(random.uniform(0.001, 0.05))  # jitter breaks lock-step retries
         raise RemoteError(f"could not allocate a version of {model} in {self.uri}: too many concurrent publishers")
 
+    def _remove_abandoned(self, model: str) -> None:
+        """Deletes the files of versions a publisher left half-way: no manifest, nothing written for a day.
+
+        Their claims stay, so their numbers are never given out again. One
+        listing of the model serves every version.
+        """
+        from datetime import datetime, timezone
+
+        prefix = self._key(model) + "/"
+        newest: dict[str, datetime] = {}
+        complete: set[str] = set()
+        for entry in self._objects(model, recursive=True):
+            version, _, rest = entry.object_name[len(prefix):].partition("/")
+            if not _is_version(version):
+                continue
+            if rest == MANIFEST:
+                complete.add(version)
+            if entry.last_modified and (version not in newest or entry.last_modified > newest[version]):
+                newest[version] = entry.last_modified
+        now = datetime.now(timezone.utc)
+        for version, written in sorted(newest.items()):
+            if version not in complete and (now - written).total_seconds() > ABANDONED_AFTER_S:
+                log.info("deleting %s/%s/%s: a publish that stopped half-way, last written %s",
+                         self.uri, model, version, written.isoformat())
+                self.delete_tree(f"{model}/{version}")
+
     def commit_version(self, model: str, staged: Path, manifest: bytes, min_version: int) -> int:
+        self._remove_abandoned(model)
         version = self.claim_version(model, min_version)
         for path in sorted(p for p in staged.rglob("*") if p.is_file()):
             self.upload_file(f"{model}/{version}/{path.relative_to(staged).as_posix()}", path)

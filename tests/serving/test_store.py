@@ -156,6 +156,32 @@ def test_publish_killed_half_way_leaves_nothing_visible(s3_server, s3_bucket, tm
     assert store.versions("crash") == [1, 3]
 
 
+def test_an_s3_publish_deletes_what_a_dead_publisher_uploaded_but_never_reuses_its_number(
+        s3_server, s3_bucket, tmp_path, monkeypatch):
+    import cifarflow.serving.store.backends as backends
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    uri = f"s3://{s3_bucket}/models"
+    src = fake_export(tmp_path / "export")
+    store = open_store(uri)
+    assert publish_model(src, uri, "m", {}).version == 1
+    # What a publisher killed half-way leaves: its claim on 2 and part of the files, no manifest.
+    half = store.backend.claim_version("m", 1)
+    store.backend.upload_file(f"m/{half}/saved_model.pb", src / "saved_model.pb")
+    left_behind = f"m/{half}/saved_model.pb"
+    assert publish_model(src, uri, "m", {}).version == 3
+    assert store.backend.read_bytes(left_behind) is not None  # written just now: its publisher may be alive
+    monkeypatch.setattr(backends, "ABANDONED_AFTER_S", 0.5)
+    time.sleep(1.0)
+    assert publish_model(src, uri, "m", {}).version == 4  # 2 stays taken: its claim is kept
+    assert store.backend.read_bytes(left_behind) is None
+    assert store.versions("m") == [1, 3, 4]  # complete versions are never touched, however old
+    for version in (1, 3, 4):
+        assert store.backend.read_bytes(f"m/{version}/saved_model.pb") == (src / "saved_model.pb").read_bytes()
+    assert half in [int(n) for n in store.backend.list_children("m/.claims")]
+
+
 def test_local_publish_interrupted_leaves_only_a_hidden_folder(tmp_path, monkeypatch):
     store_dir = tmp_path / "store"
     src = fake_export(tmp_path / "export")
