@@ -148,7 +148,7 @@ class LocalBackend(Backend):
         model_dir = self._path(model)
         model_dir.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(model_dir)
-        staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}-{os.getpid()}@{socket.gethostname()}"
+        staging = model_dir / _staging_name()
         try:
             try:
                 shutil.copytree(staged, staging)
@@ -189,16 +189,18 @@ def _remove_abandoned(model_dir: Path) -> None:
     now = time.time()
     for name in os.listdir(model_dir):
         path = model_dir / name
-        if name.startswith(STAGING_PREFIX) and not _staging_abandoned(name, path, now):
-            continue
-        if not name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
-            continue
-        log.info("removing %s, left by an interrupted publish or delete", path)
-        shutil.rmtree(path, ignore_errors=True)
+        if name.startswith(TRASH_PREFIX) or (name.startswith(STAGING_PREFIX) and _staging_abandoned(name, path, now)):
+            log.info("removing %s, left by an interrupted publish or delete", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _staging_name() -> str:
+    return f"{STAGING_PREFIX}{uuid.uuid4().hex}-{os.getpid()}@{socket.gethostname()}"
 
 
 def _staging_abandoned(name: str, path: Path, now: float) -> bool:
-    pid, _, host = name.rpartition("-")[2].partition("@")
+    # .staging-<32 hex>-<pid>@<host>; host names may hold dashes, so cut by position.
+    pid, _, host = name[len(STAGING_PREFIX) + 33:].partition("@")
     if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
         return True
     try:

@@ -199,11 +199,12 @@ def test_local_publish_interrupted_leaves_only_a_hidden_folder(tmp_path, monkeyp
     assert publish_model(src, store_dir, "m", {}).version == 2
 
 
-def test_a_publish_removes_what_killed_publishers_left_and_nothing_of_live_ones(tmp_path):
+def test_a_publish_removes_what_killed_publishers_left_and_nothing_of_live_ones(tmp_path, monkeypatch):
+    host = "publish-job-7f9c4-x2pq"  # pod names are full of dashes
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
     store_dir = tmp_path / "store"
     src = fake_export(tmp_path / "export")
     publish_model(src, store_dir, "m", {})
-    host = socket.gethostname()
     exited = subprocess.Popen(["true"])
     exited.wait()
     leftovers = {
