@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Callable
 
 from cifarflow.errors import CifarflowError
-from cifarflow.serving.store.backends import MANIFEST
+from cifarflow.serving.store.backends import MANIFEST, TRASH_PREFIX
 from cifarflow.serving.store.model_store import LABELS, ModelStore, local_store
 
 log = logging.getLogger(__name__)
 
 SYNC_PREFIX = ".sync-"
-TRASH_PREFIX = ".trash-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +72,8 @@ def sync_model(source: ModelStore, dest: Path, model: str, config: SyncConfig) -
     labels = source.labels(model)
     wanted = set(wanted_versions[-config.keep:] if config.keep > 0 else wanted_versions)
     wanted |= {v for v in labels.values() if v in wanted_versions}
-    have = set(local_store(dest).versions(model))
+    served = local_store(dest)
+    have = set(served.versions(model))
     for version in sorted(wanted - have):
         target = model_dir / str(version)
         if target.exists():  # an incomplete copy from elsewhere: replace it
@@ -87,9 +87,7 @@ def sync_model(source: ModelStore, dest: Path, model: str, config: SyncConfig) -
         log.info("synced %s version %d from %s", model, version, source.uri)
         report.added.append((model, version))
     for version in sorted(have - wanted):
-        trash = model_dir / f"{TRASH_PREFIX}{version}-{uuid.uuid4().hex}"
-        os.rename(model_dir / str(version), trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        served.backend.delete_tree(f"{model}/{version}")  # renamed into a hidden trash folder first
         log.info("removed %s version %d (beyond keep=%d)", model, version, config.keep)
         report.removed.append((model, version))
     labels_bytes = source.backend.read_bytes(f"{model}/{LABELS}")
