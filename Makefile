@@ -39,7 +39,7 @@ test-system-deps:
 bench-data: $(STAMP)  ## benchmark ingest + preprocess of the full archive
 	$(BIN)/python bench/ingest_preprocess.py
 
-sample: $(STAMP)  ## rebuild cifarflow/data/sample/ from the full archive in ../shared/data
+sample: $(STAMP)  ## rebuild src/cifarflow/data/sample/ from the full archive in ../shared/data
 	$(BIN)/python scripts/make_sample.py
 
 lock:  ## re-resolve requirements/*.in into requirements/constraints.txt
@@ -51,13 +51,13 @@ clean:  ## remove the virtual environment and local run outputs
 	rm -rf $(VENV) runs .pytest_cache
 
 # Container images (dockerfiles/), built with the repository root as the context.
-# The tags come from cifarflow/images.py, the one place the pipeline's
+# The tags come from src/cifarflow/images.py, the one place the pipeline's
 # components and the Kubernetes manifests take them from too; it needs no
 # dependency, so the system Python answers and no venv is built first.
 # IMAGE_BUILDER=podman works as well; CIFARFLOW_IMAGE_REPOSITORY and
-# CIFARFLOW_IMAGE_TAG retarget the tags (see cifarflow/images.py).
+# CIFARFLOW_IMAGE_TAG retarget the tags (see src/cifarflow/images.py).
 IMAGE_BUILDER ?= docker
-IMAGE_OF = $(shell $(PYTHON) -c 'from cifarflow.images import $(1); print($(1)())')
+IMAGE_OF = $(shell PYTHONPATH=src $(PYTHON) -c 'from cifarflow.images import $(1); print($(1)())')
 
 .PHONY: image image-gpu
 
@@ -67,5 +67,5 @@ image:  ## build the CPU project image (pipeline steps, gateway, sync)
 image-gpu:  ## build the GPU project image (the train step)
 	$(IMAGE_BUILDER) build -f dockerfiles/Dockerfile.gpu -t $(call IMAGE_OF,gpu_image) .
 
-proto: $(STAMP)  ## regenerate the gateway's gRPC code from serving/gateway/proto/classifier.proto
+proto: $(STAMP)  ## regenerate the gateway's gRPC code from src/cifarflow/serving/gateway/proto/classifier.proto
 	$(BIN)/python -m cifarflow.serving.gateway.proto.generate

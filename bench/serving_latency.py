@@ -72,7 +72,7 @@ EXPORTERS = {
     ),
 }
 MODEL_DESCRIPTIONS = {
-    "resnet20": "untrained ResNet-20 (0.27 M params) exported by components/train/export.py",
+    "resnet20": "untrained ResNet-20 (0.27 M params) exported by cifarflow.components.train.export",
     "tiny": "tests/serving/model_factory.py (tiny linear test model)",
 }
 

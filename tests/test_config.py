@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from cifarflow.components.train.config import Grid, TrialConfig, load_grid, parse_grid
+from cifarflow.configs import CONFIG_DIR
 from cifarflow.errors import BadInputError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = CONFIG_DIR  # the grids as installed, not the checkout's copy
 
 
 @pytest.mark.parametrize("name", ["quick", "cpu", "gpu", "reference"])

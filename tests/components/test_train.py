@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -20,11 +19,11 @@ from cifarflow.components.train.config import TrialConfig, load_grid
 from cifarflow.components.train.executor import SUMMARY_FILE, TrainResult, train
 from cifarflow.components.train.models import build_model
 from cifarflow.components.train.schedules import WarmupSchedule
+from cifarflow.configs import CONFIG_DIR
 from tests.components.train_data import TINY_TRIAL
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-REPO = Path(__file__).resolve().parents[2]
 CHANCE = 1 / 20
 
 
@@ -192,9 +191,9 @@ def test_flip_tta_model_survives_a_keras_file_round_trip(tmp_path):
 
 
 def test_gpu_and_reference_models_build():
-    gpu = build_model(load_grid(REPO / "configs" / "gpu.yaml").trials[0]).inference
+    gpu = build_model(load_grid(CONFIG_DIR / "gpu.yaml").trials[0]).inference
     assert gpu.count_params() > 5_000_000 and gpu.output_shape == (None, 20)
-    reference = load_grid(REPO / "configs" / "reference.yaml").trials[0]
+    reference = load_grid(CONFIG_DIR / "reference.yaml").trials[0]
     built = build_model(TrialConfig.from_dict({**reference.to_dict(), "weights": "none"}))
     assert built.inference.output_shape == (None, 20)
     # The frozen base leaves only the head trainable, as in the 2023 project.
@@ -212,7 +211,7 @@ def test_the_reference_grids_first_trial_runs(tmp_path, sample_data):
         split = load_split(sample_data, name, mmap=False)
         write_split(small, name, type(split)(split.images[:count], split.coarse_labels[:count], split.fine_labels[:count]))
     write_stats(small, load_stats(sample_data))
-    first = load_grid(REPO / "configs" / "reference.yaml").trials[0]
+    first = load_grid(CONFIG_DIR / "reference.yaml").trials[0]
     trial = TrialConfig.from_dict({**first.to_dict(), "epochs": 1})  # offline: imagenet falls back to random init
     result = train(small, trial, tmp_path / "out", log=lambda line: None, export_tflite=False)
     assert result.epochs_run == 1 and (tmp_path / "out" / "saved_model.pb").is_file()

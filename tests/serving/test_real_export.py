@@ -1,7 +1,7 @@
 """The serving stack on the trainer's real SavedModel export (an untrained small ResNet).
 
 The rest of the serving tests use tests/serving/model_factory.py; this one
-checks that what components/train/export.py writes is served to the same
+checks that what cifarflow/components/train/export.py writes is served to the same
 contract, end to end through publish, the model server and the gateway.
 """
 

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class Gateway:
     """A running gateway: `start()`, `port`/`grpc_port`, `stop()` (graceful).
 
-    As one of several workers (serving/gateway/workers.py), it accepts HTTP on
+    As one of several workers (workers.py), it accepts HTTP on
     the supervisor's `http_socket`, binds its gRPC port with SO_REUSEPORT, and
     names itself in an `X-Gateway-Worker: <pid>` header on every answer.
     """

@@ -1,6 +1,6 @@
 """Entry point of the `cifarflow` console script.
 
-Each verb lives in `cifarflow/cli/<verb>.py` and exposes
+Each verb lives in `src/cifarflow/cli/<verb>.py` and exposes
 `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
 Verbs whose module does not exist yet are still listed in `--help`; running
 one prints that it is not built and exits with code 64.

@@ -1,4 +1,4 @@
-"""Hyper-parameter grids shipped with cifarflow (`configs/<name>.yaml`).
+"""Hyper-parameter grids shipped with cifarflow (`src/cifarflow/configs/<name>.yaml`).
 
 Installed as the package `cifarflow.configs`, so a pipeline step in a pod
 resolves a grid by name (`quick`, `cpu`, `gpu`, `reference`) without the

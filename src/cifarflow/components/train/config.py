@@ -1,4 +1,4 @@
-"""Hyper-parameter grids: YAML files in `configs/`, validated once on load.
+"""Hyper-parameter grids: YAML files in `src/cifarflow/configs/`, validated once on load.
 
 A grid file names a `base` trial (every hyper-parameter's value), an optional
 list of `trials` (each overrides some of `base`) and an optional `grid` (each
