@@ -288,7 +288,9 @@ def test_label_picks_the_served_version(exported_model, favour7_model, tmp_path,
         assert default["predictions"][0]["class_ids"] != 7
         labelled = requests.post(f"{rest}/v1/models/cifar/labels/stable:predict", json=body, timeout=10)
         assert labelled.status_code == 200 and labelled.json() == default
-        assert requests.post(f"{rest}/v1/models/cifar/labels/canary:predict", json=body, timeout=10).status_code == 404
+        # An unknown label is INVALID_ARGUMENT in TF Serving (GetModelVersionForLabel), so 400, not 404.
+        unknown = requests.post(f"{rest}/v1/models/cifar/labels/canary:predict", json=body, timeout=10)
+        assert unknown.status_code == 400 and "Unrecognized servable version label: canary" in unknown.json()["error"]
     finally:
         server.stop()
     unlabelled = tmp_path / "unlabelled"

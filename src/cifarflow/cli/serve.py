@@ -6,9 +6,14 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cifarflow.serving.model_server.server import ModelServerConfig
 
 
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    from cifarflow.serving.model_server.tf_serving_flags import add_tf_serving_flags
     from cifarflow.serving.store.cli_flags import add_s3_flags
 
     parser = subparsers.add_parser("serve", help=summary, description=summary + ".")
@@ -19,10 +24,12 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "model",
         help="TensorFlow-Serving-compatible model server (gRPC + REST)",
         description="Serve the newest complete version (or a labelled one) of a model from a store, "
-        "speaking TensorFlow Serving's gRPC and REST APIs, and pick up new versions as they appear.",
+        "speaking TensorFlow Serving's gRPC and REST APIs, and pick up new versions as they appear. "
+        "TensorFlow Serving's own flags and config files are taken too (see docs/serving.md).",
     )
-    model.add_argument("--store", required=True, help="local folder or s3://bucket/prefix (synced to --cache-dir)")
-    model.add_argument("--model-name", required=True)
+    # Required unless TF Serving's --model_config_file names the model (checked when run).
+    model.add_argument("--store", help="local folder or s3://bucket/prefix (synced to --cache-dir)")
+    model.add_argument("--model-name")
     model.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (0: a free port, printed at start)")
     model.add_argument("--rest-port", type=int, default=8501, help="REST port (0: a free port; -1: no REST)")
     model.add_argument("--host", default="0.0.0.0", help="address to bind")
@@ -44,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     model.add_argument("--max-message-mb", type=float, default=16.0, help="largest request, gRPC or REST")
     model.add_argument("--cache-dir", type=Path, help="where an s3:// store is synced (default: a temporary folder)")
     add_s3_flags(model)
+    add_tf_serving_flags(model)
     model.set_defaults(func=serve_model)
 
     gateway = parts.add_parser(
@@ -138,13 +146,22 @@ def serve_sync(args: argparse.Namespace) -> int:
 
 
 def serve_model(args: argparse.Namespace) -> int:
-    from cifarflow.serving.model_server.server import ModelServerConfig, run_model_server
+    from cifarflow.serving.model_server.server import run_model_server
     from cifarflow.serving.store.cli_flags import s3_settings
 
     _logging(args)
+    config = model_server_config(args)
+    return run_model_server(config, s3_settings(args, config.store))
+
+
+def model_server_config(args: argparse.Namespace) -> "ModelServerConfig":
+    """The ModelServerConfig `serve model`'s flags ask for, TF Serving's flags and files applied."""
+    from cifarflow.serving.model_server.server import ModelServerConfig
+    from cifarflow.serving.model_server.tf_serving_flags import apply_tf_serving_flags
+
     config = ModelServerConfig(
-        store=args.store,
-        model_name=args.model_name,
+        store=args.store or "",
+        model_name=args.model_name or "",
         host=args.host,
         grpc_port=args.grpc_port,
         rest_port=args.rest_port,
@@ -159,7 +176,7 @@ def serve_model(args: argparse.Namespace) -> int:
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         cache_dir=args.cache_dir,
     )
-    return run_model_server(config, s3_settings(args, args.store))
+    return apply_tf_serving_flags(args, config)
 
 
 def serve_gateway(args: argparse.Namespace) -> int:

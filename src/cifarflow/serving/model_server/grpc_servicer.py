@@ -99,10 +99,10 @@ def model_status(manager: ModelManager, request):
     spec = request.model_spec
     if not spec.name:
         raise InvalidInput("Missing model name in request.")
-    which = spec.WhichOneof("version_choice")
-    version = spec.version.value if which == "version" else None
-    if which == "version_label":
-        version = manager.get(spec.name, label=spec.version_label).version
+    # Like TF Serving (get_model_status_impl.cc:82-106), only a version
+    # narrows the answer: a version_label is not resolved, every version of
+    # the model is reported, so a probe on /labels/<l> says nothing of <l>.
+    version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
     response = get_model_status_pb2.GetModelStatusResponse()
     for status in manager.statuses(spec.name, version):
         entry = response.model_version_status.add()

@@ -1,9 +1,10 @@
 """A served model's lifecycle: find versions, load, swap, predict.
 
-`ModelManager` watches a local store folder (`<root>/<model>/<version>/`,
-complete when `cifarflow.json` exists), loads the version it should serve
-(the newest, or the one a label names) in the background, swaps it in
-atomically and only then unloads the old one, so requests never fail during
+`ModelManager` watches a model's folder (`<base path>/<version>/`, complete
+when `cifarflow.json` exists), loads the versions it should serve (the
+newest, or the one a store label names; or, under a TensorFlow Serving
+config, those its model_version_policy picks) in the background, swaps them
+in atomically and only then unloads old ones, so requests never fail during
 a rollout. A version that fails to load, or that drops or changes a
 signature the served version offers (`check_compatible`), is recorded
 (GetModelStatus and the metrics show its error) and the old one keeps
@@ -31,6 +32,8 @@ import numpy as np
 
 from cifarflow.serving.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
 from cifarflow.serving.model_server.batching import Batcher, BatchingConfig
+from cifarflow.serving.model_server.tf_serving_config import VersionPolicy
+from cifarflow.serving.model_server.version_labels import VersionLabels
 from cifarflow.serving.store.backends import MANIFEST
 from cifarflow.serving.store.model_store import LABELS
 from cifarflow.serving.sync import complete_versions
@@ -301,25 +304,46 @@ class ManagerConfig:
     """Attributes:
     label: serve the version this label names instead of the newest
         (the newest while the label is not set).
-    poll_interval_s: how often the folder is checked for new versions.
+    poll_interval_s: how often the folder is checked for new versions;
+        0 or less: only once, at start (TF Serving's
+        --file_system_poll_wait_seconds=0).
     batching: None turns server-side batching off.
     warm_up: run each signature once after loading, before serving.
+    policy: a TensorFlow Serving model_version_policy; when set it decides
+        which versions are served, requests naming no version get the
+        newest loaded one (TF Serving's Latest), and `label` and the
+        store's labels file play no part.
     """
 
     label: str | None = None
     poll_interval_s: float = 5.0
     batching: BatchingConfig | None = dataclasses.field(default_factory=BatchingConfig)
     warm_up: bool = True
+    policy: VersionPolicy | None = None
 
 
 class ModelManager:
-    """The versions of one model in a local folder, loaded and hot-swapped."""
+    """The versions of one model in a local folder, loaded and hot-swapped.
 
-    def __init__(self, root: Path, model_name: str, config: ManagerConfig,
-                 refresh: Callable[[], None] | None = None, on_batch: Callable[[int], None] | None = None) -> None:
-        self.root = Path(root)
+    Args:
+        base_path: the model's folder, holding one folder per version.
+        model_name: the name requests use.
+        config: what to serve and how.
+        refresh: run before each poll (an s3:// store syncs here).
+        on_batch: told the rows of each model call.
+        labels: TensorFlow Serving's configured labels; when given, requests
+            by label resolve through them instead of the store's labels file.
+    """
+
+    def __init__(self, base_path: Path, model_name: str, config: ManagerConfig,
+                 refresh: Callable[[], None] | None = None, on_batch: Callable[[int], None] | None = None,
+                 labels: VersionLabels | None = None) -> None:
+        self.base_path = Path(base_path)
         self.model_name = model_name
         self.config = config
+        self._policy = config.policy
+        self._configured_labels = labels
+        self._poll_lock = threading.Lock()  # the poller and a config reload never poll at once
         self._refresh = refresh or (lambda: None)
         self._on_batch = on_batch
         self._lock = threading.Lock()
@@ -340,10 +364,13 @@ class ModelManager:
         if model_name != self.model_name:
             what = f"Specific({model_name}, {version})" if version else f"Latest({model_name})"
             raise NotFound(f"Servable not found for request: {what}")
+        if label and self._configured_labels is not None:
+            version = self._configured_labels.version_for(label)
         with self._lock:
-            if label:
+            if label and self._configured_labels is None:
                 if label not in self._labels:
-                    raise NotFound(f"Unrecognized servable version label: {label}")
+                    # TF Serving's GetModelVersionForLabel: INVALID_ARGUMENT, not NOT_FOUND.
+                    raise InvalidInput(f"Unrecognized servable version label: {label}")
                 version = self._labels[label]
             if version:
                 served = self._served.get(version)
@@ -373,7 +400,18 @@ class ModelManager:
             return statuses, dict(self._load_attempts), self._default
 
     def version_path(self, version: int) -> Path:
-        return self.root / self.model_name / str(version)
+        return self.base_path / str(version)
+
+    def is_available(self, version: int) -> bool:
+        """Whether `version` is loaded and answering (TF Serving's AVAILABLE)."""
+        with self._lock:
+            return version in self._served
+
+    def set_policy(self, policy: VersionPolicy) -> None:
+        """Serves what `policy` picks from the next poll on (a TF Serving config reload)."""
+        if self._policy is None:
+            raise ValueError("only a manager started with a version policy takes a new one")
+        self._policy = policy
 
     @property
     def ready(self) -> bool:
@@ -388,8 +426,9 @@ class ModelManager:
     def start(self) -> "ModelManager":
         """Loads what is there now, then polls in the background."""
         self.poll()
-        self._thread = threading.Thread(target=self._loop, name="version-poller", daemon=True)
-        self._thread.start()
+        if self.config.poll_interval_s > 0:
+            self._thread = threading.Thread(target=self._loop, name="version-poller", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -405,10 +444,10 @@ class ModelManager:
             try:
                 self.poll()
             except Exception:  # keep serving what is loaded; the next poll retries
-                log.exception("polling %s for new versions failed", self.root)
+                log.exception("polling %s for new versions failed", self.base_path)
 
     def _read_labels(self) -> dict[str, int]:
-        path = self.root / self.model_name / LABELS
+        path = self.base_path / LABELS
         try:
             return {k: int(v) for k, v in json.loads(path.read_text()).get("labels", {}).items()}
         except (FileNotFoundError, ValueError):
@@ -416,8 +455,33 @@ class ModelManager:
 
     def poll(self) -> None:
         """One pass: load wanted versions that are new, swap, unload unwanted ones."""
-        self._refresh()
-        available = complete_versions(self.root, self.model_name)
+        with self._poll_lock:
+            self._refresh()
+            available = complete_versions(self.base_path.parent, self.base_path.name)
+            if self._policy is not None:
+                self._poll_by_policy(self._policy, available)
+            else:
+                self._poll_by_store_labels(available)
+
+    def _poll_by_policy(self, policy: VersionPolicy, available: list[int]) -> None:
+        """TF Serving's way: serve what the policy picks; the newest loaded answers unversioned requests."""
+        wanted = policy.select(available)
+        for version in sorted(wanted - set(self._served), reverse=True):
+            self._load(version)
+        with self._lock:
+            loaded = set(self._served)
+            serving = wanted & loaded
+            # Availability first (TF Serving's AvailabilityPreservingPolicy):
+            # while no wanted version has loaded, the old one keeps answering.
+            keep = serving or ({self._default} if self._default in loaded else set())
+            self._default = max(keep) if keep else None
+            retired = [self._served.pop(v) for v in sorted(loaded - keep)]
+            for served in retired:
+                self._status[served.version] = VersionStatus(served.version, STATE_END)
+        self._close(retired)
+
+    def _poll_by_store_labels(self, available: list[int]) -> None:
+        """cifarflow's way: the newest, or the version --label names, plus every labelled version."""
         labels = {k: v for k, v in self._read_labels().items() if v in available}
         target = available[-1] if available else None
         if self.config.label:
@@ -444,12 +508,15 @@ class ModelManager:
             retired = [self._served.pop(v) for v in sorted(loaded - keep)]
             for served in retired:
                 self._status[served.version] = VersionStatus(served.version, STATE_END)
+        self._close(retired)
+
+    def _close(self, retired: list[ServedVersion]) -> None:
         for served in retired:
             served.close()
             log.info("unloaded %s version %d", self.model_name, served.version)
 
     def _load(self, version: int) -> None:
-        manifest = self.root / self.model_name / str(version) / MANIFEST
+        manifest = self.version_path(version) / MANIFEST
         stamp = manifest.stat().st_mtime if manifest.exists() else 0.0
         if self._failed.get(version) == stamp:
             return  # failed before and unchanged: do not retry every poll

@@ -4,6 +4,7 @@
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   signature defs
     POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    row or columnar
     GET  /monitoring/prometheus/metrics (and /metrics)          Prometheus
+         (and the path a --monitoring_config_file names)
 
 Request and response JSON follow TensorFlow Serving's documented formats:
 "instances" (row) -> "predictions", "inputs" (columnar) -> "outputs";
@@ -38,14 +39,21 @@ METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
 
 
 class RestApi:
-    """`__call__(request) -> Response`, for serving.http.HttpServer."""
+    """`__call__(request) -> Response`, for serving.http.HttpServer.
 
-    def __init__(self, manager: ModelManager) -> None:
+    Args:
+        manager: the model served.
+        prometheus_path: one more path for the metrics, from TF Serving's
+            monitoring config (prometheus_config.path).
+    """
+
+    def __init__(self, manager: ModelManager, prometheus_path: str | None = None) -> None:
         self.manager = manager
         self.metrics = ModelServerMetrics(manager)
+        self.metrics_paths = METRICS_PATHS + ((prometheus_path,) if prometheus_path else ())
 
     def __call__(self, request: Request) -> Response:
-        if request.path in METRICS_PATHS:
+        if request.path in self.metrics_paths:
             if request.method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"use GET for {request.path}")
             return Response(200, self.metrics.render(), self.metrics.content_type)

@@ -16,6 +16,8 @@ from cifarflow.s3 import S3Settings
 from cifarflow.serving.http import HttpConfig, HttpServer
 from cifarflow.serving.model_server.batching import BatchingConfig
 from cifarflow.serving.model_server.model import ManagerConfig, ModelManager
+from cifarflow.serving.model_server.tf_serving_config import TfServingOptions
+from cifarflow.serving.model_server.version_labels import VersionLabels
 from cifarflow.serving.store.model_store import check_model_name
 
 log = logging.getLogger(__name__)
@@ -24,10 +26,13 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class ModelServerConfig:
     """Attributes:
-    store: local folder, or s3://bucket/prefix (synced into cache_dir).
+    store: local folder, or s3://bucket/prefix (synced into cache_dir),
+        holding `<model_name>/<version>/`; under a TF Serving config, the
+        model's base_path itself (holding `<version>/`).
     model_name: the one model this server serves.
     grpc_port / rest_port: 0 picks a free port; rest_port < 0 disables REST.
     label: serve the version this label names instead of the newest.
+    max_queued_requests: requests waiting for a batch beyond this are refused.
     max_message_bytes: largest request (and response) on gRPC and REST.
     grpc_workers: concurrent gRPC calls; more lets batches fill up.
     intra_op_threads / inter_op_threads: TensorFlow's thread pools, like TF
@@ -39,6 +44,10 @@ class ModelServerConfig:
         for each other on ops this small); requests in parallel (batch
         threads, or concurrent calls without batching) use the other cores.
         Process-wide: the first server in a process sets them.
+    metrics_path: one more path for the Prometheus metrics (TF Serving's
+        monitoring config), besides /monitoring/prometheus/metrics and /metrics.
+    tf_serving: TF Serving's --model_config_file and the flags that go with
+        it; None: serve `store` the cifarflow way (newest or --label).
     """
 
     store: str
@@ -52,12 +61,15 @@ class ModelServerConfig:
     max_batch_size: int = 32
     batch_timeout_s: float = 0.0
     num_batch_threads: int = 2
+    max_queued_requests: int = 1024
     max_message_bytes: int = 16 * 1024 * 1024
     grpc_workers: int = 64
     intra_op_threads: int = 1
     inter_op_threads: int = 0
     cache_dir: Path | None = None
     warm_up: bool = True
+    metrics_path: str | None = None
+    tf_serving: TfServingOptions | None = None
 
 
 class ModelServer:
@@ -67,19 +79,34 @@ class ModelServer:
         check_model_name(config.model_name)
         self.config = config
         self._tmp: tempfile.TemporaryDirectory | None = None
-        root, refresh = self._local_root(s3_settings)
+        tf_serving = config.tf_serving
+        if tf_serving is not None:
+            base_path, refresh = Path(config.store), None
+        else:
+            root, refresh = self._local_root(s3_settings)
+            base_path = root / config.model_name
         batching = (
-            BatchingConfig(config.max_batch_size, config.batch_timeout_s, config.num_batch_threads)
+            BatchingConfig(config.max_batch_size, config.batch_timeout_s, config.num_batch_threads, config.max_queued_requests)
             if config.batching else None
         )
         self.batch_sizes: list[int] = []  # recent batch sizes, for tests and the benchmark
+        self.labels = (
+            VersionLabels(config.model_name, tf_serving.allow_version_labels_for_unavailable_models) if tf_serving else None
+        )
         self.manager = ModelManager(
-            root,
+            base_path,
             config.model_name,
-            ManagerConfig(label=config.label, poll_interval_s=config.poll_interval_s, batching=batching, warm_up=config.warm_up),
+            ManagerConfig(label=config.label, poll_interval_s=config.poll_interval_s, batching=batching, warm_up=config.warm_up,
+                          policy=tf_serving.model.policy if tf_serving else None),
             refresh=refresh,
             on_batch=self._record_batch,
+            labels=self.labels,
         )
+        self.reloader = None
+        if tf_serving is not None:
+            from cifarflow.serving.model_server.config_reloader import ConfigReloader
+
+            self.reloader = ConfigReloader(tf_serving, self.manager, self.labels)
         self.grpc_server: grpc.Server | None = None
         self.rest: HttpServer | None = None
         self.grpc_port = 0
@@ -108,6 +135,8 @@ class ModelServer:
         from cifarflow.serving.model_server.grpc_servicer import ModelStatusServicer, PredictionServicer
         from cifarflow.serving.model_server.rest import RestApi
 
+        if self.reloader:
+            self.reloader.apply_first()  # TF Serving assigns labels before it loads anything
         set_tensorflow_threads(self.config.intra_op_threads, self.config.inter_op_threads)
         self.manager.start()
         limit = self.config.max_message_bytes
@@ -123,7 +152,10 @@ class ModelServer:
             raise OSError(f"cannot bind gRPC to {self.config.host}:{self.config.grpc_port}")
         self.grpc_server.start()
         if self.config.rest_port >= 0:
-            self.rest = HttpServer(HttpConfig(self.config.host, self.config.rest_port, max_body_bytes=limit), RestApi(self.manager)).start()
+            self.rest = HttpServer(HttpConfig(self.config.host, self.config.rest_port, max_body_bytes=limit),
+                                   RestApi(self.manager, self.config.metrics_path)).start()
+        if self.reloader:
+            self.reloader.start()
         log.info("serving %s from %s: gRPC %d, REST %s", self.config.model_name, self.config.store, self.grpc_port,
                  self.rest.port if self.rest else "off")
         return self
@@ -133,6 +165,8 @@ class ModelServer:
         return self.rest.port if self.rest else None
 
     def stop(self, grace_s: float = 5.0) -> None:
+        if self.reloader:
+            self.reloader.stop()
         if self.rest:
             self.rest.stop(grace_s)
         if self.grpc_server:
