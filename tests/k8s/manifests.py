@@ -109,6 +109,13 @@ def configmap_data(objects: list[dict], name: str) -> dict[str, str]:
     return named(objects, "ConfigMap", name)["data"]
 
 
+def configmap_volume_files(objects: list[dict], pod_spec: Mapping, volume: str) -> dict[str, str]:
+    """The files a pod's configMap volume holds: file name -> text (every key, no `items`)."""
+    (source,) = [v for v in pod_spec["volumes"] if v["name"] == volume]
+    assert "items" not in source["configMap"], "items would select and rename keys"
+    return dict(configmap_data(objects, source["configMap"]["name"]))
+
+
 def container_env(objects: list[dict], spec: Mapping, secrets: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
     """The environment the kubelet would give `spec`: envFrom, then env.
 

@@ -7,11 +7,13 @@ against a real S3 server (SeaweedFS) into a folder standing in for the
 `models` volume. The only substitutions are the ones a cluster makes: the
 store's address (what cluster DNS would resolve), the credentials (what the
 Secret would hold) and the volume's place on disk. Then the project's
-TensorFlow-Serving-compatible model server, started on that folder the way
-TensorFlow Serving is (the same base path and model name), answers the TF
-Serving container's probes and a Predict over TensorFlow Serving's own gRPC
-API; and the production gateway, run with its manifest's exact command line
-and token, passes its probes and classifies an image through it.
+TensorFlow-Serving-compatible model server is started with the tf-serving
+container's exact argument list (TF Serving's own flags and the rendered
+ConfigMap's files; only the volume paths and the ports are mapped), so a
+manifest TF Serving would refuse is refused here too; it answers the
+container's probes and a Predict over TensorFlow Serving's own gRPC API; and
+the production gateway, run with its manifest's exact command line and token,
+passes its probes and classifies an image through it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +36,7 @@ from tests.k8s.manifests import (
     BASE,
     OVERLAYS,
     command_line,
+    configmap_volume_files,
     container,
     container_env,
     flag_value,
@@ -120,6 +124,47 @@ class Pod:
             if path == mount["mountPath"] or path.startswith(mount["mountPath"] + "/"):
                 return self.volume_root / mount["name"] / path[len(mount["mountPath"]):].lstrip("/")
         raise AssertionError(f"{path} is on no volume of {container_name}: it would be on the read-only root filesystem")
+
+    def on_volume(self, container_name: str, path: str) -> bool:
+        mounts = [m["mountPath"] for m in container(self.spec, container_name)["volumeMounts"]]
+        return any(path == m or path.startswith(m + "/") for m in mounts)
+
+    def tf_serving_argv(self, ports: dict[str, int], drop: tuple[str, ...] = ()) -> list[str]:
+        """The tf-serving container's exact arguments, run as `cifarflow serve model`.
+
+        Only what the pod provides differently here is mapped: paths on the
+        container's volumes (its config volume's files are the rendered
+        ConfigMap's, written out with their own volume paths mapped the same
+        way) and the ports (`ports`: flag -> a free port).
+
+        Args:
+            ports: e.g. {"--port": 41234, "--rest_api_port": 41235}.
+            drop: flags left out (to show what TF Serving does without them).
+        """
+        name = "tf-serving"
+        server = container(self.spec, name)
+        argv = command_line(self.objects, server)
+        assert argv[0] == "tensorflow_model_server", argv
+
+        def mapped(value: str) -> str:
+            return str(self.host_path(name, value)) if self.on_volume(name, value) else value
+
+        config_mount = next(m["mountPath"] for m in server["volumeMounts"] if m["name"] == "config")
+        folder = self.host_path(name, config_mount)
+        folder.mkdir(parents=True, exist_ok=True)
+        for file_name, text in configmap_volume_files(self.objects, self.spec, "config").items():
+            (folder / file_name).write_text(re.sub(r'"(/[^"]*)"', lambda m: f'"{mapped(m.group(1))}"', text))
+        args = []
+        for arg in argv[1:]:
+            flag, equals, value = arg.partition("=")
+            assert flag.startswith("--") and "_" in flag or flag == "--port", f"not a TF Serving flag: {arg}"
+            if flag in drop:
+                continue
+            if flag in ports:
+                value = str(ports[flag])
+            args.append(flag + equals + mapped(value) if equals else arg)
+        assert set(ports) <= {a.partition("=")[0] for a in args}, "a port flag to map is not in the manifest"
+        return [_console_script(), "serve", "model", *args]
 
     def argv(self, name: str) -> list[str]:
         """The container's exact command line, with paths mapped onto the volumes here."""
@@ -248,14 +293,12 @@ def synced(tmp_path_factory) -> Synced:
     finally:
         s3.stop()
 
-    # The model server on the folder TF Serving would read: the store root is
-    # the volume's mount, the model name is models.config's, and like TF
-    # Serving's config it serves the `stable` version, not the newest.
+    # The model server in TF Serving's place, with the tf-serving container's
+    # exact arguments: its config files say which versions it serves (the
+    # `stable` one, not the newest) and which labels it may assign.
     state.grpc_port, state.rest_port = _free_port(), _free_port()
     server = subprocess.Popen(
-        [_console_script(), "serve", "model", "--store", str(base_path.parent), "--model-name", config["name"][0],
-         "--grpc-port", str(state.grpc_port), "--rest-port", str(state.rest_port), "--host", "127.0.0.1",
-         "--label", "stable"],
+        pod.tf_serving_argv({"--port": state.grpc_port, "--rest_api_port": state.rest_port}),
         env={"PATH": os.environ["PATH"], "HOME": str(home)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -298,6 +341,27 @@ def test_sidecar_brings_new_versions_and_stops_cleanly_on_sigterm(synced):
     assert synced.sidecar_returncode == 0, synced.sidecar_output
     for version in (synced.stable, synced.newer):
         assert (synced.base_path / str(version) / "cifarflow.json").is_file()
+
+
+def test_without_the_label_flag_the_same_arguments_are_refused_at_start_up(synced):
+    """What TF Serving does with models.config's labels when the flag is missing: it exits.
+
+    Its ReloadConfig assigns labels before loading anything, so at start-up
+    every label names a version that is not loaded (server_core.cc:512-524,
+    :574-584 at tag 2.20.0) and main.cc prints the error and returns -1.
+    """
+    flag = "--allow_version_labels_for_unavailable_models"
+    assert any(a.startswith(flag) for a in command_line(synced.pod.objects, container(synced.pod.spec, "tf-serving")))
+    ports = {"--port": _free_port(), "--rest_api_port": _free_port()}
+    refused = subprocess.run(synced.pod.tf_serving_argv(ports, drop=(flag,)),
+                             env={"PATH": os.environ["PATH"], "HOME": str(synced.home)},
+                             capture_output=True, text=True, timeout=120)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0, output
+    assert (f"Failed to start server. Error: FAILED_PRECONDITION: Request to assign label to version {synced.stable} "
+            f"of model {synced.config['name'][0]}, which is not currently available for inference") in output
+    labels = [label["key"][0] for label in synced.config["version_labels"]]
+    assert re.search(r'\(label "(%s)"\)' % "|".join(map(re.escape, labels)), output), output
 
 
 def test_tf_serving_probes_and_a_stock_predict_answer(synced):
