@@ -8,25 +8,31 @@ from cifarflow.images import cpu_image
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
 def record_status_component(status: PipelineTaskFinalStatus, record: Output[Markdown]) -> str:
-    """Writes the run's final state and, when it failed, which task failed and why.
+    """Writes the run's final state as the engine reports it.
 
     Runs after every other task, whatever their outcome (it is the pipeline's
-    `dsl.ExitHandler`), so a failed run still leaves a readable record in the UI.
+    `dsl.ExitHandler`), so a failed run still leaves a record in the UI. It
+    records the state only: Kubeflow Pipelines (up to 2.17 at least) leaves
+    the status's error code and message empty, so the cause of a failure is
+    in the failed step's log (see `cifarflow.components.record_status.executor`).
 
     Args:
-        status: filled in by KFP with the state of the tasks under the exit handler.
+        status: filled in by the engine with the state of the tasks under the exit handler.
         record: Markdown shown in the UI.
 
     Returns:
-        The state: SUCCEEDED, FAILED, ...
+        The engine's state name: COMPLETE, FAILED, CANCELED, ... on Kubeflow
+        Pipelines (ML Metadata execution states); SUCCEEDED or FAILED under kfp.local.
     """
     import os
 
-    lines = [f"# Run {status.pipeline_job_resource_name}", "", f"State: **{status.state}**"]
-    if status.error_code or status.error_message:
-        lines += ["", f"Error ({status.error_code}): {status.error_message}"]
+    from cifarflow.components.record_status.executor import record_status
+
+    result = record_status(
+        status.state, status.pipeline_job_resource_name, status.pipeline_task_name, status.error_code, status.error_message
+    )
     os.makedirs(os.path.dirname(record.path), exist_ok=True)
     with open(record.path, "w") as out:
-        out.write("\n".join(lines) + "\n")
-    print(f"pipeline: run ended {status.state}", flush=True)
-    return str(status.state)
+        out.write(result.markdown)
+    print(f"pipeline: run ended {result.outcome} ({result.state})", flush=True)
+    return result.state
