@@ -63,6 +63,9 @@ class S3Server:
     filer_port: int = dataclasses.field(default_factory=free_port)
     access_key: str = dataclasses.field(default_factory=lambda: "test" + secrets.token_hex(8))
     secret_key: str = dataclasses.field(default_factory=lambda: secrets.token_hex(20), repr=False)
+    # A second identity that may read and list but not write: a read-only key.
+    readonly_access_key: str = dataclasses.field(default_factory=lambda: "ro" + secrets.token_hex(8))
+    readonly_secret_key: str = dataclasses.field(default_factory=lambda: secrets.token_hex(20), repr=False)
     process: subprocess.Popen | None = None
 
     @property
@@ -72,6 +75,10 @@ class S3Server:
     @property
     def settings(self) -> S3Settings:
         return S3Settings(self.endpoint, self.access_key, self.secret_key, secure=False)
+
+    @property
+    def readonly_settings(self) -> S3Settings:
+        return S3Settings(self.endpoint, self.readonly_access_key, self.readonly_secret_key, secure=False)
 
     def env(self) -> dict[str, str]:
         return {
@@ -89,7 +96,12 @@ class S3Server:
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
         }
-        config.write_text(json.dumps({"identities": [identity]}))
+        readonly = {
+            "name": "readonly",
+            "credentials": [{"accessKey": self.readonly_access_key, "secretKey": self.readonly_secret_key}],
+            "actions": ["Read", "List"],
+        }
+        config.write_text(json.dumps({"identities": [identity, readonly]}))
         data = self.workdir / "data"
         data.mkdir(exist_ok=True)
         log = open(self.workdir / "weed.log", "ab")
