@@ -1,4 +1,5 @@
-"""The container images: Dockerfiles linted and checked, tags from cifarflow.images.
+"""The container images: Dockerfiles linted and checked, tags from cifarflow.images,
+upstream images from dockerfiles/upstream-images.txt.
 
 No Docker engine runs here, so the images are never built in the tests:
 hadolint and the static checks below are what stands between a Dockerfile
@@ -30,7 +31,36 @@ from tests.k8s.manifests import (
 
 DOCKER = REPO / "dockerfiles"
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile", "gpu": DOCKER / "Dockerfile.gpu"}
+UPSTREAM_IMAGES = DOCKER / "upstream-images.txt"
 TF_VERSION = constraint_pin("tensorflow")
+# Which upstream image each Dockerfile builds FROM, by its role in UPSTREAM_IMAGES.
+BASE_ROLE = {"cpu": "tensorflow", "gpu": "tensorflow-gpu"}
+
+
+def upstream_images() -> dict[str, str]:
+    """dockerfiles/upstream-images.txt: role -> image reference (NAME:TAG, or NAME:TAG@sha256:HEX)."""
+    images_by_role = {}
+    for line in UPSTREAM_IMAGES.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            role, image = line.split()
+            assert role not in images_by_role, f"{role} is named twice"
+            images_by_role[role] = image
+    return images_by_role
+
+
+def split_reference(image: str) -> tuple[str, str, str | None]:
+    """NAME:TAG[@DIGEST] -> (NAME, TAG, DIGEST or None)."""
+    reference, _, digest = image.partition("@")
+    name, _, tag = reference.rpartition(":")
+    return name, tag, digest or None
+
+
+def kustomize_image(component: str, name: str) -> str:
+    """The reference a kustomize component's `images:` entry gives `name`, digest included."""
+    document = yaml.safe_load((K8S / "components" / component / "kustomization.yaml").read_text())
+    (entry,) = [i for i in document["images"] if i["name"] == name]
+    reference = f"{entry.get('newName', name)}:{entry['newTag']}"
+    return f"{reference}@{entry['digest']}" if entry.get("digest") else reference
 
 
 @pytest.fixture
@@ -83,11 +113,20 @@ def test_hadolint_really_lints(tmp_path):
 # --- static checks -------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", DOCKERFILES)
-def test_built_from_the_pinned_official_tensorflow_image(variant):
+def test_built_from_the_upstream_image_named_in_one_place(variant):
     froms = [args for op, args in instructions(DOCKERFILES[variant]) if op == "FROM"]
-    suffix = "-gpu" if variant == "gpu" else ""
-    # The base image's TensorFlow is the one the constraints pin, so pip keeps it.
-    assert froms == [f"tensorflow/tensorflow:{TF_VERSION}{suffix}"]
+    assert froms == [upstream_images()[BASE_ROLE[variant]]]
+
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_the_build_checks_every_pipeline_step_can_run(variant):
+    """`cifarflow --version` alone passed with two component packages missing (the verbs import lazily)."""
+    package_install = [args for op, args in instructions(DOCKERFILES[variant]) if op == "RUN" and "/src" in args and "pip install" in args][-1]
+    commands = [c.strip() for c in package_install.split("&&")]
+    assert any(c.endswith("-m pip check") for c in commands)
+    (check,) = [c for c in commands if "-m cifarflow.install_check" in c]
+    assert check.split()[-3:] == ["/opt/cifarflow/bin/python", "-m", "cifarflow.install_check"], "the venv's Python, no options"
+    assert commands.index(check) > [i for i, c in enumerate(commands) if "pip install" in c][0], "after the install"
 
 
 @pytest.mark.parametrize("variant", DOCKERFILES)
@@ -155,14 +194,50 @@ def test_manifests_project_image_is_cifarflow_images_cpu_image(default_image_nam
                         assert c["image"] == images.cpu_image(), f"{folder_id(folder)}/{c['name']}"
 
 
-def test_tf_serving_image_matches_the_serving_api_pin():
-    pin = constraint_pin("tensorflow-serving-api")
-    component = yaml.safe_load((K8S / "components" / "images" / "kustomization.yaml").read_text())
-    (entry,) = [i for i in component["images"] if i["name"] == "tensorflow/serving"]
-    assert entry["newTag"] == pin
-    gpu = yaml.safe_load((K8S / "components" / "gpu-serving" / "kustomization.yaml").read_text())
-    (gpu_entry,) = [i for i in gpu["images"] if i["name"] == "tensorflow/serving"]
-    assert gpu_entry["newTag"] == f"{pin}-gpu"
+# --- one place for the upstream images ----------------------------------------------------
+
+def test_upstream_images_follow_the_pinned_python_packages():
+    """The base image's TensorFlow is the one the constraints pin, so pip keeps it; TF Serving
+    is the release the tensorflow-serving-api pin speaks to (and the model server mimics)."""
+    names = {role: split_reference(image)[:2] for role, image in upstream_images().items()}
+    serving_pin = constraint_pin("tensorflow-serving-api")
+    assert names == {
+        "tensorflow": ("tensorflow/tensorflow", TF_VERSION),
+        "tensorflow-gpu": ("tensorflow/tensorflow", f"{TF_VERSION}-gpu"),
+        "serving": ("tensorflow/serving", serving_pin),
+        "serving-gpu": ("tensorflow/serving", f"{serving_pin}-gpu"),
+    }
+    for image in upstream_images().values():
+        digest = split_reference(image)[2]
+        assert digest is None or re.fullmatch(r"sha256:[0-9a-f]{64}", digest), image
+
+
+def test_manifests_serving_images_are_the_upstream_ones():
+    images_by_role = upstream_images()
+    assert kustomize_image("images", "tensorflow/serving") == images_by_role["serving"]
+    assert kustomize_image("gpu-serving", "tensorflow/serving") == images_by_role["serving-gpu"]
+
+
+def test_every_rendered_tf_serving_container_runs_an_upstream_image():
+    """No workload folder names a TensorFlow Serving tag of its own; GPU overlays run the -gpu one."""
+    allowed = {upstream_images()["serving"], upstream_images()["serving-gpu"]}
+    seen = set()
+    for folder in serving_folders():
+        for obj in render(folder):
+            if obj["kind"] != "Deployment":
+                continue
+            for c in pod_containers(obj["spec"]["template"]["spec"]):
+                if c["image"].startswith("tensorflow/serving"):
+                    assert c["image"] in allowed, f"{folder_id(folder)}/{c['name']}: {c['image']}"
+                    seen.add(c["image"])
+    assert seen == allowed, "both the CPU and the GPU serving image are used by some overlay"
+
+
+def test_upstream_images_file_is_what_the_release_inspects():
+    """The release workflow's `docker manifest inspect` loop reads this file; keep its two columns."""
+    lines = [l for l in UPSTREAM_IMAGES.read_text().splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    assert len(lines) == len(upstream_images()) == 4
+    assert all(len(l.split()) == 2 for l in lines)
 
 
 @pytest.mark.parametrize("target, image", [("image", "cpu_image"), ("image-gpu", "gpu_image")])
