@@ -54,10 +54,13 @@ clean:  ## remove the virtual environment and local run outputs
 # The tags come from src/cifarflow/images.py, the one place the pipeline's
 # components and the Kubernetes manifests take them from too; it needs no
 # dependency, so the system Python answers and no venv is built first.
-# IMAGE_BUILDER=podman works as well; CIFARFLOW_IMAGE_REPOSITORY and
-# CIFARFLOW_IMAGE_TAG retarget the tags (see src/cifarflow/images.py).
+# IMAGE_REPOSITORY and IMAGE_TAG retarget both tags, e.g. for your registry
+# and a tag per commit (`cifarflow compile`/`submit` take the same values as
+# --image-repository/--image-tag); IMAGE_BUILDER=podman works as well.
 IMAGE_BUILDER ?= docker
-IMAGE_OF = $(shell PYTHONPATH=src $(PYTHON) -c 'from cifarflow.images import $(1); print($(1)())')
+IMAGE_REPOSITORY ?=
+IMAGE_TAG ?=
+IMAGE_OF = $(shell PYTHONPATH=src $(PYTHON) -c 'from cifarflow.images import $(1); print($(1)("$(IMAGE_REPOSITORY)" or None, "$(IMAGE_TAG)" or None))')
 
 .PHONY: image image-gpu
 

@@ -95,3 +95,50 @@ def test_cli_unknown_grid_is_a_bad_input(capsys):
     assert main(["submit", "--host", "http://127.0.0.1:1", "--config", "no-such-grid"]) == 2
     assert "unknown grid 'no-such-grid'" in capsys.readouterr().err
 
+
+
+def test_cli_passes_the_pipeline_root_and_image_flags(capsys):
+    with KfpApiServer() as api:
+        code = main([
+            "submit", "--host", api.url, "--namespace", "team-a",
+            "--pipeline-root", "minio://mlpipeline/private-artifacts/team-a/cifarflow",
+            "--image-repository", "registry.example.com/team/cifarflow", "--image-tag", "3f2c1ab",
+            "--image-pull-secret", "regcred",
+        ])
+    assert code == 0
+    assert "warning" not in capsys.readouterr().err
+    body = api.calls("POST", "/apis/v2beta1/runs")[0].body
+    assert body["runtime_config"]["pipeline_root"] == "minio://mlpipeline/private-artifacts/team-a/cifarflow"
+    executors = body["pipeline_spec"]["pipeline_spec"]["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {
+        "registry.example.com/team/cifarflow:3f2c1ab", "registry.example.com/team/cifarflow:3f2c1ab-gpu",
+    }
+    platform = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all(p["imagePullSecret"][0]["secretName"] == "regcred" for p in platform.values())
+
+
+def test_pipeline_root_applies_to_a_compiled_package_too(package):
+    with KfpApiServer() as api:
+        submit(package, {}, SubmitOptions(host=api.url, pipeline_root="s3://artifacts/cifarflow"))
+        submit(package, {}, SubmitOptions(host=api.url))
+    first, second = (c.body["runtime_config"] for c in api.calls("POST", "/apis/v2beta1/runs"))
+    assert first["pipeline_root"] == "s3://artifacts/cifarflow"
+    assert not second.get("pipeline_root")  # the namespace's default
+
+
+def test_cli_refuses_compile_flags_with_a_compiled_package(package, capsys):
+    code = main(["submit", "--host", "http://127.0.0.1:1", "--package", str(package), "--image-tag", "abc"])
+    assert code == 2
+    assert "--image-tag set what is compiled; --package is compiled already" in capsys.readouterr().err
+
+
+def test_multi_user_root_outside_the_namespace_prefix_is_warned():
+    from cifarflow.pipelines.submit import pipeline_root_warning
+
+    assert "private-artifacts/team-a/" in pipeline_root_warning("minio://mlpipeline/v2/artifacts/cifarflow", "team-a")
+    assert pipeline_root_warning("minio://mlpipeline/private-artifacts/team-b/x", "team-a")
+    for allowed in ("minio://mlpipeline/private-artifacts/team-a/v2/artifacts", "minio://mlpipeline/shared/cifarflow",
+                    "minio://mlpipeline/artifacts/x", "minio://mlpipeline/private/team-a/x"):
+        assert pipeline_root_warning(allowed, "team-a") is None, allowed
+    assert pipeline_root_warning("s3://my-bucket/anything", "team-a") is None  # not KFP's bucket: not judged
+    assert pipeline_root_warning("minio://mlpipeline/v2/artifacts", None) is None  # standalone

@@ -14,10 +14,15 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         description=(
             "Write the pipeline's IR YAML: upload it in the Kubeflow Pipelines UI "
             "(Pipelines > Upload pipeline), or give it to 'cifarflow submit --package'. "
-            "Components run the image named by cifarflow.images (override with "
-            "$CIFARFLOW_IMAGE_REPOSITORY / $CIFARFLOW_IMAGE_TAG)."
+            "Needs a Kubeflow Pipelines backend 2.17.0 or newer. Every task runs the project "
+            "image; name the one you pushed with --image-repository/--image-tag."
         ),
-        epilog="example:\n  cifarflow compile -o pipeline.yaml",
+        epilog=(
+            "examples:\n"
+            "  cifarflow compile -o pipeline.yaml\n"
+            "  cifarflow compile -o pipeline.yaml --image-repository registry.example.com/you/cifarflow \\\n"
+            "      --image-tag \"$(git rev-parse --short HEAD)\" --image-pull-secret regcred"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-o", "--output", default="pipeline.yaml", help="where to write the YAML (default pipeline.yaml)")

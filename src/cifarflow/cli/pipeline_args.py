@@ -27,6 +27,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--force-publish", action="store_true", help="publish even if the gate keeps the champion")
 
 
+# Artifact stores the KFP 2.17 launcher opens (backend/src/v2/objectstore/config.go).
+PIPELINE_ROOT_SCHEMES = ("minio://", "s3://", "gs://")
+
+
 def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster settings compiled into the pipeline")
     group.add_argument("--trial-parallelism", type=int, default=0, help="trials trained at once (0: all; default 0)")
@@ -34,10 +38,41 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
         "--gpu-node-selector", action="append", default=[], metavar="LABEL=VALUE",
         help="node label the train pods must match (repeatable), e.g. cloud.google.com/gke-accelerator=nvidia-l4",
     )
+    group.add_argument(
+        "--image-repository", metavar="REPO",
+        help="repository of the project images you pushed, e.g. registry.example.com/you/cifarflow "
+        "(default ghcr.io/cifarflow/cifarflow); every task runs REPO:TAG, the train task REPO:TAG-gpu",
+    )
+    group.add_argument(
+        "--image-tag", metavar="TAG",
+        help="tag of the CPU image (default: the package version); tag each build, e.g. the commit id, "
+        "because KFP's cache key holds the image name, not its digest",
+    )
+    group.add_argument(
+        "--image-pull-secret", action="append", default=[], metavar="NAME",
+        help="Secret in the run's namespace to pull the images with (repeatable)",
+    )
+    group.add_argument(
+        "--pipeline-root", metavar="URI",
+        help="where the run's artifacts go, e.g. minio://mlpipeline/private-artifacts/<namespace>/cifarflow "
+        "(default: the namespace's root, from KFP's kfp-launcher ConfigMap)",
+    )
+
+
+def check_pipeline_root(root: str | None) -> str | None:
+    """The root when KFP can store artifacts there, else BadInputError."""
+    from cifarflow.errors import BadInputError
+
+    if root is None:
+        return None
+    if not root.startswith(PIPELINE_ROOT_SCHEMES) or len(root.split("://", 1)[1].strip("/")) == 0:
+        raise BadInputError(f"--pipeline-root takes minio://, s3:// or gs:// and a bucket, e.g. minio://mlpipeline/artifacts/cifarflow, got {root!r}")
+    return root
 
 
 def compile_options(args: argparse.Namespace) -> dict[str, Any]:
     from cifarflow.errors import BadInputError
+    from cifarflow.images import PipelineImages
 
     if args.trial_parallelism < 0:
         raise BadInputError("--trial-parallelism must be >= 0")
@@ -47,7 +82,25 @@ def compile_options(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not label:
             raise BadInputError(f"--gpu-node-selector takes LABEL=VALUE, got {item!r}")
         selector[label] = value
-    return {"trial_parallelism": args.trial_parallelism, "gpu_node_selector": selector or None}
+    images = PipelineImages.resolve(args.image_repository, args.image_tag, tuple(args.image_pull_secret))
+    return {
+        "trial_parallelism": args.trial_parallelism,
+        "gpu_node_selector": selector or None,
+        "images": images,
+        "pipeline_root": check_pipeline_root(args.pipeline_root),
+    }
+
+
+def compile_flags_given(args: argparse.Namespace) -> list[str]:
+    """The compile-time flags set on the command line (they do nothing to an already compiled package)."""
+    given = {
+        "--trial-parallelism": args.trial_parallelism != 0,
+        "--gpu-node-selector": bool(args.gpu_node_selector),
+        "--image-repository": args.image_repository is not None,
+        "--image-tag": args.image_tag is not None,
+        "--image-pull-secret": bool(args.image_pull_secret),
+    }
+    return [flag for flag, set_ in given.items() if set_]
 
 
 def grid_parameter(config: str) -> tuple[str, str]:

@@ -6,7 +6,14 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from cifarflow.cli.pipeline_args import add_compile_arguments, add_pipeline_arguments, compile_options, pipeline_arguments
+from cifarflow.cli.pipeline_args import (
+    add_compile_arguments,
+    add_pipeline_arguments,
+    check_pipeline_root,
+    compile_flags_given,
+    compile_options,
+    pipeline_arguments,
+)
 
 
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
@@ -16,12 +23,14 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         description=(
             "Compile the pipeline (or take a compiled package) and create a run on a Kubeflow "
             "Pipelines cluster through kfp.Client: the experiment is created when missing, "
-            "then reused. The API token comes from $KFP_TOKEN or --token-file, never a flag value."
+            "then reused. The API token comes from $KFP_TOKEN or --token-file, never a flag value. "
+            "Needs a Kubeflow Pipelines backend 2.17.0 or newer."
         ),
         epilog=(
             "examples:\n"
             "  kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 &\n"
-            "  cifarflow submit --host http://localhost:8080 --config gpu --experiment cifarflow --wait\n"
+            "  cifarflow submit --host http://localhost:8080 --config gpu --experiment cifarflow --wait \\\n"
+            "      --image-repository registry.example.com/you/cifarflow --image-tag \"$(git rev-parse --short HEAD)\"\n"
             "  cifarflow submit --host https://kubeflow.example.com/pipeline --namespace team-a \\\n"
             "      --token-file /var/run/secrets/kubeflow/pipelines/token --package pipeline.yaml"
         ),
@@ -45,13 +54,23 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifarflow.errors import RemoteError
-    from cifarflow.pipelines.compiler import compile_pipeline
-    from cifarflow.pipelines.submit import SubmitOptions, submit
+    import sys
 
+    from cifarflow.errors import BadInputError, RemoteError
+    from cifarflow.pipelines.compiler import compile_pipeline
+    from cifarflow.pipelines.submit import SubmitOptions, pipeline_root_warning, submit
+
+    if args.package and compile_flags_given(args):
+        raise BadInputError(f"{', '.join(compile_flags_given(args))} set what is compiled; --package is compiled already (run 'cifarflow compile' with them)")
+    # The root is also a run-time setting, so it applies to a given --package too.
+    pipeline_root = check_pipeline_root(args.pipeline_root)
+    warning = pipeline_root_warning(pipeline_root, args.namespace)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     options = SubmitOptions(
         host=args.host, experiment=args.experiment, run_name=args.run_name, namespace=args.namespace,
         token_file=args.token_file, wait=args.wait, timeout=args.timeout, service_account=args.service_account or None,
+        pipeline_root=pipeline_root,
     )
     parameters = pipeline_arguments(args, for_cluster=True)
     with tempfile.TemporaryDirectory() as tmp:

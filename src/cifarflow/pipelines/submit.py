@@ -35,6 +35,8 @@ class SubmitOptions:
         timeout: seconds to wait at most.
         service_account: Kubernetes service account of the run's pods
             (k8s/kubeflow creates `cifarflow-pipeline`); None for the default.
+        pipeline_root: the run's artifact root (`minio://…`, `s3://…`, `gs://…`);
+            None for the package's or the namespace's default.
     """
 
     host: str
@@ -45,6 +47,7 @@ class SubmitOptions:
     wait: bool = False
     timeout: int = 6 * 3600
     service_account: str | None = None
+    pipeline_root: str | None = None
 
     def token(self) -> str | None:
         if self.token_file:
@@ -61,6 +64,30 @@ class SubmitResult:
     experiment_id: str
     run_url: str
     state: str | None  # the final state when waited for
+
+
+# Multi-user Kubeflow Pipelines (2.15 to 2.17) gives each profile namespace an
+# artifact-store key whose policy allows only these prefixes of the
+# `mlpipeline` bucket: manifests/kustomize/base/installs/multi-user/
+# pipelines-profile-controller/sync.py at 2.17.0, lines 484-487.
+_MULTI_USER_PREFIXES = ("artifacts/", "private-artifacts/{ns}/", "private/{ns}/", "shared/")
+
+
+def pipeline_root_warning(root: str | None, namespace: str | None) -> str | None:
+    """A warning when a multi-user namespace's artifact key cannot write under `root`.
+
+    Only roots in KFP's own `mlpipeline` bucket are judged; other buckets
+    depend on credentials this command cannot see.
+    """
+    if not root or not namespace or not root.startswith(("minio://mlpipeline/", "s3://mlpipeline/")):
+        return None
+    key = root.split("://", 1)[1][len("mlpipeline/"):].rstrip("/") + "/"
+    if any(key.startswith(p.format(ns=namespace)) for p in _MULTI_USER_PREFIXES):
+        return None
+    return (
+        f"on multi-user Kubeflow the namespace {namespace} may write artifacts only under "
+        f"mlpipeline/private-artifacts/{namespace}/ (or artifacts/, shared/); {root} will be refused"
+    )
 
 
 def check_reachable(host: str, token: str | None, timeout: float = 5.0) -> None:
@@ -114,6 +141,7 @@ def submit(package: str | os.PathLike, parameters: dict[str, Any], options: Subm
             experiment_name=options.experiment,
             namespace=options.namespace,
             service_account=options.service_account,
+            pipeline_root=options.pipeline_root,
         )
         run_id = result.run_id
         run = client.get_run(run_id)
