@@ -1,16 +1,56 @@
-"""The Kubeflow namespace side: the pipeline's identity, settings and pipeline root."""
+"""The Kubeflow namespace side: the pipeline's identity, and nothing site-specific.
+
+The store's endpoint and keys are the user's (a ConfigMap and a Secret made
+by hand, as docs/kubernetes.md shows), and the namespace's pipeline root is
+left alone: a run takes its own with `--pipeline-root`.
+"""
 
 from __future__ import annotations
 
-from tests.k8s.manifests import BASE, KUBEFLOW, by_kind, named, render
+import re
+import shlex
 
-STORE_KEYS = ("S3_ENDPOINT", "S3_SECURE", "MODEL_STORE", "MODEL_NAME")
+import yaml
+
+from tests.k8s.manifests import KUBEFLOW, REPO, by_kind, named, render
 
 
-def test_publish_writes_where_serving_syncs_from():
-    settings = named(render(KUBEFLOW), "ConfigMap", "cifarflow-pipeline-settings")["data"]
-    (serving,) = [cm["data"] for cm in by_kind(render(BASE), "ConfigMap") if cm["metadata"]["name"].startswith("model-store-")]
-    assert {k: settings[k] for k in STORE_KEYS} == {k: serving[k] for k in STORE_KEYS}
+def _settings_keys_the_pipeline_maps(tmp_path) -> set[str]:
+    from cifarflow.pipelines.cifarflow_pipeline import SETTINGS_CONFIG_MAP
+    from cifarflow.pipelines.compiler import compile_pipeline
+
+    documents = list(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
+    keys = set()
+    for executor in documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        for source in executor.get("configMapAsEnv", []):
+            assert source["configMapName"] == SETTINGS_CONFIG_MAP
+            keys |= {k["configMapKey"] for k in source["keyToEnv"]}
+    return keys
+
+
+def test_no_store_endpoint_and_no_pipeline_root_are_shipped():
+    objects = render(KUBEFLOW)
+    assert not [o for o in by_kind(objects, "ConfigMap")], "site settings are the user's, made by hand"
+    assert not by_kind(objects, "Secret")
+    text = "\n".join(path.read_text() for path in KUBEFLOW.glob("*.yaml"))
+    assert "minio-service" not in text  # gone from Kubeflow Pipelines' manifests since 2.16.0
+    assert "defaultPipelineRoot" not in text
+    for obj in objects:
+        assert obj["metadata"].get("namespace") == "kubeflow"
+
+
+def test_docs_create_the_settings_the_pipeline_reads(tmp_path):
+    """The `kubectl create configmap` of both guides sets every key the compiled pipeline maps, and only those."""
+    mapped = _settings_keys_the_pipeline_maps(tmp_path)
+    assert mapped == {"S3_ENDPOINT", "S3_SECURE"}
+    for guide in ("README.md", "docs/kubernetes.md"):
+        text = (REPO / guide).read_text().replace("\\\n", " ")
+        commands = [c for c in re.findall(r"kubectl[^\n`]*create configmap cifarflow-pipeline-settings[^\n`]*", text)]
+        assert commands, f"{guide} does not create the ConfigMap cifarflow-pipeline-settings"
+        for command in commands:
+            literals = {a.split("=", 2)[1] for a in shlex.split(command) if a.startswith("--from-literal=")}
+            assert literals == mapped, f"{guide}: {command}"
+        assert "mc mb" in text, f"{guide} never creates the bucket"
 
 
 def test_pipeline_service_account_is_bound_to_a_narrow_role():
@@ -28,12 +68,3 @@ def test_pipeline_service_account_is_bound_to_a_narrow_role():
         if {"secrets", "configmaps"} & set(rule["resources"]):
             assert rule.get("resourceNames"), "secrets and configmaps only by name"
             assert rule["verbs"] == ["get"]
-
-
-def test_pipeline_root_is_set_and_no_credentials_are_shipped():
-    objects = render(KUBEFLOW)
-    root = named(objects, "ConfigMap", "kfp-launcher")["data"]["defaultPipelineRoot"]
-    assert root.startswith(("minio://", "s3://", "gs://"))
-    assert not by_kind(objects, "Secret")
-    for obj in objects:
-        assert obj["metadata"].get("namespace") == "kubeflow"
