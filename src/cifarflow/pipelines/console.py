@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_STEP_PREFIXES = ("ingest", "download", "preprocess", "eda", "grid", "train", "evaluate", "select", "publish", "pipeline")
+_STEP_PREFIXES = ("store", "ingest", "download", "preprocess", "eda", "grid", "train", "evaluate", "select", "publish", "pipeline")
 _SHOW = re.compile(
     # our steps' progress: "train: <a sentence>" (kfp's own "publish: True" output lines have one word)
     r"^(?:(?:" + "|".join(_STEP_PREFIXES) + r")\b[^:]*:\s+\S+\s+\S|epoch\s)"
