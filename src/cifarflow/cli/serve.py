@@ -61,7 +61,10 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "service, a web page at /) by calling a model server over gRPC. Bearer-token auth is on when "
         "CIFARFLOW_GATEWAY_TOKEN or --token-file gives a token.",
     )
-    gateway.add_argument("--backend", required=True, help="model server gRPC address HOST:PORT")
+    gateway.add_argument("--backend", required=True,
+                         help="model server gRPC target: HOST:PORT (one connection), or dns:///NAME:PORT or "
+                         "ipv4:ADDR:PORT,ADDR:PORT (every address, calls spread round robin; in Kubernetes a "
+                         "headless Service's name)")
     gateway.add_argument("--port", type=int, default=8080, help="HTTP port (0: a free port, printed at start)")
     gateway.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (0: a free port; -1: no gRPC service)")
     gateway.add_argument("--host", default="0.0.0.0")

@@ -15,6 +15,10 @@ gateway well below direct throughput. An idle gateway sends a lone request
 at once. Every request keeps its own deadline; when a shared call fails
 because of one image, its requests are re-sent one by one so only that one
 fails.
+
+How calls spread over several model servers is the target's business
+(target.py): `dns:///` and `ipv4:` targets get round robin per call, plain
+HOST:PORT one connection.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
 from cifarflow.serving.errors import DeadlineExceeded, Internal, InvalidInput, NotFound, ServingError, Unavailable, from_grpc_error
+from cifarflow.serving.gateway.target import channel_options
 from cifarflow.serving.tensors import DT_STRING, from_tensor_proto, to_tensor_proto
 
 _AVAILABLE = 30
@@ -74,6 +79,7 @@ class Backend:
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 2000),
                 ("grpc.enable_retries", 1),
+                *channel_options(target),
             ],
         )
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self.channel).Predict

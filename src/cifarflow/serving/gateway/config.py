@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from cifarflow.errors import BadInputError
+from cifarflow.serving.gateway.target import validate_target
 
 TOKEN_ENV = "CIFARFLOW_GATEWAY_TOKEN"
 
@@ -15,7 +16,9 @@ TOKEN_ENV = "CIFARFLOW_GATEWAY_TOKEN"
 @dataclasses.dataclass(frozen=True)
 class GatewayConfig:
     """Attributes:
-    backend: model server (or TensorFlow Serving) gRPC address, HOST:PORT.
+    backend: model server (or TensorFlow Serving) gRPC target: HOST:PORT (one
+        connection), or dns:///NAME:PORT / ipv4:ADDR:PORT,... (calls spread
+        round robin over every address; target.py).
     port / grpc_port: 0 picks a free port; grpc_port < 0 disables gRPC.
     model_name: the model to ask the backend for.
     backend_timeout_s: deadline of each backend call.
@@ -45,8 +48,7 @@ class GatewayConfig:
     default_top_k: int = 5
 
     def __post_init__(self) -> None:
-        if ":" not in self.backend:
-            raise BadInputError(f"--backend must be HOST:PORT, got {self.backend!r}")
+        validate_target(self.backend)
         if self.max_image_bytes <= 0 or self.max_pixels <= 0:
             raise BadInputError("image limits must be positive")
 
