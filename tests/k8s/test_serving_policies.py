@@ -42,6 +42,27 @@ def pod_labels(deployment) -> dict:
     return deployment["spec"]["template"]["metadata"]["labels"]
 
 
+def version_label_flag_violations(objects) -> list[str]:
+    """TF Serving containers whose models.config assigns version_labels without
+    --allow_version_labels_for_unavailable_models=true.
+
+    At start-up nothing is loaded yet, and ServerCore::ReloadConfig checks the
+    labels (UpdateModelVersionLabelMap) before it loads any model
+    (server_core.cc:514 and :524 at 2.20.0): without the flag every label is
+    "not currently available" and the server exits (main.cc:342-345).
+    """
+    violations = []
+    for deployment in model_server_deployments(objects):
+        server = container(deployment["spec"]["template"]["spec"], "tf-serving")
+        configs = model_config(objects, deployment)["model_config_list"][0]["config"]
+        if not any(config.get("version_labels") for config in configs):
+            continue
+        flag = [a for a in server["args"] if a.split("=", 1)[0] == "--allow_version_labels_for_unavailable_models"]
+        if flag not in (["--allow_version_labels_for_unavailable_models"], ["--allow_version_labels_for_unavailable_models=true"]):
+            violations.append(f"{deployment['metadata']['name']}: version_labels without the flag ({flag or 'absent'})")
+    return violations
+
+
 def model_config(objects, deployment) -> dict:
     """The parsed models.config a TF Serving Deployment is started with."""
     server = container(deployment["spec"]["template"]["spec"], "tf-serving")
@@ -202,7 +223,59 @@ def test_model_config_labels_name_served_versions(folder):
         # track's pods load exactly the version their label names.
         assert served == {labels[track]}
         server = container(deployment["spec"]["template"]["spec"], "tf-serving")
-        assert server["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{config['name'][0]}/labels/{track}"
+        # /labels/L/metadata resolves the label and needs that version loaded
+        # (get_model_metadata_impl.cc -> ServerCore::GetServableHandle); the
+        # status endpoint /labels/L ignores the label (get_model_status_impl.cc).
+        assert server["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{config['name'][0]}/labels/{track}/metadata"
+
+
+def test_version_labels_come_with_the_flag_that_lets_tf_serving_start(folder):
+    assert version_label_flag_violations(render(folder)) == []
+
+
+def test_tf_serving_keeps_serving_while_its_pod_leaves_the_endpoints(folder):
+    """TF Serving has no SIGTERM handler: a preStop sleep, shorter than the grace period."""
+    for deployment in model_server_deployments(render(folder)):
+        pod = deployment["spec"]["template"]["spec"]
+        hook = container(pod, "tf-serving")["lifecycle"]["preStop"]["exec"]["command"]
+        assert hook[0] == "sleep" and len(hook) == 2, hook
+        assert 0 < int(hook[1]) < pod["terminationGracePeriodSeconds"] - 10, "time left to stop after the sleep"
+
+
+# The largest version the grids can publish: the reference grid's ResNet50 at
+# 75x75 with size_inner 1000 has 25,656,732 parameters (keras.applications,
+# include_top=False, plus the 2048x1000 and 1000x20 Dense head), held as
+# float32 three times per version (SavedModel variables, model.keras with
+# Adam slots for the head, model.tflite): ~320 MiB. Sync holds the newest two,
+# the stable and canary versions, one in staging and one in its trash at once.
+LARGEST_VERSION_MIB = 320
+VERSIONS_ON_DISK = 6
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i)", quantity).groups()
+    return float(number) * units[unit]
+
+
+def test_models_volume_holds_what_sync_keeps_of_the_largest_grid_model(folder):
+    for deployment in model_server_deployments(render(folder)):
+        (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "models"]
+        limit = _mebibytes(volume["emptyDir"]["sizeLimit"])
+        # 1.5x: what the estimate leaves out (graph size, assets, another label).
+        assert limit >= 1.5 * LARGEST_VERSION_MIB * VERSIONS_ON_DISK, f"{volume['emptyDir']['sizeLimit']} is too small"
+
+
+def test_the_model_store_is_named_by_the_user_not_assumed(folder):
+    """KFP >= 2.16 has no `minio-service`; the serving stack names no Kubeflow store by default."""
+    for cm in by_kind(render(folder), "ConfigMap"):
+        if cm["metadata"]["name"].startswith("model-store"):
+            endpoint = cm["data"]["S3_ENDPOINT"]
+            assert "minio-service" not in endpoint
+            host = endpoint.rpartition(":")[0]
+            # The placeholder is under the reserved .invalid domain (RFC 6761),
+            # so it can never reach a store by accident.
+            assert host.endswith(".invalid"), f"{folder_id(folder)} names a store of its own: {endpoint}"
 
 
 def test_sync_containers_feed_the_path_tf_serving_reads(folder):
@@ -250,11 +323,19 @@ def test_gateway_listens_where_its_service_says_and_calls_tf_serving_grpc(folder
         ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
         assert ports == {"http": int(flag_value(args, "--port")), "grpc": int(flag_value(args, "--grpc-port"))}
         assert labels_match(gateway_service["spec"]["selector"], pod_labels(deployment)), "every gateway pod serves clients"
-        host, _, port = flag_value(args, "--backend").partition(":")
-        backend = named(objects, "Service", host)
+        # dns:///<service>.<namespace>.svc.cluster.local:<port>: every ready pod
+        # of a headless Service, calls spread round robin by the gateway.
+        target = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)", flag_value(args, "--backend"))
+        assert target, f"{flag_value(args, '--backend')}: not a dns:/// name of a Service"
+        name, namespace, port = target.groups()
+        backend = named(objects, "Service", name)
+        assert backend["metadata"]["namespace"] == namespace
+        assert backend["spec"].get("clusterIP") == "None", "headless: DNS answers with every pod, not one virtual IP"
         assert (int(port), "grpc") in {(p["port"], p["targetPort"]) for p in backend["spec"]["ports"]}
         track = pod_labels(deployment)["cifarflow.io/track"]
         assert backend["spec"]["selector"]["cifarflow.io/track"] == track, "a gateway calls the model servers of its own track"
+        servers = [d for d in model_server_deployments(objects) if labels_match(backend["spec"]["selector"], pod_labels(d))]
+        assert len(servers) == 1, "the name resolves to one track's model servers"
     assert {p["targetPort"] for p in gateway_service["spec"]["ports"]} == {"http", "grpc"}
 
 
