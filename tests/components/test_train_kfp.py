@@ -27,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize(
     ("component", "image", "inputs", "outputs"),
     [
-        (train_component, gpu_image(), {"data", "trial"}, {"model", "metrics", "curves"}),
+        (train_component, gpu_image(), {"data", "trial", "checkpoint_store", "run_id"}, {"model", "metrics", "curves"}),
         (evaluate_component, cpu_image(), {"data", "model"}, {"candidate", "metrics", "confusion", "report"}),
         (select_best_component, cpu_image(), {"candidates", "metric", "store", "model_name", "alpha", "force"}, {"best", "leaderboard", "summary", "selection", "publish", "decision"}),
     ],

@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         description=(
             f"{summary}. Trains trial N of the grid on a preprocessed dataset and writes the model "
             "(SavedModel with serving_default and predict_pixels, model.keras, model.tflite), "
-            "history.json and curves.png to --out. Re-running with the same --out resumes a killed run."
+            "history.json and curves.png to --out. Re-running with the same --out resumes a killed run; "
+            "with --checkpoint-store and --run-id each epoch's checkpoint is also copied to the store, "
+            "so a run that lost --out (a new pod) resumes from there."
         ),
         epilog="example: cifarflow train --data work/data --config configs/quick.yaml --trial 1 --out work/trial-1",
     )
@@ -26,6 +28,15 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         help="only (re-)export --out's model.keras as SavedModel/TFLite (e.g. after training on JAX)",
     )
     parser.add_argument("--list-trials", action="store_true", help="print the grid's trials and exit")
+    parser.add_argument(
+        "--checkpoint-store", metavar="URI",
+        help="also keep each epoch's checkpoint in this store (s3://bucket/prefix or a folder), "
+        "under .checkpoints/<run id>/; needs --run-id",
+    )
+    parser.add_argument("--run-id", metavar="ID", help="pipeline run id that names the durable checkpoint")
+    from cifarflow.serving.store.cli_flags import add_s3_flags
+
+    add_s3_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -52,8 +63,13 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("--data is required (the preprocessed dataset folder)")
     trial = grid.trial(args.trial)
     from cifarflow.components.train.executor import train
+    from cifarflow.serving.store.cli_flags import s3_settings
 
-    result = train(args.data, trial, args.out, export_tflite=not args.no_tflite)
+    result = train(
+        args.data, trial, args.out, export_tflite=not args.no_tflite,
+        checkpoint_store=args.checkpoint_store, run_id=args.run_id,
+        s3_settings=s3_settings(args, args.checkpoint_store),
+    )
     print(
         f"trial {args.trial} of {grid.name}: val accuracy {result.best_val_accuracy:.4f} (epoch {result.best_epoch} "
         f"of {result.epochs_run}), {result.train_seconds / 60:.1f} min of training -> {args.out}"

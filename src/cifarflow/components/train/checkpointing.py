@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 CHECKPOINT_DIR = "checkpoint"
-_STATE = "state.json"
+STATE_FILE = "state.json"
 _LAST_WEIGHTS = "last.weights.h5"
 _OPTIMIZER = "optimizer.npz"
 BEST_WEIGHTS = "best.weights.h5"
@@ -57,14 +57,14 @@ def save_checkpoint(folder: Path, model: keras.Model, state: TrainingState, impr
     with open(partial, "wb") as f:
         np.savez(f, *[np.asarray(v.numpy()) for v in model.optimizer.variables])
     _replace(partial, folder / _OPTIMIZER)
-    partial = folder / f".partial.{_STATE}"
+    partial = folder / f".partial.{STATE_FILE}"
     partial.write_text(json.dumps(dataclasses.asdict(state), indent=1))
-    _replace(partial, folder / _STATE)
+    _replace(partial, folder / STATE_FILE)
 
 
 def load_state(folder: Path) -> TrainingState | None:
     """The last complete checkpoint's state, or None when there is none."""
-    path = folder / _STATE
+    path = folder / STATE_FILE
     if not path.is_file():
         return None
     return TrainingState(**json.loads(path.read_text()))

@@ -13,6 +13,8 @@ def train_component(
     model: Output[Model],
     metrics: Output[Metrics],
     curves: Output[HTML],
+    checkpoint_store: str = "",
+    run_id: str = "",
 ) -> None:
     """Trains one trial of a hyper-parameter grid.
 
@@ -23,11 +25,18 @@ def train_component(
             model.keras, model.tflite, history.json, train_summary.json.
         metrics: best val accuracy, val loss, epochs, training seconds, temperature.
         curves: loss and accuracy per epoch (HTML with the plot inlined).
+        checkpoint_store: the model store (s3://bucket/prefix or a folder);
+            each epoch's checkpoint is also kept there under
+            `.checkpoints/<run_id>/`, because `model.path` is pod-local
+            scratch: a retried or preempted pod resumes from the store's copy.
+            "" keeps checkpoints local. S3 settings come from S3_* variables.
+        run_id: the pipeline run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER; a retry keeps it).
 
     Example:
         >>> grid = load_grid("configs/quick.yaml")
         >>> with dsl.ParallelFor(grid.trial_dicts()) as trial:
-        ...     train_task = train_component(data=preprocess_task.outputs["dataset"], trial=trial)
+        ...     train_task = train_component(data=preprocess_task.outputs["dataset"], trial=trial,
+        ...         checkpoint_store="s3://models/cifarflow", run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     """
     import base64
     import html
@@ -37,7 +46,7 @@ def train_component(
     from cifarflow.components.train.executor import CURVES_FILE, train
 
     config = TrialConfig.from_dict(trial)
-    result = train(data.path, config, model.path)
+    result = train(data.path, config, model.path, checkpoint_store=checkpoint_store or None, run_id=run_id or None)
     model.metadata.update(
         {
             "framework": "keras",

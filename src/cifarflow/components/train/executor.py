@@ -15,6 +15,9 @@ model store version holds):
     train_summary.json                     trial, class names, temperature, timings;
                                            written last: its presence means "complete"
     checkpoint/                            resume state while training (removed at the end)
+
+With a checkpoint store and a run id, each epoch's checkpoint is also copied
+there (`durable_checkpoints`), so a new pod with an empty folder resumes too.
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ from cifarflow.components.evaluate.calibration import (
 from cifarflow.components.train import checkpointing, device
 from cifarflow.components.train.config import TrialConfig
 from cifarflow.components.train.data import TrainingData, load_training_data
+from cifarflow.components.train.durable_checkpoints import Disabled, DurableCheckpoints, open_durable
 from cifarflow.components.train.models import build_model
 from cifarflow.components.train.models.build import FINE_LOGITS_LAYER, LOGITS_LAYER
 from cifarflow.components.train.schedules import WarmupSchedule
 from cifarflow.classes import NUM_FINE_CLASSES
 from cifarflow.errors import BadInputError
+from cifarflow.s3 import S3Settings
 
 SUMMARY_FILE = "train_summary.json"
 HISTORY_FILE = "history.json"
@@ -121,6 +126,9 @@ def train(
     *,
     log: Callable[[str], None] | None = None,
     export_tflite: bool = True,
+    checkpoint_store: str | None = None,
+    run_id: str | None = None,
+    s3_settings: S3Settings | None = None,
 ) -> TrainResult:
     """Trains one trial, resuming from `out_dir/checkpoint` if a previous run was killed.
 
@@ -131,18 +139,27 @@ def train(
             a folder that holds a finished trial is returned as it is.
         log: where progress lines go (default: stderr).
         export_tflite: also write `model.tflite`.
+        checkpoint_store: a model store (`s3://bucket/prefix` or a folder) that
+            also keeps each epoch's checkpoint, under `.checkpoints/<run_id>/`,
+            so a pod that lost `out_dir` resumes; None keeps checkpoints local.
+        run_id: the pipeline run's id (required with `checkpoint_store`).
+        s3_settings: S3 endpoint and keys (default: the S3_* environment variables).
 
     Returns:
         The trial's summary (also in `out_dir/train_summary.json`).
 
     Raises:
-        BadInputError: the data folder is not a preprocessed dataset.
+        BadInputError: the data folder is not a preprocessed dataset, or the
+            checkpoint store is unusable.
         DataAnomalyError: the data breaks the schema.
+        RemoteError: the checkpoint store cannot be read at the start.
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out_dir)
+    durable = open_durable(checkpoint_store, run_id, config, log, s3_settings)
     if is_complete(out):
         log(f"train: {out} already holds a finished trial; nothing to do")
+        durable.remove()  # in case the last run died between its summary and this
         return TrainResult.load(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_training_data(data_dir)
@@ -150,8 +167,9 @@ def train(
     policy = device.dtype_policy(config.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return _train(data, config, out, log, policy, export_tflite)
+        return _train(data, config, out, log, policy, export_tflite, durable)
     finally:
+        durable.close()  # after a failure, the newest checkpoint still reaches the store
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
@@ -162,8 +180,10 @@ def _train(
     log: Callable[[str], None],
     policy: str,
     export_tflite: bool,
+    durable: DurableCheckpoints | Disabled,
 ) -> TrainResult:
     ckpt_dir = out / checkpointing.CHECKPOINT_DIR
+    durable.restore(ckpt_dir)
     state = checkpointing.load_state(ckpt_dir)
     resumed = state is not None
     if state is not None and state.trial != config.to_dict():
@@ -237,6 +257,7 @@ def _train(
             # The median resists one slow epoch (a neighbour's burst) but follows a lasting change.
             _replan(state, budget, float(np.median(run_seconds)), schedule, steps_per_epoch, model, log, config.epochs)
         checkpointing.save_checkpoint(ckpt_dir, model, state, improved)
+        durable.save(ckpt_dir, state.epochs_done)
         patience = config.early_stopping_patience
         if patience and state.epochs_without_gain >= patience and state.epochs_done < state.planned_epochs:
             log(f"train: stopping early, no val-accuracy gain for {patience} epochs")
@@ -277,6 +298,7 @@ def _train(
         tflite=(out / "model.tflite").is_file(),
     )
     write_json_atomic(out / SUMMARY_FILE, dataclasses.asdict(result), indent=1)
+    durable.remove()  # first: it stops uploads that still read from ckpt_dir
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return result
 
