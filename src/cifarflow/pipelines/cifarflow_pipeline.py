@@ -163,7 +163,12 @@ def build_pipeline(
             expand.after(check)
 
             with dsl.ParallelFor(expand.output, parallelism=trial_parallelism, name="trials") as trial:
-                train = train_component(data=preprocess.outputs["splits"], trial=trial).set_display_name("train")
+                # Checkpoints also go to the store: model.path is pod-local, so a retried pod starts empty.
+                train = train_component(
+                    data=preprocess.outputs["splits"], trial=trial,
+                    checkpoint_store=store, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                ).set_display_name("train")
+                _with_store_credentials(train)
                 train.set_container_image(gpu_image())
                 train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
                 _resources(train, "3", "12Gi", "4", "12Gi")  # fits a 4 vCPU / 16 GiB one-GPU node
