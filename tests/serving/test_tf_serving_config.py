@@ -216,6 +216,28 @@ def test_batching_and_monitoring_files_map_onto_the_servers_options(base_path, t
     assert server_config(f"--model_config_file={config}", "--rest_api_port=0").rest_port == -1  # 0: no REST
 
 
+def test_grpc_channel_arguments_reach_the_grpc_server(base_path, tmp_path, capsys):
+    """max_connection_age makes the server close connections, so round-robin clients re-resolve and find new pods."""
+    config = write(tmp_path / "models.config", model_config(base_path))
+    assert server_config(f"--model_config_file={config}",
+                         "--grpc_channel_arguments=grpc.max_connection_age_ms=300,grpc.some_name=text"
+                         ).grpc_channel_arguments == (("grpc.max_connection_age_ms", 300), ("grpc.some_name", "text"))
+    assert main(["serve", "model", f"--model_config_file={config}", "--grpc_channel_arguments=grpc.x"]) == 255
+    assert "'grpc.x' is not KEY=VALUE" in capsys.readouterr().err
+    with running(f"--model_config_file={config}", "--grpc_channel_arguments=grpc.max_connection_age_ms=300,"
+                 "grpc.max_connection_age_grace_ms=100") as server:
+        seen: list[grpc.ChannelConnectivity] = []
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            channel.subscribe(seen.append)
+            grpc.channel_ready_future(channel).result(timeout=10)
+            ready = grpc.ChannelConnectivity.READY
+
+            def aged_out() -> bool:  # the server ends a 300 ms old connection: the channel leaves READY by itself
+                return ready in seen and any(state != ready for state in seen[seen.index(ready) + 1:])
+
+            wait_until(aged_out, 10, "the connection aged out")
+
+
 # -- labels at start-up ---------------------------------------------------------------------------------
 
 

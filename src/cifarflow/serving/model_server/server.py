@@ -48,6 +48,9 @@ class ModelServerConfig:
         monitoring config), besides /monitoring/prometheus/metrics and /metrics.
     tf_serving: TF Serving's --model_config_file and the flags that go with
         it; None: serve `store` the cifarflow way (newest or --label).
+    grpc_channel_arguments: extra gRPC server options (TF Serving's
+        --grpc_channel_arguments), e.g. grpc.max_connection_age_ms, which
+        makes round-robin clients re-resolve and find new pods.
     """
 
     store: str
@@ -70,6 +73,7 @@ class ModelServerConfig:
     warm_up: bool = True
     metrics_path: str | None = None
     tf_serving: TfServingOptions | None = None
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
 
 
 class ModelServer:
@@ -143,7 +147,7 @@ class ModelServer:
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.grpc_workers, thread_name_prefix="grpc"),
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 0)],
+                     ("grpc.so_reuseport", 0), *self.config.grpc_channel_arguments],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.manager), self.grpc_server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(self.manager), self.grpc_server)

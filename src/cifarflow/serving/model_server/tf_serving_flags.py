@@ -52,8 +52,30 @@ def add_tf_serving_flags(parser: argparse.ArgumentParser) -> None:
                        help="BatchingParameters text protobuf (needs --enable_batching)")
     group.add_argument("--monitoring_config_file", dest="tf_monitoring_config_file", type=Path, metavar="FILE",
                        help="MonitoringConfig text protobuf: prometheus_config { enable path }")
+    group.add_argument("--grpc_channel_arguments", dest="tf_grpc_channel_arguments", metavar="K=V,...",
+                       help="gRPC server arguments, e.g. grpc.max_connection_age_ms=60000 (ints as ints)")
     group.add_argument("--file_system_poll_wait_seconds", dest="poll_interval", type=int, default=argparse.SUPPRESS,
                        metavar="S", help="seconds between checks for new versions (like --poll-interval; 0: once)")
+
+
+def parse_grpc_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
+    """`k=v,k=v` -> gRPC server options, a value that reads as an int passed as one (server.cc:398-410).
+
+    Raises:
+        InvalidInput: a pair without `=` (TF Serving would index past its split).
+    """
+    from cifarflow.serving.errors import InvalidInput
+
+    options: list[tuple[str, int | str]] = []
+    for pair in text.split(","):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--grpc_channel_arguments: {pair!r} is not KEY=VALUE")
+        try:
+            options.append((key, int(value)))
+        except ValueError:
+            options.append((key, value))
+    return tuple(options)
 
 
 def apply_tf_serving_flags(args: argparse.Namespace, config: "ModelServerConfig") -> "ModelServerConfig":
@@ -105,6 +127,8 @@ def _apply(args: argparse.Namespace, config: "ModelServerConfig") -> "ModelServe
             config.max_batch_size, config.batch_timeout_s, config.num_batch_threads, config.max_queued_requests))
         changes.update(max_batch_size=batching.max_batch_size, batch_timeout_s=batching.timeout_s,
                        num_batch_threads=batching.num_threads, max_queued_requests=batching.max_queued)
+    if args.tf_grpc_channel_arguments:
+        changes["grpc_channel_arguments"] = parse_grpc_channel_arguments(args.tf_grpc_channel_arguments)
     if args.tf_monitoring_config_file is not None:
         changes["metrics_path"] = load_prometheus_path(args.tf_monitoring_config_file)
     if args.tf_model_config_file is None:
