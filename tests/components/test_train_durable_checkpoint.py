@@ -226,3 +226,22 @@ def test_an_unreachable_store_never_stops_training_and_the_next_epoch_uploads_ag
         assert list(server.settings.client().list_objects("flaky", prefix=f"models/{ROOT}/", recursive=True)) == []
     finally:
         server.stop()
+
+
+def test_the_pipeline_hands_the_train_task_its_run_id_outside_the_cache_key(tmp_path):
+    """KFP's cache key holds every input: a run id there would retrain unchanged trials in every run."""
+    from kfp import compiler
+
+    from cifarflow.pipelines.cifarflow_pipeline import STORE_SECRET, build_pipeline
+
+    path = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(build_pipeline(), str(path))
+    spec, platform = yaml.safe_load_all(path.read_text())
+    (task,) = [c["dag"]["tasks"]["train-component"] for c in spec["components"].values() if "train-component" in c.get("dag", {}).get("tasks", {})]
+    assert set(task["inputs"]["parameters"]) == {"trial", "checkpoint_store"}
+    assert task["inputs"]["parameters"]["checkpoint_store"] == {"componentInputParameter": "pipelinechannel--store"}
+    assert "pipeline_job_uuid" not in json.dumps(task)
+    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-component"]
+    # The label KFP puts on every pod of a run (backend/src/apiserver/template/v2_template.go:420 at 2.17.0).
+    assert {"name": "CIFARFLOW_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in executor["fieldPathAsEnv"]
+    assert executor["secretAsEnv"][0]["secretName"] == STORE_SECRET

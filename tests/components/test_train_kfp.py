@@ -51,13 +51,18 @@ def _artifact(kind, folder: Path, name: str):
     return artifact
 
 
-def test_component_bodies_chain_train_evaluate_select(sample_data, tmp_path):
+def test_component_bodies_chain_train_evaluate_select(sample_data, tmp_path, monkeypatch, capfd):
     data = _artifact(Dataset, tmp_path, "data")
     data.path = str(sample_data)
     trial = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in {**TINY_TRIAL, "epochs": 2}.items()}
     model, metrics, curves = _artifact(Model, tmp_path, "model"), _artifact(Metrics, tmp_path, "m"), _artifact(HTML, tmp_path, "curves.html")
-    train_component.python_func(data=data, trial=trial, model=model, metrics=metrics, curves=curves)
+    # The run id as the pipeline hands it over on a cluster (from the pod's label); a folder store.
+    monkeypatch.setenv("CIFARFLOW_RUN_ID", "0f1e2d3c-run")
+    store = tmp_path / "store"
+    train_component.python_func(data=data, trial=trial, model=model, metrics=metrics, curves=curves, checkpoint_store=str(store))
     assert (Path(model.path) / "saved_model.pb").is_file()
+    assert f"uploaded to {store}/.checkpoints/0f1e2d3c-run/trial-" in capfd.readouterr().err
+    assert not (store / ".checkpoints").exists()  # the finished trial removed its copy
     assert metrics.metadata["epochs_run"] == 2.0 and 0.0 <= metrics.metadata["val_accuracy"] <= 1.0
     assert model.metadata["architecture"] == "resnet" and "data:image/png;base64," in Path(curves.path).read_text()
 

@@ -165,10 +165,13 @@ def build_pipeline(
             with dsl.ParallelFor(expand.output, parallelism=trial_parallelism, name="trials") as trial:
                 # Checkpoints also go to the store: model.path is pod-local, so a retried pod starts empty.
                 train = train_component(
-                    data=preprocess.outputs["splits"], trial=trial,
-                    checkpoint_store=store, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    data=preprocess.outputs["splits"], trial=trial, checkpoint_store=store
                 ).set_display_name("train")
                 _with_store_credentials(train)
+                # The run id (what dsl.PIPELINE_JOB_ID_PLACEHOLDER resolves to) from the label KFP puts
+                # on every pod of a run (v2_template.go:420 at 2.17.0), not as an input: KFP's cache key
+                # holds the inputs, and unchanged trials must stay cached across runs.
+                kubernetes.use_field_path_as_env(train, "CIFARFLOW_RUN_ID", "metadata.labels['pipeline/runid']")
                 train.set_container_image(gpu_image())
                 train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
                 _resources(train, "3", "12Gi", "4", "12Gi")  # fits a 4 vCPU / 16 GiB one-GPU node

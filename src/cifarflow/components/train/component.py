@@ -30,23 +30,33 @@ def train_component(
             `.checkpoints/<run_id>/`, because `model.path` is pod-local
             scratch: a retried or preempted pod resumes from the store's copy.
             "" keeps checkpoints local. S3 settings come from S3_* variables.
-        run_id: the pipeline run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER; a retry keeps it).
+        run_id: the pipeline run id; "" reads the CIFARFLOW_RUN_ID variable,
+            which the pipeline fills from the pod's `pipeline/runid` label.
+            Without either, checkpoints stay local (kfp.local).
 
     Example:
         >>> grid = load_grid("configs/quick.yaml")
         >>> with dsl.ParallelFor(grid.trial_dicts()) as trial:
         ...     train_task = train_component(data=preprocess_task.outputs["dataset"], trial=trial,
-        ...         checkpoint_store="s3://models/cifarflow", run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        ...         checkpoint_store="s3://models/cifarflow")
     """
     import base64
     import html
+    import os
     from pathlib import Path
 
     from cifarflow.components.train.config import TrialConfig
     from cifarflow.components.train.executor import CURVES_FILE, train
 
     config = TrialConfig.from_dict(trial)
-    result = train(data.path, config, model.path, checkpoint_store=checkpoint_store or None, run_id=run_id or None)
+    # The pipeline hands the run id over in the environment, not as `run_id`:
+    # KFP's cache key holds every input, so a run id there would retrain
+    # unchanged trials in every run.
+    run_id = run_id or os.environ.get("CIFARFLOW_RUN_ID", "")
+    store = checkpoint_store if run_id else ""
+    if checkpoint_store and not run_id:
+        print("train: no run id (kfp.local): checkpoints stay in the output folder", flush=True)
+    result = train(data.path, config, model.path, checkpoint_store=store or None, run_id=run_id or None)
     model.metadata.update(
         {
             "framework": "keras",
