@@ -29,6 +29,7 @@ def eda_component(
     import tempfile
 
     from cifarflow.components.eda.executor import REPORT_HTML, SUMMARY_MD, eda
+    from cifarflow.components.metric_artifacts import log_metrics
 
     workdir = tempfile.mkdtemp(prefix="eda-")
     result = eda(splits.path, workdir)
@@ -37,6 +38,5 @@ def eda_component(
     # The KFP UI renders an HTML/Markdown artifact from the file at its path.
     shutil.copyfile(os.path.join(workdir, REPORT_HTML), report.path)
     shutil.copyfile(os.path.join(workdir, SUMMARY_MD), summary.path)
-    for name, value in result.metrics.items():
-        metrics.log_metric(name, value)
+    log_metrics(metrics, result.metrics)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -50,6 +50,7 @@ def select_best_component(
     from collections import namedtuple
     from pathlib import Path
 
+    from cifarflow.components.metric_artifacts import write_metadata_file
     from cifarflow.components.select_best.executor import LEADERBOARD_FILE, SELECTION_FILE, SelectConfig, select_best
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,5 +75,6 @@ def select_best_component(
     summary.log_metric("publish", 1.0 if result.publish else 0.0)
     if "mcnemar" in gate:
         summary.log_metric("gate_p_value", float(gate["mcnemar"]["p_value"]))
+    write_metadata_file(summary)
     outputs = namedtuple("SelectOutputs", ["publish", "decision"])
     return outputs(result.publish, result.decision)

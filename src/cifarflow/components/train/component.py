@@ -45,6 +45,7 @@ def train_component(
     import os
     from pathlib import Path
 
+    from cifarflow.components.metric_artifacts import log_metrics
     from cifarflow.components.train.config import TrialConfig
     from cifarflow.components.train.executor import CURVES_FILE, train
 
@@ -69,17 +70,16 @@ def train_component(
             "device": result.device,
         }
     )
-    for name, value in (
-        ("val_accuracy", result.best_val_accuracy),
-        ("val_loss", result.val_loss),
-        ("best_epoch", result.best_epoch),
-        ("epochs_run", result.epochs_run),
-        ("train_seconds", result.train_seconds),
-        ("temperature", result.temperature),
-        ("val_ece_before", result.val_ece_before),
-        ("val_ece_after", result.val_ece_after),
-    ):
-        metrics.log_metric(name, float(value))
+    log_metrics(metrics, {
+        "val_accuracy": result.best_val_accuracy,
+        "val_loss": result.val_loss,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_seconds": result.train_seconds,
+        "temperature": result.temperature,
+        "val_ece_before": result.val_ece_before,
+        "val_ece_after": result.val_ece_after,
+    })
     png = base64.b64encode((Path(model.path) / CURVES_FILE).read_bytes()).decode()
     Path(curves.path).write_text(
         f"<!doctype html><html><body><h1>Training curves</h1><pre>{html.escape(str(config.to_dict()))}</pre>"
