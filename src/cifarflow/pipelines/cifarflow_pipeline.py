@@ -44,7 +44,7 @@ from cifarflow.components.publish.component import publish_component
 from cifarflow.components.record_status.component import record_status_component
 from cifarflow.components.select_best.component import select_best_component
 from cifarflow.components.train.component import train_component
-from cifarflow.images import PipelineImages, gpu_image
+from cifarflow.images import PipelineImages
 
 PIPELINE_NAME = "cifarflow"
 SETTINGS_CONFIG_MAP = "cifarflow-pipeline-settings"
@@ -172,7 +172,6 @@ def build_pipeline(
                 # on every pod of a run (v2_template.go:420 at 2.17.0), not as an input: KFP's cache key
                 # holds the inputs, and unchanged trials must stay cached across runs.
                 kubernetes.use_field_path_as_env(train, "CIFARFLOW_RUN_ID", "metadata.labels['pipeline/runid']")
-                train.set_container_image(gpu_image())
                 train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
                 _resources(train, "3", "12Gi", "4", "12Gi")  # fits a 4 vCPU / 16 GiB one-GPU node
                 if train_retries:
