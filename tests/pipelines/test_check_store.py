@@ -104,8 +104,15 @@ def test_probe_is_hidden_from_model_listings():
     assert PROBE_PREFIX.startswith(".")
 
 
-def test_hint_names_what_the_pipeline_maps():
-    from cifarflow.pipelines import cifarflow_pipeline
+def test_hint_names_what_the_compiled_pipeline_maps(tmp_path):
+    import yaml
 
-    assert executor.SETTINGS_CONFIG_MAP == cifarflow_pipeline.SETTINGS_CONFIG_MAP
-    assert executor.STORE_SECRET == cifarflow_pipeline.STORE_SECRET
+    from cifarflow.pipelines.compiler import compile_pipeline
+
+    documents = list(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
+    names = set()
+    for task in documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        names |= {source["configMapName"] for source in task.get("configMapAsEnv", [])}
+        names |= {source["secretName"] for source in task.get("secretAsEnv", [])}
+    assert names == {executor.SETTINGS_CONFIG_MAP, executor.STORE_SECRET}
+    assert all(name in executor.KUBEFLOW_HINT for name in names)

@@ -35,6 +35,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import pipeline_context
 
 from cifarflow.components.check_store.component import check_store_component
+from cifarflow.components.check_store.executor import SETTINGS_CONFIG_MAP, STORE_SECRET
 from cifarflow.components.eda.component import eda_component
 from cifarflow.components.evaluate.component import evaluate_component
 from cifarflow.components.expand_grid.component import expand_grid_component
@@ -47,8 +48,6 @@ from cifarflow.components.train.component import train_component
 from cifarflow.images import PipelineImages
 
 PIPELINE_NAME = "cifarflow"
-SETTINGS_CONFIG_MAP = "cifarflow-pipeline-settings"
-STORE_SECRET = "cifarflow-model-store"
 DEFAULT_STORE = "s3://cifarflow/models"
 
 

@@ -23,9 +23,8 @@ from cifarflow.s3 import S3Location, S3Settings, describe_s3_error, is_s3_uri
 from cifarflow.serving.store import check_model_name
 from cifarflow.serving.store.backends import S3Backend
 
-# Where the pipeline's tasks get the store's settings on a cluster: named in
-# the errors so the fix is one look away. tests/pipelines checks these equal
-# the names the compiled pipeline uses.
+# Where the pipeline's tasks get the store's settings on a cluster (the
+# pipeline maps these names), named in the errors so the fix is one look away.
 SETTINGS_CONFIG_MAP = "cifarflow-pipeline-settings"
 STORE_SECRET = "cifarflow-model-store"
 KUBEFLOW_HINT = (
