@@ -1,6 +1,6 @@
 """Accuracy benchmark: one grid trial on the full CIFAR-100, scored on the official test set.
 
-    .venv/bin/python bench/accuracy.py --config configs/cpu.yaml [--trial 0] [--work DIR]
+    .venv/bin/python bench/accuracy.py --config cpu [--trial 0] [--work DIR]
 
 Steps (each resumable: re-running the same command continues a killed run):
 1. preprocess the full archive (../shared/data/cifar-100-python.tar.gz by
@@ -31,7 +31,7 @@ DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar-100-python.tar.gz"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="grid YAML, e.g. configs/cpu.yaml")
+    parser.add_argument("--config", required=True, help="grid: a shipped name (cpu, gpu, ...) or a YAML file")
     parser.add_argument("--trial", type=int, default=0)
     parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE), help="official-format CIFAR-100 archive")
     parser.add_argument("--work", default=None, help="work folder (default /tmp/cifarflow-bench/<config>-t<trial>)")
@@ -45,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
+    import cifarflow.configs as configs
     from cifarflow.components.train.config import load_grid
     from cifarflow.components.train.executor import TrainResult, train
 
-    grid = load_grid(args.config)
+    grid = load_grid(configs.resolve(args.config))
     trial = grid.trial(args.trial)
     work = Path(args.work or f"/tmp/cifarflow-bench/{grid.name}-t{args.trial}")
     data_dir = work / "data"

@@ -16,10 +16,10 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
             "with --checkpoint-store and --run-id each epoch's checkpoint is also copied to the store, "
             "so a run that lost --out (a new pod) resumes from there."
         ),
-        epilog="example: cifarflow train --data work/data --config configs/quick.yaml --trial 1 --out work/trial-1",
+        epilog="example: cifarflow train --data work/data --config quick --trial 1 --out work/trial-1",
     )
     parser.add_argument("--data", help="preprocessed dataset folder (output of 'cifarflow preprocess')")
-    parser.add_argument("--config", help="hyper-parameter grid YAML, e.g. configs/cpu.yaml")
+    parser.add_argument("--config", help="hyper-parameter grid: a shipped name (quick, cpu, gpu, reference) or a YAML file")
     parser.add_argument("--trial", type=int, default=0, help="which trial of the grid (0-based; default 0)")
     parser.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
     parser.add_argument("--no-tflite", action="store_true", help="skip the TFLite file")
@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    import cifarflow.configs as configs
     from cifarflow.components.train.config import load_grid
     from cifarflow.errors import BadInputError
 
@@ -53,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"exported {args.out}")
         return 0
     if not args.config:
-        raise BadInputError("--config is required (a grid YAML such as configs/quick.yaml)")
-    grid = load_grid(args.config)
+        raise BadInputError("--config is required (a shipped grid such as quick, or a YAML file)")
+    grid = load_grid(configs.resolve(args.config))
     if args.list_trials:
         for index, trial in enumerate(grid.trial_dicts()):
             print(index, json.dumps(trial, sort_keys=True))

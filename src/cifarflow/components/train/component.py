@@ -35,7 +35,7 @@ def train_component(
             Without either, checkpoints stay local (kfp.local).
 
     Example:
-        >>> grid = load_grid("configs/quick.yaml")
+        >>> grid = load_grid(cifarflow.configs.resolve("quick"))
         >>> with dsl.ParallelFor(grid.trial_dicts()) as trial:
         ...     train_task = train_component(data=preprocess_task.outputs["dataset"], trial=trial,
         ...         checkpoint_store="s3://models/cifarflow")
