@@ -45,3 +45,21 @@ def test_console_script_is_installed():
 def test_unknown_verb_is_a_usage_error():
     result = subprocess.run([sys.executable, "-m", "cifarflow.cli.main", "trian"], capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_a_reader_that_goes_away_is_not_an_internal_error(tmp_path):
+    """`cifarflow ... | head`: the closed pipe ends the command quietly, with the shell's SIGPIPE status."""
+    command = [sys.executable, "-m", "cifarflow.cli.main", "train", "--config", "reference", "--list-trials", "--out",
+               str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the command writes: its first write meets a closed pipe
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141 and stderr == "", stderr
+
+
+def test_grids_are_named_by_their_shipped_name_or_a_path(tmp_path, capsys):
+    assert main(["train", "--config", "quick", "--list-trials", "--out", str(tmp_path)]) == 0
+    by_name = capsys.readouterr().out
+    # The checkout-style path names the same shipped grid, from any working folder.
+    assert main(["train", "--config", "configs/quick.yaml", "--list-trials", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == by_name and by_name.count("\n") == 2
