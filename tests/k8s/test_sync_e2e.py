@@ -19,7 +19,6 @@ passes its probes and classifies an image through it.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 import signal
@@ -46,14 +45,6 @@ from tests.k8s.manifests import (
     parse_text_proto,
     render,
 )
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("cifarflow.serving.sync") is None
-    or importlib.util.find_spec("cifarflow.serving.model_server") is None,
-    reason="needs `cifarflow serve sync` and `cifarflow serve model` (cifarflow.serving.sync, "
-    "cifarflow.serving.model_server), built by the serving issue (#6)",
-)
-HAVE_GATEWAY = importlib.util.find_spec("cifarflow.serving.gateway.server") is not None
 
 SECRET = "cifarflow-model-store"
 
@@ -226,10 +217,7 @@ def synced(tmp_path_factory) -> Synced:
     from cifarflow.serving.store import open_store, publish_model
     from tests.support.s3_server import S3Server
 
-    try:
-        from tests.serving.model_factory import export_test_model
-    except ImportError:
-        pytest.skip("needs the serving tests' model factory (tests/serving/model_factory.py)")
+    from tests.serving.model_factory import export_test_model
 
     root = tmp_path_factory.mktemp("k8s-e2e")
     test_model = export_test_model(root / "model")
@@ -376,7 +364,6 @@ def test_tf_serving_probes_and_a_stock_predict_answer(synced):
     _predict_through_tf_serving_api(synced.grpc_port, synced.config["name"][0], synced.stable)
 
 
-@pytest.mark.skipif(not HAVE_GATEWAY, reason="needs the gateway (cifarflow.serving.gateway.server), serving issue #6")
 def test_gateway_from_the_production_manifest_classifies_through_the_model_server(synced):
     """The production gateway's exact command line and token, its probes, a classification."""
     import requests
@@ -426,16 +413,15 @@ def test_gateway_from_the_production_manifest_classifies_through_the_model_serve
         assert body["predictions"] and 0.0 <= body["predictions"][0]["probability"] <= 1.0
 
         # docs/kubernetes.md's client command, through the gateway's gRPC port.
-        if importlib.util.find_spec("cifarflow.serving.client") is not None:
-            image = synced.home / "cat.png"
-            image.write_bytes(png)
-            client = [_console_script(), "predict", str(image), "--server", f"127.0.0.1:{grpc_port}"]
-            client_env = {"PATH": os.environ["PATH"], "HOME": str(synced.home)}
-            refused = subprocess.run(client, env=client_env, capture_output=True, text=True, timeout=60)
-            assert refused.returncode != 0, "the production gateway answered without its token"
-            answered = subprocess.run(client, env={**client_env, "CIFARFLOW_GATEWAY_TOKEN": token},
-                                      capture_output=True, text=True, timeout=60)
-            assert answered.returncode == 0, answered.stdout + answered.stderr
+        image = synced.home / "cat.png"
+        image.write_bytes(png)
+        client = [_console_script(), "predict", str(image), "--server", f"127.0.0.1:{grpc_port}"]
+        client_env = {"PATH": os.environ["PATH"], "HOME": str(synced.home)}
+        refused = subprocess.run(client, env=client_env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0, "the production gateway answered without its token"
+        answered = subprocess.run(client, env={**client_env, "CIFARFLOW_GATEWAY_TOKEN": token},
+                                  capture_output=True, text=True, timeout=60)
+        assert answered.returncode == 0, answered.stdout + answered.stderr
 
         # Its memory beside the limit the manifest gives it.
         status = Path(f"/proc/{process.pid}/status")
