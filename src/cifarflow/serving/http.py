@@ -45,10 +45,13 @@ class Request:
 
 @dataclasses.dataclass
 class Response:
+    """An answer; `cause` is the failed request's ServingError.cause, for metrics (None on success)."""
+
     status: int = 200
     body: bytes = b""
     content_type: str = "application/json"
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    cause: str | None = None
 
     @classmethod
     def json(cls, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> "Response":
@@ -69,7 +72,9 @@ def error_response(exc: BaseException, request_id: str = "") -> Response:
     payload = {"error": error.message}
     if request_id:
         payload["request_id"] = request_id
-    return Response.json(payload, error.http_status, headers)
+    response = Response.json(payload, error.http_status, headers)
+    response.cause = error.cause
+    return response
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,12 +57,8 @@ class Gateway:
 
     def _log_request(self, request: Request, response: Response, seconds: float) -> None:
         endpoint = self.api.endpoint_name(request)
-        cause = None
-        if response.status >= 400:
-            try:
-                cause = _cause_for_status(response.status)
-            except Exception:
-                cause = "other"
+        # The cause comes from the error itself, as on gRPC, so both count a failure alike.
+        cause = response.cause or ("other" if response.status >= 400 else None)
         self.metrics.observe("http", endpoint, str(response.status), seconds, cause)
         if self.worker_id:  # this hook sees every answer, errors included, before it is sent
             response.headers["X-Gateway-Worker"] = self.worker_id
@@ -112,12 +108,6 @@ class Gateway:
         self.backend.close()
         log.info(json.dumps({"event": "stopped", "drained": finished}))
         return finished
-
-
-def _cause_for_status(status: int) -> str:
-    return {400: "invalid_input", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-            413: "too_large", 415: "unsupported_type", 502: "bad_gateway", 503: "unavailable",
-            504: "deadline"}.get(status, "internal" if status >= 500 else "other")
 
 
 def wait_for_stop_signal(on_ready: Callable[[], object] = lambda: None) -> None:
