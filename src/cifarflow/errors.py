@@ -72,9 +72,3 @@ def storage_error(exc: OSError, where: str | os.PathLike | None = None) -> Stora
         return None
     target = exc.filename or where
     return StorageError(f"{exc.strerror}: cannot write {target}" if target else str(exc.strerror))
-
-
-class NotBuiltError(CifarflowError):
-    """A command that is planned but not implemented yet."""
-
-    exit_code = 64

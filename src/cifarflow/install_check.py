@@ -11,8 +11,8 @@ check looks at the install the way a cluster will:
 - it compiles the pipeline (or reads a compiled YAML), loads each step's
   embedded program as KFP's executor does, and imports every name that
   program imports, its function body included;
-- every verb of the console script has its module (a missing one would only
-  print "not built yet");
+- every verb of the console script has its module (a missing one would stop
+  the console script from starting at all);
 - the data files the steps read at run time are there: the shipped grids,
   the sample archive (checksum), the gateway's page and API description.
 
@@ -190,10 +190,10 @@ def check_pipeline(report: Report, pipeline: str | Path | None = None) -> None:
 
 
 def check_verbs(report: Report) -> None:
-    """Every verb of the console script has its module: a missing one would only say "not built yet"."""
+    """Every verb of the console script has its module: the parser imports them all, so one missing stops every verb."""
     from cifarflow.cli.main import VERBS
 
-    for verb, _summary, _issue in VERBS:
+    for verb, _summary in VERBS:
         name = f"cifarflow.cli.{verb}"
         try:
             if importlib.util.find_spec(name) is None:

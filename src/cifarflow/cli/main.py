@@ -1,58 +1,42 @@
 """Entry point of the `cifarflow` console script.
 
 Each verb lives in `src/cifarflow/cli/<verb>.py` and exposes
-`register(subparsers)`, which adds its parser and sets `func(args) -> int`.
-Verbs whose module does not exist yet are still listed in `--help`; running
-one prints that it is not built and exits with code 64.
+`register(subparsers, summary)`, which adds its parser and sets
+`func(args) -> int`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 from typing import Sequence
 
 from cifarflow import __version__
-from cifarflow.errors import CifarflowError, NotBuiltError, storage_error
+from cifarflow.errors import CifarflowError, storage_error
 
-# (verb, one-line summary, issue that builds it), in pipeline order.
-VERBS: tuple[tuple[str, str, int], ...] = (
-    ("ingest", "fetch and verify the CIFAR-100 archive (URL, file or s3://)", 3),
-    ("preprocess", "split into train/val/test arrays with schema checks", 3),
-    ("eda", "write the exploratory data analysis report", 3),
-    ("train", "train one trial of a hyper-parameter grid", 4),
-    ("evaluate", "score a trained model on val and test", 4),
-    ("select", "pick the best trial and gate it against the champion", 4),
-    ("publish", "publish a model version to the model store", 6),
-    ("run", "run the whole pipeline on this machine (kfp.local)", 5),
-    ("compile", "compile the pipeline to YAML for the Kubeflow UI", 5),
-    ("submit", "submit a pipeline run to a Kubeflow cluster", 5),
-    ("runs", "list and compare pipeline runs", 5),
-    ("serve", "run the model server, the gateway or the store sync", 6),
-    ("models", "list, show, promote and roll back model versions", 6),
-    ("predict", "classify images through the gateway or TF Serving", 6),
+# (verb, one-line summary), in pipeline order.
+VERBS: tuple[tuple[str, str], ...] = (
+    ("ingest", "fetch and verify the CIFAR-100 archive (URL, file or s3://)"),
+    ("preprocess", "split into train/val/test arrays with schema checks"),
+    ("eda", "write the exploratory data analysis report"),
+    ("train", "train one trial of a hyper-parameter grid"),
+    ("evaluate", "score a trained model on val and test"),
+    ("select", "pick the best trial and gate it against the champion"),
+    ("publish", "publish a model version to the model store"),
+    ("run", "run the whole pipeline on this machine (kfp.local)"),
+    ("compile", "compile the pipeline to YAML for the Kubeflow UI"),
+    ("submit", "submit a pipeline run to a Kubeflow cluster"),
+    ("runs", "list and compare pipeline runs"),
+    ("serve", "run the model server, the gateway or the store sync"),
+    ("models", "list, show, promote and roll back model versions"),
+    ("predict", "classify images through the gateway or TF Serving"),
 )
 
 
 def _module_name(verb: str) -> str:
     return f"cifarflow.cli.{verb}"
-
-
-def _register_not_built(subparsers: argparse._SubParsersAction, verb: str, summary: str, issue: int) -> None:
-    parser = subparsers.add_parser(
-        verb,
-        help=f"{summary} [not built yet]",
-        description=f"{summary}. Not built yet (issue #{issue}).",
-    )
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-
-    def not_built(args: argparse.Namespace) -> int:
-        raise NotBuiltError(f"'cifarflow {verb}' is not built yet (issue #{issue})")
-
-    parser.set_defaults(func=not_built)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,11 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cifarflow {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for verb, summary, issue in VERBS:
-        if importlib.util.find_spec(_module_name(verb)) is None:
-            _register_not_built(subparsers, verb, summary, issue)
-        else:
-            importlib.import_module(_module_name(verb)).register(subparsers, summary)
+    for verb, summary in VERBS:
+        importlib.import_module(_module_name(verb)).register(subparsers, summary)
     return parser
 
 
