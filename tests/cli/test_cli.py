@@ -6,7 +6,6 @@ import importlib.util
 import subprocess
 import sys
 
-import pytest
 
 from cifarflow.cli.main import VERBS, main
 
