@@ -6,7 +6,6 @@ import importlib.util
 import subprocess
 import sys
 
-
 from cifarflow.cli.main import VERBS, main
 
 DESIGN_VERBS = {
