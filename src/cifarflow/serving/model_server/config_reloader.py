@@ -15,10 +15,10 @@ never loaded, because loading comes after the label check).
 from __future__ import annotations
 
 import logging
-import threading
 
 from cifarflow.serving.errors import InvalidInput, ServingError
 from cifarflow.serving.model_server.model import ModelManager
+from cifarflow.serving.model_server.periodic import PeriodicTask
 from cifarflow.serving.model_server.tf_serving_config import (
     ServedModel,
     ServerStartError,
@@ -45,8 +45,8 @@ class ConfigReloader:
         self.manager = manager
         self.labels = labels
         self.current: ServedModel = options.model
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = PeriodicTask("model-config-poller", options.config_poll_s, self.reload,
+                                    f"reloading {options.model_config_file}")
 
     def apply_first(self) -> None:
         """Assigns the start-up config's labels (nothing is loaded yet); raises ServerStartError when refused."""
@@ -87,19 +87,8 @@ class ConfigReloader:
             )
 
     def start(self) -> "ConfigReloader":
-        if self.options.config_poll_s > 0:
-            self._thread = threading.Thread(target=self._loop, name="model-config-poller", daemon=True)
-            self._thread.start()
+        self._poller.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.options.config_poll_s):
-            try:
-                self.reload()
-            except Exception:  # keep serving; the next poll tries again
-                log.exception("reloading %s failed", self.options.model_config_file)
+        self._poller.stop()

@@ -32,6 +32,7 @@ import numpy as np
 
 from cifarflow.serving.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
 from cifarflow.serving.model_server.batching import Batcher, BatchingConfig
+from cifarflow.serving.model_server.periodic import PeriodicTask
 from cifarflow.serving.model_server.tf_serving_config import VersionPolicy
 from cifarflow.serving.model_server.version_labels import VersionLabels
 from cifarflow.serving.store.backends import MANIFEST
@@ -353,8 +354,8 @@ class ModelManager:
         self._status: dict[int, VersionStatus] = {}
         self._failed: dict[int, float] = {}  # version -> manifest mtime when it failed
         self._load_attempts: collections.Counter[tuple[int, bool]] = collections.Counter()  # (version, ok) -> count
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = PeriodicTask("version-poller", self.config.poll_interval_s, self.poll,
+                                    f"polling {self.base_path} for new versions")
         self._warned_label = False
 
     # -- requests ---------------------------------------------------------------
@@ -426,25 +427,14 @@ class ModelManager:
     def start(self) -> "ModelManager":
         """Loads what is there now, then polls in the background."""
         self.poll()
-        if self.config.poll_interval_s > 0:
-            self._thread = threading.Thread(target=self._loop, name="version-poller", daemon=True)
-            self._thread.start()
+        self._poller.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        self._poller.stop()
         with self._lock:
             for served in self._served.values():
                 served.close()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.poll_interval_s):
-            try:
-                self.poll()
-            except Exception:  # keep serving what is loaded; the next poll retries
-                log.exception("polling %s for new versions failed", self.base_path)
 
     def _read_labels(self) -> dict[str, int]:
         path = self.base_path / LABELS
