@@ -21,7 +21,6 @@ here as it would in the image.
 
 from __future__ import annotations
 
-import ast
 import email.parser
 import fnmatch
 import importlib.metadata
@@ -195,27 +194,20 @@ def install_like_the_image(repo: Path, root: Path) -> dict:
 def compiled_step_imports(pipeline_yaml: Path) -> dict[str, list[tuple[str, str | None]]]:
     """executor -> every (module, name) its embedded program imports, plus the component module itself.
 
-    A lightweight component's args name its function (`--function_to_execute F`);
-    its command carries the function's source. The component module, by the
-    project's layout, is cifarflow.components.<step>.component, with
-    F = <step>_component: KFP's compile took F from it.
+    The programs and their imports are found the way the images' smoke check
+    finds them (cifarflow.install_check, tested on its own in
+    test_install_check.py). The component module, by the project's layout, is
+    cifarflow.components.<step>.component, with F = <step>_component: KFP's
+    compile took F from it.
     """
-    spec = next(d for d in yaml.safe_load_all(pipeline_yaml.read_text()) if d and "deploymentSpec" in d)
+    from cifarflow.install_check import load_pipeline, program_imports, step_programs
+
     found = {}
-    for executor, body in spec["deploymentSpec"]["executors"].items():
-        container = body["container"]
-        args = container["args"]
-        function = args[args.index("--function_to_execute") + 1]
-        (program,) = [c for c in container["command"] if f"def {function}(" in c]
-        names = []
-        for node in ast.walk(ast.parse(program)):
-            if isinstance(node, ast.Import):
-                names += [(a.name, None) for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names += [(node.module, None if a.name == "*" else a.name) for a in node.names]
-        step = function.removesuffix("_component")
-        names.append((f"cifarflow.components.{step}.component", function))
-        found[executor] = names
+    for program in step_programs(load_pipeline(pipeline_yaml)):
+        names = [(i.module, i.name) for i in program_imports(program.source)]
+        step = program.function.removesuffix("_component")
+        names.append((f"cifarflow.components.{step}.component", program.function))
+        found[program.executor] = names
     return found
 
 
