@@ -17,7 +17,6 @@ import json
 import socket
 import struct
 import threading
-import time
 
 import grpc
 import pytest
@@ -28,6 +27,7 @@ from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.target import ROUND_ROBIN_SERVICE_CONFIG, channel_options
 from tests.serving.images import encode
 from tests.support.processes import GatewayProcess, ModelServerProcess
+from tests.support.waiting import wait_until
 
 MODEL = "cifarflow"
 ADDRESSES = ("127.0.0.1", "127.0.0.2")
@@ -102,18 +102,13 @@ def _port_free_on_every_address() -> int:
     raise RuntimeError("no port free on both loopback addresses")
 
 
-def _wait_available(status_url: str, timeout_s: float = 60.0) -> None:
-    """Until the model server's REST status shows a version AVAILABLE (it loads after it listens)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            answer = requests.get(status_url, timeout=5)
-            if answer.ok and any(v["state"] == "AVAILABLE" for v in answer.json()["model_version_status"]):
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{status_url}: no version AVAILABLE within {timeout_s} s")
+def _available(status_url: str) -> bool:
+    """The model server's REST status shows a version AVAILABLE (it loads after it listens)."""
+    try:
+        answer = requests.get(status_url, timeout=5)
+    except requests.ConnectionError:
+        return False
+    return answer.ok and any(v["state"] == "AVAILABLE" for v in answer.json()["model_version_status"])
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +130,8 @@ def two_model_servers(exported_model, tmp_path_factory):
                 grpc_port=port, rest_port=0))
         assert len(set(versions.values())) == len(ADDRESSES)
         for server, address in zip(servers, ADDRESSES):
-            _wait_available(f"http://{address}:{server.rest_port}/v1/models/{MODEL}")
+            status_url = f"http://{address}:{server.rest_port}/v1/models/{MODEL}"
+            wait_until(lambda: _available(status_url), 60, f"{status_url}: a version AVAILABLE", interval_s=0.2)
         yield port, versions
     finally:
         for server in servers:
@@ -150,11 +146,8 @@ def dns(two_model_servers):
 
 
 def _wait_available_through(gateway_url: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while requests.get(f"{gateway_url}/readyz", timeout=5).status_code != 200:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{gateway_url}/readyz not 200 within {timeout_s} s")
-        time.sleep(0.2)
+    wait_until(lambda: requests.get(f"{gateway_url}/readyz", timeout=5).status_code == 200, timeout_s,
+               f"{gateway_url}/readyz answering 200", interval_s=0.2)
 
 
 def _classify_many(url: str, cifar, calls: int = CALLS) -> collections.Counter[int]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -39,6 +38,7 @@ from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
 from cifarflow.serving.model_server.tf_serving_config import ServerStartError
 from cifarflow.serving.store import publish_model
 from tests.support.processes import cifarflow_command
+from tests.support.waiting import wait_until
 
 AVAILABLE, END = 30, 50
 FAVOURED = 7  # the class version 2 answers for every image
@@ -109,13 +109,6 @@ def statuses(port: int, label: str = "") -> list[tuple[int, int]]:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
     return [(s.version, s.state) for s in response.model_version_status]
-
-
-def wait_until(condition, timeout_s: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.1)
 
 
 # -- bad flags and files: one line, no server ---------------------------------------------------------
