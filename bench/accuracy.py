@@ -31,13 +31,22 @@ DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar-100-python.tar.gz"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="grid: a shipped name (cpu, gpu, ...) or a YAML file")
-    parser.add_argument("--trial", type=int, default=0)
-    parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE), help="official-format CIFAR-100 archive")
-    parser.add_argument("--work", default=None, help="work folder (default /tmp/cifarflow-bench/<config>-t<trial>)")
-    parser.add_argument("--skip-train", action="store_true", help="score the model already in <work>/model")
     parser.add_argument(
-        "--apply-flip-tta", action="store_true",
+        "--config", required=True, help="grid: a shipped name (cpu, gpu, ...) or a YAML file"
+    )
+    parser.add_argument("--trial", type=int, default=0)
+    parser.add_argument(
+        "--archive", default=str(DEFAULT_ARCHIVE), help="official-format CIFAR-100 archive"
+    )
+    parser.add_argument(
+        "--work", default=None, help="work folder (default /tmp/cifarflow-bench/<config>-t<trial>)"
+    )
+    parser.add_argument(
+        "--skip-train", action="store_true", help="score the model already in <work>/model"
+    )
+    parser.add_argument(
+        "--apply-flip-tta",
+        action="store_true",
         help="before scoring, wrap the trained model in flip test-time augmentation (what `tta_flip: true` "
         "builds), refit its temperature on val and re-export it; said in the record",
     )
@@ -89,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         "backend": result.backend,
         "dtype_policy": result.dtype_policy,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "tta_flip": bool(json.loads((model_dir / "train_summary.json").read_text())["trial"].get("tta_flip")),
+        "tta_flip": bool(
+            json.loads((model_dir / "train_summary.json").read_text())["trial"].get("tta_flip")
+        ),
         "note": args.note,
     }
     records = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []

@@ -52,7 +52,10 @@ def measure(code: str, *args: str) -> tuple[float, float]:
     """Runs `code` in a new Python process; returns (wall seconds, its own peak RSS in MiB)."""
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", code + _REPORT_PEAK, *args], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code + _REPORT_PEAK, *args],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     wall = time.perf_counter() - start
     peak_kib = int(done.stdout.rsplit("PEAK_KIB", 1)[1])
@@ -91,8 +94,12 @@ def main() -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"floor (gunzip + unpickle):   {floor_s:6.2f} s")
-    print(f"ingest + preprocess:         {pipeline_s:6.2f} s  peak {pipeline_peak:.0f} MiB  ({result['ratio_to_floor']}x floor)")
-    print(f"targets: < 6 s, < 1024 MiB -> {'met' if result['meets_targets'] else 'NOT met'}; written to {RESULTS}")
+    print(
+        f"ingest + preprocess:         {pipeline_s:6.2f} s  peak {pipeline_peak:.0f} MiB  ({result['ratio_to_floor']}x floor)"
+    )
+    print(
+        f"targets: < 6 s, < 1024 MiB -> {'met' if result['meets_targets'] else 'NOT met'}; written to {RESULTS}"
+    )
     return 0
 
 

@@ -77,8 +77,20 @@ class Plan:
     max_rate: float = 5000.0
 
 
-QUICK = Plan(start_rate=20.0, step_factor=3.0, probe_s=0.4, hold_s=0.8, holds=1, bisect_until=10.0,
-             search_budget_s=1.0, pause_s=0.1, warmup_s=0.3, soak_s=1.5, sample_every_s=0.25, connections=16)
+QUICK = Plan(
+    start_rate=20.0,
+    step_factor=3.0,
+    probe_s=0.4,
+    hold_s=0.8,
+    holds=1,
+    bisect_until=10.0,
+    search_budget_s=1.0,
+    pause_s=0.1,
+    warmup_s=0.3,
+    soak_s=1.5,
+    sample_every_s=0.25,
+    connections=16,
+)
 
 
 def cifar_jpegs(count: int = 256) -> list[bytes]:
@@ -115,11 +127,22 @@ def _parse_answer(buffer: bytes) -> tuple[int, bool, str] | None:
     if len(buffer) < end + 4 + int(headers.get(b"content-length", b"0")):
         return None
     status = int(lines[0].split(b" ", 2)[1])
-    return status, headers.get(b"connection", b"").lower() == b"close", headers.get(b"x-gateway-worker", b"").decode()
+    return (
+        status,
+        headers.get(b"connection", b"").lower() == b"close",
+        headers.get(b"x-gateway-worker", b"").decode(),
+    )
 
 
-def open_loop(url: str, images: list[bytes], rate: float, seconds: float, connections: int = 64,
-              timeout_s: float = 10.0, preopen: int = 32) -> dict[str, object]:
+def open_loop(
+    url: str,
+    images: list[bytes],
+    rate: float,
+    seconds: float,
+    connections: int = 64,
+    timeout_s: float = 10.0,
+    preopen: int = 32,
+) -> dict[str, object]:
     """Sends `rate * seconds` requests due at a fixed rate; latencies count from when each was due.
 
     One thread and a selector drive up to `connections` keep-alive
@@ -191,7 +214,11 @@ def open_loop(url: str, images: list[bytes], rate: float, seconds: float, connec
             try:
                 if connection is None:
                     connection = connect()
-                connection.due_at, connection.sent_at, connection.buffer = due_at, time.monotonic(), b""
+                connection.due_at, connection.sent_at, connection.buffer = (
+                    due_at,
+                    time.monotonic(),
+                    b"",
+                )
                 busy.add(connection)
                 connection.sock.sendall(wire[index % len(wire)])
             except OSError as exc:
@@ -211,7 +238,9 @@ def open_loop(url: str, images: list[bytes], rate: float, seconds: float, connec
                 else:
                     close(connection)
                 continue
-            if connection not in busy:  # the server closed an idle connection: not a request's failure
+            if (
+                connection not in busy
+            ):  # the server closed an idle connection: not a request's failure
                 close(connection)
                 continue
             if not chunk:
@@ -247,8 +276,12 @@ def open_loop(url: str, images: list[bytes], rate: float, seconds: float, connec
         errors["unfinished"] += total - finished
     values, wait_values = sorted(latencies), sorted(waits)
     result: dict[str, object] = {
-        "rate_rps": round(rate, 1), "seconds": seconds, "sent": total, "ok": len(values),
-        "errors": sum(errors.values()), "errors_by_kind": dict(errors),
+        "rate_rps": round(rate, 1),
+        "seconds": seconds,
+        "sent": total,
+        "ok": len(values),
+        "errors": sum(errors.values()),
+        "errors_by_kind": dict(errors),
         "answered_rps": round(len(values) / elapsed, 1),
         "p50_ms": round(1000 * _percentile(values, 0.5), 2) if values else None,
         "p99_ms": round(1000 * _percentile(values, 0.99), 2) if values else None,
@@ -292,10 +325,15 @@ class CpuMeter:
 
     def read(self) -> dict[str, float]:
         seconds = max(1e-6, time.monotonic() - self._t0)
-        return {name: round((self._cpu(name) - self._start[name]) / seconds, 2) for name in self.processes}
+        return {
+            name: round((self._cpu(name) - self._start[name]) / seconds, 2)
+            for name in self.processes
+        }
 
 
-def search(url: str, images: list[bytes], plan: Plan, meter: CpuMeter, start_rate: float, label: str) -> dict[str, object]:
+def search(
+    url: str, images: list[bytes], plan: Plan, meter: CpuMeter, start_rate: float, label: str
+) -> dict[str, object]:
     """Highest rate that passes a `plan.hold_s` hold: step up, bisect, then hold (lower by 10 % on failure)."""
     steps: list[dict[str, object]] = []
     began = time.monotonic()
@@ -303,9 +341,16 @@ def search(url: str, images: list[bytes], plan: Plan, meter: CpuMeter, start_rat
     def step(rate: float, seconds: float, phase: str) -> bool:
         meter.start()
         result = open_loop(url, images, rate, seconds, plan.connections)
-        result.update(phase=phase, cores_used=meter.read(), load_average_1m=round(os.getloadavg()[0], 2))
+        result.update(
+            phase=phase, cores_used=meter.read(), load_average_1m=round(os.getloadavg()[0], 2)
+        )
         steps.append(result)
-        print(json.dumps({"workers": label, **{k: v for k, v in result.items() if k != "answers_by_worker"}}), flush=True)
+        print(
+            json.dumps(
+                {"workers": label, **{k: v for k, v in result.items() if k != "answers_by_worker"}}
+            ),
+            flush=True,
+        )
         time.sleep(plan.pause_s)
         return bool(result["passed"])
 
@@ -325,7 +370,12 @@ def search(url: str, images: list[bytes], plan: Plan, meter: CpuMeter, start_rat
             passed_at = rate
         else:
             failed_at = rate
-    while failed_at is not None and passed_at > 0 and failed_at / passed_at > plan.bisect_until and not over_budget():
+    while (
+        failed_at is not None
+        and passed_at > 0
+        and failed_at / passed_at > plan.bisect_until
+        and not over_budget()
+    ):
         rate = (passed_at + failed_at) / 2
         if step(rate, plan.probe_s, "bisect"):
             passed_at = rate
@@ -358,7 +408,9 @@ def _flat(first: list[float], last: list[float], slack: float = 0.0) -> tuple[fl
     return round(ratio, 4), max(last) <= max(first) * (1 + FLAT_TOLERANCE) + slack
 
 
-def soak(url: str, images: list[bytes], rate: float, plan: Plan, gateway_pid: int, meter: CpuMeter) -> dict[str, object]:
+def soak(
+    url: str, images: list[bytes], rate: float, plan: Plan, gateway_pid: int, meter: CpuMeter
+) -> dict[str, object]:
     """`plan.soak_s` at `rate`, sampling the gateway's RSS (MB) and open fds (workers included).
 
     The gateway holds one fd per client connection, and the load generator
@@ -366,8 +418,9 @@ def soak(url: str, images: list[bytes], rate: float, plan: Plan, gateway_pid: in
     them to the end: fds are judged net of the clients' connections, so a
     leak shows and the generator's pool does not. Both counts are recorded.
     """
-    import psutil
     from urllib.parse import urlsplit
+
+    import psutil
 
     gateway = psutil.Process(gateway_pid)
     http_port = urlsplit(url).port
@@ -380,8 +433,12 @@ def soak(url: str, images: list[bytes], rate: float, plan: Plan, gateway_pid: in
             processes = [gateway, *gateway.children(recursive=True)]
             rss = sum(p.memory_info().rss for p in processes) / 2**20
             fds = sum(p.num_fds() for p in processes)
-            clients = sum(1 for p in processes for c in p.net_connections("tcp")
-                          if c.laddr and c.laddr.port == http_port and c.raddr)
+            clients = sum(
+                1
+                for p in processes
+                for c in p.net_connections("tcp")
+                if c.laddr and c.laddr.port == http_port and c.raddr
+            )
             samples.append((round(time.monotonic() - t0, 2), round(rss, 2), fds, clients))
             if done.wait(plan.sample_every_s):
                 return
@@ -400,13 +457,21 @@ def soak(url: str, images: list[bytes], rate: float, plan: Plan, gateway_pid: in
     fd_ratio, _ = _flat(fds[:third], fds[-third:], slack=2)
     own_fd_ratio, fd_flat = _flat(own_fds[:third], own_fds[-third:], slack=2)
     return {
-        **result, "cores_used": meter.read(),
-        "rss_mb_first_third_max": max(rss[:third]), "rss_mb_last_third_max": max(rss[-third:]), "rss_ratio": rss_ratio,
-        "fds_first_third_max": int(max(fds[:third])), "fds_last_third_max": int(max(fds[-third:])), "fd_ratio": fd_ratio,
+        **result,
+        "cores_used": meter.read(),
+        "rss_mb_first_third_max": max(rss[:third]),
+        "rss_mb_last_third_max": max(rss[-third:]),
+        "rss_ratio": rss_ratio,
+        "fds_first_third_max": int(max(fds[:third])),
+        "fds_last_third_max": int(max(fds[-third:])),
+        "fd_ratio": fd_ratio,
         "fds_net_of_clients_first_third_max": int(max(own_fds[:third])),
-        "fds_net_of_clients_last_third_max": int(max(own_fds[-third:])), "fd_net_ratio": own_fd_ratio,
+        "fds_net_of_clients_last_third_max": int(max(own_fds[-third:])),
+        "fd_net_ratio": own_fd_ratio,
         "flat": rss_flat and fd_flat,
-        "samples": [{"t_s": t, "rss_mb": r, "fds": f, "client_connections": c} for t, r, f, c in samples],
+        "samples": [
+            {"t_s": t, "rss_mb": r, "fds": f, "client_connections": c} for t, r, f, c in samples
+        ],
     }
 
 
@@ -423,16 +488,35 @@ def _stop(process: subprocess.Popen) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an exported SavedModel folder to serve")
-    parser.add_argument("--model-kind", choices=("resnet20", "tiny"),
-                        help="without --model: an untrained ResNet-20 through the trainer's real export (the default), "
-                        "or the tiny test model (the default with --quick)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: about a second per step (not a measurement)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="gateway worker counts to search")
+    parser.add_argument(
+        "--model-kind",
+        choices=("resnet20", "tiny"),
+        help="without --model: an untrained ResNet-20 through the trainer's real export (the default), "
+        "or the tiny test model (the default with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: about a second per step (not a measurement)",
+    )
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="gateway worker counts to search"
+    )
     parser.add_argument("--soak-seconds", type=float, help="soak length (default 600; --quick: 2)")
-    parser.add_argument("--search-budget", type=float, help="seconds of search per worker count (default 300)")
-    parser.add_argument("--soak-rate", type=float, metavar="RPS",
-                        help="no search: only the soak, at this rate, on 1 worker (results: bench/results/load_soak.*)")
-    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/load.json; --quick: a temp file)")
+    parser.add_argument(
+        "--search-budget", type=float, help="seconds of search per worker count (default 300)"
+    )
+    parser.add_argument(
+        "--soak-rate",
+        type=float,
+        metavar="RPS",
+        help="no search: only the soak, at this rate, on 1 worker (results: bench/results/load_soak.*)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results JSON (default bench/results/load.json; --quick: a temp file)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
     if args.soak_seconds is not None:
@@ -442,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.soak_rate:
         args.workers = [1]
     default_out = RESULTS_JSON.with_name("load_soak.json") if args.soak_rate else RESULTS_JSON
-    out = args.out or (Path(tempfile.gettempdir()) / "cifarflow-load-quick.json" if args.quick else default_out)
+    out = args.out or (
+        Path(tempfile.gettempdir()) / "cifarflow-load-quick.json" if args.quick else default_out
+    )
 
     from cifarflow.serving.protos import use_protos_only
 
@@ -452,8 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:  # exporting needs TensorFlow: a child process does it
         model = workdir / "export"
         model.mkdir()
-        subprocess.run([sys.executable, "-c", EXPORTERS[kind], str(model), str(REPO)], check=True,
-                       capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"})
+        subprocess.run(
+            [sys.executable, "-c", EXPORTERS[kind], str(model), str(REPO)],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"},
+        )
     use_protos_only()
     from cifarflow.serving.store import publish_model
 
@@ -466,24 +556,54 @@ def main(argv: list[str] | None = None) -> int:
         "plan": dataclasses.asdict(plan),
         "model": str(args.model or MODEL_DESCRIPTIONS[kind]),
         "images": f"{len(images)} CIFAR-100 test images (shipped sample) as 64x64 JPEG, "
-                  f"{min(map(len, images))}-{max(map(len, images))} bytes, POST /v1/classify as image/jpeg",
+        f"{min(map(len, images))}-{max(map(len, images))} bytes, POST /v1/classify as image/jpeg",
         "criteria": {"p99_ms_below": P99_LIMIT_MS, "errors": 0, "flat_within": FLAT_TOLERANCE},
         "load_average_before": open("/proc/loadavg").read().split()[:3],
         "searches": [],
     }
     model_port = free_port()
-    model_args = ["serve", "--log-level", "WARNING", "model", "--store", str(store), "--model-name", "cifarflow",
-                  "--host", "127.0.0.1", "--grpc-port", str(model_port), "--rest-port", "-1"]
+    model_args = [
+        "serve",
+        "--log-level",
+        "WARNING",
+        "model",
+        "--store",
+        str(store),
+        "--model-name",
+        "cifarflow",
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(model_port),
+        "--rest-port",
+        "-1",
+    ]
 
     def gateway_args(workers: int, http_port: int) -> list[str]:
-        return ["serve", "--log-level", "WARNING", "gateway", "--backend", f"127.0.0.1:{model_port}", "--host", "127.0.0.1",
-                "--port", str(http_port), "--grpc-port", "-1", "--workers", str(workers)]
+        return [
+            "serve",
+            "--log-level",
+            "WARNING",
+            "gateway",
+            "--backend",
+            f"127.0.0.1:{model_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(http_port),
+            "--grpc-port",
+            "-1",
+            "--workers",
+            str(workers),
+        ]
 
     # The first gateway starts beside the model server (it connects to its backend lazily): seconds saved per run.
     first_port = free_port()
     with ThreadPoolExecutor(2) as pool:
-        starting = [pool.submit(start, model_args, "model server:"),
-                    pool.submit(start, gateway_args(args.workers[0], first_port), "gateway: HTTP")]
+        starting = [
+            pool.submit(start, model_args, "model server:"),
+            pool.submit(start, gateway_args(args.workers[0], first_port), "gateway: HTTP"),
+        ]
         started = [future.exception() or future.result() for future in starting]
     stopped: list[subprocess.Popen] = [p for p in started if isinstance(p, subprocess.Popen)]
     try:
@@ -499,12 +619,26 @@ def main(argv: list[str] | None = None) -> int:
                 gateway = start(gateway_args(workers, http_port), "gateway: HTTP")
                 stopped.append(gateway)
             url = f"http://127.0.0.1:{http_port}/v1/classify"
-            meter = CpuMeter({"gateway": gateway.pid, "model_server": model_server.pid, "load_generator": os.getpid()})
-            open_loop(url, images, 20.0, plan.warmup_s, plan.connections)  # warm-up: connections, caches
+            meter = CpuMeter(
+                {
+                    "gateway": gateway.pid,
+                    "model_server": model_server.pid,
+                    "load_generator": os.getpid(),
+                }
+            )
+            open_loop(
+                url, images, 20.0, plan.warmup_s, plan.connections
+            )  # warm-up: connections, caches
             if args.soak_rate:
-                results["soak"] = {"workers": 1, "rate_basis": f"given with --soak-rate ({args.soak_rate:g} req/s)",
-                                   **soak(url, images, args.soak_rate, plan, gateway.pid, meter)}
-                print(json.dumps({k: v for k, v in results["soak"].items() if k != "samples"}), flush=True)
+                results["soak"] = {
+                    "workers": 1,
+                    "rate_basis": f"given with --soak-rate ({args.soak_rate:g} req/s)",
+                    **soak(url, images, args.soak_rate, plan, gateway.pid, meter),
+                }
+                print(
+                    json.dumps({k: v for k, v in results["soak"].items() if k != "samples"}),
+                    flush=True,
+                )
                 continue
             found = search(url, images, plan, meter, start_rate, str(workers))
             results["searches"].append(found)
@@ -513,15 +647,27 @@ def main(argv: list[str] | None = None) -> int:
                 basis, basis_name = found["max_rate_rps"], "held"
                 if not basis:
                     passing = [s["rate_rps"] for s in found["steps"] if s["passed"]]
-                    basis, basis_name = (max(passing), "best passing probe") if passing else (plan.start_rate, "start rate")
+                    basis, basis_name = (
+                        (max(passing), "best passing probe")
+                        if passing
+                        else (plan.start_rate, "start rate")
+                    )
                 soak_rate = basis / 2
                 print(f"soak: {plan.soak_s:g} s at {soak_rate:g} req/s", flush=True)
-                results["soak"] = {"workers": 1, "rate_basis": f"half the 1-worker {basis_name} rate ({basis} req/s)",
-                                   **soak(url, images, soak_rate, plan, gateway.pid, meter)}
-                print(json.dumps({k: v for k, v in results["soak"].items() if k != "samples"}), flush=True)
+                results["soak"] = {
+                    "workers": 1,
+                    "rate_basis": f"half the 1-worker {basis_name} rate ({basis} req/s)",
+                    **soak(url, images, soak_rate, plan, gateway.pid, meter),
+                }
+                print(
+                    json.dumps({k: v for k, v in results["soak"].items() if k != "samples"}),
+                    flush=True,
+                )
                 # The next worker count starts its search near where this one ended.
                 start_rate = max(plan.start_rate, basis * 0.75)
-            gateway.send_signal(signal.SIGTERM)  # drains while the next one starts; waited for below
+            gateway.send_signal(
+                signal.SIGTERM
+            )  # drains while the next one starts; waited for below
     finally:
         for process in stopped:
             if process.poll() is None:
@@ -541,7 +687,9 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     plan = results["plan"]
     lines = [
-        "# Gateway load and soak" + (" (quick smoke run: not a measurement)" if results["quick"] else ""), "",
+        "# Gateway load and soak"
+        + (" (quick smoke run: not a measurement)" if results["quick"] else ""),
+        "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, {m['date']} "
         f"(commit {m['git_commit']}). Model: {results['model']}. {results['images']}. Model server (batching on), "
         "gateway (access log off: --log-level WARNING) and this open-loop load generator share the machine's cores, "
@@ -552,15 +700,22 @@ def markdown(results: dict) -> str:
         lines += _search_lines(results, plan)
     soak = results.get("soak")
     if soak:
-        lines += ["", f"Soak: {soak['seconds']:g} s at {soak['rate_rps']} req/s ({soak['rate_basis']}), 1 worker: "
-                  f"{soak['ok']} answered, {soak['errors']} errors, p50 {soak['p50_ms']} ms, p99 {soak['p99_ms']} ms. "
-                  f"Gateway RSS max {soak['rss_mb_first_third_max']} MB in the first third, {soak['rss_mb_last_third_max']} MB "
-                  f"in the last (ratio {soak['rss_ratio']}); open fds max {soak['fds_first_third_max']} / "
-                  f"{soak['fds_last_third_max']} (ratio {soak['fd_ratio']})"
-                  + (f", net of the load generator's connections {soak['fds_net_of_clients_first_third_max']} / "
-                     f"{soak['fds_net_of_clients_last_third_max']} (ratio {soak['fd_net_ratio']}, the one judged)"
-                     if "fd_net_ratio" in soak else " (judged raw)")
-                  + f"; sampled every {plan['sample_every_s']:g} s: " + ("flat." if soak["flat"] else "NOT flat.")]
+        lines += [
+            "",
+            f"Soak: {soak['seconds']:g} s at {soak['rate_rps']} req/s ({soak['rate_basis']}), 1 worker: "
+            f"{soak['ok']} answered, {soak['errors']} errors, p50 {soak['p50_ms']} ms, p99 {soak['p99_ms']} ms. "
+            f"Gateway RSS max {soak['rss_mb_first_third_max']} MB in the first third, {soak['rss_mb_last_third_max']} MB "
+            f"in the last (ratio {soak['rss_ratio']}); open fds max {soak['fds_first_third_max']} / "
+            f"{soak['fds_last_third_max']} (ratio {soak['fd_ratio']})"
+            + (
+                f", net of the load generator's connections {soak['fds_net_of_clients_first_third_max']} / "
+                f"{soak['fds_net_of_clients_last_third_max']} (ratio {soak['fd_net_ratio']}, the one judged)"
+                if "fd_net_ratio" in soak
+                else " (judged raw)"
+            )
+            + f"; sampled every {plan['sample_every_s']:g} s: "
+            + ("flat." if soak["flat"] else "NOT flat."),
+        ]
     else:
         lines += ["", "Soak: not run (1 worker was not measured)."]
     return "\n".join(lines) + "\n"
@@ -568,28 +723,41 @@ def markdown(results: dict) -> str:
 
 def _search_lines(results: dict, plan: dict) -> list[str]:
     lines = [
-        "", f"Highest rate held for {plan['hold_s']:g} s with p99 < {results['criteria']['p99_ms_below']:g} ms and no "
-        f"errors (latency from each request's due time; {plan['connections']} keep-alive connections):", "",
+        "",
+        f"Highest rate held for {plan['hold_s']:g} s with p99 < {results['criteria']['p99_ms_below']:g} ms and no "
+        f"errors (latency from each request's due time; {plan['connections']} keep-alive connections):",
+        "",
         "| gateway workers | max rate (req/s) | p50 (ms) | p99 (ms) | first failed probe (req/s) | cores used: gateway / model server / load gen | search (s) |",
         "|---:|---:|---:|---:|---:|---|---:|",
     ]
     for s in results["searches"]:
         cores = s["cores_used"] or {}
-        lines.append(f"| {s['workers']} | {s['max_rate_rps'] or 'none held'} | {s['p50_ms'] or '-'} | {s['p99_ms'] or '-'} | "
-                     f"{s['first_failed_probe_rps'] or '-'} | {cores.get('gateway', '-')} / {cores.get('model_server', '-')} / "
-                     f"{cores.get('load_generator', '-')} | {s['search_s']} |")
+        lines.append(
+            f"| {s['workers']} | {s['max_rate_rps'] or 'none held'} | {s['p50_ms'] or '-'} | {s['p99_ms'] or '-'} | "
+            f"{s['first_failed_probe_rps'] or '-'} | {cores.get('gateway', '-')} / {cores.get('model_server', '-')} / "
+            f"{cores.get('load_generator', '-')} | {s['search_s']} |"
+        )
     for s in results["searches"]:
         split = s.get("answers_by_worker") or {}
         if len(split) > 1:
-            lines.append(f"\nAt {s['workers']} workers the held rate's answers came from the workers "
-                         f"{', '.join(f'{pid}: {n}' for pid, n in sorted(split.items()))} (pid: answers).")
-    lines += ["", "Every step (probes are short; only a hold counts):", "",
-              "| workers | phase | rate | s | ok | errors | p50 | p99 | send lag p99 | load 1m |", "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+            lines.append(
+                f"\nAt {s['workers']} workers the held rate's answers came from the workers "
+                f"{', '.join(f'{pid}: {n}' for pid, n in sorted(split.items()))} (pid: answers)."
+            )
+    lines += [
+        "",
+        "Every step (probes are short; only a hold counts):",
+        "",
+        "| workers | phase | rate | s | ok | errors | p50 | p99 | send lag p99 | load 1m |",
+        "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
     for s in results["searches"]:
         for st in s["steps"]:
             errors = ", ".join(f"{k} {v}" for k, v in st["errors_by_kind"].items()) or "0"
-            lines.append(f"| {s['workers']} | {st['phase']} | {st['rate_rps']} | {st['seconds']:g} | {st['ok']} | {errors} | "
-                         f"{st['p50_ms']} | {st['p99_ms']} | {st['send_lag_p99_ms']} | {st['load_average_1m']} |")
+            lines.append(
+                f"| {s['workers']} | {st['phase']} | {st['rate_rps']} | {st['seconds']:g} | {st['ok']} | {errors} | "
+                f"{st['p50_ms']} | {st['p99_ms']} | {st['send_lag_p99_ms']} | {st['load_average_1m']} |"
+            )
     return lines
 
 

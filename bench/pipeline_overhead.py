@@ -74,15 +74,35 @@ def main() -> int:
         for parallelism in (2, 1):
             t0 = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "cifarflow.cli.main", "run", "--config", "quick", "--no-cache",
-                 "--trial-parallelism", str(parallelism), "--runs-dir", str(tmp / f"runs-{parallelism}"),
-                 "--store", str(tmp / f"store-{parallelism}")],
-                check=True, stdout=subprocess.DEVNULL, cwd=tmp,
+                [
+                    sys.executable,
+                    "-m",
+                    "cifarflow.cli.main",
+                    "run",
+                    "--config",
+                    "quick",
+                    "--no-cache",
+                    "--trial-parallelism",
+                    str(parallelism),
+                    "--runs-dir",
+                    str(tmp / f"runs-{parallelism}"),
+                    "--store",
+                    str(tmp / f"store-{parallelism}"),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                cwd=tmp,
             )
             pipeline[parallelism] = time.perf_counter() - t0
         pipeline_s = pipeline[2]
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", DIRECT, str(tmp / "direct")], check=True, capture_output=True, text=True, cwd=tmp)
+        done = subprocess.run(
+            [sys.executable, "-c", DIRECT, str(tmp / "direct")],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+        )
         direct_process_s = time.perf_counter() - t0
     steps = json.loads(done.stdout.rsplit("STEP_TIMES", 1)[1])
     direct_s = sum(steps.values())
@@ -104,10 +124,18 @@ def main() -> int:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"cifarflow run (kfp.local):        {pipeline_s:7.1f} s  (2 trials at a time, the default)")
-    print(f"  one trial at a time:            {pipeline[1]:7.1f} s  (overhead {serial_overhead:.1%})")
-    print(f"step functions, one process:      {direct_s:7.1f} s  (process wall {direct_process_s:.1f} s)")
-    print(f"overhead: {overhead:.1%} of the pipeline run (target < 25%) -> {'met' if result['meets_target'] else 'NOT met'}")
+    print(
+        f"cifarflow run (kfp.local):        {pipeline_s:7.1f} s  (2 trials at a time, the default)"
+    )
+    print(
+        f"  one trial at a time:            {pipeline[1]:7.1f} s  (overhead {serial_overhead:.1%})"
+    )
+    print(
+        f"step functions, one process:      {direct_s:7.1f} s  (process wall {direct_process_s:.1f} s)"
+    )
+    print(
+        f"overhead: {overhead:.1%} of the pipeline run (target < 25%) -> {'met' if result['meets_target'] else 'NOT met'}"
+    )
     print(f"written to {RESULTS}")
     return 0
 

@@ -83,12 +83,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args: list[str], ready_text: str, timeout: float = 120, cpus: str | None = None) -> subprocess.Popen:
+def start(
+    args: list[str], ready_text: str, timeout: float = 120, cpus: str | None = None
+) -> subprocess.Popen:
     pin = ["taskset", "-c", cpus] if cpus else []
-    process = subprocess.Popen([*pin, *CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    process = subprocess.Popen(
+        [*pin, *CLI, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
+    ).start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -123,8 +132,10 @@ def measured(run, processes: dict[str, int | None]) -> dict[str, object]:
     before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     row = run()
     completed = max(1, row.get("completed", 0))
-    row["cpu_ms_per_request"] = {name: round(1000 * (cpu_seconds(pid) - before[name]) / completed, 3)
-                                 for name, pid in processes.items()}
+    row["cpu_ms_per_request"] = {
+        name: round(1000 * (cpu_seconds(pid) - before[name]) / completed, 3)
+        for name, pid in processes.items()
+    }
     return row
 
 
@@ -202,7 +213,9 @@ def direct_call(target: str, image: bytes):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "cifarflow"
-        request.inputs["image_bytes"].CopyFrom(to_tensor_proto(np.array([image], dtype=object), DT_STRING))
+        request.inputs["image_bytes"].CopyFrom(
+            to_tensor_proto(np.array([image], dtype=object), DT_STRING)
+        )
         request.output_filter.append("probabilities")  # what the gateway asks for too
         return lambda: stub.Predict(request, timeout=10)
 
@@ -249,15 +262,24 @@ def gateway_rest_call(url: str, image: bytes):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an exported SavedModel folder to serve")
-    parser.add_argument("--model-kind", choices=("resnet20", "tiny"), default="resnet20",
-                        help="without --model: an untrained ResNet-20 through the trainer's real export "
-                        "(real compute per image), or the tiny linear test model (serving overhead only)")
+    parser.add_argument(
+        "--model-kind",
+        choices=("resnet20", "tiny"),
+        default="resnet20",
+        help="without --model: an untrained ResNet-20 through the trainer's real export "
+        "(real compute per image), or the tiny linear test model (serving overhead only)",
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per scenario")
-    parser.add_argument("--soak-seconds", type=float, default=0.0, help="gateway memory soak (0 skips it)")
+    parser.add_argument(
+        "--soak-seconds", type=float, default=0.0, help="gateway memory soak (0 skips it)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_JSON)
-    parser.add_argument("--pin", action="store_true",
-                        help="model server and clients on CPU 0, the gateway on CPU 1: the gateway gets its own "
-                        "core, as a gateway pod has its own CPU in a cluster, and the model server the same CPU on every path")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="model server and clients on CPU 0, the gateway on CPU 1: the gateway gets its own "
+        "core, as a gateway pod has its own CPU in a cluster, and the model server the same CPU on every path",
+    )
     args = parser.parse_args(argv)
     if args.pin:
         if args.out == RESULTS_JSON:
@@ -271,8 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:  # exporting needs TensorFlow: do it in a child process, keep this one light
         model = workdir / "export"
         model.mkdir()
-        subprocess.run([sys.executable, "-c", EXPORTERS[args.model_kind], str(model), str(REPO)], check=True,
-                       capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"})
+        subprocess.run(
+            [sys.executable, "-c", EXPORTERS[args.model_kind], str(model), str(REPO)],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"},
+        )
     use_protos_only()
     from cifarflow.serving.store import publish_model
 
@@ -293,18 +319,53 @@ def main(argv: list[str] | None = None) -> int:
     def serve_model(batching: bool) -> int:  # the new process is processes[-1]
         port = free_port()
         flags = ["--batching"] if batching else ["--no-batching"]
-        processes.append(start(["serve", "--log-level", "WARNING", "model", "--store", str(store), "--model-name", "cifarflow",
-                                "--host", "127.0.0.1", "--grpc-port", str(port), "--rest-port", "-1", *flags], "model server:",
-                               cpus="0" if args.pin else None))
+        processes.append(
+            start(
+                [
+                    "serve",
+                    "--log-level",
+                    "WARNING",
+                    "model",
+                    "--store",
+                    str(store),
+                    "--model-name",
+                    "cifarflow",
+                    "--host",
+                    "127.0.0.1",
+                    "--grpc-port",
+                    str(port),
+                    "--rest-port",
+                    "-1",
+                    *flags,
+                ],
+                "model server:",
+                cpus="0" if args.pin else None,
+            )
+        )
         return port
 
     try:
         model_port = serve_model(batching=True)
         model_pid = processes[-1].pid
         http_port, gw_grpc_port = free_port(), free_port()
-        gateway = start(["serve", "--log-level", "WARNING", "gateway", "--backend", f"127.0.0.1:{model_port}",
-                         "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(gw_grpc_port)], "gateway: HTTP",
-                        cpus="1" if args.pin else None)
+        gateway = start(
+            [
+                "serve",
+                "--log-level",
+                "WARNING",
+                "gateway",
+                "--backend",
+                f"127.0.0.1:{model_port}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(http_port),
+                "--grpc-port",
+                str(gw_grpc_port),
+            ],
+            "gateway: HTTP",
+            cpus="1" if args.pin else None,
+        )
         processes.append(gateway)
         paths = {
             "direct": direct_call(f"127.0.0.1:{model_port}", image),
@@ -316,16 +377,30 @@ def main(argv: list[str] | None = None) -> int:
                 watched = {"model_server": model_pid, "clients": None}
                 if name != "direct":
                     watched["gateway"] = gateway.pid
-                row = {"path": name, "batching": True, "clients": clients,
-                       **measured(lambda: closed_loop(make, clients, args.seconds), watched)}
+                row = {
+                    "path": name,
+                    "batching": True,
+                    "clients": clients,
+                    **measured(
+                        lambda make=make, clients=clients: closed_loop(make, clients, args.seconds),
+                        watched,
+                    ),
+                }
                 print(json.dumps(row), flush=True)
                 results["scenarios"].append(row)
         unbatched_port = serve_model(batching=False)
         unbatched = {"model_server": processes[-1].pid, "clients": None}
         for clients in CLIENTS:
             make = direct_call(f"127.0.0.1:{unbatched_port}", image)
-            row = {"path": "direct", "batching": False, "clients": clients,
-                   **measured(lambda: closed_loop(make, clients, args.seconds), unbatched)}
+            row = {
+                "path": "direct",
+                "batching": False,
+                "clients": clients,
+                **measured(
+                    lambda make=make, clients=clients: closed_loop(make, clients, args.seconds),
+                    unbatched,
+                ),
+            }
             print(json.dumps(row), flush=True)
             results["scenarios"].append(row)
         processes.pop().send_signal(signal.SIGTERM)
@@ -343,9 +418,18 @@ def main(argv: list[str] | None = None) -> int:
             done.set()
             rss = [mb for _, mb in samples]
             third = max(1, len(rss) // 3)
-            results["soak"] = {"clients": 8, "path": "gateway-rest", **soak, "rss_mb_samples": samples,
-                               "rss_mb_first_third_max": max(rss[:third]), "rss_mb_last_third_max": max(rss[-third:])}
-            print(json.dumps({k: v for k, v in results["soak"].items() if k != "rss_mb_samples"}), flush=True)
+            results["soak"] = {
+                "clients": 8,
+                "path": "gateway-rest",
+                **soak,
+                "rss_mb_samples": samples,
+                "rss_mb_first_third_max": max(rss[:third]),
+                "rss_mb_last_third_max": max(rss[-third:]),
+            }
+            print(
+                json.dumps({k: v for k, v in results["soak"].items() if k != "rss_mb_samples"}),
+                flush=True,
+            )
     finally:
         for process in processes:
             if process.poll() is None:
@@ -359,10 +443,13 @@ def main(argv: list[str] | None = None) -> int:
     results["summary"] = summarise(results["scenarios"])
     try:
         previous = json.loads(args.out.read_text())
-        results["previous"] = {"date": previous["machine"]["date"], "commit": previous["machine"]["git_commit"],
-                               "load_average_before": previous.get("load_average_before"),
-                               "load_average_after": previous.get("load_average_after"),
-                               "summary": previous["summary"]}
+        results["previous"] = {
+            "date": previous["machine"]["date"],
+            "commit": previous["machine"]["git_commit"],
+            "load_average_before": previous.get("load_average_before"),
+            "load_average_after": previous.get("load_average_after"),
+            "summary": previous["summary"],
+        }
     except (OSError, ValueError, KeyError):
         pass
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -374,7 +461,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _row(scenarios, path, clients, batching=True):
-    return next(s for s in scenarios if s["path"] == path and s["clients"] == clients and s["batching"] == batching)
+    return next(
+        s
+        for s in scenarios
+        if s["path"] == path and s["clients"] == clients and s["batching"] == batching
+    )
 
 
 # summary key -> (goal text, test on the value); the targets of issue #6.
@@ -394,7 +485,11 @@ def summarise(scenarios: list[dict]) -> dict[str, object]:
     off32 = _row(scenarios, "direct", 32, False)
 
     def ratio(a: dict, b: dict, digits: int):  # None when a scenario completed no request
-        return round(a["throughput_rps"] / b["throughput_rps"], digits) if "throughput_rps" in a and "throughput_rps" in b else None
+        return (
+            round(a["throughput_rps"] / b["throughput_rps"], digits)
+            if "throughput_rps" in a and "throughput_rps" in b
+            else None
+        )
 
     def added(a: dict, b: dict):
         return round(a["p50_ms"] - b["p50_ms"], 3) if "p50_ms" in a and "p50_ms" in b else None
@@ -402,13 +497,21 @@ def summarise(scenarios: list[dict]) -> dict[str, object]:
     summary = {
         "gateway_grpc_added_p50_ms_at_1": added(gw1, direct1),
         "gateway_rest_added_p50_ms_at_1": added(rest1, direct1),
-        "gateway_grpc_throughput_share_at_32": ratio(_row(scenarios, "gateway-grpc", 32), direct32, 3),
-        "gateway_rest_throughput_share_at_32": ratio(_row(scenarios, "gateway-rest", 32), direct32, 3),
+        "gateway_grpc_throughput_share_at_32": ratio(
+            _row(scenarios, "gateway-grpc", 32), direct32, 3
+        ),
+        "gateway_rest_throughput_share_at_32": ratio(
+            _row(scenarios, "gateway-rest", 32), direct32, 3
+        ),
         "batching_speedup_at_32": ratio(direct32, off32, 2),
     }
     # Where the time goes at 32 clients: CPU per request of each process (all share the cores).
-    for name, row in (("direct_on", direct32), ("direct_off", off32), ("gateway_grpc", _row(scenarios, "gateway-grpc", 32)),
-                      ("gateway_rest", _row(scenarios, "gateway-rest", 32))):
+    for name, row in (
+        ("direct_on", direct32),
+        ("direct_off", off32),
+        ("gateway_grpc", _row(scenarios, "gateway-grpc", 32)),
+        ("gateway_rest", _row(scenarios, "gateway-rest", 32)),
+    ):
         if "cpu_ms_per_request" in row:
             summary[f"cpu_ms_per_request_at_32_{name}"] = row["cpu_ms_per_request"]
     return summary
@@ -418,58 +521,88 @@ def _cpu_text(row: dict) -> str:
     cpu = row.get("cpu_ms_per_request")
     if not cpu:
         return "-"
-    return " / ".join(f"{cpu[name]:.2f}" if name in cpu else "-" for name in ("model_server", "gateway", "clients"))
+    return " / ".join(
+        f"{cpu[name]:.2f}" if name in cpu else "-"
+        for name in ("model_server", "gateway", "clients")
+    )
 
 
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
-        "# Serving latency", "",
+        "# Serving latency",
+        "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, {m['date']} "
         f"(commit {m['git_commit']}). Model: {results['model']}. {results['image']}. "
         f"{results['seconds_per_scenario']:g} s per scenario after 1 s warm-up. "
-        + ("Pinned: model server and clients on CPU 0, gateway on CPU 1." if results.get("pinned") else
-           "Model server, gateway and clients share both cores.")
+        + (
+            "Pinned: model server and clients on CPU 0, gateway on CPU 1."
+            if results.get("pinned")
+            else "Model server, gateway and clients share both cores."
+        )
         + f" Load average before/after: {' '.join(results['load_average_before'])} / {' '.join(results['load_average_after'])}"
-        " (other engineers' jobs share this machine).", "",
+        " (other engineers' jobs share this machine).",
+        "",
         "CPU ms per request: the model server, gateway and client threads' CPU time over the scenario "
-        "(warm-up included) divided by the requests they completed.", "",
+        "(warm-up included) divided by the requests they completed.",
+        "",
         "| path | batching | clients | throughput (req/s) | p50 (ms) | p99 (ms) | errors | CPU ms/request: model server / gateway / clients |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in results["scenarios"]:
-        lines.append(f"| {s['path']} | {'on' if s['batching'] else 'off'} | {s['clients']} | {s.get('throughput_rps', 0)} | "
-                     f"{s.get('p50_ms', '-')} | {s.get('p99_ms', '-')} | {s['errors']} | {_cpu_text(s)} |")
+        lines.append(
+            f"| {s['path']} | {'on' if s['batching'] else 'off'} | {s['clients']} | {s.get('throughput_rps', 0)} | "
+            f"{s.get('p50_ms', '-')} | {s.get('p99_ms', '-')} | {s['errors']} | {_cpu_text(s)} |"
+        )
     previous = results.get("previous")
     head = "| target | goal | this run | met |"
     rule = "|---|---|---:|---|"
     if previous:
-        head = head.replace(" | met |", f" | previous run ({previous['date'][:16]}, commit {previous['commit']}) | met |")
+        head = head.replace(
+            " | met |",
+            f" | previous run ({previous['date'][:16]}, commit {previous['commit']}) | met |",
+        )
         rule = "|---|---|---:|---:|---|"
     lines += ["", head, rule]
     for key, (goal, met) in TARGETS.items():
         value = results["summary"][key]
         before = f" {previous['summary'].get(key, '-')} |" if previous else ""
-        lines.append(f"| {key} | {goal} | {value} |{before} {'yes' if value is not None and met(value) else 'no'} |")
+        lines.append(
+            f"| {key} | {goal} | {value} |{before} {'yes' if value is not None and met(value) else 'no'} |"
+        )
     if "soak" in results:
         soak = results["soak"]
         growth = soak["rss_mb_last_third_max"] - soak["rss_mb_first_third_max"]
         before = " - |" if previous else ""
-        lines.append(f"| gateway RSS growth over the soak (MB) | flat (< 5 %) | {growth:+.1f} |{before} "
-                     f"{'yes' if growth < 0.05 * soak['rss_mb_first_third_max'] else 'no'} |")
+        lines.append(
+            f"| gateway RSS growth over the soak (MB) | flat (< 5 %) | {growth:+.1f} |{before} "
+            f"{'yes' if growth < 0.05 * soak['rss_mb_first_third_max'] else 'no'} |"
+        )
     if previous and previous.get("load_average_before"):
-        lines += ["", f"Previous run's load average before/after: {' '.join(previous['load_average_before'])} / "
-                  f"{' '.join(previous.get('load_average_after') or [])}."]
+        lines += [
+            "",
+            f"Previous run's load average before/after: {' '.join(previous['load_average_before'])} / "
+            f"{' '.join(previous.get('load_average_after') or [])}.",
+        ]
     cpu_rows = {k: v for k, v in results["summary"].items() if k.startswith("cpu_ms_per_request")}
     if cpu_rows:
-        lines += ["", "CPU ms per request at 32 clients: " + "; ".join(
-            f"{k.removeprefix('cpu_ms_per_request_at_32_')}: " + ", ".join(f"{name} {ms}" for name, ms in v.items())
-            for k, v in cpu_rows.items())]
+        lines += [
+            "",
+            "CPU ms per request at 32 clients: "
+            + "; ".join(
+                f"{k.removeprefix('cpu_ms_per_request_at_32_')}: "
+                + ", ".join(f"{name} {ms}" for name, ms in v.items())
+                for k, v in cpu_rows.items()
+            ),
+        ]
     if "soak" in results:
         soak = results["soak"]
-        lines += ["", f"Soak: gateway REST, {soak['clients']} clients, {soak['requests']} requests, {soak['errors']} errors; "
-                  f"gateway RSS max {soak['rss_mb_first_third_max']} MB in the first third, "
-                  f"{soak['rss_mb_last_third_max']} MB in the last third."]
+        lines += [
+            "",
+            f"Soak: gateway REST, {soak['clients']} clients, {soak['requests']} requests, {soak['errors']} errors; "
+            f"gateway RSS max {soak['rss_mb_first_third_max']} MB in the first third, "
+            f"{soak['rss_mb_last_third_max']} MB in the last third.",
+        ]
     return "\n".join(lines) + "\n"
 
 

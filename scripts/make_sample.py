@@ -72,7 +72,9 @@ def pack(files: dict[str, bytes]) -> bytes:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", type=Path, default=DEFAULT_FULL, help="the full official archive")
-    parser.add_argument("--out", type=Path, default=SAMPLE_ARCHIVE, help="where to write the sample")
+    parser.add_argument(
+        "--out", type=Path, default=SAMPLE_ARCHIVE, help="where to write the sample"
+    )
     args = parser.parse_args()
     if not args.full.is_file():
         print(f"make_sample: error: full archive not found: {args.full}", file=sys.stderr)

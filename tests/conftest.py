@@ -44,5 +44,7 @@ def sample_md5() -> str:
 @pytest.fixture(scope="session")
 def full_archive() -> Path:
     if not FULL_ARCHIVE.is_file():
-        pytest.skip(f"full CIFAR-100 archive not found at {FULL_ARCHIVE} (the shared/ folder is absent)")
+        pytest.skip(
+            f"full CIFAR-100 archive not found at {FULL_ARCHIVE} (the shared/ folder is absent)"
+        )
     return FULL_ARCHIVE

@@ -22,7 +22,10 @@ def test_shipped_grids_load_and_travel_as_json(name):
     for trial in dicts:
         assert "name" not in trial  # a ParallelFor item with `name` breaks the KFP SDK
         # The round trip through JSON (KFP turns ints into floats) gives the same trial back.
-        floated = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in json.loads(json.dumps(trial)).items()}
+        floated = {
+            k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in json.loads(json.dumps(trial)).items()
+        }
         assert TrialConfig.from_dict(floated) == TrialConfig.from_dict(trial)
 
 
@@ -47,7 +50,10 @@ def test_grid_expands_trials_times_grid_in_a_stable_order():
     )
     assert isinstance(grid, Grid) and len(grid.trials) == 8
     assert [(t.fine_label_weight, t.learning_rate, t.seed) for t in grid.trials[:4]] == [
-        (0.0, 0.1, 0), (0.0, 0.1, 1), (0.0, 0.01, 0), (0.0, 0.01, 1)
+        (0.0, 0.1, 0),
+        (0.0, 0.1, 1),
+        (0.0, 0.01, 0),
+        (0.0, 0.01, 1),
     ]
     assert all(t.fine_label_weight == 0.5 for t in grid.trials[4:])
     assert grid.trial(3).seed == 1
@@ -57,10 +63,18 @@ def test_grid_expands_trials_times_grid_in_a_stable_order():
 
 def test_unknown_keys_and_bad_values_are_reported_together():
     with pytest.raises(BadInputError) as info:
-        parse_grid({"base": {"learning_rat": 0.1, "dropout": 1.5, "optimizer": "rmsprop", "depth": 9}}, source="g.yaml")
+        parse_grid(
+            {"base": {"learning_rat": 0.1, "dropout": 1.5, "optimizer": "rmsprop", "depth": 9}},
+            source="g.yaml",
+        )
     message = str(info.value)
     assert message.startswith("g.yaml: trial 0:")
-    for fragment in ("unknown key(s) learning_rat", "dropout must be in [0, 1)", "optimizer must be one of", "depth must be 6n+2"):
+    for fragment in (
+        "unknown key(s) learning_rat",
+        "dropout must be in [0, 1)",
+        "optimizer must be one of",
+        "depth must be 6n+2",
+    ):
         assert fragment in message
 
 
@@ -111,7 +125,12 @@ def test_cli_reports_a_bad_grid_in_one_line(tmp_path, capsys):
 
     grid = tmp_path / "g.yaml"
     grid.write_text("base:\n  epochz: 3\n")
-    assert main(["train", "--data", str(tmp_path), "--config", str(grid), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            ["train", "--data", str(tmp_path), "--config", str(grid), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown key(s) epochz" in err[0]
 
@@ -119,6 +138,9 @@ def test_cli_reports_a_bad_grid_in_one_line(tmp_path, capsys):
 def test_cli_lists_trials(capsys):
     from cifarflow.cli.main import main
 
-    assert main(["train", "--config", str(CONFIGS / "quick.yaml"), "--list-trials", "--out", "unused"]) == 0
+    assert (
+        main(["train", "--config", str(CONFIGS / "quick.yaml"), "--list-trials", "--out", "unused"])
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and json.loads(lines[1].split(" ", 1)[1])["learning_rate"] == 0.1

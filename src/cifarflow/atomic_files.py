@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -45,6 +46,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(
-    path: str | os.PathLike, value: Any, indent: int = 2, default: Callable[[Any], Any] | None = None
+    path: str | os.PathLike,
+    value: Any,
+    indent: int = 2,
+    default: Callable[[Any], Any] | None = None,
 ) -> None:
     write_text_atomic(path, json.dumps(value, indent=indent, default=default) + "\n")

@@ -62,9 +62,13 @@ def storage_error(exc: OSError, where: str | os.PathLike | None = None) -> Stora
             (a write on an open file does not).
     """
     if isinstance(exc, shutil.Error):
-        failures = [f for f in exc.args[0] if isinstance(f, tuple) and len(f) == 3] if exc.args else []
+        failures = (
+            [f for f in exc.args[0] if isinstance(f, tuple) and len(f) == 3] if exc.args else []
+        )
         for _, target, why in failures:
-            reason = next((os.strerror(n) for n in _STORAGE_ERRNOS if os.strerror(n) in str(why)), None)
+            reason = next(
+                (os.strerror(n) for n in _STORAGE_ERRNOS if os.strerror(n) in str(why)), None
+            )
             if reason:
                 return StorageError(f"{reason}: cannot write {target}")
         return None

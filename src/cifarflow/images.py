@@ -29,8 +29,10 @@ GPU_SUFFIX = "-gpu"
 # separated by '/', an optional registry host[:port] first; a tag is up to
 # 128 word characters, dots and dashes, not starting with '.' or '-'. The
 # GPU tag adds GPU_SUFFIX, so the tag given must leave room for it.
-_REPOSITORY = re.compile(r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,%d}$" % (127 - len(GPU_SUFFIX)))
+_REPOSITORY = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$"
+)
+_TAG = re.compile(rf"^[\w][\w.-]{{0,{127 - len(GPU_SUFFIX)}}}$")
 
 
 def image_repository(override: str | None = None) -> str:
@@ -70,8 +72,11 @@ class PipelineImages:
 
     @classmethod
     def resolve(
-        cls, repository: str | None = None, tag: str | None = None, pull_secrets: tuple[str, ...] = ()
-    ) -> "PipelineImages":
+        cls,
+        repository: str | None = None,
+        tag: str | None = None,
+        pull_secrets: tuple[str, ...] = (),
+    ) -> PipelineImages:
         """Checks the flags' values and names both images.
 
         Raises:
@@ -85,8 +90,14 @@ class PipelineImages:
                 f"--image-repository takes a repository without a tag, e.g. registry.example.com/you/cifarflow, got {repository!r}"
             )
         if tag is not None and not _TAG.match(tag):
-            raise BadInputError(f"--image-tag takes a tag such as 0.1.0 or a commit id, got {tag!r}")
+            raise BadInputError(
+                f"--image-tag takes a tag such as 0.1.0 or a commit id, got {tag!r}"
+            )
         for name in pull_secrets:
             if not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", name):
                 raise BadInputError(f"--image-pull-secret takes a Secret name, got {name!r}")
-        return cls(cpu=cpu_image(repository, tag), gpu=gpu_image(repository, tag), pull_secrets=tuple(pull_secrets))
+        return cls(
+            cpu=cpu_image(repository, tag),
+            gpu=gpu_image(repository, tag),
+            pull_secrets=tuple(pull_secrets),
+        )

@@ -33,8 +33,9 @@ import json
 import sys
 import tempfile
 import types
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 FUNCTION_FLAG = "--function_to_execute"  # how a KFP lightweight component names its function
 
@@ -75,6 +76,7 @@ class Report:
 
 # --- reading the compiled pipeline ------------------------------------------------------
 
+
 def step_programs(pipeline_spec: dict[str, Any]) -> list[StepProgram]:
     """The embedded program of every executor in a compiled PipelineSpec.
 
@@ -91,7 +93,9 @@ def step_programs(pipeline_spec: dict[str, Any]) -> list[StepProgram]:
         container = spec.get("container", {})
         args = list(container.get("args", []))
         if FUNCTION_FLAG not in args or args.index(FUNCTION_FLAG) + 1 >= len(args):
-            raise ValueError(f"{executor}: not a KFP lightweight Python component (no {FUNCTION_FLAG})")
+            raise ValueError(
+                f"{executor}: not a KFP lightweight Python component (no {FUNCTION_FLAG})"
+            )
         function = args[args.index(FUNCTION_FLAG) + 1]
         for candidate in container.get("command", []):
             if _defines_function(candidate, function):
@@ -117,7 +121,10 @@ def program_imports(source: str) -> list[ImportedName]:
         if isinstance(node, ast.Import):
             names += [ImportedName(alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names += [ImportedName(node.module, None if alias.name == "*" else alias.name) for alias in node.names]
+            names += [
+                ImportedName(node.module, None if alias.name == "*" else alias.name)
+                for alias in node.names
+            ]
     return list(dict.fromkeys(names))
 
 
@@ -131,6 +138,7 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
 
 
 # --- the checks -----------------------------------------------------------------------------
+
 
 def resolve(imported: ImportedName) -> None:
     """Imports what one import statement names, as the step will at run time.
@@ -146,7 +154,9 @@ def resolve(imported: ImportedName) -> None:
     except ModuleNotFoundError as exc:
         if exc.name != f"{imported.module}.{imported.name}":
             raise  # the submodule exists but imports something missing
-        raise ImportError(f"cannot import name {imported.name!r} from {imported.module!r}") from None
+        raise ImportError(
+            f"cannot import name {imported.name!r} from {imported.module!r}"
+        ) from None
 
 
 def check_step(program: StepProgram, report: Report) -> None:
@@ -155,16 +165,22 @@ def check_step(program: StepProgram, report: Report) -> None:
     try:
         exec(compile(program.source, f"<{program.executor}>", "exec"), module.__dict__)  # noqa: S102 - our own compiled step
         if not callable(getattr(module, program.function, None)):
-            report.problems.append(f"{program.executor}: {program.function} is not defined by its program")
+            report.problems.append(
+                f"{program.executor}: {program.function} is not defined by its program"
+            )
     except Exception as exc:  # the program's own top-level imports failed
-        report.problems.append(f"{program.executor}: loading the program: {type(exc).__name__}: {exc}")
+        report.problems.append(
+            f"{program.executor}: loading the program: {type(exc).__name__}: {exc}"
+        )
     imports = program_imports(program.source)
     report.steps[program.executor] = [str(i) for i in imports]
     for imported in imports:
         try:
             resolve(imported)
         except Exception as exc:
-            report.problems.append(f"{program.executor}: import {imported}: {type(exc).__name__}: {exc}")
+            report.problems.append(
+                f"{program.executor}: import {imported}: {type(exc).__name__}: {exc}"
+            )
 
 
 def check_pipeline(report: Report, pipeline: str | Path | None = None) -> None:
@@ -211,7 +227,10 @@ def check_data(report: Report) -> None:
         ("shipped grids", _check_grids),
         ("sample archive", _check_sample),
         ("gateway web page", lambda: _resource("cifarflow.serving.gateway", "static/index.html")),
-        ("gateway openapi.json", lambda: json.loads(_resource("cifarflow.serving.gateway", "openapi.json"))),
+        (
+            "gateway openapi.json",
+            lambda: json.loads(_resource("cifarflow.serving.gateway", "openapi.json")),
+        ),
         ("gateway proto", lambda: _resource("cifarflow.serving.gateway.proto", "classifier.proto")),
     )
     for what, check in checks:
@@ -262,7 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m cifarflow.install_check",
         description="Check that this installation of cifarflow can run every pipeline step, verb and data file.",
     )
-    parser.add_argument("--pipeline", help="check this compiled pipeline YAML instead of compiling one")
+    parser.add_argument(
+        "--pipeline", help="check this compiled pipeline YAML instead of compiling one"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     report = run_checks(args.pipeline)

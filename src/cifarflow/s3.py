@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from cifarflow.errors import BadInputError, RemoteError
 
@@ -31,7 +32,7 @@ class S3Location:
     key: str
 
     @classmethod
-    def parse(cls, uri: str) -> "S3Location":
+    def parse(cls, uri: str) -> S3Location:
         if not uri.startswith("s3://"):
             raise BadInputError(f"not an s3:// URI: {uri!r}")
         bucket, _, key = uri[len("s3://") :].partition("/")
@@ -66,7 +67,7 @@ class S3Settings:
         access_key: str | None = None,
         secret_key: str | None = None,
         secure: bool | None = None,
-    ) -> "S3Settings":
+    ) -> S3Settings:
         """Explicit arguments win over `S3_*` environment variables."""
         env = os.environ if environ is None else environ
         endpoint = endpoint or env.get("S3_ENDPOINT", "")
@@ -84,10 +85,18 @@ class S3Settings:
             if not timeout_s > 0:
                 raise ValueError
         except ValueError:
-            raise BadInputError(f"S3_TIMEOUT must be a positive number of seconds, got {timeout!r}") from None
-        return cls(endpoint=endpoint, access_key=access_key, secret_key=secret_key, secure=secure, timeout_s=timeout_s)
+            raise BadInputError(
+                f"S3_TIMEOUT must be a positive number of seconds, got {timeout!r}"
+            ) from None
+        return cls(
+            endpoint=endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            timeout_s=timeout_s,
+        )
 
-    def client(self) -> "Minio":
+    def client(self) -> Minio:
         import certifi
         import urllib3
         from minio import Minio
@@ -98,7 +107,9 @@ class S3Settings:
             maxsize=10,
             cert_reqs="CERT_REQUIRED",
             ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
-            retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            retries=urllib3.Retry(
+                total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
         )
         return Minio(
             self.endpoint,
@@ -115,7 +126,9 @@ def describe_s3_error(exc: Exception, location: S3Location | str) -> RemoteError
 
     if isinstance(exc, S3Error):
         if exc.code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"}:
-            return RemoteError(f"S3 refused the credentials for {location} ({exc.code}): check S3_ACCESS_KEY/S3_SECRET_KEY")
+            return RemoteError(
+                f"S3 refused the credentials for {location} ({exc.code}): check S3_ACCESS_KEY/S3_SECRET_KEY"
+            )
         if exc.code in {"NoSuchKey", "NoSuchBucket"}:
             return RemoteError(f"{location} does not exist ({exc.code})")
         return RemoteError(f"S3 error for {location}: {exc.code}: {exc.message}")

@@ -68,8 +68,21 @@ def test_open_loop_counts_every_failed_request():
 
 def test_quick_mode_end_to_end(tmp_path, exported_model):
     out = tmp_path / "load.json"
-    run = subprocess.run([sys.executable, str(REPO / "bench" / "load.py"), "--quick", "--model", str(exported_model),
-                          "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "load.py"),
+            "--quick",
+            "--model",
+            str(exported_model),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     results = json.loads(out.read_text())
     assert results["quick"] is True
@@ -79,20 +92,39 @@ def test_quick_mode_end_to_end(tmp_path, exported_model):
     for found in results["searches"]:
         assert found["steps"], found
         for step in found["steps"]:
-            assert {"phase", "rate_rps", "sent", "ok", "errors", "errors_by_kind", "p50_ms", "p99_ms", "passed",
-                    "cores_used", "load_average_1m"} <= set(step)
+            assert {
+                "phase",
+                "rate_rps",
+                "sent",
+                "ok",
+                "errors",
+                "errors_by_kind",
+                "p50_ms",
+                "p99_ms",
+                "passed",
+                "cores_used",
+                "load_average_1m",
+            } <= set(step)
             assert step["ok"] + step["errors"] == step["sent"]
-            assert step["passed"] == (step["errors"] == 0 and step["p99_ms"] is not None and step["p99_ms"] < 100)
+            assert step["passed"] == (
+                step["errors"] == 0 and step["p99_ms"] is not None and step["p99_ms"] < 100
+            )
         if found["max_rate_rps"]:
             assert found["p99_ms"] < 100
     # With 2 workers every answer names the worker (its pid) that gave it.
     for step in results["searches"][1]["steps"]:
         assert sum(step["answers_by_worker"].values()) == step["ok"]
-        assert len(step["answers_by_worker"]) <= 2 and all(pid.isdigit() for pid in step["answers_by_worker"])
+        assert len(step["answers_by_worker"]) <= 2 and all(
+            pid.isdigit() for pid in step["answers_by_worker"]
+        )
     soak = results["soak"]
     assert soak["rate_basis"].startswith("half the 1-worker")
-    assert soak["samples"] and {"rss_mb", "fds", "client_connections", "t_s"} <= set(soak["samples"][0])
-    assert soak["fds_net_of_clients_first_third_max"] < soak["fds_first_third_max"]  # the clients hold some
+    assert soak["samples"] and {"rss_mb", "fds", "client_connections", "t_s"} <= set(
+        soak["samples"][0]
+    )
+    assert (
+        soak["fds_net_of_clients_first_third_max"] < soak["fds_first_third_max"]
+    )  # the clients hold some
     assert soak["rss_mb_first_third_max"] > 0 and soak["fds_first_third_max"] > 0
     assert isinstance(soak["flat"], bool) and soak["ok"] + soak["errors"] == soak["sent"]
     assert out.with_suffix(".md").read_text().startswith("# Gateway load and soak (quick")

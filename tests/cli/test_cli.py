@@ -9,13 +9,30 @@ import sys
 from cifarflow.cli.main import VERBS, main
 
 DESIGN_VERBS = {
-    "ingest", "preprocess", "eda", "train", "evaluate", "select", "publish",
-    "run", "compile", "submit", "runs", "serve", "models", "predict",
+    "ingest",
+    "preprocess",
+    "eda",
+    "train",
+    "evaluate",
+    "select",
+    "publish",
+    "run",
+    "compile",
+    "submit",
+    "runs",
+    "serve",
+    "models",
+    "predict",
 }
 
 
 def test_help_lists_every_verb_of_the_design():
-    out = subprocess.run([sys.executable, "-m", "cifarflow.cli.main", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "cifarflow.cli.main", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert {verb for verb, _ in VERBS} == DESIGN_VERBS
     for verb in DESIGN_VERBS:
         assert f"    {verb}" in out
@@ -28,19 +45,32 @@ def test_every_verb_of_the_design_is_built():
 
 def test_console_script_is_installed():
     bin_dir = __import__("pathlib").Path(sys.executable).parent
-    result = subprocess.run([str(bin_dir / "cifarflow"), "--version"], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(bin_dir / "cifarflow"), "--version"], capture_output=True, text=True
+    )
     assert result.returncode == 0 and result.stdout.startswith("cifarflow ")
 
 
 def test_unknown_verb_is_a_usage_error():
-    result = subprocess.run([sys.executable, "-m", "cifarflow.cli.main", "trian"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "cifarflow.cli.main", "trian"], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
 def test_a_reader_that_goes_away_is_not_an_internal_error(tmp_path):
     """`cifarflow ... | head`: the closed pipe ends the command quietly, with the shell's SIGPIPE status."""
-    command = [sys.executable, "-m", "cifarflow.cli.main", "train", "--config", "reference", "--list-trials", "--out",
-               str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "cifarflow.cli.main",
+        "train",
+        "--config",
+        "reference",
+        "--list-trials",
+        "--out",
+        str(tmp_path),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # before the command writes: its first write meets a closed pipe
     stderr = process.stderr.read().decode()
@@ -51,5 +81,8 @@ def test_grids_are_named_by_their_shipped_name_or_a_path(tmp_path, capsys):
     assert main(["train", "--config", "quick", "--list-trials", "--out", str(tmp_path)]) == 0
     by_name = capsys.readouterr().out
     # The checkout-style path names the same shipped grid, from any working folder.
-    assert main(["train", "--config", "configs/quick.yaml", "--list-trials", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["train", "--config", "configs/quick.yaml", "--list-trials", "--out", str(tmp_path)])
+        == 0
+    )
     assert capsys.readouterr().out == by_name and by_name.count("\n") == 2

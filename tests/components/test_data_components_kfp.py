@@ -1,7 +1,6 @@
 """The ingest -> preprocess -> eda KFP components, run by kfp.local as a pipeline."""
 
 import json
-from pathlib import Path
 
 import pytest
 from kfp import dsl, local
@@ -25,7 +24,9 @@ def test_components_run_locally_and_pass_artifacts(tmp_path):
     assert len(run_dirs) == 1
     run = run_dirs[0]
     stats = json.loads((run / "preprocess-component" / "splits" / "stats.json").read_text())
-    assert stats["splits"]["val"]["count"] == 400 and stats["seed"] == 3  # parameters reached the step
+    assert (
+        stats["splits"]["val"]["count"] == 400 and stats["seed"] == 3
+    )  # parameters reached the step
     report = (run / "eda-component" / "report").read_text()
     assert "aquatic_mammals" in report
     outputs = json.loads((run / "eda-component" / "executor_output.json").read_text())
@@ -34,6 +35,10 @@ def test_components_run_locally_and_pass_artifacts(tmp_path):
 
 
 def test_a_failing_step_fails_the_local_run(tmp_path):
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(tmp_path),
+        raise_on_error=True,
+    )
     with pytest.raises(RuntimeError):
         data_steps(source=str(tmp_path / "missing.tar.gz"))

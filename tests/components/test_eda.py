@@ -40,7 +40,11 @@ def test_report_is_self_contained(report):
 def test_metrics_and_summary(report, tmp_path_factory):
     result, _ = report
     metrics = json.loads((result.out_dir / "metrics.json").read_text())
-    assert metrics["train_images"] == 1800 and metrics["val_images"] == 200 and metrics["test_images"] == 500
+    assert (
+        metrics["train_images"] == 1800
+        and metrics["val_images"] == 200
+        and metrics["test_images"] == 500
+    )
     assert metrics["classes"] == 20 and metrics["train_class_imbalance"] == 1.0
     assert 100 < metrics["train_mean_r"] < 160
     summary = (result.out_dir / "summary.md").read_text()

@@ -7,8 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from cifarflow.components.evaluate.calibration import expected_calibration_error, fit_temperature, softmax
-from cifarflow.components.evaluate.metrics import classification_report, confusion_matrix, per_class_scores, top_k_accuracy
+from cifarflow.components.evaluate.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    softmax,
+)
+from cifarflow.components.evaluate.metrics import (
+    classification_report,
+    confusion_matrix,
+    per_class_scores,
+    top_k_accuracy,
+)
 from cifarflow.data.splits import load_split
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -30,7 +39,9 @@ def test_metrics_match_a_hand_computed_confusion_matrix():
     # One-hot-ish scores whose argmax is `predicted`.
     logits = np.full((10, 3), -2.0)
     logits[np.arange(10), predicted] = 2.0
-    report = classification_report(labels, logits, softmax(logits), softmax(logits), ["a", "b", "c"])
+    report = classification_report(
+        labels, logits, softmax(logits), softmax(logits), ["a", "b", "c"]
+    )
     assert report["accuracy"] == pytest.approx(0.7)
     assert report["macro_f1"] == pytest.approx((3 / 4 + 2 / 3 + 2 / 3) / 3)
     assert report["confusion_matrix"] == matrix.tolist()
@@ -86,9 +97,21 @@ def test_evaluate_writes_a_complete_candidate(candidate, trained_model, sample_d
     assert metrics["accuracy"] == pytest.approx(float((predictions == labels).mean()))
     assert metrics["confusion_matrix"] == confusion_matrix(labels, predictions, 20).tolist()
     assert sum(map(sum, metrics["confusion_matrix"])) == 500
-    for key in ("accuracy", "top5_accuracy", "macro_f1", "macro_precision", "macro_recall", "ece", "ece_uncalibrated", "val_accuracy", "val_macro_f1"):
+    for key in (
+        "accuracy",
+        "top5_accuracy",
+        "macro_f1",
+        "macro_precision",
+        "macro_recall",
+        "ece",
+        "ece_uncalibrated",
+        "val_accuracy",
+        "val_macro_f1",
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics["top5_accuracy"] >= metrics["accuracy"] > 0.05  # better than chance on real images
+    assert (
+        metrics["top5_accuracy"] >= metrics["accuracy"] > 0.05
+    )  # better than chance on real images
     assert metrics["splits"]["val"]["count"] == 200 and metrics["splits"]["test"]["count"] == 500
     assert len(metrics["splits"]["test"]["per_class"]) == 20 and len(metrics["class_names"]) == 20
     assert len(metrics["test_data_sha256"]) == 64
@@ -98,7 +121,8 @@ def test_evaluate_writes_a_complete_candidate(candidate, trained_model, sample_d
     assert "large_man-made_outdoor_things" in report and report.count("data:image/png;base64,") == 2
     # Evaluating twice gives the same numbers (nothing random at inference).
     assert metrics["val_accuracy"] == pytest.approx(
-        json.loads((trained_model / "train_summary.json").read_text())["best_val_accuracy"], abs=0.011
+        json.loads((trained_model / "train_summary.json").read_text())["best_val_accuracy"],
+        abs=0.011,
     )
 
 
@@ -109,9 +133,38 @@ def test_evaluate_cli_in_place_and_its_errors(trained_model, sample_data, tmp_pa
 
     model = tmp_path / "model"
     shutil.copytree(trained_model, model)
-    assert main(["evaluate", "--model", str(model), "--data", str(sample_data), "--out", str(model)]) == 0
+    assert (
+        main(["evaluate", "--model", str(model), "--data", str(sample_data), "--out", str(model)])
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("test: accuracy ") and (model / "metrics.json").is_file()
-    assert main(["evaluate", "--model", str(tmp_path), "--data", str(sample_data), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path),
+                "--data",
+                str(sample_data),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "has no saved_model.pb" in capsys.readouterr().err
-    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--data",
+                str(tmp_path / "nowhere"),
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )

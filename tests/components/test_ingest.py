@@ -13,7 +13,7 @@ from cifarflow.cli.main import main
 from cifarflow.components.ingest import executor
 from cifarflow.components.ingest.executor import ingest
 from cifarflow.data import official
-from cifarflow.errors import BadInputError, IntegrityError, RemoteError
+from cifarflow.errors import IntegrityError, RemoteError
 from cifarflow.s3 import S3Settings
 from tests.support.http_server import FileServer
 
@@ -48,14 +48,18 @@ def test_full_archive_is_verified_against_the_published_md5s(tmp_path, full_arch
 
 
 def test_an_archive_that_is_not_official_fails_naming_the_member(tmp_path, sample_archive):
-    with pytest.raises(IntegrityError, match=r"member cifar-100-python/train has md5 .* not the published"):
+    with pytest.raises(
+        IntegrityError, match=r"member cifar-100-python/train has md5 .* not the published"
+    ):
         ingest(str(sample_archive), tmp_path / "raw")
     assert not (tmp_path / "raw" / "ingest.json").exists()
     assert not (tmp_path / "raw" / official.ARCHIVE_DIR).exists()
 
 
 def test_expected_md5_mismatch_names_the_file(tmp_path, sample_archive):
-    with pytest.raises(IntegrityError, match=f"{sample_archive}: md5 .* does not match the expected 0{{32}}"):
+    with pytest.raises(
+        IntegrityError, match=f"{sample_archive}: md5 .* does not match the expected 0{{32}}"
+    ):
         ingest(str(sample_archive), tmp_path / "raw", expected_md5="0" * 32)
 
 
@@ -183,7 +187,9 @@ def test_corrupted_byte_fails_and_the_bad_download_is_dropped(tmp_path, cache, p
         assert not list(cache.iterdir())
         assert not (tmp_path / "raw" / "ingest.json").exists()
         server.faults.corrupt_offset = None
-        ingest(server.url, tmp_path / "raw", expected_md5=sample_md5, cache_dir=cache)  # heals on re-run
+        ingest(
+            server.url, tmp_path / "raw", expected_md5=sample_md5, cache_dir=cache
+        )  # heals on re-run
 
 
 def test_unreachable_host_gives_up_with_a_clear_error(cache):
@@ -192,7 +198,9 @@ def test_unreachable_host_gives_up_with_a_clear_error(cache):
     url = f"http://127.0.0.1:{free_port()}/cifar.tar.gz"
     with pytest.raises(RemoteError, match="giving up after"):
         executor.download.fetch_resumable(
-            executor.download.http_opener(url), cache / "x.tar.gz", "download",
+            executor.download.http_opener(url),
+            cache / "x.tar.gz",
+            "download",
             executor.download.RetryPolicy(attempts=2, first_delay=0.01),
         )
 
@@ -203,29 +211,49 @@ def test_unreachable_host_gives_up_with_a_clear_error(cache):
 def test_s3_source(tmp_path, cache, s3_server, s3_bucket, sample_archive, sample_md5):
     s3_server.settings.client().fput_object(s3_bucket, "datasets/cifar.tar.gz", str(sample_archive))
     result = ingest(
-        f"s3://{s3_bucket}/datasets/cifar.tar.gz", tmp_path / "raw", expected_md5=sample_md5, cache_dir=cache, s3=s3_server.settings
+        f"s3://{s3_bucket}/datasets/cifar.tar.gz",
+        tmp_path / "raw",
+        expected_md5=sample_md5,
+        cache_dir=cache,
+        s3=s3_server.settings,
     )
     assert result.archive_md5 == sample_md5
     assert _members(tmp_path / "raw") == ["meta", "test", "train"]
 
 
-def test_s3_resume_from_partial(tmp_path, cache, s3_server, s3_bucket, sample_archive, payload, monkeypatch):
+def test_s3_resume_from_partial(
+    tmp_path, cache, s3_server, s3_bucket, sample_archive, payload, monkeypatch
+):
     from minio import Minio
 
     offsets = []
     real_get = Minio.get_object
-    monkeypatch.setattr(Minio, "get_object", lambda self, b, k, offset=0, **kw: offsets.append(offset) or real_get(self, b, k, offset=offset, **kw))
+    monkeypatch.setattr(
+        Minio,
+        "get_object",
+        lambda self, b, k, offset=0, **kw: (
+            offsets.append(offset) or real_get(self, b, k, offset=offset, **kw)
+        ),
+    )
     s3_server.settings.client().fput_object(s3_bucket, "cifar.tar.gz", str(sample_archive))
     uri = f"s3://{s3_bucket}/cifar.tar.gz"
     part = executor._cache_path(uri, cache).with_suffix(".gz.part")
     part.parent.mkdir(parents=True)
     part.write_bytes(payload[:123_456])
-    result = ingest(uri, tmp_path / "raw", cache_dir=cache, s3=s3_server.settings, expected_md5=hashlib.md5(payload).hexdigest())
+    result = ingest(
+        uri,
+        tmp_path / "raw",
+        cache_dir=cache,
+        s3=s3_server.settings,
+        expected_md5=hashlib.md5(payload).hexdigest(),
+    )
     assert result.archive_md5 == hashlib.md5(payload).hexdigest()
     assert offsets == [123_456]
 
 
-def test_s3_wrong_credentials_are_a_clear_error(tmp_path, cache, s3_server, s3_bucket, sample_archive):
+def test_s3_wrong_credentials_are_a_clear_error(
+    tmp_path, cache, s3_server, s3_bucket, sample_archive
+):
     s3_server.settings.client().fput_object(s3_bucket, "cifar.tar.gz", str(sample_archive))
     wrong = S3Settings(s3_server.endpoint, s3_server.access_key, "not-the-secret")
     with pytest.raises(RemoteError, match="refused the credentials"):
@@ -235,15 +263,33 @@ def test_s3_wrong_credentials_are_a_clear_error(tmp_path, cache, s3_server, s3_b
 
 def test_s3_missing_object(tmp_path, cache, s3_server, s3_bucket):
     with pytest.raises(RemoteError, match="does not exist"):
-        ingest(f"s3://{s3_bucket}/nope.tar.gz", tmp_path / "raw", cache_dir=cache, s3=s3_server.settings)
+        ingest(
+            f"s3://{s3_bucket}/nope.tar.gz",
+            tmp_path / "raw",
+            cache_dir=cache,
+            s3=s3_server.settings,
+        )
 
 
-def test_s3_source_reads_credentials_from_the_environment(tmp_path, cache, s3_server, s3_bucket, sample_archive, monkeypatch):
+def test_s3_source_reads_credentials_from_the_environment(
+    tmp_path, cache, s3_server, s3_bucket, sample_archive, monkeypatch
+):
     s3_server.settings.client().fput_object(s3_bucket, "cifar.tar.gz", str(sample_archive))
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
-    code = main(["ingest", "--source", f"s3://{s3_bucket}/cifar.tar.gz", "--out", str(tmp_path / "raw"),
-                 "--cache-dir", str(cache), "--expected-md5", hashlib.md5(sample_archive.read_bytes()).hexdigest()])
+    code = main(
+        [
+            "ingest",
+            "--source",
+            f"s3://{s3_bucket}/cifar.tar.gz",
+            "--out",
+            str(tmp_path / "raw"),
+            "--cache-dir",
+            str(cache),
+            "--expected-md5",
+            hashlib.md5(sample_archive.read_bytes()).hexdigest(),
+        ]
+    )
     assert code == 0
 
 
@@ -265,5 +311,8 @@ def test_cli_bad_input_is_one_line_and_an_exit_code(tmp_path, capsys, argv, code
 
 
 def test_cli_integrity_error_exit_code(tmp_path, capsys, sample_archive):
-    assert main(["ingest", "--source", str(sample_archive), "--out", str(tmp_path / "raw")]) == IntegrityError.exit_code
+    assert (
+        main(["ingest", "--source", str(sample_archive), "--out", str(tmp_path / "raw")])
+        == IntegrityError.exit_code
+    )
     assert "cifar-100-python/train" in capsys.readouterr().err

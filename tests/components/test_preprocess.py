@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
@@ -33,7 +32,9 @@ def sample_batches(sample_archive):
 
 def _official_arrays(raw_bytes: bytes):
     batch = cifar_pickle.load_pickle(raw_bytes)
-    return batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(batch["coarse_labels"])
+    return batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(
+        batch["coarse_labels"]
+    )
 
 
 @pytest.mark.full_data
@@ -150,7 +151,7 @@ def _save(image: Image.Image, path, **kwargs):
 def _image_folder(root, sample_batches, per_class=12):
     images, labels = _official_arrays(sample_batches["test"])
     names = ["fish", "flowers", "trees"]
-    for label, name in zip((1, 2, 17), names):
+    for label, name in zip((1, 2, 17), names, strict=True):
         for i, index in enumerate(np.flatnonzero(labels == label)[:per_class]):
             img = Image.fromarray(images[index]).resize((48 + 16 * (i % 4), 40 + 8 * (i % 3)))
             mode = i % 5
@@ -165,18 +166,29 @@ def _image_folder(root, sample_batches, per_class=12):
             else:  # rotated pixels plus an EXIF tag that rotates them back
                 exif = Image.Exif()
                 exif[0x0112] = 6  # orientation: rotate 90° CW to view
-                _save(img.transpose(Image.Transpose.ROTATE_90), root / name / f"{i}.jpg", exif=exif, quality=95)
+                _save(
+                    img.transpose(Image.Transpose.ROTATE_90),
+                    root / name / f"{i}.jpg",
+                    exif=exif,
+                    quality=95,
+                )
     (root / "fish" / "notes.txt").write_text("not an image, ignored")
     return names
 
 
 def test_image_folder_class_names_come_from_folders(tmp_path, sample_batches):
     names = _image_folder(tmp_path / "photos", sample_batches)
-    result = preprocess(tmp_path / "photos", tmp_path / "out", PreprocessConfig(val_fraction=0.25, test_fraction=0.25))
+    result = preprocess(
+        tmp_path / "photos",
+        tmp_path / "out",
+        PreprocessConfig(val_fraction=0.25, test_fraction=0.25),
+    )
     stats = load_stats(tmp_path / "out")
     assert stats["class_names"] == names and stats["source"]["kind"] == "image-folder"
     assert sum(result.counts.values()) == 36
-    assert all(c == [s["count"] // 3] * 3 for s in stats["splits"].values() for c in [s["class_counts"]])
+    assert all(
+        c == [s["count"] // 3] * 3 for s in stats["splits"].values() for c in [s["class_counts"]]
+    )
     train = load_split(tmp_path / "out", "train")
     assert train.images.shape[1:] == (32, 32, 3) and train.images.dtype == np.uint8
 
@@ -190,7 +202,12 @@ def test_exif_rotation_is_applied(tmp_path, sample_batches):
         _save(Image.fromarray(plain), tmp_path / name / "plain.png")
     exif = Image.Exif()
     exif[0x0112] = 6
-    _save(Image.fromarray(plain).transpose(Image.Transpose.ROTATE_90), tmp_path / "a" / "rotated.jpg", exif=exif, quality=100)
+    _save(
+        Image.fromarray(plain).transpose(Image.Transpose.ROTATE_90),
+        tmp_path / "a" / "rotated.jpg",
+        exif=exif,
+        quality=100,
+    )
     data = read_image_folder(tmp_path)
     upright, rotated = data.train.images[1], data.train.images[0]  # sorted: plain.png, rotated.jpg
     assert np.abs(upright.astype(int) - rotated.astype(int)).mean() < 10
@@ -198,12 +215,16 @@ def test_exif_rotation_is_applied(tmp_path, sample_batches):
 
 def test_image_folder_with_a_corrupt_file_names_it(tmp_path, sample_batches):
     _image_folder(tmp_path / "photos", sample_batches)
-    (tmp_path / "photos" / "trees" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "photos" / "trees" / "broken.jpg").write_bytes(
+        b"\xff\xd8\xff\xe0 not really a jpeg"
+    )
     with pytest.raises(DataAnomalyError, match="broken.jpg"):
         preprocess(tmp_path / "photos", tmp_path / "out")
 
 
 def test_cli_reports_a_non_dataset_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["preprocess", "--raw", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(["preprocess", "--raw", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    )
     assert "neither CIFAR-100 python files nor an image folder" in capsys.readouterr().err

@@ -13,9 +13,15 @@ def test_publish_records_metrics_and_run_id_on_s3(s3_server, s3_bucket, tmp_path
     model = fake_export(tmp_path / "model")
     (model / "metrics.json").write_text(json.dumps({"accuracy": 0.61, "macro_f1": 0.58}))
     uri = f"s3://{s3_bucket}/store"
-    outcome = publish(model, uri, "cifar", run_id="run-7", data_checksum="md5:1",
-                      artifact_metadata={"top5_accuracy": 0.9, "framework": "keras"},
-                      s3_settings=s3_server.settings)
+    outcome = publish(
+        model,
+        uri,
+        "cifar",
+        run_id="run-7",
+        data_checksum="md5:1",
+        artifact_metadata={"top5_accuracy": 0.9, "framework": "keras"},
+        s3_settings=s3_server.settings,
+    )
     assert outcome.published and outcome.version == 1 and outcome.uri == f"{uri}/cifar/1"
     manifest = open_store(uri, s3_server.settings).manifest("cifar", 1)
     assert manifest["metrics"] == {"accuracy": 0.61, "macro_f1": 0.58, "top5_accuracy": 0.9}
@@ -24,8 +30,13 @@ def test_publish_records_metrics_and_run_id_on_s3(s3_server, s3_bucket, tmp_path
 
 
 def test_kept_champion_writes_nothing(tmp_path):
-    outcome = publish(fake_export(tmp_path / "model"), str(tmp_path / "store"), "cifar",
-                      approved=False, reason="0.50 < champion 0.61")
+    outcome = publish(
+        fake_export(tmp_path / "model"),
+        str(tmp_path / "store"),
+        "cifar",
+        approved=False,
+        reason="0.50 < champion 0.61",
+    )
     assert not outcome.published and outcome.version == 0
     assert "Kept the champion" in outcome.markdown() and "0.61" in outcome.message
     assert not (tmp_path / "store").exists()
@@ -55,7 +66,10 @@ def test_component_runs_under_kfp_local(tmp_path):
     store = tmp_path / "store"
     done = subprocess.run(
         [sys.executable, "-c", _PIPELINE, str(model), str(store), str(tmp_path / "root")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "VERSION 1" in done.stdout

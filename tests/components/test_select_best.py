@@ -13,7 +13,12 @@ import pytest
 from cifarflow.components.select_best.champion import find_champion
 from cifarflow.components.select_best.executor import SelectConfig, select_best
 from cifarflow.components.select_best.leaderboard import Candidate, rank
-from cifarflow.components.select_best.mcnemar import chi_square_p, challenger_wins, exact_binomial_p, mcnemar_test
+from cifarflow.components.select_best.mcnemar import (
+    challenger_wins,
+    chi_square_p,
+    exact_binomial_p,
+    mcnemar_test,
+)
 from cifarflow.errors import BadInputError
 from cifarflow.serving.store import local_store
 
@@ -38,26 +43,49 @@ def test_chi_square_with_continuity_correction_by_hand():
     assert p == pytest.approx(0.002237, rel=1e-3)  # chi-square(1) survival at 9.344
 
 
-def _paired(b: int, c: int, both_right: int, both_wrong: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _paired(
+    b: int, c: int, both_right: int, both_wrong: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels and two prediction vectors with exactly these concordance counts."""
     n = b + c + both_right + both_wrong
     labels = np.arange(n) % 20
     wrong = (labels + 1) % 20
-    challenger = np.concatenate([labels[:b], wrong[b : b + c], labels[b + c : b + c + both_right], wrong[b + c + both_right :]])
-    champion = np.concatenate([wrong[:b], labels[b : b + c], labels[b + c : b + c + both_right], wrong[b + c + both_right :]])
+    challenger = np.concatenate(
+        [
+            labels[:b],
+            wrong[b : b + c],
+            labels[b + c : b + c + both_right],
+            wrong[b + c + both_right :],
+        ]
+    )
+    champion = np.concatenate(
+        [
+            wrong[:b],
+            labels[b : b + c],
+            labels[b + c : b + c + both_right],
+            wrong[b + c + both_right :],
+        ]
+    )
     return labels, challenger, champion
 
 
 def test_mcnemar_counts_and_method_on_constructed_predictions():
     labels, new, old = _paired(b=10, c=0, both_right=400, both_wrong=90)
     result = mcnemar_test(labels, new, old)
-    assert (result.challenger_only, result.champion_only, result.both_correct, result.both_wrong) == (10, 0, 400, 90)
+    assert (
+        result.challenger_only,
+        result.champion_only,
+        result.both_correct,
+        result.both_wrong,
+    ) == (10, 0, 400, 90)
     assert result.method == "exact-binomial" and result.p_value == pytest.approx(2 / 1024)
     assert challenger_wins(result, alpha=0.05) and not challenger_wins(result, alpha=0.001)
 
     labels, new, old = _paired(b=60, c=30, both_right=300, both_wrong=110)
     result = mcnemar_test(labels, new, old)
-    assert result.method == "chi-square-corrected" and result.p_value == pytest.approx(0.002237, rel=1e-3)
+    assert result.method == "chi-square-corrected" and result.p_value == pytest.approx(
+        0.002237, rel=1e-3
+    )
     assert mcnemar_test(labels, new, old, exact_below=1000).method == "exact-binomial"
 
     # More right in total is not enough when the difference is noise.
@@ -95,7 +123,13 @@ def _clone(candidate: Path, folder: Path, **metric_overrides) -> Path:
     return folder
 
 
-def _publish_version(store: Path, version: int, source: Path, predictions: np.ndarray | None = None, complete: bool = True) -> Path:
+def _publish_version(
+    store: Path,
+    version: int,
+    source: Path,
+    predictions: np.ndarray | None = None,
+    complete: bool = True,
+) -> Path:
     """A store version the way publish lays it out (files copied verbatim, cifarflow.json last)."""
     folder = store / "cifarflow" / str(version)
     shutil.copytree(source, folder)
@@ -127,10 +161,20 @@ def test_best_candidate_wins_and_no_store_means_publish(candidate, tmp_path):
     assert result.winner == 1 and result.publish and result.decision == "publish"
     model = Path(result.model_dir)
     assert json.loads((model / "metrics.json").read_text())["val_accuracy"] == 0.35
-    for name in ("saved_model.pb", "variables", "model.keras", "test_predictions.npy", "test_labels.npy"):
+    for name in (
+        "saved_model.pb",
+        "variables",
+        "model.keras",
+        "test_predictions.npy",
+        "test_labels.npy",
+    ):
         assert (model / name).exists(), name
     leaderboard = (tmp_path / "out" / "leaderboard.md").read_text()
-    rows = [line for line in leaderboard.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    rows = [
+        line
+        for line in leaderboard.splitlines()
+        if line.startswith("| ") and not line.startswith("| rank")
+    ]
     assert [row.split("|")[2].strip() for row in rows] == ["1", "0"]
     selection = json.loads((tmp_path / "out" / "selection.json").read_text())
     assert selection["publish"] is True and selection["gate"]["reason"].startswith("no model store")
@@ -143,8 +187,12 @@ def test_gate_against_a_local_champion(candidate, tmp_path):
     no_champion = select_best([candidate], tmp_path / "first", SelectConfig(store=str(store)))
     assert no_champion.publish and "no champion" in no_champion.record["gate"]["reason"]
 
-    _publish_version(store, 1, candidate, _champion_predictions(candidate, better_by=40, worse_by=0))
-    champion_folder = _publish_version(store, 2, candidate, _champion_predictions(candidate, better_by=30, worse_by=0))
+    _publish_version(
+        store, 1, candidate, _champion_predictions(candidate, better_by=40, worse_by=0)
+    )
+    champion_folder = _publish_version(
+        store, 2, candidate, _champion_predictions(candidate, better_by=30, worse_by=0)
+    )
     _publish_version(store, 3, candidate, complete=False)  # being written: never the champion
     champion = find_champion(str(store), "cifarflow")
     assert champion.version == 2 and champion.location == str(champion_folder)
@@ -157,20 +205,31 @@ def test_gate_against_a_local_champion(candidate, tmp_path):
     assert gate["champion"]["version"] == 2
 
     # Two more right, one fewer: noise. The champion stays unless forced.
-    np.save(champion_folder / "test_predictions.npy", _champion_predictions(candidate, better_by=2, worse_by=1))
+    np.save(
+        champion_folder / "test_predictions.npy",
+        _champion_predictions(candidate, better_by=2, worse_by=1),
+    )
     noise = select_best([candidate], tmp_path / "s2", SelectConfig(store=str(store)))
     assert not noise.publish and noise.decision == "keep_champion"
     assert noise.record["gate"]["mcnemar"]["method"] == "exact-binomial"
     assert noise.record["gate"]["mcnemar"]["p_value"] == pytest.approx(1.0)
     forced = select_best([candidate], tmp_path / "s3", SelectConfig(store=str(store), force=True))
-    assert forced.publish and forced.record["gate"]["forced"] and "forced" in forced.record["gate"]["reason"]
+    assert (
+        forced.publish
+        and forced.record["gate"]["forced"]
+        and "forced" in forced.record["gate"]["reason"]
+    )
     # A looser alpha does not turn noise into a win.
-    assert not select_best([candidate], tmp_path / "s4", SelectConfig(store=str(store), alpha=0.5)).publish
+    assert not select_best(
+        [candidate], tmp_path / "s4", SelectConfig(store=str(store), alpha=0.5)
+    ).publish
 
 
 def test_the_champion_is_the_version_labelled_stable_when_there_is_one(candidate, tmp_path):
     store = tmp_path / "store"
-    _publish_version(store, 1, candidate, _champion_predictions(candidate, better_by=40, worse_by=0))
+    _publish_version(
+        store, 1, candidate, _champion_predictions(candidate, better_by=40, worse_by=0)
+    )
     _publish_version(store, 2, candidate, _champion_predictions(candidate, better_by=0, worse_by=0))
     # Version 2 was published but rolled back: 1 is what serves, so 1 is what the gate must beat.
     local_store(store).promote("cifarflow", 1, "stable")
@@ -183,16 +242,23 @@ def test_the_champion_is_the_version_labelled_stable_when_there_is_one(candidate
     assert result.record["gate"]["mcnemar"]["challenger_only"] == 40
     # A label pointing at a version that is gone falls back to the newest complete one.
     (store / "cifarflow" / "1" / "cifarflow.json").unlink()
-    assert (find_champion(str(store), "cifarflow").version, find_champion(str(store), "cifarflow").label) == (2, None)
+    assert (
+        find_champion(str(store), "cifarflow").version,
+        find_champion(str(store), "cifarflow").label,
+    ) == (2, None)
 
 
-def test_champion_without_usable_predictions_is_rerun_on_the_test_set(candidate, sample_data, tmp_path):
+def test_champion_without_usable_predictions_is_rerun_on_the_test_set(
+    candidate, sample_data, tmp_path
+):
     store = tmp_path / "store"
     folder = _publish_version(store, 1, candidate)
     (folder / "test_predictions.npy").unlink()
     blind = select_best([candidate], tmp_path / "s1", SelectConfig(store=str(store)))
     assert not blind.publish and "pass --data" in blind.record["gate"]["reason"]
-    rerun = select_best([candidate], tmp_path / "s2", SelectConfig(store=str(store), data_dir=str(sample_data)))
+    rerun = select_best(
+        [candidate], tmp_path / "s2", SelectConfig(store=str(store), data_dir=str(sample_data))
+    )
     gate = rerun.record["gate"]
     # The champion is the same model: no discordant pair, so no reason to replace it.
     assert gate["mcnemar"]["champion_predictions"].endswith("re-run on the test set")
@@ -208,11 +274,17 @@ def test_gate_against_a_champion_in_s3(candidate, tmp_path, s3_server, s3_bucket
     (source / "cifarflow.json").write_text("{}")
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         client.fput_object(s3_bucket, f"prod/cifarflow/7/{path.relative_to(source)}", str(path))
-    client.fput_object(s3_bucket, "prod/cifarflow/9/saved_model.pb", str(source / "saved_model.pb"))  # incomplete
+    client.fput_object(
+        s3_bucket, "prod/cifarflow/9/saved_model.pb", str(source / "saved_model.pb")
+    )  # incomplete
     champion = find_champion(f"s3://{s3_bucket}/prod", "cifarflow", s3_server.settings)
     assert champion.version == 7 and champion.location == f"s3://{s3_bucket}/prod/cifarflow/7"
     np.testing.assert_array_equal(champion.test_predictions, champion_predictions)
-    result = select_best([candidate], tmp_path / "out", SelectConfig(store=f"s3://{s3_bucket}/prod", s3=s3_server.settings))
+    result = select_best(
+        [candidate],
+        tmp_path / "out",
+        SelectConfig(store=f"s3://{s3_bucket}/prod", s3=s3_server.settings),
+    )
     assert result.publish and result.record["gate"]["mcnemar"]["challenger_only"] == 25
 
 
@@ -221,7 +293,15 @@ def test_select_cli(candidate, tmp_path, capsys):
 
     store = tmp_path / "store"
     _publish_version(store, 1, candidate, _champion_predictions(candidate, better_by=3, worse_by=0))
-    args = ["select", "--candidates", str(candidate), "--out", str(tmp_path / "out"), "--store", str(store)]
+    args = [
+        "select",
+        "--candidates",
+        str(candidate),
+        "--out",
+        str(tmp_path / "out"),
+        "--store",
+        str(store),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "decision: keep_champion" in out  # 3 vs 0 discordant: p = 0.25
@@ -229,4 +309,17 @@ def test_select_cli(candidate, tmp_path, capsys):
     assert "decision: publish" in capsys.readouterr().out
     assert main(["select", "--candidates", str(tmp_path), "--out", str(tmp_path / "o2")]) == 2
     assert "pass folders written by 'cifarflow evaluate'" in capsys.readouterr().err
-    assert main(["select", "--candidates", str(candidate), "--out", str(tmp_path / "o3"), "--alpha", "2"]) == 2
+    assert (
+        main(
+            [
+                "select",
+                "--candidates",
+                str(candidate),
+                "--out",
+                str(tmp_path / "o3"),
+                "--alpha",
+                "2",
+            ]
+        )
+        == 2
+    )

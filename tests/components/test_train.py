@@ -40,7 +40,16 @@ def test_training_on_the_sample_clearly_beats_chance(trained_model):
 
 
 def test_a_finished_trial_holds_every_output_and_no_checkpoint(trained_model):
-    for name in ("saved_model.pb", "variables", "assets/class_names.txt", "model.keras", "model.tflite", "history.json", "curves.png", SUMMARY_FILE):
+    for name in (
+        "saved_model.pb",
+        "variables",
+        "assets/class_names.txt",
+        "model.keras",
+        "model.tflite",
+        "history.json",
+        "curves.png",
+        SUMMARY_FILE,
+    ):
         assert (trained_model / name).exists(), name
     assert not (trained_model / checkpointing.CHECKPOINT_DIR).exists()
     assert (trained_model / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -67,7 +76,9 @@ def test_a_killed_trial_resumes_from_its_last_checkpoint(tmp_path, sample_data):
         f"train({str(sample_data)!r}, TrialConfig.from_dict({trial!r}), {str(out)!r})"
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state_file = out / checkpointing.CHECKPOINT_DIR / "state.json"
     try:
         deadline = time.monotonic() + 240
@@ -87,7 +98,9 @@ def test_a_killed_trial_resumes_from_its_last_checkpoint(tmp_path, sample_data):
 
     lines: list[str] = []
     result = train(sample_data, TrialConfig.from_dict(trial), out, log=lines.append)
-    assert result.resumed and any(f"resuming from" in line and f"{done} of 3 epochs done" in line for line in lines)
+    assert result.resumed and any(
+        "resuming from" in line and f"{done} of 3 epochs done" in line for line in lines
+    )
     history = json.loads((out / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     # The optimizer's step counter came back: each epoch's last learning rate sits
@@ -105,9 +118,13 @@ def test_a_checkpoint_of_another_trial_is_refused(tmp_path, sample_data):
 
     folder = tmp_path / "run" / checkpointing.CHECKPOINT_DIR
     folder.mkdir(parents=True)
-    (folder / "state.json").write_text(json.dumps({"epochs_done": 1, "planned_epochs": 3, "trial": {"depth": 20}}))
+    (folder / "state.json").write_text(
+        json.dumps({"epochs_done": 1, "planned_epochs": 3, "trial": {"depth": 20}})
+    )
     with pytest.raises(BadInputError, match="checkpoint of a different trial"):
-        train(sample_data, TrialConfig.from_dict(TINY_TRIAL), tmp_path / "run", log=lambda line: None)
+        train(
+            sample_data, TrialConfig.from_dict(TINY_TRIAL), tmp_path / "run", log=lambda line: None
+        )
 
 
 def test_schedules_warm_up_then_decay_to_zero():
@@ -134,18 +151,53 @@ def test_time_budget_shortens_the_plan_and_the_schedule():
     model.compile(optimizer=keras.optimizers.SGD(schedule), loss="mse")
     state = checkpointing.TrainingState(epochs_done=2, planned_epochs=10, train_seconds=60.0)
     lines: list[str] = []
-    _replan(state, budget=150.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append)
+    _replan(
+        state,
+        budget=150.0,
+        epoch_seconds=30.0,
+        schedule=schedule,
+        steps_per_epoch=5,
+        model=model,
+        log=lines.append,
+    )
     assert state.planned_epochs == 5 and schedule.total_steps == 25  # 2 done + 90 s left / 30 s
     assert "room for 5 epochs" in lines[0]
     # One more epoch fits again: not worth a recompile.
-    _replan(state, budget=180.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append, max_epochs=10)
+    _replan(
+        state,
+        budget=180.0,
+        epoch_seconds=30.0,
+        schedule=schedule,
+        steps_per_epoch=5,
+        model=model,
+        log=lines.append,
+        max_epochs=10,
+    )
     assert state.planned_epochs == 5 and len(lines) == 1
     # The machine got faster: grow back, but never past the configured epochs.
-    _replan(state, budget=1000.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append, max_epochs=10)
+    _replan(
+        state,
+        budget=1000.0,
+        epoch_seconds=30.0,
+        schedule=schedule,
+        steps_per_epoch=5,
+        model=model,
+        log=lines.append,
+        max_epochs=10,
+    )
     assert state.planned_epochs == 10 and schedule.total_steps == 50
     # Past half of the plan the learning rate is decaying: no more growing.
     state.planned_epochs, state.epochs_done, schedule.total_steps = 8, 5, 40
-    _replan(state, budget=1000.0, epoch_seconds=30.0, schedule=schedule, steps_per_epoch=5, model=model, log=lines.append, max_epochs=10)
+    _replan(
+        state,
+        budget=1000.0,
+        epoch_seconds=30.0,
+        schedule=schedule,
+        steps_per_epoch=5,
+        model=model,
+        log=lines.append,
+        max_epochs=10,
+    )
     assert state.planned_epochs == 8 and schedule.total_steps == 40
 
 
@@ -156,7 +208,9 @@ def test_augmentation_is_active_only_in_training():
     a = keras.ops.convert_to_numpy(model(images, training=False))
     b = keras.ops.convert_to_numpy(model(images, training=False))
     np.testing.assert_array_equal(a, b)
-    augmenting = [layer for layer in model.layers if layer.name in {"random_flip", "random_crop", "cutout"}]
+    augmenting = [
+        layer for layer in model.layers if layer.name in {"random_flip", "random_crop", "cutout"}
+    ]
     assert len(augmenting) == 3
     x = images
     outputs = [keras.ops.convert_to_numpy(layer(x, training=True)) for layer in augmenting[:2]]
@@ -172,10 +226,15 @@ def test_flip_tta_averages_the_two_views_with_the_same_weights():
     mirrored = images[:, :, ::-1, :]
     served = keras.ops.convert_to_numpy(built.inference(images, training=False))
     # A mirror image gets the same answer: the two views are symmetric.
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(built.inference(mirrored, training=False)), served, atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(built.inference(mirrored, training=False)), served, atol=1e-5
+    )
     coarse = lambda x: keras.ops.convert_to_numpy(built.training(x, training=False)["logits"])  # noqa: E731
     np.testing.assert_allclose(served, (coarse(images) + coarse(mirrored)) / 2, atol=1e-5)
-    assert built.inference.count_params() == build_model(TrialConfig.from_dict(TINY_TRIAL)).inference.count_params()
+    assert (
+        built.inference.count_params()
+        == build_model(TrialConfig.from_dict(TINY_TRIAL)).inference.count_params()
+    )
 
 
 def test_flip_tta_model_survives_a_keras_file_round_trip(tmp_path):
@@ -204,15 +263,23 @@ def test_gpu_and_reference_models_build():
 @pytest.mark.slow
 def test_the_reference_grids_first_trial_runs(tmp_path, sample_data):
     """DenseNet121 at 75x75 from the 2023 grid, one short epoch on a slice of the sample."""
-    from cifarflow.data.splits import load_split, write_split, write_stats, load_stats
+    from cifarflow.data.splits import load_split, load_stats, write_split, write_stats
 
     small = tmp_path / "small"
     for name, count in (("train", 96), ("val", 40), ("test", 40)):
         split = load_split(sample_data, name, mmap=False)
-        write_split(small, name, type(split)(split.images[:count], split.coarse_labels[:count], split.fine_labels[:count]))
+        write_split(
+            small,
+            name,
+            type(split)(
+                split.images[:count], split.coarse_labels[:count], split.fine_labels[:count]
+            ),
+        )
     write_stats(small, load_stats(sample_data))
     first = load_grid(CONFIG_DIR / "reference.yaml").trials[0]
-    trial = TrialConfig.from_dict({**first.to_dict(), "epochs": 1})  # offline: imagenet falls back to random init
+    trial = TrialConfig.from_dict(
+        {**first.to_dict(), "epochs": 1}
+    )  # offline: imagenet falls back to random init
     result = train(small, trial, tmp_path / "out", log=lambda line: None, export_tflite=False)
     assert result.epochs_run == 1 and (tmp_path / "out" / "saved_model.pb").is_file()
     assert result.trial["architecture"] == "densenet121"
@@ -221,7 +288,9 @@ def test_the_reference_grids_first_trial_runs(tmp_path, sample_data):
 def test_bfloat16_training_exports_a_float32_model(tmp_path, sample_data):
     from cifarflow.components.train import device
 
-    trial = TrialConfig.from_dict({**TINY_TRIAL, "epochs": 1, "fine_label_weight": 0.0, "mixed_precision": "on"})
+    trial = TrialConfig.from_dict(
+        {**TINY_TRIAL, "epochs": 1, "fine_label_weight": 0.0, "mixed_precision": "on"}
+    )
     out = tmp_path / "bf16"
     result = train(sample_data, trial, out, log=lambda line: None, export_tflite=False)
     assert result.dtype_policy == "mixed_bfloat16"

@@ -38,7 +38,15 @@ def test_on_and_off_are_obeyed():
 
 @pytest.mark.parametrize(
     "reported, parsed",
-    [((8, 0), (8, 0)), ([7, 5], (7, 5)), ("9.0", (9, 0)), ("8.6", (8, 6)), ("8", (8, 0)), (None, None), ("sm_80", None)],
+    [
+        ((8, 0), (8, 0)),
+        ([7, 5], (7, 5)),
+        ("9.0", (9, 0)),
+        ("8.6", (8, 6)),
+        ("8", (8, 0)),
+        (None, None),
+        ("sm_80", None),
+    ],
 )
 def test_compute_capability_as_each_backend_reports_it(reported, parsed):
     # TensorFlow's get_device_details and PyTorch give tuples, JAX a "major.minor" string.

@@ -42,7 +42,13 @@ def small_data(tmp_path_factory, sample_data):
     small = tmp_path_factory.mktemp("small_data")
     for name, count in (("train", TRAIN_IMAGES), ("val", 100), ("test", 100)):
         split = load_split(sample_data, name, mmap=False)
-        write_split(small, name, type(split)(split.images[:count], split.coarse_labels[:count], split.fine_labels[:count]))
+        write_split(
+            small,
+            name,
+            type(split)(
+                split.images[:count], split.coarse_labels[:count], split.fine_labels[:count]
+            ),
+        )
     write_stats(small, load_stats(sample_data))
     return small
 
@@ -53,14 +59,16 @@ def _objects(s3_server, bucket: str, prefix: str) -> dict[str, bytes]:
     for entry in client.list_objects(bucket, prefix=prefix, recursive=True):
         response = client.get_object(bucket, entry.object_name)
         try:
-            found[entry.object_name[len(prefix):]] = response.read()
+            found[entry.object_name[len(prefix) :]] = response.read()
         finally:
             response.close()
             response.release_conn()
     return found
 
 
-def test_a_killed_train_process_resumes_from_the_store_in_a_new_empty_folder(tmp_path, small_data, s3_server, s3_bucket):
+def test_a_killed_train_process_resumes_from_the_store_in_a_new_empty_folder(
+    tmp_path, small_data, s3_server, s3_bucket
+):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"name": "durable", "base": TRIAL}))
     store, run_id = f"s3://{s3_bucket}/models", "run-7f3a"
@@ -68,8 +76,22 @@ def test_a_killed_train_process_resumes_from_the_store_in_a_new_empty_folder(tmp
     env = {**s3_server.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
     def command(out: str) -> list[str]:
-        return ["train", "--data", str(small_data), "--config", str(grid), "--trial", "0", "--out", out,
-                "--no-tflite", "--checkpoint-store", store, "--run-id", run_id]
+        return [
+            "train",
+            "--data",
+            str(small_data),
+            "--config",
+            str(grid),
+            "--trial",
+            "0",
+            "--out",
+            out,
+            "--no-tflite",
+            "--checkpoint-store",
+            store,
+            "--run-id",
+            run_id,
+        ]
 
     first = ServiceProcess(command(str(tmp_path / "pod-1")), tmp_path / "pod-1.log", env)
     try:
@@ -79,7 +101,9 @@ def test_a_killed_train_process_resumes_from_the_store_in_a_new_empty_folder(tmp
     finally:
         if first.process.poll() is None:
             first.process.kill()
-    assert not (tmp_path / "pod-1" / SUMMARY_FILE).exists(), "the first process finished before it was killed"
+    assert not (tmp_path / "pod-1" / SUMMARY_FILE).exists(), (
+        "the first process finished before it was killed"
+    )
     durable = _objects(s3_server, s3_bucket, prefix)
     manifest = json.loads(durable[MANIFEST])
     done = manifest["epochs_done"]
@@ -93,10 +117,17 @@ def test_a_killed_train_process_resumes_from_the_store_in_a_new_empty_folder(tmp
     # A new "pod": an empty output folder, the same run id and trial.
     second = subprocess.run(
         cifarflow_command() + command(str(tmp_path / "pod-2")),
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"restored the durable checkpoint of epoch {done} from s3://{s3_bucket}/models/{ROOT}/{run_id}/" in second.stderr
+    assert (
+        f"restored the durable checkpoint of epoch {done} from s3://{s3_bucket}/models/{ROOT}/{run_id}/"
+        in second.stderr
+    )
     assert f"{done} of 3 epochs done" in second.stderr
     assert "epoch 1/3" not in second.stderr  # nothing before the checkpoint was trained again
 
@@ -120,7 +151,9 @@ def test_a_killed_train_process_resumes_from_the_store_in_a_new_empty_folder(tmp
 
 def _fake_generation(config: TrialConfig) -> dict[str, bytes]:
     # Claims the whole trial is done: resuming from it would skip training altogether.
-    state = checkpointing.TrainingState(epochs_done=config.epochs, planned_epochs=config.epochs, trial=config.to_dict())
+    state = checkpointing.TrainingState(
+        epochs_done=config.epochs, planned_epochs=config.epochs, trial=config.to_dict()
+    )
     return {
         checkpointing.STATE_FILE: json.dumps(state.__dict__).encode(),
         "last.weights.h5": b"not weights",
@@ -129,7 +162,9 @@ def _fake_generation(config: TrialConfig) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("damage", ["no manifest", "a file the manifest names is missing"])
-def test_a_half_uploaded_checkpoint_is_never_resumed_from(damage, tmp_path, small_data, s3_server, s3_bucket):
+def test_a_half_uploaded_checkpoint_is_never_resumed_from(
+    damage, tmp_path, small_data, s3_server, s3_bucket
+):
     import io
 
     config = TrialConfig.from_dict({**TRIAL, "epochs": 1})
@@ -138,23 +173,42 @@ def test_a_half_uploaded_checkpoint_is_never_resumed_from(damage, tmp_path, smal
     generation = "epoch-00001-0badc0de"
     files = _fake_generation(config)
     client = s3_server.settings.client()
-    uploaded = files if damage == "no manifest" else {k: v for k, v in files.items() if k != "optimizer.npz"}
+    uploaded = (
+        files
+        if damage == "no manifest"
+        else {k: v for k, v in files.items() if k != "optimizer.npz"}
+    )
     for name, data in uploaded.items():
         client.put_object(s3_bucket, f"{rel}/{generation}/{name}", io.BytesIO(data), len(data))
     if damage != "no manifest":
-        manifest = {"format": 1, "generation": generation, "epochs_done": 1,
-                    "files": {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()}}
+        manifest = {
+            "format": 1,
+            "generation": generation,
+            "epochs_done": 1,
+            "files": {
+                n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                for n, d in files.items()
+            },
+        }
         data = json.dumps(manifest).encode()
         client.put_object(s3_bucket, f"{rel}/{MANIFEST}", io.BytesIO(data), len(data))
 
     lines: list[str] = []
     result = train(
-        small_data, config, tmp_path / "out", log=lines.append, export_tflite=False,
-        checkpoint_store=f"s3://{s3_bucket}/models", run_id=run_id, s3_settings=s3_server.settings,
+        small_data,
+        config,
+        tmp_path / "out",
+        log=lines.append,
+        export_tflite=False,
+        checkpoint_store=f"s3://{s3_bucket}/models",
+        run_id=run_id,
+        s3_settings=s3_server.settings,
     )
     assert any("ignoring the durable checkpoint" in line for line in lines), lines
     assert not result.resumed and result.epochs_run == 1
-    assert [row["epoch"] for row in json.loads((tmp_path / "out" / "history.json").read_text())] == [1]
+    assert [
+        row["epoch"] for row in json.loads((tmp_path / "out" / "history.json").read_text())
+    ] == [1]
     assert not any("resuming from" in line for line in lines)
     assert _objects(s3_server, s3_bucket, f"models/{ROOT}/{run_id}/") == {}
 
@@ -163,7 +217,9 @@ class _Crash(Exception):
     pass
 
 
-def test_a_folder_store_works_too_and_a_crash_still_leaves_the_last_epoch_there(tmp_path, small_data):
+def test_a_folder_store_works_too_and_a_crash_still_leaves_the_last_epoch_there(
+    tmp_path, small_data
+):
     """What `cifarflow run --store DIR` uses: the same copy in a local folder store."""
     config = TrialConfig.from_dict({**TRIAL, "epochs": 2})
     store, run_id = tmp_path / "store", "12345678"  # kfp.local's job ids are 8 digits
@@ -173,31 +229,59 @@ def test_a_folder_store_works_too_and_a_crash_still_leaves_the_last_epoch_there(
             raise _Crash(line)  # a failure in the training thread, after epoch 2's line
 
     with pytest.raises(_Crash):
-        train(small_data, config, tmp_path / "attempt-1", log=crash_in_epoch_2, export_tflite=False,
-              checkpoint_store=str(store), run_id=run_id)
+        train(
+            small_data,
+            config,
+            tmp_path / "attempt-1",
+            log=crash_in_epoch_2,
+            export_tflite=False,
+            checkpoint_store=str(store),
+            run_id=run_id,
+        )
     trial_folder = store / ROOT / run_id / f"trial-{trial_key(config)}"
     assert json.loads((trial_folder / MANIFEST).read_text())["epochs_done"] == 1
 
     lines: list[str] = []
-    result = train(small_data, config, tmp_path / "attempt-2", log=lines.append, export_tflite=False,
-                   checkpoint_store=str(store), run_id=run_id)
-    assert any(f"restored the durable checkpoint of epoch 1 from {store}" in line for line in lines), lines
+    result = train(
+        small_data,
+        config,
+        tmp_path / "attempt-2",
+        log=lines.append,
+        export_tflite=False,
+        checkpoint_store=str(store),
+        run_id=run_id,
+    )
+    assert any(
+        f"restored the durable checkpoint of epoch 1 from {store}" in line for line in lines
+    ), lines
     assert result.resumed and result.epochs_run == 2
-    assert [row["epoch"] for row in json.loads((tmp_path / "attempt-2" / "history.json").read_text())] == [1, 2]
+    assert [
+        row["epoch"] for row in json.loads((tmp_path / "attempt-2" / "history.json").read_text())
+    ] == [1, 2]
     assert not (store / ROOT).exists()  # removed, with its empty parents
 
 
-def test_durable_checkpoints_need_a_store_and_a_run_id_that_is_a_path_segment(tmp_path, sample_data):
+def test_durable_checkpoints_need_a_store_and_a_run_id_that_is_a_path_segment(
+    tmp_path, sample_data
+):
     from cifarflow.errors import BadInputError
 
     config = TrialConfig.from_dict(TRIAL)
     with pytest.raises(BadInputError, match="both a checkpoint store and a run id"):
         train(sample_data, config, tmp_path / "out", checkpoint_store=str(tmp_path / "store"))
     with pytest.raises(BadInputError, match="bad run id"):
-        train(sample_data, config, tmp_path / "out", checkpoint_store=str(tmp_path / "store"), run_id="../escape")
+        train(
+            sample_data,
+            config,
+            tmp_path / "out",
+            checkpoint_store=str(tmp_path / "store"),
+            run_id="../escape",
+        )
 
 
-def test_an_unreachable_store_never_stops_training_and_the_next_epoch_uploads_again(tmp_path, small_data):
+def test_an_unreachable_store_never_stops_training_and_the_next_epoch_uploads_again(
+    tmp_path, small_data
+):
     """The store goes away during epoch 1 and comes back in epoch 2 (its own server: it is stopped)."""
     from tests.support.s3_server import S3Server
 
@@ -214,16 +298,34 @@ def test_an_unreachable_store_never_stops_training_and_the_next_epoch_uploads_ag
             elif line.startswith("epoch 2/"):
                 # Back only after epoch 1's upload gave up, so that its failure is certain.
                 deadline = time.monotonic() + 60
-                while not any("could not upload the checkpoint of epoch 1" in x for x in lines) and time.monotonic() < deadline:
+                while (
+                    not any("could not upload the checkpoint of epoch 1" in x for x in lines)
+                    and time.monotonic() < deadline
+                ):
                     time.sleep(0.1)
                 server.start()
 
-        result = train(small_data, config, tmp_path / "out", log=log, export_tflite=False,
-                       checkpoint_store="s3://flaky/models", run_id="run-flaky", s3_settings=server.settings)
+        result = train(
+            small_data,
+            config,
+            tmp_path / "out",
+            log=log,
+            export_tflite=False,
+            checkpoint_store="s3://flaky/models",
+            run_id="run-flaky",
+            s3_settings=server.settings,
+        )
         assert result.epochs_run == 2 and (tmp_path / "out" / "saved_model.pb").is_file()
         assert any("could not upload the checkpoint of epoch 1" in line for line in lines), lines
         assert any("checkpoint of epoch 2 uploaded" in line for line in lines), lines
-        assert list(server.settings.client().list_objects("flaky", prefix=f"models/{ROOT}/", recursive=True)) == []
+        assert (
+            list(
+                server.settings.client().list_objects(
+                    "flaky", prefix=f"models/{ROOT}/", recursive=True
+                )
+            )
+            == []
+        )
     finally:
         server.stop()
 
@@ -237,11 +339,22 @@ def test_the_pipeline_hands_the_train_task_its_run_id_outside_the_cache_key(tmp_
     path = tmp_path / "pipeline.yaml"
     compiler.Compiler().compile(build_pipeline(), str(path))
     spec, platform = yaml.safe_load_all(path.read_text())
-    (task,) = [c["dag"]["tasks"]["train-component"] for c in spec["components"].values() if "train-component" in c.get("dag", {}).get("tasks", {})]
+    (task,) = [
+        c["dag"]["tasks"]["train-component"]
+        for c in spec["components"].values()
+        if "train-component" in c.get("dag", {}).get("tasks", {})
+    ]
     assert set(task["inputs"]["parameters"]) == {"trial", "checkpoint_store"}
-    assert task["inputs"]["parameters"]["checkpoint_store"] == {"componentInputParameter": "pipelinechannel--store"}
+    assert task["inputs"]["parameters"]["checkpoint_store"] == {
+        "componentInputParameter": "pipelinechannel--store"
+    }
     assert "pipeline_job_uuid" not in json.dumps(task)
-    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-component"]
+    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
+        "exec-train-component"
+    ]
     # The label KFP puts on every pod of a run (backend/src/apiserver/template/v2_template.go:420 at 2.17.0).
-    assert {"name": "CIFARFLOW_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in executor["fieldPathAsEnv"]
+    assert {
+        "name": "CIFARFLOW_RUN_ID",
+        "fieldPath": "metadata.labels['pipeline/runid']",
+    } in executor["fieldPathAsEnv"]
     assert executor["secretAsEnv"][0]["secretName"] == STORE_SECRET

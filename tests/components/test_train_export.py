@@ -44,8 +44,15 @@ def _encoded_images(sample_data) -> list[tuple[str, bytes]]:
     encode("rgba-png", rgba, "PNG")
     encode("gif", Image.fromarray(pixels[4]).convert("P", palette=Image.Palette.ADAPTIVE), "GIF")
     encode("bmp", Image.fromarray(pixels[5]), "BMP")
-    encode("large-png", Image.fromarray(pixels[6]).resize((96, 96), Image.Resampling.BICUBIC), "PNG")
-    encode("wide-jpeg", Image.fromarray(pixels[7]).resize((80, 48), Image.Resampling.BICUBIC), "JPEG", quality=90)
+    encode(
+        "large-png", Image.fromarray(pixels[6]).resize((96, 96), Image.Resampling.BICUBIC), "PNG"
+    )
+    encode(
+        "wide-jpeg",
+        Image.fromarray(pixels[7]).resize((80, 48), Image.Resampling.BICUBIC),
+        "JPEG",
+        quality=90,
+    )
     return images
 
 
@@ -109,7 +116,12 @@ def test_savedmodel_in_a_fresh_process_matches_keras_on_real_images(trained_mode
     }
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     child = subprocess.run(
-        [sys.executable, "-c", _CHILD], input=json.dumps(request), capture_output=True, text=True, env=env, timeout=180
+        [sys.executable, "-c", _CHILD],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
     )
     assert child.returncode == 0, child.stderr[-2000:]
     served = json.loads(child.stdout.strip().splitlines()[-1])
@@ -122,16 +134,22 @@ def test_savedmodel_in_a_fresh_process_matches_keras_on_real_images(trained_mode
         "class_ids": ["int64", [None]],
         "class_names": ["string", [None]],
     }
-    expected = _keras_probabilities(trained_model, np.stack([_reference_pixels(data) for _, data in images]))
+    expected = _keras_probabilities(
+        trained_model, np.stack([_reference_pixels(data) for _, data in images])
+    )
     probabilities = np.asarray(served["probabilities"])
     for index, (name, _) in enumerate(images):
         np.testing.assert_allclose(probabilities[index], expected[index], atol=2e-4, err_msg=name)
         assert served["class_ids"][index] == int(expected[index].argmax()), name
         assert served["class_names"][index] == COARSE_CLASS_NAMES[served["class_ids"][index]]
     # The served logits carry the temperature: their softmax is the served probabilities.
-    np.testing.assert_allclose(softmax(np.asarray(served["logits"], dtype=np.float64)), probabilities, atol=1e-5)
     np.testing.assert_allclose(
-        np.asarray(served["pixel_probabilities"]), _keras_probabilities(trained_model, raw_pixels.astype(np.float32)), atol=1e-5
+        softmax(np.asarray(served["logits"], dtype=np.float64)), probabilities, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(served["pixel_probabilities"]),
+        _keras_probabilities(trained_model, raw_pixels.astype(np.float32)),
+        atol=1e-5,
     )
 
 
@@ -159,5 +177,7 @@ def test_export_only_reexports_a_keras_file(trained_model, tmp_path, capsys):
     for name in ("model.keras", "train_summary.json"):
         shutil.copy(trained_model / name, folder / name)
     assert main(["train", "--export-only", "--no-tflite", "--out", str(folder)]) == 0
-    assert (folder / "saved_model.pb").is_file() and (folder / "assets" / "class_names.txt").is_file()
+    assert (folder / "saved_model.pb").is_file() and (
+        folder / "assets" / "class_names.txt"
+    ).is_file()
     assert main(["train", "--export-only", "--out", str(tmp_path / "empty")]) == 2

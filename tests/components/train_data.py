@@ -33,7 +33,9 @@ def _to_split(batch: dict, index: np.ndarray | None = None) -> Split:
     return Split(np.ascontiguousarray(images), coarse, fine)
 
 
-def write_splits_from_archive(archive: Path, out: Path, val_fraction: float = 0.1, seed: int = 0) -> Path:
+def write_splits_from_archive(
+    archive: Path, out: Path, val_fraction: float = 0.1, seed: int = 0
+) -> Path:
     """Writes train/val/test + stats.json under `out` from an official-format archive."""
     train = _read_member(archive, "train")
     coarse = np.asarray(train["coarse_labels"])
@@ -41,7 +43,9 @@ def write_splits_from_archive(archive: Path, out: Path, val_fraction: float = 0.
     val_index: list[int] = []
     for label in range(NUM_COARSE_CLASSES):
         members = np.flatnonzero(coarse == label)
-        val_index.extend(rng.choice(members, size=round(len(members) * val_fraction), replace=False))
+        val_index.extend(
+            rng.choice(members, size=round(len(members) * val_fraction), replace=False)
+        )
     is_val = np.zeros(len(coarse), dtype=bool)
     is_val[val_index] = True
     splits = {

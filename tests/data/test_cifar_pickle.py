@@ -60,7 +60,9 @@ def test_truncated_pickle_is_an_integrity_error(sample_members):
 
 def test_reads_the_official_meta_and_sample_batches(sample_members):
     meta = cifar_pickle.load_pickle(sample_members["meta"])
-    assert len(meta["fine_label_names"]) == 100 and meta["coarse_label_names"][0] == "aquatic_mammals"
+    assert (
+        len(meta["fine_label_names"]) == 100 and meta["coarse_label_names"][0] == "aquatic_mammals"
+    )
     test = cifar_pickle.load_pickle(sample_members["test"])
     assert test["data"].dtype == np.uint8 and test["data"].shape == (500, 3072)
     assert np.bincount(test["coarse_labels"], minlength=20).tolist() == [25] * 20

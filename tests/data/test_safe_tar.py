@@ -56,7 +56,9 @@ def test_unsafe_members_are_refused_before_anything_is_written(tmp_path, member,
 def test_unwanted_safe_members_are_skipped_and_wanted_ones_hashed(tmp_path):
     archive = _archive(_info("cifar-100-python/train"), _info("cifar-100-python/file.txt~"))
     found = extract_members(archive, {"cifar-100-python/train"}, tmp_path, "a.tar.gz")
-    assert found["cifar-100-python/train"].md5 == "336311a016184326ddbdd61edd4eeb52"  # md5 of b"x" * 10
+    assert (
+        found["cifar-100-python/train"].md5 == "336311a016184326ddbdd61edd4eeb52"
+    )  # md5 of b"x" * 10
     assert (tmp_path / "cifar-100-python" / "train").read_bytes() == b"x" * 10
     assert not (tmp_path / "cifar-100-python" / "file.txt~").exists()
 
@@ -64,10 +66,14 @@ def test_unwanted_safe_members_are_skipped_and_wanted_ones_hashed(tmp_path):
 def test_missing_member_is_named(tmp_path):
     archive = _archive(_info("cifar-100-python/train"))
     with pytest.raises(IntegrityError, match="a.tar.gz lacks cifar-100-python/meta"):
-        extract_members(archive, {"cifar-100-python/train", "cifar-100-python/meta"}, tmp_path, "a.tar.gz")
+        extract_members(
+            archive, {"cifar-100-python/train", "cifar-100-python/meta"}, tmp_path, "a.tar.gz"
+        )
 
 
 def test_truncated_archive_is_reported(tmp_path, sample_archive):
     data = sample_archive.read_bytes()
     with pytest.raises(IntegrityError, match="truncated or corrupt"):
-        extract_members(io.BytesIO(data[: len(data) // 2]), {"cifar-100-python/test"}, tmp_path, "half.tar.gz")
+        extract_members(
+            io.BytesIO(data[: len(data) // 2]), {"cifar-100-python/test"}, tmp_path, "half.tar.gz"
+        )

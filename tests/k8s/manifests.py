@@ -12,8 +12,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import yaml
 
@@ -59,11 +59,13 @@ def venv_tool(name: str) -> str:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def render_text(folder: Path) -> str:
     result = subprocess.run(
         [venv_tool("kubectl"), "kustomize", str(folder)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize {folder_id(folder)} failed:\n{result.stderr}")
@@ -92,12 +94,16 @@ def pod_containers(pod_spec: Mapping) -> Iterator[dict]:
 
 def container(pod_spec: Mapping, name: str) -> dict:
     matches = [c for c in pod_containers(pod_spec) if c["name"] == name]
-    assert len(matches) == 1, f"expected one container {name}, found {[c['name'] for c in pod_containers(pod_spec)]}"
+    assert len(matches) == 1, (
+        f"expected one container {name}, found {[c['name'] for c in pod_containers(pod_spec)]}"
+    )
     return matches[0]
 
 
 def model_server_deployments(objects: list[dict]) -> list[dict]:
-    return [d for d in by_kind(objects, "Deployment") if d["metadata"]["name"].startswith(MODEL_SERVER)]
+    return [
+        d for d in by_kind(objects, "Deployment") if d["metadata"]["name"].startswith(MODEL_SERVER)
+    ]
 
 
 def gateway_deployments(objects: list[dict]) -> list[dict]:
@@ -116,7 +122,9 @@ def configmap_volume_files(objects: list[dict], pod_spec: Mapping, volume: str) 
     return dict(configmap_data(objects, source["configMap"]["name"]))
 
 
-def container_env(objects: list[dict], spec: Mapping, secrets: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
+def container_env(
+    objects: list[dict], spec: Mapping, secrets: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, str]:
     """The environment the kubelet would give `spec`: envFrom, then env.
 
     ConfigMap references are resolved from the rendered objects; Secret
@@ -160,7 +168,9 @@ def expand(arg: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(replace, arg)
 
 
-def command_line(objects: list[dict], spec: Mapping, secrets: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
+def command_line(
+    objects: list[dict], spec: Mapping, secrets: Mapping[str, Mapping[str, str]] | None = None
+) -> list[str]:
     """The argv the container runs, with its $(VAR) references expanded."""
     env = container_env(objects, spec, secrets)
     return [expand(a, env) for a in [*spec.get("command", []), *spec.get("args", [])]]

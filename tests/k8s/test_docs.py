@@ -22,7 +22,10 @@ def _commands(program: str) -> list[str]:
     candidates = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL):
         candidates += [(line, True) for line in block.splitlines()]
-    candidates += [(code, False) for code in re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.DOTALL))]
+    candidates += [
+        (code, False)
+        for code in re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.DOTALL))
+    ]
     found = set()
     for candidate, in_block in candidates:
         for piece in re.split(r"&&|;|\|", candidate.split(" #", 1)[0]):
@@ -53,12 +56,18 @@ def test_cifarflow_commands_are_accepted_by_the_cli(command):
 
 
 def test_kubectl_commands_name_objects_the_manifests_create():
-    names = {(o["kind"].lower(), o["metadata"]["name"]) for folder in all_folders() for o in render(folder)}
+    names = {
+        (o["kind"].lower(), o["metadata"]["name"])
+        for folder in all_folders()
+        for o in render(folder)
+    }
     kinds = {"deployment", "svc", "service", "hpa", "secret"}
     aliases = {"svc": "service", "hpa": "horizontalpodautoscaler"}
     referenced = set()
     for command in _commands("kubectl"):
-        if re.search(r"-n (?!cifarflow\b)", command):  # another namespace's objects (a store's), not ours
+        if re.search(
+            r"-n (?!cifarflow\b)", command
+        ):  # another namespace's objects (a store's), not ours
             continue
         for kind, name in re.findall(r"\b(deployment|svc|service|hpa)[/ ]([a-z0-9-]+)", command):
             if kind in kinds:

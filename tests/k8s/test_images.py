@@ -83,16 +83,28 @@ def instructions(path: Path) -> list[tuple[str, str]]:
         if not stripped.endswith("\\"):
             logical.append(pending)
             pending = ""
-    return [(l.split(None, 1)[0].upper(), l.split(None, 1)[1] if " " in l else "") for l in logical]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in logical
+    ]
 
 
 # --- lint --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", DOCKERFILES)
 def test_hadolint_passes(variant):
     result = subprocess.run(
-        [venv_tool("hadolint"), "--no-color", "--config", str(DOCKER / "hadolint.yaml"), str(DOCKERFILES[variant])],
-        capture_output=True, text=True, timeout=60,
+        [
+            venv_tool("hadolint"),
+            "--no-color",
+            "--config",
+            str(DOCKER / "hadolint.yaml"),
+            str(DOCKERFILES[variant]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -103,14 +115,22 @@ def test_hadolint_really_lints(tmp_path):
     bad.write_text("FROM quay.io/someone/tensorflow:latest\nRUN pip install tensorflow\n")
     result = subprocess.run(
         [venv_tool("hadolint"), "--no-color", "--config", str(DOCKER / "hadolint.yaml"), str(bad)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
-    for rule in ("DL3007", "DL3013", "DL3026", "DL3042"):  # latest, unpinned pip, registry, pip cache
+    for rule in (
+        "DL3007",
+        "DL3013",
+        "DL3026",
+        "DL3042",
+    ):  # latest, unpinned pip, registry, pip cache
         assert rule in result.stdout
 
 
 # --- static checks -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("variant", DOCKERFILES)
 def test_built_from_the_upstream_image_named_in_one_place(variant):
@@ -121,12 +141,20 @@ def test_built_from_the_upstream_image_named_in_one_place(variant):
 @pytest.mark.parametrize("variant", DOCKERFILES)
 def test_the_build_checks_every_pipeline_step_can_run(variant):
     """`cifarflow --version` alone passed with two component packages missing (the verbs import lazily)."""
-    package_install = [args for op, args in instructions(DOCKERFILES[variant]) if op == "RUN" and "/src" in args and "pip install" in args][-1]
+    package_install = [
+        args
+        for op, args in instructions(DOCKERFILES[variant])
+        if op == "RUN" and "/src" in args and "pip install" in args
+    ][-1]
     commands = [c.strip() for c in package_install.split("&&")]
     assert any(c.endswith("-m pip check") for c in commands)
     (check,) = [c for c in commands if "-m cifarflow.install_check" in c]
-    assert check.split()[-3:] == ["/opt/cifarflow/bin/python", "-m", "cifarflow.install_check"], "the venv's Python, no options"
-    assert commands.index(check) > [i for i, c in enumerate(commands) if "pip install" in c][0], "after the install"
+    assert check.split()[-3:] == ["/opt/cifarflow/bin/python", "-m", "cifarflow.install_check"], (
+        "the venv's Python, no options"
+    )
+    assert commands.index(check) > [i for i, c in enumerate(commands) if "pip install" in c][0], (
+        "after the install"
+    )
 
 
 @pytest.mark.parametrize("variant", DOCKERFILES)
@@ -141,12 +169,18 @@ def test_runs_as_a_fixed_non_root_user(variant):
                 continue
             pod = obj["spec"]["template"]["spec"]
             if any(c["image"].startswith(images.DEFAULT_REPOSITORY) for c in pod_containers(pod)):
-                assert str(pod["securityContext"]["runAsUser"]) == uid, f"{folder_id(workload_folder)}: manifests and image agree on the uid"
+                assert str(pod["securityContext"]["runAsUser"]) == uid, (
+                    f"{folder_id(workload_folder)}: manifests and image agree on the uid"
+                )
 
 
 @pytest.mark.parametrize("variant", DOCKERFILES)
 def test_every_pip_install_uses_the_constraints(variant):
-    installs = [args for op, args in instructions(DOCKERFILES[variant]) if op == "RUN" and "pip" in args and " install" in args]
+    installs = [
+        args
+        for op, args in instructions(DOCKERFILES[variant])
+        if op == "RUN" and "pip" in args and " install" in args
+    ]
     assert len(installs) >= 2, "dependencies and the package"
     for args in installs:
         for command in re.split(r"&&|;", args):
@@ -168,19 +202,30 @@ def test_cpu_and_gpu_dockerfiles_differ_only_in_their_base_image():
 
 
 def test_dockerignore_sends_the_package_and_nothing_private():
-    lines = [l.strip() for l in (REPO / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    lines = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert lines[0] == "*", "an allow-list: new files stay out unless named"
-    allowed = {l[1:].rstrip("/") for l in lines if l.startswith("!")}
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     setup = configparser.ConfigParser()
     setup.read(REPO / "setup.cfg")
     assert setup["options.packages.find"]["where"] in allowed
-    assert {"setup.cfg", "pyproject.toml", "README.md", "requirements/constraints.txt", "requirements/base.in"} <= allowed
+    assert {
+        "setup.cfg",
+        "pyproject.toml",
+        "README.md",
+        "requirements/constraints.txt",
+        "requirements/base.in",
+    } <= allowed
     assert not allowed & {".venv", ".git", "data", "runs", "k8s"}
     for path in allowed:
         assert (REPO / path).exists(), f".dockerignore lets in {path}, which does not exist"
 
 
 # --- one place for image names ---------------------------------------------------------
+
 
 def test_manifests_project_image_is_cifarflow_images_cpu_image(default_image_names):
     component = yaml.safe_load((K8S / "components" / "images" / "kustomization.yaml").read_text())
@@ -195,6 +240,7 @@ def test_manifests_project_image_is_cifarflow_images_cpu_image(default_image_nam
 
 
 # --- one place for the upstream images ----------------------------------------------------
+
 
 def test_upstream_images_follow_the_pinned_python_packages():
     """The base image's TensorFlow is the one the constraints pin, so pip keeps it; TF Serving
@@ -235,9 +281,13 @@ def test_every_rendered_tf_serving_container_runs_an_upstream_image():
 
 def test_upstream_images_file_is_what_the_release_inspects():
     """The release workflow's `docker manifest inspect` loop reads this file; keep its two columns."""
-    lines = [l for l in UPSTREAM_IMAGES.read_text().splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    lines = [
+        line
+        for line in UPSTREAM_IMAGES.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     assert len(lines) == len(upstream_images()) == 4
-    assert all(len(l.split()) == 2 for l in lines)
+    assert all(len(line.split()) == 2 for line in lines)
 
 
 @pytest.mark.parametrize("target, image", [("image", "cpu_image"), ("image-gpu", "gpu_image")])
@@ -245,14 +295,20 @@ def test_make_targets_tag_from_cifarflow_images(target, image, default_image_nam
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFARFLOW_IMAGE_")}
     result = subprocess.run(
         ["make", "--no-print-directory", "-s", target, "IMAGE_BUILDER=echo"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     dockerfile = "dockerfiles/Dockerfile.gpu" if target == "image-gpu" else "dockerfiles/Dockerfile"
     assert result.stdout.split() == ["build", "-f", dockerfile, "-t", getattr(images, image)(), "."]
 
 
-def test_the_documented_registry_override_retargets_every_project_image(tmp_path, default_image_names):
+def test_the_documented_registry_override_retargets_every_project_image(
+    tmp_path, default_image_names
+):
     """docs/kubernetes.md tells users how to run their own build; that must work."""
     guide = (REPO / "docs" / "kubernetes.md").read_text()
     (override,) = re.findall(r"kustomize edit set image (\S+)=(\S+)", guide)
@@ -261,13 +317,18 @@ def test_the_documented_registry_override_retargets_every_project_image(tmp_path
     overlay = tmp_path / "my-overlay"
     overlay.mkdir()
     production = os.path.relpath(K8S / "overlays" / "production", overlay)
-    overlay.joinpath("kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": [production],
-        "images": [{"name": name, "newName": new_name, "newTag": new_tag}],
-    }))
+    overlay.joinpath("kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [production],
+                "images": [{"name": name, "newName": new_name, "newTag": new_tag}],
+            }
+        )
+    )
     project_images = {
         c["image"]
-        for obj in render(overlay) if obj["kind"] == "Deployment"
+        for obj in render(overlay)
+        if obj["kind"] == "Deployment"
         for c in pod_containers(obj["spec"]["template"]["spec"])
         if not c["image"].startswith("tensorflow/serving:")
     }

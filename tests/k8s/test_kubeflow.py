@@ -30,7 +30,9 @@ def _settings_keys_the_pipeline_maps(tmp_path) -> set[str]:
 
 def test_no_store_endpoint_and_no_pipeline_root_are_shipped():
     objects = render(KUBEFLOW)
-    assert not [o for o in by_kind(objects, "ConfigMap")], "site settings are the user's, made by hand"
+    assert not [o for o in by_kind(objects, "ConfigMap")], (
+        "site settings are the user's, made by hand"
+    )
     assert not by_kind(objects, "Secret")
     text = "\n".join(path.read_text() for path in KUBEFLOW.glob("*.yaml"))
     assert "minio-service" not in text  # gone from Kubeflow Pipelines' manifests since 2.16.0
@@ -45,10 +47,17 @@ def test_docs_create_the_settings_the_pipeline_reads(tmp_path):
     assert mapped == {"S3_ENDPOINT", "S3_SECURE"}
     for guide in ("README.md", "docs/kubernetes.md"):
         text = (REPO / guide).read_text().replace("\\\n", " ")
-        commands = [c for c in re.findall(r"kubectl[^\n`]*create configmap cifarflow-pipeline-settings[^\n`]*", text)]
+        commands = [
+            c
+            for c in re.findall(
+                r"kubectl[^\n`]*create configmap cifarflow-pipeline-settings[^\n`]*", text
+            )
+        ]
         assert commands, f"{guide} does not create the ConfigMap cifarflow-pipeline-settings"
         for command in commands:
-            literals = {a.split("=", 2)[1] for a in shlex.split(command) if a.startswith("--from-literal=")}
+            literals = {
+                a.split("=", 2)[1] for a in shlex.split(command) if a.startswith("--from-literal=")
+            }
             assert literals == mapped, f"{guide}: {command}"
         assert "mc mb" in text, f"{guide} never creates the bucket"
 
@@ -58,13 +67,25 @@ def test_pipeline_service_account_is_bound_to_a_narrow_role():
     account = named(objects, "ServiceAccount", "cifarflow-pipeline")
     role = named(objects, "Role", "cifarflow-pipeline")
     binding = named(objects, "RoleBinding", "cifarflow-pipeline")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": account["metadata"]["namespace"]}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": account["metadata"]["namespace"],
+        }
+    ]
     assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
     for rule in role["rules"]:
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], f"wildcard in {rule}"
-        assert not {"create", "update", "delete", "deletecollection"} & set(rule["verbs"]) or rule["resources"] == ["workflowtaskresults"], rule
+        assert not {"create", "update", "delete", "deletecollection"} & set(rule["verbs"]) or rule[
+            "resources"
+        ] == ["workflowtaskresults"], rule
         if {"secrets", "configmaps"} & set(rule["resources"]):
             assert rule.get("resourceNames"), "secrets and configmaps only by name"
             assert rule["verbs"] == ["get"]

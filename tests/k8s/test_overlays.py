@@ -5,8 +5,8 @@ from __future__ import annotations
 from tests.k8s.manifests import (
     OVERLAYS,
     by_kind,
-    container,
     configmap_data,
+    container,
     named,
     parse_text_proto,
     render,
@@ -23,16 +23,22 @@ def test_local_runs_one_of_everything():
     objects = render(OVERLAYS / "local")
     assert named(objects, "Deployment", "tf-serving")["spec"]["replicas"] == 1
     assert named(objects, "HorizontalPodAutoscaler", "gateway")["spec"]["minReplicas"] == 1
-    assert _token_ref(objects).get("optional") is True, "a laptop cluster works without a gateway token"
+    assert _token_ref(objects).get("optional") is True, (
+        "a laptop cluster works without a gateway token"
+    )
 
 
 def test_production_spreads_replicas_and_requires_the_gateway_token():
     objects = render(OVERLAYS / "production")
     for name in ("tf-serving", "gateway"):
         pod = named(objects, "Deployment", name)["spec"]["template"]["spec"]
-        terms = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        terms = pod["affinity"]["podAntiAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
         assert {t["podAffinityTerm"]["topologyKey"] for t in terms} == {"kubernetes.io/hostname"}
-        assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {"topology.kubernetes.io/zone"}
+        assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+            "topology.kubernetes.io/zone"
+        }
     assert named(objects, "Deployment", "tf-serving")["spec"]["replicas"] >= 3
     assert named(objects, "HorizontalPodAutoscaler", "gateway")["spec"]["minReplicas"] >= 3
     assert _token_ref(objects).get("optional") is False
@@ -64,10 +70,14 @@ def test_canary_runs_beside_production_with_its_own_version():
     def labels_of(deployment_name: str) -> dict:
         pod = named(objects, "Deployment", deployment_name)["spec"]["template"]["spec"]
         volume = next(v for v in pod["volumes"] if v["name"] == "config")
-        (config,) = parse_text_proto(configmap_data(objects, volume["configMap"]["name"])["models.config"])["model_config_list"][0]["config"]
+        (config,) = parse_text_proto(
+            configmap_data(objects, volume["configMap"]["name"])["models.config"]
+        )["model_config_list"][0]["config"]
         return {label["key"][0]: label["value"][0] for label in config["version_labels"]}
 
-    assert _token_ref(objects, "gateway-canary").get("optional") is False, "no open side door beside production"
+    assert _token_ref(objects, "gateway-canary").get("optional") is False, (
+        "no open side door beside production"
+    )
     stable, canary = labels_of("tf-serving")["stable"], labels_of("tf-serving-canary")["canary"]
     assert stable != canary, "a canary serves another version than stable"
     # The canary inherits production's other settings of the base, the

@@ -23,9 +23,17 @@ FOLDERS = all_folders()
 
 def validate(path: Path, version: str = KUBERNETES_VERSION) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [venv_tool("kubernetes-validate"), "--strict", "--quiet",
-         "--kubernetes-version", version, str(path)],
-        capture_output=True, text=True, timeout=120,
+        [
+            venv_tool("kubernetes-validate"),
+            "--strict",
+            "--quiet",
+            "--kubernetes-version",
+            version,
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -42,17 +50,23 @@ def test_renders_and_validates_strictly(folder, version, tmp_path):
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(render_text(folder))
     result = validate(rendered, version)
-    assert result.returncode == 0, f"{folder_id(folder)} is not valid Kubernetes {version}:\n{result.stdout}{result.stderr}"
+    assert result.returncode == 0, (
+        f"{folder_id(folder)} is not valid Kubernetes {version}:\n{result.stdout}{result.stderr}"
+    )
     # kubernetes-validate only warns, and passes, on a kind it has no schema
     # for (a CRD, or a core kind with a mistyped apiVersion): none may be here.
     # The optional Prometheus Operator component is validated knowingly in
     # test_user_settings.py.
-    assert "Couldn't find schema" not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert "Couldn't find schema" not in result.stdout + result.stderr, (
+        result.stdout + result.stderr
+    )
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=folder_id)
 def test_object_names_are_unique(folder):
-    ids = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in render(folder)]
+    ids = [
+        (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in render(folder)
+    ]
     assert len(ids) == len(set(ids))
 
 

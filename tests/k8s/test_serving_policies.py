@@ -60,9 +60,18 @@ def version_label_flag_violations(objects) -> list[str]:
         configs = model_config(objects, deployment)["model_config_list"][0]["config"]
         if not any(config.get("version_labels") for config in configs):
             continue
-        flag = [a for a in server["args"] if a.split("=", 1)[0] == "--allow_version_labels_for_unavailable_models"]
-        if flag not in (["--allow_version_labels_for_unavailable_models"], ["--allow_version_labels_for_unavailable_models=true"]):
-            violations.append(f"{deployment['metadata']['name']}: version_labels without the flag ({flag or 'absent'})")
+        flag = [
+            a
+            for a in server["args"]
+            if a.split("=", 1)[0] == "--allow_version_labels_for_unavailable_models"
+        ]
+        if flag not in (
+            ["--allow_version_labels_for_unavailable_models"],
+            ["--allow_version_labels_for_unavailable_models=true"],
+        ):
+            violations.append(
+                f"{deployment['metadata']['name']}: version_labels without the flag ({flag or 'absent'})"
+            )
     return violations
 
 
@@ -70,24 +79,32 @@ def model_config(objects, deployment) -> dict:
     """The parsed models.config a TF Serving Deployment is started with."""
     server = container(deployment["spec"]["template"]["spec"], "tf-serving")
     config_path = flag_value(server["args"], "--model_config_file")
-    mount = next(m for m in server["volumeMounts"] if m["mountPath"] == posixpath.dirname(config_path))
-    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    mount = next(
+        m for m in server["volumeMounts"] if m["mountPath"] == posixpath.dirname(config_path)
+    )
+    volume = next(
+        v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    )
     data = configmap_data(objects, volume["configMap"]["name"])
     return parse_text_proto(data[posixpath.basename(config_path)])
 
 
 # --- images -----------------------------------------------------------------
 
+
 def test_every_image_is_pinned(folder):
     for workload in workloads(render(folder)):
         for c in pod_containers(workload["spec"]["template"]["spec"]):
             image = c["image"]
             name, _, tag = image.rpartition(":")
-            assert "@sha256:" in image or (name and "/" not in tag), f"{c['name']}: {image} has no tag"
+            assert "@sha256:" in image or (name and "/" not in tag), (
+                f"{c['name']}: {image} has no tag"
+            )
             assert tag != "latest", f"{c['name']}: {image} floats on :latest"
 
 
 # --- pod security -------------------------------------------------------------
+
 
 def test_pods_meet_the_restricted_pod_security_standard(folder):
     for workload in workloads(render(folder)):
@@ -104,7 +121,9 @@ def test_pods_meet_the_restricted_pod_security_standard(folder):
             security = c.get("securityContext", {})
             assert security.get("allowPrivilegeEscalation") is False, f"{where}/{c['name']}"
             assert security.get("readOnlyRootFilesystem") is True, f"{where}/{c['name']}"
-            assert security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is True, f"{where}/{c['name']}"
+            assert security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is True, (
+                f"{where}/{c['name']}"
+            )
             assert security.get("runAsUser", 1) != 0, f"{where}/{c['name']}"
             assert not security.get("privileged"), f"{where}/{c['name']}"
             assert security.get("capabilities", {}).get("drop") == ["ALL"], f"{where}/{c['name']}"
@@ -122,7 +141,9 @@ def test_the_namespace_enforces_the_restricted_standard(folder):
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     for obj in objects:
         if obj["kind"] != "Namespace":
-            assert obj["metadata"].get("namespace") == NAMESPACE, f"{obj['kind']}/{obj['metadata']['name']}"
+            assert obj["metadata"].get("namespace") == NAMESPACE, (
+                f"{obj['kind']}/{obj['metadata']['name']}"
+            )
 
 
 def test_every_container_has_requests_and_limits(folder):
@@ -131,13 +152,17 @@ def test_every_container_has_requests_and_limits(folder):
             resources = c.get("resources", {})
             for part in ("requests", "limits"):
                 for resource in ("cpu", "memory"):
-                    assert resource in resources.get(part, {}), f"{workload['metadata']['name']}/{c['name']}: no {part}.{resource}"
+                    assert resource in resources.get(part, {}), (
+                        f"{workload['metadata']['name']}/{c['name']}: no {part}.{resource}"
+                    )
 
 
 def test_long_running_containers_have_probes_on_declared_ports(folder):
     for workload in workloads(render(folder)):
         for c in workload["spec"]["template"]["spec"]["containers"]:
-            ports = {p["name"] for p in c.get("ports", [])} | {p["containerPort"] for p in c.get("ports", [])}
+            ports = {p["name"] for p in c.get("ports", [])} | {
+                p["containerPort"] for p in c.get("ports", [])
+            }
             for probe in ("readinessProbe", "livenessProbe"):
                 assert probe in c, f"{workload['metadata']['name']}/{c['name']}: no {probe}"
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
@@ -149,19 +174,26 @@ def test_long_running_containers_have_probes_on_declared_ports(folder):
 
 # --- secrets ------------------------------------------------------------------
 
+
 def test_no_secret_values_anywhere(folder):
     objects = render(folder)
     assert not by_kind(objects, "Secret"), "a Secret in the manifests would put its value in git"
     for cm in by_kind(objects, "ConfigMap"):
         for key in cm.get("data", {}):
-            assert not CREDENTIAL_NAME.search(key), f"ConfigMap {cm['metadata']['name']} holds {key}"
+            assert not CREDENTIAL_NAME.search(key), (
+                f"ConfigMap {cm['metadata']['name']} holds {key}"
+            )
     for workload in workloads(objects):
         for c in pod_containers(workload["spec"]["template"]["spec"]):
             for var in c.get("env", []):
                 if CREDENTIAL_NAME.search(var["name"]):
-                    assert "secretKeyRef" in var.get("valueFrom", {}), f"{c['name']}: {var['name']} not from a Secret"
+                    assert "secretKeyRef" in var.get("valueFrom", {}), (
+                        f"{c['name']}: {var['name']} not from a Secret"
+                    )
             for arg in c.get("args", []):
-                assert not re.search(r"--(s3-)?(access|secret)[-_]key|--token(=|$)", arg), f"{c['name']}: credential flag {arg}"
+                assert not re.search(r"--(s3-)?(access|secret)[-_]key|--token(=|$)", arg), (
+                    f"{c['name']}: credential flag {arg}"
+                )
 
 
 def test_every_referenced_secret_is_documented(folder):
@@ -171,12 +203,16 @@ def test_every_referenced_secret_is_documented(folder):
             for var in c.get("env", []):
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
-                    assert re.search(rf"create secret generic {ref['name']}\b[^\n]*{ref['key']}=", guide.replace("\\\n", " ")), (
+                    assert re.search(
+                        rf"create secret generic {ref['name']}\b[^\n]*{ref['key']}=",
+                        guide.replace("\\\n", " "),
+                    ), (
                         f"docs/kubernetes.md does not show how to create secret {ref['name']} with key {ref['key']}"
                     )
 
 
 # --- TensorFlow Serving, its ports and its model sync ---------------------------
+
 
 def test_tf_serving_listens_where_its_service_and_probes_say(folder):
     objects = render(folder)
@@ -185,10 +221,16 @@ def test_tf_serving_listens_where_its_service_and_probes_say(folder):
         assert server["command"] == ["tensorflow_model_server"]
         assert flag_value(server["args"], "--port") == "8500"
         assert flag_value(server["args"], "--rest_api_port") == "8501"
-        assert {(p["name"], p["containerPort"]) for p in server["ports"]} == {("grpc", 8500), ("http", 8501)}
+        assert {(p["name"], p["containerPort"]) for p in server["ports"]} == {
+            ("grpc", 8500),
+            ("http", 8501),
+        }
         service = named(objects, "Service", deployment["metadata"]["name"])
         assert labels_match(service["spec"]["selector"], pod_labels(deployment))
-        assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {(8500, "grpc"), (8501, "http")}
+        assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+            (8500, "grpc"),
+            (8501, "http"),
+        }
 
 
 def test_tf_serving_config_files_are_mounted_and_consistent(folder):
@@ -200,7 +242,11 @@ def test_tf_serving_config_files_are_mounted_and_consistent(folder):
         mount = next(m for m in server["volumeMounts"] if m["mountPath"] == config_dir)
         volume = next(v for v in template["spec"]["volumes"] if v["name"] == mount["name"])
         files = configmap_data(objects, volume["configMap"]["name"])
-        for flag in ("--model_config_file", "--batching_parameters_file", "--monitoring_config_file"):
+        for flag in (
+            "--model_config_file",
+            "--batching_parameters_file",
+            "--monitoring_config_file",
+        ):
             path = flag_value(server["args"], flag)
             assert posixpath.dirname(path) == config_dir and posixpath.basename(path) in files, flag
         assert flag_value(server["args"], "--enable_batching") == "true"
@@ -219,7 +265,9 @@ def test_model_config_labels_name_served_versions(folder):
         (config,) = model_config(objects, deployment)["model_config_list"][0]["config"]
         served = set(config["model_version_policy"][0]["specific"][0]["versions"])
         labels = {label["key"][0]: label["value"][0] for label in config.get("version_labels", [])}
-        assert labels and set(labels.values()) <= served, f"labels {labels} name versions not in {served}"
+        assert labels and set(labels.values()) <= served, (
+            f"labels {labels} name versions not in {served}"
+        )
         track = pod_labels(deployment)["cifarflow.io/track"]
         assert track in labels, f"the {track} pods' config has no {track} label"
         # A request that names no version gets the newest loaded one, so a
@@ -229,7 +277,10 @@ def test_model_config_labels_name_served_versions(folder):
         # /labels/L/metadata resolves the label and needs that version loaded
         # (get_model_metadata_impl.cc -> ServerCore::GetServableHandle); the
         # status endpoint /labels/L ignores the label (get_model_status_impl.cc).
-        assert server["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{config['name'][0]}/labels/{track}/metadata"
+        assert (
+            server["readinessProbe"]["httpGet"]["path"]
+            == f"/v1/models/{config['name'][0]}/labels/{track}/metadata"
+        )
 
 
 def test_version_labels_come_with_the_flag_that_lets_tf_serving_start(folder):
@@ -242,7 +293,9 @@ def test_tf_serving_keeps_serving_while_its_pod_leaves_the_endpoints(folder):
         pod = deployment["spec"]["template"]["spec"]
         hook = container(pod, "tf-serving")["lifecycle"]["preStop"]["exec"]["command"]
         assert hook[0] == "sleep" and len(hook) == 2, hook
-        assert 0 < int(hook[1]) < pod["terminationGracePeriodSeconds"] - 10, "time left to stop after the sleep"
+        assert 0 < int(hook[1]) < pod["terminationGracePeriodSeconds"] - 10, (
+            "time left to stop after the sleep"
+        )
 
 
 # The largest version the grids can publish: the reference grid's ResNet50 at
@@ -263,10 +316,14 @@ def _mebibytes(quantity: str) -> float:
 
 def test_models_volume_holds_what_sync_keeps_of_the_largest_grid_model(folder):
     for deployment in model_server_deployments(render(folder)):
-        (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "models"]
+        (volume,) = [
+            v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "models"
+        ]
         limit = _mebibytes(volume["emptyDir"]["sizeLimit"])
         # 1.5x: what the estimate leaves out (graph size, assets, another label).
-        assert limit >= 1.5 * LARGEST_VERSION_MIB * VERSIONS_ON_DISK, f"{volume['emptyDir']['sizeLimit']} is too small"
+        assert limit >= 1.5 * LARGEST_VERSION_MIB * VERSIONS_ON_DISK, (
+            f"{volume['emptyDir']['sizeLimit']} is too small"
+        )
 
 
 def test_the_model_store_is_named_by_the_user_not_assumed(folder):
@@ -278,7 +335,9 @@ def test_the_model_store_is_named_by_the_user_not_assumed(folder):
             host = endpoint.rpartition(":")[0]
             # The placeholder is under the reserved .invalid domain (RFC 6761),
             # so it can never reach a store by accident.
-            assert host.endswith(".invalid"), f"{folder_id(folder)} names a store of its own: {endpoint}"
+            assert host.endswith(".invalid"), (
+                f"{folder_id(folder)} names a store of its own: {endpoint}"
+            )
 
 
 def test_sync_containers_feed_the_path_tf_serving_reads(folder):
@@ -288,7 +347,9 @@ def test_sync_containers_feed_the_path_tf_serving_reads(folder):
     for deployment in model_server_deployments(objects):
         pod = deployment["spec"]["template"]["spec"]
         init_names = [c["name"] for c in pod["initContainers"]]
-        assert init_names == ["model-sync-once", "model-sync"], "one-shot sync must finish before the sidecar starts"
+        assert init_names == ["model-sync-once", "model-sync"], (
+            "one-shot sync must finish before the sidecar starts"
+        )
         once, sidecar = pod["initContainers"]
         assert "restartPolicy" not in once, "the first sync must complete before TF Serving starts"
         assert sidecar.get("restartPolicy") == "Always", "the watching sync is a native sidecar"
@@ -296,14 +357,31 @@ def test_sync_containers_feed_the_path_tf_serving_reads(folder):
         server = container(pod, "tf-serving")
         for sync, extra in ((once, []), (sidecar, ["--watch"])):
             env = container_env(objects, sync, fake_secrets)
-            for var in ("S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_SECURE", "MODEL_STORE", "MODEL_NAME"):
+            for var in (
+                "S3_ENDPOINT",
+                "S3_ACCESS_KEY",
+                "S3_SECRET_KEY",
+                "S3_SECURE",
+                "MODEL_STORE",
+                "MODEL_NAME",
+            ):
                 assert env.get(var), f"{sync['name']}: {var} not set"
             argv = command_line(objects, sync, fake_secrets)
             assert argv == [
-                "cifarflow", "serve", "sync", "--from", env["MODEL_STORE"], "--to", flag_value(argv, "--to"),
-                "--model-name", env["MODEL_NAME"], *extra,
+                "cifarflow",
+                "serve",
+                "sync",
+                "--from",
+                env["MODEL_STORE"],
+                "--to",
+                flag_value(argv, "--to"),
+                "--model-name",
+                env["MODEL_NAME"],
+                *extra,
             ]
-            assert env["MODEL_STORE"].startswith("s3://") and env["MODEL_STORE"].count("/") >= 3, "s3://bucket/prefix"
+            assert env["MODEL_STORE"].startswith("s3://") and env["MODEL_STORE"].count("/") >= 3, (
+                "s3://bucket/prefix"
+            )
             to = flag_value(argv, "--to")
             (sync_mount,) = [m for m in sync["volumeMounts"] if m["mountPath"] == to]
             assert not sync_mount.get("readOnly")
@@ -316,6 +394,7 @@ def test_sync_containers_feed_the_path_tf_serving_reads(folder):
 
 # --- the gateway ----------------------------------------------------------------
 
+
 def test_gateway_listens_where_its_service_says_and_calls_tf_serving_grpc(folder):
     objects = render(folder)
     gateway_service = named(objects, "Service", "gateway")
@@ -324,20 +403,38 @@ def test_gateway_listens_where_its_service_says_and_calls_tf_serving_grpc(folder
         args = gateway["args"]
         assert args[:2] == ["serve", "gateway"] and gateway["command"] == ["cifarflow"]
         ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
-        assert ports == {"http": int(flag_value(args, "--port")), "grpc": int(flag_value(args, "--grpc-port"))}
-        assert labels_match(gateway_service["spec"]["selector"], pod_labels(deployment)), "every gateway pod serves clients"
+        assert ports == {
+            "http": int(flag_value(args, "--port")),
+            "grpc": int(flag_value(args, "--grpc-port")),
+        }
+        assert labels_match(gateway_service["spec"]["selector"], pod_labels(deployment)), (
+            "every gateway pod serves clients"
+        )
         # dns:///<service>.<namespace>.svc.cluster.local:<port>: every ready pod
         # of a headless Service, calls spread round robin by the gateway.
-        target = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)", flag_value(args, "--backend"))
+        target = re.fullmatch(
+            r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)",
+            flag_value(args, "--backend"),
+        )
         assert target, f"{flag_value(args, '--backend')}: not a dns:/// name of a Service"
         name, namespace, port = target.groups()
         backend = named(objects, "Service", name)
         assert backend["metadata"]["namespace"] == namespace
-        assert backend["spec"].get("clusterIP") == "None", "headless: DNS answers with every pod, not one virtual IP"
-        assert (int(port), "grpc") in {(p["port"], p["targetPort"]) for p in backend["spec"]["ports"]}
+        assert backend["spec"].get("clusterIP") == "None", (
+            "headless: DNS answers with every pod, not one virtual IP"
+        )
+        assert (int(port), "grpc") in {
+            (p["port"], p["targetPort"]) for p in backend["spec"]["ports"]
+        }
         track = pod_labels(deployment)["cifarflow.io/track"]
-        assert backend["spec"]["selector"]["cifarflow.io/track"] == track, "a gateway calls the model servers of its own track"
-        servers = [d for d in model_server_deployments(objects) if labels_match(backend["spec"]["selector"], pod_labels(d))]
+        assert backend["spec"]["selector"]["cifarflow.io/track"] == track, (
+            "a gateway calls the model servers of its own track"
+        )
+        servers = [
+            d
+            for d in model_server_deployments(objects)
+            if labels_match(backend["spec"]["selector"], pod_labels(d))
+        ]
         assert len(servers) == 1, "the name resolves to one track's model servers"
     assert {p["targetPort"] for p in gateway_service["spec"]["ports"]} == {"http", "grpc"}
 
@@ -346,7 +443,9 @@ def test_services_select_pods_that_exist(folder):
     objects = render(folder)
     templates = [pod_labels(d) for d in by_kind(objects, "Deployment")]
     for service in by_kind(objects, "Service"):
-        assert any(labels_match(service["spec"]["selector"], labels) for labels in templates), service["metadata"]["name"]
+        assert any(labels_match(service["spec"]["selector"], labels) for labels in templates), (
+            service["metadata"]["name"]
+        )
 
 
 def test_no_pod_belongs_to_two_deployments(folder):
@@ -361,12 +460,15 @@ def test_no_pod_belongs_to_two_deployments(folder):
 
 # --- availability -----------------------------------------------------------------
 
+
 def test_gateway_autoscaler_owns_the_replica_count(folder):
     objects = render(folder)
     (hpa,) = by_kind(objects, "HorizontalPodAutoscaler")
     target = named(objects, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])
     assert target["metadata"]["name"] == "gateway"
-    assert "replicas" not in target["spec"], "a replicas field would fight the autoscaler on every apply"
+    assert "replicas" not in target["spec"], (
+        "a replicas field would fight the autoscaler on every apply"
+    )
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert hpa["spec"]["metrics"], "scale on something"
 
@@ -376,22 +478,36 @@ def test_disruption_budgets_cover_each_pod_once(folder):
     budgets = by_kind(objects, "PodDisruptionBudget")
     assert {b["metadata"]["name"] for b in budgets} == {"tf-serving", "gateway"}
     for deployment in by_kind(objects, "Deployment"):
-        covering = [b for b in budgets if labels_match(b["spec"]["selector"]["matchLabels"], pod_labels(deployment))]
-        assert len(covering) == 1, f"{deployment['metadata']['name']}: {len(covering)} budgets (eviction needs exactly one)"
-        assert "maxUnavailable" in covering[0]["spec"], "maxUnavailable keeps a one-replica install drainable"
+        covering = [
+            b
+            for b in budgets
+            if labels_match(b["spec"]["selector"]["matchLabels"], pod_labels(deployment))
+        ]
+        assert len(covering) == 1, (
+            f"{deployment['metadata']['name']}: {len(covering)} budgets (eviction needs exactly one)"
+        )
+        assert "maxUnavailable" in covering[0]["spec"], (
+            "maxUnavailable keeps a one-replica install drainable"
+        )
 
 
 # --- network ------------------------------------------------------------------------
 
+
 def _policies_for(objects, labels):
-    return [p for p in by_kind(objects, "NetworkPolicy") if labels_match(p["spec"]["podSelector"].get("matchLabels", {}), labels)]
+    return [
+        p
+        for p in by_kind(objects, "NetworkPolicy")
+        if labels_match(p["spec"]["podSelector"].get("matchLabels", {}), labels)
+    ]
 
 
 def test_only_the_gateway_reaches_tf_serving_grpc(folder):
     objects = render(folder)
-    assert any(p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] for p in by_kind(objects, "NetworkPolicy")), (
-        "a default-deny ingress policy"
-    )
+    assert any(
+        p["spec"]["podSelector"] == {} and "ingress" not in p["spec"]
+        for p in by_kind(objects, "NetworkPolicy")
+    ), "a default-deny ingress policy"
     gateways = [pod_labels(d) for d in gateway_deployments(objects)]
     for deployment in model_server_deployments(objects):
         policies = _policies_for(objects, pod_labels(deployment))
@@ -405,16 +521,25 @@ def test_only_the_gateway_reaches_tf_serving_grpc(folder):
                 for peer in rule["from"]:
                     if "namespaceSelector" in peer or "ipBlock" in peer:
                         # Only metrics scraping may come from elsewhere, never Predict.
-                        assert ports == {8501}, f"{policy['metadata']['name']}: {peer} reaches {ports}"
+                        assert ports == {8501}, (
+                            f"{policy['metadata']['name']}: {peer} reaches {ports}"
+                        )
                         continue
                     selector = peer["podSelector"]["matchLabels"]
-                    assert selector == {"app.kubernetes.io/name": "gateway"}, f"{policy['metadata']['name']}: {peer}"
+                    assert selector == {"app.kubernetes.io/name": "gateway"}, (
+                        f"{policy['metadata']['name']}: {peer}"
+                    )
                     if 8500 in ports:
-                        grpc_reachable_from_gateway |= {i for i, g in enumerate(gateways) if labels_match(selector, g)}
-        assert grpc_reachable_from_gateway == set(range(len(gateways))), "every gateway must reach TF Serving"
+                        grpc_reachable_from_gateway |= {
+                            i for i, g in enumerate(gateways) if labels_match(selector, g)
+                        }
+        assert grpc_reachable_from_gateway == set(range(len(gateways))), (
+            "every gateway must reach TF Serving"
+        )
 
 
 # --- the command lines against the real CLI ----------------------------------------
+
 
 def _parse(argv: list[str]):
     """argv as the `cifarflow` console script would parse it; a flag the CLI
@@ -430,12 +555,17 @@ def _parse(argv: list[str]):
         with contextlib.redirect_stderr(errors):
             return build_parser().parse_args(argv[1:])
     except SystemExit:
-        raise AssertionError(f"`{' '.join(argv)}` is refused by the CLI: {errors.getvalue()}") from None
+        raise AssertionError(
+            f"`{' '.join(argv)}` is refused by the CLI: {errors.getvalue()}"
+        ) from None
 
 
 def test_project_command_lines_are_accepted_by_the_cli(folder):
     objects = render(folder)
-    fake_secrets = {"cifarflow-model-store": {"accesskey": "a", "secretkey": "s"}, "cifarflow-gateway-token": {"token": "t"}}
+    fake_secrets = {
+        "cifarflow-model-store": {"accesskey": "a", "secretkey": "s"},
+        "cifarflow-gateway-token": {"token": "t"},
+    }
     for deployment in model_server_deployments(objects):
         pod = deployment["spec"]["template"]["spec"]
         (config,) = model_config(objects, deployment)["model_config_list"][0]["config"]
@@ -452,4 +582,6 @@ def test_project_command_lines_are_accepted_by_the_cli(folder):
         assert args.host == "0.0.0.0", "reachable through the Service"
         # The gateway asks TF Serving for the model its models.config serves.
         assert args.model_name == config["name"][0]
-        assert args.shutdown_grace < pod["terminationGracePeriodSeconds"], "in-flight requests finish before SIGKILL"
+        assert args.shutdown_grace < pod["terminationGracePeriodSeconds"], (
+            "in-flight requests finish before SIGKILL"
+        )

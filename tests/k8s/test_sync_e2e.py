@@ -63,7 +63,9 @@ def _mebibytes(quantity: str) -> float:
 def _console_script() -> str:
     script = Path(sys.executable).with_name("cifarflow")
     if not script.exists():
-        pytest.fail("the cifarflow console script is not installed next to this Python (pip install -e .)")
+        pytest.fail(
+            "the cifarflow console script is not installed next to this Python (pip install -e .)"
+        )
     return str(script)
 
 
@@ -83,7 +85,11 @@ class _PeakMemory(threading.Thread):
     def run(self) -> None:
         while True:
             try:
-                fields = dict(line.split(":", 1) for line in self.status.read_text().splitlines() if ":" in line)
+                fields = dict(
+                    line.split(":", 1)
+                    for line in self.status.read_text().splitlines()
+                    if ":" in line
+                )
             except (FileNotFoundError, ProcessLookupError, ValueError):
                 return
             if "VmHWM" in fields:
@@ -96,11 +102,17 @@ class Pod:
 
     def __init__(self, s3_server, volume_root: Path):
         self.objects = render(BASE)
-        (self.deployment,) = [d for d in model_server_deployments(self.objects) if d["metadata"]["name"] == "tf-serving"]
+        (self.deployment,) = [
+            d
+            for d in model_server_deployments(self.objects)
+            if d["metadata"]["name"] == "tf-serving"
+        ]
         self.spec = self.deployment["spec"]["template"]["spec"]
         self.s3 = s3_server
         self.volume_root = volume_root
-        self.secrets = {SECRET: {"accesskey": s3_server.access_key, "secretkey": s3_server.secret_key}}
+        self.secrets = {
+            SECRET: {"accesskey": s3_server.access_key, "secretkey": s3_server.secret_key}
+        }
 
     def env(self, name: str) -> dict[str, str]:
         env = container_env(self.objects, container(self.spec, name), self.secrets)
@@ -113,8 +125,12 @@ class Pod:
         """Where a path inside the container lives here: volumes by name."""
         for mount in container(self.spec, container_name)["volumeMounts"]:
             if path == mount["mountPath"] or path.startswith(mount["mountPath"] + "/"):
-                return self.volume_root / mount["name"] / path[len(mount["mountPath"]):].lstrip("/")
-        raise AssertionError(f"{path} is on no volume of {container_name}: it would be on the read-only root filesystem")
+                return (
+                    self.volume_root / mount["name"] / path[len(mount["mountPath"]) :].lstrip("/")
+                )
+        raise AssertionError(
+            f"{path} is on no volume of {container_name}: it would be on the read-only root filesystem"
+        )
 
     def on_volume(self, container_name: str, path: str) -> bool:
         mounts = [m["mountPath"] for m in container(self.spec, container_name)["volumeMounts"]]
@@ -144,17 +160,23 @@ class Pod:
         folder = self.host_path(name, config_mount)
         folder.mkdir(parents=True, exist_ok=True)
         for file_name, text in configmap_volume_files(self.objects, self.spec, "config").items():
-            (folder / file_name).write_text(re.sub(r'"(/[^"]*)"', lambda m: f'"{mapped(m.group(1))}"', text))
+            (folder / file_name).write_text(
+                re.sub(r'"(/[^"]*)"', lambda m: f'"{mapped(m.group(1))}"', text)
+            )
         args = []
         for arg in argv[1:]:
             flag, equals, value = arg.partition("=")
-            assert flag.startswith("--") and "_" in flag or flag == "--port", f"not a TF Serving flag: {arg}"
+            assert flag.startswith("--") and "_" in flag or flag == "--port", (
+                f"not a TF Serving flag: {arg}"
+            )
             if flag in drop:
                 continue
             if flag in ports:
                 value = str(ports[flag])
             args.append(flag + equals + mapped(value) if equals else arg)
-        assert set(ports) <= {a.partition("=")[0] for a in args}, "a port flag to map is not in the manifest"
+        assert set(ports) <= {a.partition("=")[0] for a in args}, (
+            "a port flag to map is not in the manifest"
+        )
         return [_console_script(), "serve", "model", *args]
 
     def argv(self, name: str) -> list[str]:
@@ -170,7 +192,12 @@ class Pod:
 
     def process_env(self, name: str, home: Path) -> dict[str, str]:
         """Only what the container would have: its env, not the test's S3_* variables."""
-        return {"PATH": os.environ["PATH"], "HOME": str(home), "PYTHONUNBUFFERED": "1", **self.env(name)}
+        return {
+            "PATH": os.environ["PATH"],
+            "HOME": str(home),
+            "PYTHONUNBUFFERED": "1",
+            **self.env(name),
+        }
 
     def model_config(self) -> dict:
         server = container(self.spec, "tf-serving")
@@ -215,9 +242,8 @@ def synced(tmp_path_factory) -> Synced:
     """Publish to a fresh S3 server, then run the init container's exact command line."""
     from cifarflow.s3 import S3Location
     from cifarflow.serving.store import open_store, publish_model
-    from tests.support.s3_server import S3Server
-
     from tests.serving.model_factory import export_test_model
+    from tests.support.s3_server import S3Server
 
     root = tmp_path_factory.mktemp("k8s-e2e")
     test_model = export_test_model(root / "model")
@@ -233,14 +259,29 @@ def synced(tmp_path_factory) -> Synced:
         # What the pipeline's publish step does, labelled the way
         # docs/kubernetes.md says, so sync keeps it.
         s3.settings.client().make_bucket(S3Location.parse(store_uri).bucket)
-        published = publish_model(test_model, store_uri, model_name, {"metrics": {"accuracy": 0.5}}, s3.settings)
+        published = publish_model(
+            test_model, store_uri, model_name, {"metrics": {"accuracy": 0.5}}, s3.settings
+        )
         config = pod.model_config()
-        stable = int(next(label["value"][0] for label in config["version_labels"] if label["key"] == ["stable"]))
-        assert published.version == stable, "the base models.config serves the first version a fresh store gets"
+        stable = int(
+            next(
+                label["value"][0]
+                for label in config["version_labels"]
+                if label["key"] == ["stable"]
+            )
+        )
+        assert published.version == stable, (
+            "the base models.config serves the first version a fresh store gets"
+        )
         open_store(store_uri, s3.settings).promote(model_name, published.version, "stable")
 
-        once = subprocess.Popen(pod.argv("model-sync-once"), env=pod.process_env("model-sync-once", home),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        once = subprocess.Popen(
+            pod.argv("model-sync-once"),
+            env=pod.process_env("model-sync-once", home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         peak = _PeakMemory(once.pid)
         output, _ = once.communicate(timeout=120)
         peak.join()
@@ -254,9 +295,16 @@ def synced(tmp_path_factory) -> Synced:
         # The sidecar, exactly. The pipeline publishes a newer version; the
         # sidecar's pass brings it in beside the labelled one, and SIGTERM
         # (how the kubelet ends a native sidecar) stops it cleanly.
-        newer = publish_model(test_model, store_uri, model_name, {"metrics": {"accuracy": 0.6}}, s3.settings)
-        sidecar = subprocess.Popen(pod.argv("model-sync"), env=pod.process_env("model-sync", home),
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        newer = publish_model(
+            test_model, store_uri, model_name, {"metrics": {"accuracy": 0.6}}, s3.settings
+        )
+        sidecar = subprocess.Popen(
+            pod.argv("model-sync"),
+            env=pod.process_env("model-sync", home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(sidecar.stdout), daemon=True)
         reader.start()
@@ -264,7 +312,9 @@ def synced(tmp_path_factory) -> Synced:
             deadline = time.monotonic() + 60
             while not any(f"added {model_name}/{newer.version}" in line for line in lines):
                 assert sidecar.poll() is None, f"the watching sync exited: {''.join(lines)}"
-                assert time.monotonic() < deadline, f"the watching sync did not bring version {newer.version}: {''.join(lines)}"
+                assert time.monotonic() < deadline, (
+                    f"the watching sync did not bring version {newer.version}: {''.join(lines)}"
+                )
                 time.sleep(0.1)
             time.sleep(1.0)  # its first pass is over; it is waiting for the next
             state.sidecar_alive = sidecar.poll() is None
@@ -288,7 +338,9 @@ def synced(tmp_path_factory) -> Synced:
     server = subprocess.Popen(
         pod.tf_serving_argv({"--port": state.grpc_port, "--rest_api_port": state.rest_port}),
         env={"PATH": os.environ["PATH"], "HOME": str(home)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         _wait_http(server, f"http://127.0.0.1:{state.rest_port}/v1/models/{config['name'][0]}", 90)
@@ -297,13 +349,17 @@ def synced(tmp_path_factory) -> Synced:
         _stop(server)
 
 
-def _wait_http(process: subprocess.Popen, url: str, timeout: float, headers: dict | None = None) -> None:
+def _wait_http(
+    process: subprocess.Popen, url: str, timeout: float, headers: dict | None = None
+) -> None:
     import requests
 
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            pytest.fail(f"{process.args[1:3]} exited with {process.returncode}: {process.communicate()[0]}")
+            pytest.fail(
+                f"{process.args[1:3]} exited with {process.returncode}: {process.communicate()[0]}"
+            )
         try:
             if requests.get(url, timeout=5, headers=headers).status_code == 200:
                 return
@@ -318,10 +374,14 @@ def test_init_container_fills_the_base_path_tf_serving_reads(synced):
     version_dir = synced.base_path / str(synced.stable)
     assert (version_dir / "saved_model.pb").is_file() and (version_dir / "cifarflow.json").is_file()
     assert str(synced.stable) in synced.after_init
-    assert not [name for name in synced.after_init if name.startswith(".")], "no half-synced leftovers"
+    assert not [name for name in synced.after_init if name.startswith(".")], (
+        "no half-synced leftovers"
+    )
     limit = container(synced.pod.spec, "model-sync-once")["resources"]["limits"]["memory"]
     if synced.sync_peak_mib is not None:
-        assert synced.sync_peak_mib < 0.8 * _mebibytes(limit), f"sync peaked at {synced.sync_peak_mib:.0f} MiB; its limit is {limit}"
+        assert synced.sync_peak_mib < 0.8 * _mebibytes(limit), (
+            f"sync peaked at {synced.sync_peak_mib:.0f} MiB; its limit is {limit}"
+        )
 
 
 def test_sidecar_brings_new_versions_and_stops_cleanly_on_sigterm(synced):
@@ -339,17 +399,26 @@ def test_without_the_label_flag_the_same_arguments_are_refused_at_start_up(synce
     :574-584 at tag 2.20.0) and main.cc prints the error and returns -1.
     """
     flag = "--allow_version_labels_for_unavailable_models"
-    assert any(a.startswith(flag) for a in command_line(synced.pod.objects, container(synced.pod.spec, "tf-serving")))
+    assert any(
+        a.startswith(flag)
+        for a in command_line(synced.pod.objects, container(synced.pod.spec, "tf-serving"))
+    )
     ports = {"--port": _free_port(), "--rest_api_port": _free_port()}
-    refused = subprocess.run(synced.pod.tf_serving_argv(ports, drop=(flag,)),
-                             env={"PATH": os.environ["PATH"], "HOME": str(synced.home)},
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        synced.pod.tf_serving_argv(ports, drop=(flag,)),
+        env={"PATH": os.environ["PATH"], "HOME": str(synced.home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = refused.stdout + refused.stderr
     assert refused.returncode != 0, output
-    assert (f"Failed to start server. Error: FAILED_PRECONDITION: Request to assign label to version {synced.stable} "
-            f"of model {synced.config['name'][0]}, which is not currently available for inference") in output
+    assert (
+        f"Failed to start server. Error: FAILED_PRECONDITION: Request to assign label to version {synced.stable} "
+        f"of model {synced.config['name'][0]}, which is not currently available for inference"
+    ) in output
     labels = [label["key"][0] for label in synced.config["version_labels"]]
-    assert re.search(r'\(label "(%s)"\)' % "|".join(map(re.escape, labels)), output), output
+    assert re.search(rf'\(label "({"|".join(map(re.escape, labels))})"\)', output), output
 
 
 def test_tf_serving_probes_and_a_stock_predict_answer(synced):
@@ -379,7 +448,10 @@ def test_gateway_from_the_production_manifest_classifies_through_the_model_serve
     # What the pod network gives the container: the Service name resolves to
     # the model server, and the container's ports are its own (here: free ones).
     http_port, grpc_port = _free_port(), _free_port()
-    ports = {flag_value(argv, "--port"): str(http_port), flag_value(argv, "--grpc-port"): str(grpc_port)}
+    ports = {
+        flag_value(argv, "--port"): str(http_port),
+        flag_value(argv, "--grpc-port"): str(grpc_port),
+    }
     backend = flag_value(argv, "--backend")
     mapped = []
     for i, arg in enumerate(argv):
@@ -393,20 +465,33 @@ def test_gateway_from_the_production_manifest_classifies_through_the_model_serve
     process = subprocess.Popen(
         [_console_script(), *mapped[1:]],
         env={"PATH": os.environ["PATH"], "HOME": str(synced.home), "PYTHONUNBUFFERED": "1", **env},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{http_port}"
     try:
         # The kubelet's probes carry no token: they must pass without one.
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             _wait_http(process, base + gateway[probe]["httpGet"]["path"], 60)
-        metrics_path = deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
+        metrics_path = deployment["spec"]["template"]["metadata"]["annotations"][
+            "prometheus.io/path"
+        ]
         assert requests.get(base + metrics_path, timeout=10).status_code == 200
 
         png = _png()
-        assert requests.post(base + "/v1/classify", files={"file": ("x.png", png, "image/png")}, timeout=30).status_code == 401
-        answer = requests.post(base + "/v1/classify", files={"file": ("x.png", png, "image/png")},
-                               headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert (
+            requests.post(
+                base + "/v1/classify", files={"file": ("x.png", png, "image/png")}, timeout=30
+            ).status_code
+            == 401
+        )
+        answer = requests.post(
+            base + "/v1/classify",
+            files={"file": ("x.png", png, "image/png")},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert str(body["version"]) == str(synced.stable)
@@ -419,17 +504,26 @@ def test_gateway_from_the_production_manifest_classifies_through_the_model_serve
         client_env = {"PATH": os.environ["PATH"], "HOME": str(synced.home)}
         refused = subprocess.run(client, env=client_env, capture_output=True, text=True, timeout=60)
         assert refused.returncode != 0, "the production gateway answered without its token"
-        answered = subprocess.run(client, env={**client_env, "CIFARFLOW_GATEWAY_TOKEN": token},
-                                  capture_output=True, text=True, timeout=60)
+        answered = subprocess.run(
+            client,
+            env={**client_env, "CIFARFLOW_GATEWAY_TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert answered.returncode == 0, answered.stdout + answered.stderr
 
         # Its memory beside the limit the manifest gives it.
         status = Path(f"/proc/{process.pid}/status")
         if status.exists():
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
             peak_mib = int(fields["VmHWM"].split()[0]) / 1024
             limit = gateway["resources"]["limits"]["memory"]
-            assert peak_mib < 0.8 * _mebibytes(limit), f"gateway peaked at {peak_mib:.0f} MiB; its limit is {limit}"
+            assert peak_mib < 0.8 * _mebibytes(limit), (
+                f"gateway peaked at {peak_mib:.0f} MiB; its limit is {limit}"
+            )
     finally:
         _stop(process)
 
@@ -454,7 +548,9 @@ def _predict_through_tf_serving_api(port: int, model_name: str, version: int) ->
     request.model_spec.signature_name = "serving_default"
     request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([_png()]))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+            request, timeout=30
+        )
     assert response.model_spec.name == model_name
     assert response.model_spec.version.value == version
     probabilities = tf.make_ndarray(response.outputs["probabilities"])

@@ -64,43 +64,70 @@ def validate(text: str, tmp_path: Path) -> str:
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(text)
     result = subprocess.run(
-        [venv_tool("kubernetes-validate"), "--strict", "--kubernetes-version", KUBERNETES_VERSION, str(rendered)],
-        capture_output=True, text=True, timeout=120,
+        [
+            venv_tool("kubernetes-validate"),
+            "--strict",
+            "--kubernetes-version",
+            KUBERNETES_VERSION,
+            str(rendered),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
 
 def kustomize(folder: Path) -> str:
-    result = subprocess.run([venv_tool("kubectl"), "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [venv_tool("kubectl"), "kustomize", str(folder)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 # --- images -------------------------------------------------------------------------
 
+
 def test_the_documented_image_override_reaches_every_container_of_every_overlay(k8s):
     """The guide's `kustomize edit set image`, in the folder it names, retargets
     the project image everywhere: an override in overlays/production used to
     miss the canary track, which builds from k8s/base/* itself."""
-    (folder, name, target) = re.findall(r"cd (k8s/\S+) && kustomize edit set image (\S+)=(\S+)", GUIDE)[0]
+    (folder, name, target) = re.findall(
+        r"cd (k8s/\S+) && kustomize edit set image (\S+)=(\S+)", GUIDE
+    )[0]
     new_name, _, new_tag = target.rpartition(":")
     # What `kustomize edit set image` writes (the standalone kustomize is not installed here).
-    edit_kustomization(k8s.parent / folder / "kustomization.yaml", images=[{"name": name, "newName": new_name, "newTag": new_tag}])
+    edit_kustomization(
+        k8s.parent / folder / "kustomization.yaml",
+        images=[{"name": name, "newName": new_name, "newTag": new_tag}],
+    )
     for overlay in user_folders(k8s):
-        found = [c["image"] for d in deployments(overlay) for c in pod_containers(d["spec"]["template"]["spec"])]
+        found = [
+            c["image"]
+            for d in deployments(overlay)
+            for c in pod_containers(d["spec"]["template"]["spec"])
+        ]
         project = [image for image in found if not image.startswith(SERVING_IMAGE + ":")]
-        assert project and set(project) == {target}, f"{overlay.relative_to(k8s)}: {sorted(set(found))}"
+        assert project and set(project) == {target}, (
+            f"{overlay.relative_to(k8s)}: {sorted(set(found))}"
+        )
 
 
 def test_the_pull_secret_component_reaches_every_pod_of_every_overlay(k8s):
     secret = "cifarflow-registry"
-    assert re.search(rf"kubectl -n cifarflow create secret docker-registry {secret}\b", GUIDE), "the guide shows how to create it"
-    edit_kustomization(k8s / "components" / "registry" / "kustomization.yaml", components=["../image-pull-secret"])
+    assert re.search(rf"kubectl -n cifarflow create secret docker-registry {secret}\b", GUIDE), (
+        "the guide shows how to create it"
+    )
+    edit_kustomization(
+        k8s / "components" / "registry" / "kustomization.yaml", components=["../image-pull-secret"]
+    )
     for overlay in user_folders(k8s):
         for deployment in deployments(overlay):
-            assert deployment["spec"]["template"]["spec"].get("imagePullSecrets") == [{"name": secret}], (
-                f"{overlay.relative_to(k8s)}/{deployment['metadata']['name']}")
+            assert deployment["spec"]["template"]["spec"].get("imagePullSecrets") == [
+                {"name": secret}
+            ], f"{overlay.relative_to(k8s)}/{deployment['metadata']['name']}"
 
 
 def test_without_user_settings_no_pull_secret_is_asked_for():
@@ -115,25 +142,34 @@ def test_the_documented_models_disk_patch_resizes_every_model_server(k8s):
     edit_kustomization(k8s / "overlays" / "production" / "kustomization.yaml", patches=patch)
     wanted = yaml.safe_load(patch[0]["patch"])[0]["value"]
     for deployment in model_server_deployments(render(k8s / "overlays" / "production")):
-        (models,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "models"]
+        (models,) = [
+            v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "models"
+        ]
         assert models["emptyDir"]["sizeLimit"] == wanted
 
 
 # --- TF Serving's start-up rule, checked on a broken copy ---------------------------------
 
+
 def test_the_label_rule_catches_a_config_with_labels_and_no_flag(k8s):
     deployment = k8s / "base" / "tf-serving" / "deployment.yaml"
     text = deployment.read_text()
     assert "- --allow_version_labels_for_unavailable_models=true\n" in text
-    deployment.write_text(text.replace("- --allow_version_labels_for_unavailable_models=true\n", ""))
+    deployment.write_text(
+        text.replace("- --allow_version_labels_for_unavailable_models=true\n", "")
+    )
     violations = version_label_flag_violations(render(k8s / "overlays" / "canary"))
     assert sorted(v.split(":")[0] for v in violations) == ["tf-serving", "tf-serving-canary"]
 
 
 # --- Prometheus Operator -----------------------------------------------------------------
 
+
 def test_pod_monitor_component_scrapes_both_apps_of_both_tracks(k8s, tmp_path):
-    edit_kustomization(k8s / "overlays" / "production" / "kustomization.yaml", components=["../../components/pod-monitor"])
+    edit_kustomization(
+        k8s / "overlays" / "production" / "kustomization.yaml",
+        components=["../../components/pod-monitor"],
+    )
     text = kustomize(k8s / "overlays" / "canary")
     objects = [o for o in yaml.safe_load_all(text) if o]
     monitors = by_kind(objects, "PodMonitor")
@@ -141,9 +177,17 @@ def test_pod_monitor_component_scrapes_both_apps_of_both_tracks(k8s, tmp_path):
     for monitor in monitors:
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         assert monitor["metadata"]["namespace"] == "cifarflow"
-        selected = [d for d in by_kind(objects, "Deployment")
-                    if labels_match(monitor["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
-        assert {d["spec"]["template"]["metadata"]["labels"]["cifarflow.io/track"] for d in selected} == {"stable", "canary"}
+        selected = [
+            d
+            for d in by_kind(objects, "Deployment")
+            if labels_match(
+                monitor["spec"]["selector"]["matchLabels"],
+                d["spec"]["template"]["metadata"]["labels"],
+            )
+        ]
+        assert {
+            d["spec"]["template"]["metadata"]["labels"]["cifarflow.io/track"] for d in selected
+        } == {"stable", "canary"}
         assert "cifarflow.io/track" in monitor["spec"]["podTargetLabels"]
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
         for deployment in selected:
@@ -151,7 +195,10 @@ def test_pod_monitor_component_scrapes_both_apps_of_both_tracks(k8s, tmp_path):
             app = container(template["spec"], monitor["metadata"]["name"])
             ports = {p["name"]: p["containerPort"] for p in app["ports"]}
             # The same port and path the pods' prometheus.io annotations name.
-            assert str(ports[endpoint["port"]]) == template["metadata"]["annotations"]["prometheus.io/port"]
+            assert (
+                str(ports[endpoint["port"]])
+                == template["metadata"]["annotations"]["prometheus.io/port"]
+            )
             assert endpoint["path"] == template["metadata"]["annotations"]["prometheus.io/path"]
     # kubernetes-validate has no schema for the operator's CRDs: it validates
     # every other object strictly and only warns about these, knowingly skipped
@@ -164,17 +211,26 @@ def test_pod_monitor_component_scrapes_both_apps_of_both_tracks(k8s, tmp_path):
 
 # --- the model store ------------------------------------------------------------------------
 
+
 def test_kubeflow_seaweedfs_component_points_both_tracks_at_it(k8s):
-    edit_kustomization(k8s / "overlays" / "production" / "kustomization.yaml",
-                       components=["../../components/store-kubeflow-seaweedfs"])
+    edit_kustomization(
+        k8s / "overlays" / "production" / "kustomization.yaml",
+        components=["../../components/store-kubeflow-seaweedfs"],
+    )
     objects = render(k8s / "overlays" / "canary")
-    stores = {cm["metadata"]["name"]: cm["data"] for cm in by_kind(objects, "ConfigMap") if cm["metadata"]["name"].startswith("model-store")}
+    stores = {
+        cm["metadata"]["name"]: cm["data"]
+        for cm in by_kind(objects, "ConfigMap")
+        if cm["metadata"]["name"].startswith("model-store")
+    }
     assert len(stores) == 1
     (data,) = stores.values()
     assert data["S3_ENDPOINT"] == "seaweedfs.kubeflow.svc.cluster.local:9000"
     for deployment in model_server_deployments(objects):
         for sync in deployment["spec"]["template"]["spec"]["initContainers"]:
-            assert [s["configMapRef"]["name"] for s in sync["envFrom"]] == list(stores), deployment["metadata"]["name"]
+            assert [s["configMapRef"]["name"] for s in sync["envFrom"]] == list(stores), deployment[
+                "metadata"
+            ]["name"]
 
 
 def test_seaweedfs_network_policy_admits_the_sync_in_the_kubeflow_namespace(tmp_path):
@@ -187,12 +243,21 @@ def test_seaweedfs_network_policy_admits_the_sync_in_the_kubeflow_namespace(tmp_
     (policy,) = [o for o in yaml.safe_load_all(text) if o]
     assert policy["kind"] == "NetworkPolicy" and policy["metadata"]["namespace"] == "kubeflow"
     # KFP's SeaweedFS pods are labelled app=seaweedfs; its Service maps 9000 to 8333.
-    assert policy["spec"]["podSelector"]["matchExpressions"] == [{"key": "app", "operator": "In", "values": ["seaweedfs"]}]
+    assert policy["spec"]["podSelector"]["matchExpressions"] == [
+        {"key": "app", "operator": "In", "values": ["seaweedfs"]}
+    ]
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = policy["spec"]["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8333}]
     (peer,) = rule["from"]
     assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "cifarflow"}
-    syncing = [d for d in model_server_deployments(render(K8S / "overlays" / "canary"))
-               if labels_match(peer["podSelector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
-    assert {d["metadata"]["name"] for d in syncing} == {"tf-serving", "tf-serving-canary"}, "every pod that syncs"
+    syncing = [
+        d
+        for d in model_server_deployments(render(K8S / "overlays" / "canary"))
+        if labels_match(
+            peer["podSelector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"]
+        )
+    ]
+    assert {d["metadata"]["name"] for d in syncing} == {"tf-serving", "tf-serving-canary"}, (
+        "every pod that syncs"
+    )

@@ -47,11 +47,17 @@ DEV_SITE_PACKAGES = Path(sysconfig.get_paths()["purelib"])
 BASE_IMAGE_TOOLS = ("pip", "setuptools", "wheel")
 # pip as the image runs it: the lock file, no cache, and here no index and no
 # local config (find-links), so nothing missing can be fetched in silently.
-PIP_ENV = {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_NO_CACHE_DIR": "1",
-           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+PIP_ENV = {
+    "PIP_CONFIG_FILE": os.devnull,
+    "PIP_NO_INDEX": "1",
+    "PIP_NO_CACHE_DIR": "1",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    "PIP_NO_INPUT": "1",
+}
 
 
 # --- building and installing, as the image does ------------------------------------------------
+
 
 def docker_context(repo: Path, dest: Path) -> Path:
     """A copy of what `docker build` sends from `repo`: the .dockerignore allow-list.
@@ -59,10 +65,16 @@ def docker_context(repo: Path, dest: Path) -> Path:
     The file starts with `*` and lets paths back in with `!PATH`; `**/NAME`
     lines drop names anywhere below them.
     """
-    lines = [l.strip() for l in (repo / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    lines = [
+        line.strip()
+        for line in (repo / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert lines[0] == "*", ".dockerignore is an allow-list"
-    allowed = [l[1:].rstrip("/") for l in lines if l.startswith("!")]
-    dropped = shutil.ignore_patterns(*(l[3:].rstrip("/") for l in lines if l.startswith("**/")))
+    allowed = [line[1:].rstrip("/") for line in lines if line.startswith("!")]
+    dropped = shutil.ignore_patterns(
+        *(line[3:].rstrip("/") for line in lines if line.startswith("**/"))
+    )
     for path in allowed:
         source, target = repo / path, dest / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -75,14 +87,29 @@ def docker_context(repo: Path, dest: Path) -> Path:
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, command))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
     return result
 
 
 def build_wheel(context: Path, dest: Path) -> Path:
     """`pip wheel` of the context with this venv's setuptools (no build isolation: no index here)."""
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dest), str(context)],
-        env={**os.environ, **PIP_ENV}, timeout=300)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dest),
+            str(context),
+        ],
+        env={**os.environ, **PIP_ENV},
+        timeout=300,
+    )
     (wheel,) = dest.glob("cifarflow-*.whl")
     return wheel
 
@@ -102,7 +129,10 @@ def runtime_closure(roots: list[Requirement]) -> dict[str, importlib.metadata.Di
     Raises:
         AssertionError: a needed distribution is not installed in the dev venv.
     """
-    installed = {canonicalize_name(d.metadata["Name"]): d for d in importlib.metadata.distributions(path=[str(DEV_SITE_PACKAGES)])}
+    installed = {
+        canonicalize_name(d.metadata["Name"]): d
+        for d in importlib.metadata.distributions(path=[str(DEV_SITE_PACKAGES)])
+    }
     closure: dict[str, importlib.metadata.Distribution] = {}
     pending = [(r, frozenset(r.extras)) for r in roots]
     while pending:
@@ -110,11 +140,15 @@ def runtime_closure(roots: list[Requirement]) -> dict[str, importlib.metadata.Di
         name = canonicalize_name(requirement.name)
         if name in closure:
             continue
-        assert name in installed, f"{requirement} is needed at run time but not installed in {DEV_SITE_PACKAGES}"
+        assert name in installed, (
+            f"{requirement} is needed at run time but not installed in {DEV_SITE_PACKAGES}"
+        )
         closure[name] = dist = installed[name]
         for text in dist.requires or []:
             child = Requirement(text)
-            if child.marker is None or any(child.marker.evaluate({"extra": e}) for e in {"", *extras}):
+            if child.marker is None or any(
+                child.marker.evaluate({"extra": e}) for e in {"", *extras}
+            ):
                 pending.append((child, frozenset(child.extras)))
     return closure
 
@@ -125,16 +159,23 @@ def link_view(dists: dict[str, importlib.metadata.Distribution], view: Path) -> 
     A folder shared with a distribution left out (a namespace such as
     google/, or __pycache__/) is made real and linked entry by entry.
     """
+
     def owned(dist: importlib.metadata.Distribution) -> set[PurePosixPath]:
         assert dist.files is not None, f"{dist.metadata['Name']} has no RECORD"
-        return {PurePosixPath(f.as_posix()) for f in dist.files if not f.as_posix().startswith("..")}
+        return {
+            PurePosixPath(f.as_posix()) for f in dist.files if not f.as_posix().startswith("..")
+        }
 
     included = {f for d in dists.values() for f in owned(d)}
     excluded = {
-        f for d in importlib.metadata.distributions(path=[str(DEV_SITE_PACKAGES)])
-        if canonicalize_name(d.metadata["Name"]) not in dists for f in owned(d)
+        f
+        for d in importlib.metadata.distributions(path=[str(DEV_SITE_PACKAGES)])
+        if canonicalize_name(d.metadata["Name"]) not in dists
+        for f in owned(d)
     } - included
-    shared = {parent for f in excluded for parent in f.parents}  # folders holding something left out
+    shared = {
+        parent for f in excluded for parent in f.parents
+    }  # folders holding something left out
 
     def place(entry: PurePosixPath) -> None:
         source, target = DEV_SITE_PACKAGES / entry, view / entry
@@ -144,7 +185,9 @@ def link_view(dists: dict[str, importlib.metadata.Distribution], view: Path) -> 
             target.symlink_to(source)
             return
         target.mkdir()
-        for child in sorted({f.relative_to(entry).parts[0] for f in included if entry in f.parents}):
+        for child in sorted(
+            {f.relative_to(entry).parts[0] for f in included if entry in f.parents}
+        ):
             place(entry / child)
 
     view.mkdir()
@@ -156,7 +199,15 @@ def fresh_venv(root: Path, view: Path) -> Path:
     """A venv without pip of its own that sees `view` as a site folder, like --system-site-packages."""
     venv = root / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], timeout=120)
-    site = Path(run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    site = Path(
+        run(
+            [
+                str(venv / "bin" / "python"),
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ]
+        ).stdout.strip()
+    )
     # addsitedir, not a bare path: .pth files in the view work as they do in a system site folder.
     (site / "zz_dependencies_view.pth").write_text(f"import site; site.addsitedir({str(view)!r})\n")
     return venv
@@ -164,10 +215,19 @@ def fresh_venv(root: Path, view: Path) -> Path:
 
 def venv_env(venv: Path) -> dict[str, str]:
     """The environment of a shell in the image: the venv first on PATH, nothing of the checkout's venv."""
-    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"} and not k.startswith("CIFARFLOW_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"} and not k.startswith("CIFARFLOW_")
+    }
     dev_bin = str(Path(sys.executable).parent)
     path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != dev_bin]
-    return {**env, **PIP_ENV, "VIRTUAL_ENV": str(venv), "PATH": os.pathsep.join([str(venv / "bin"), *path])}
+    return {
+        **env,
+        **PIP_ENV,
+        "VIRTUAL_ENV": str(venv),
+        "PATH": os.pathsep.join([str(venv / "bin"), *path]),
+    }
 
 
 def install_like_the_image(repo: Path, root: Path) -> dict:
@@ -175,21 +235,53 @@ def install_like_the_image(repo: Path, root: Path) -> dict:
     context = docker_context(repo, root / "context")
     wheel = build_wheel(context, root / "dist")
     roots = [*wheel_requirements(wheel), *map(Requirement, BASE_IMAGE_TOOLS)]
-    roots += [Requirement(l.strip()) for l in (repo / "requirements" / "base.in").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    roots += [
+        Requirement(line.strip())
+        for line in (repo / "requirements" / "base.in").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     view = root / "dependencies"
     link_view(runtime_closure(roots), view)
     venv = fresh_venv(root, view)
     env = venv_env(venv)
     python = str(venv / "bin" / "python")
     constraints = str(repo / "requirements" / "constraints.txt")
-    deps = run([python, "-m", "pip", "install", "-c", constraints, "-r", str(repo / "requirements" / "base.in")], env=env, cwd=root, timeout=600)
-    package = run([python, "-m", "pip", "install", "-c", constraints, str(wheel)], env=env, cwd=root, timeout=600)
+    deps = run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "-c",
+            constraints,
+            "-r",
+            str(repo / "requirements" / "base.in"),
+        ],
+        env=env,
+        cwd=root,
+        timeout=600,
+    )
+    package = run(
+        [python, "-m", "pip", "install", "-c", constraints, str(wheel)],
+        env=env,
+        cwd=root,
+        timeout=600,
+    )
     check = run([python, "-m", "pip", "check"], env=env, cwd=root, timeout=300)
-    return {"venv": venv, "env": env, "python": python, "wheel": wheel, "view": view,
-            "deps_log": deps.stdout, "package_log": package.stdout, "check_log": check.stdout}
+    return {
+        "venv": venv,
+        "env": env,
+        "python": python,
+        "wheel": wheel,
+        "view": view,
+        "deps_log": deps.stdout,
+        "package_log": package.stdout,
+        "check_log": check.stdout,
+    }
 
 
 # --- reading the compiled pipeline (independently of cifarflow.install_check) --------------------
+
 
 def compiled_step_imports(pipeline_yaml: Path) -> dict[str, list[tuple[str, str | None]]]:
     """executor -> every (module, name) its embedded program imports, plus the component module itself.
@@ -229,6 +321,7 @@ print(json.dumps(results))
 
 # --- the tests ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("wheel-install")
@@ -246,7 +339,12 @@ def workdir(installed, tmp_path_factory):
 def compiled(installed, workdir):
     cifarflow = installed["venv"] / "bin" / "cifarflow"
     assert cifarflow.exists(), "the wheel installs the console script"
-    run([str(cifarflow), "compile", "-o", "pipeline.yaml"], env=installed["env"], cwd=workdir, timeout=300)
+    run(
+        [str(cifarflow), "compile", "-o", "pipeline.yaml"],
+        env=installed["env"],
+        cwd=workdir,
+        timeout=300,
+    )
     return workdir / "pipeline.yaml"
 
 
@@ -255,19 +353,29 @@ def in_venv(installed, path: str) -> bool:
 
 
 def test_pip_installs_only_the_wheel_and_the_environment_is_consistent(installed):
-    assert "Successfully installed" not in installed["deps_log"], "every dependency was already there, as in the image"
+    assert "Successfully installed" not in installed["deps_log"], (
+        "every dependency was already there, as in the image"
+    )
     assert "Successfully installed cifarflow-" in installed["package_log"]
     assert installed["package_log"].count("Successfully installed") == 1
     assert "No broken requirements found" in installed["check_log"]
 
 
 def test_the_checkout_is_not_importable(installed, workdir):
-    probe = ("import cifarflow, cifarflow.components.expand_grid.executor as g, json, sys; "
-             "print(json.dumps([cifarflow.__file__, g.__file__, sys.path]))")
-    package, module, path = json.loads(run([installed["python"], "-c", probe], env=installed["env"], cwd=workdir).stdout)
+    probe = (
+        "import cifarflow, cifarflow.components.expand_grid.executor as g, json, sys; "
+        "print(json.dumps([cifarflow.__file__, g.__file__, sys.path]))"
+    )
+    package, module, path = json.loads(
+        run([installed["python"], "-c", probe], env=installed["env"], cwd=workdir).stdout
+    )
     assert in_venv(installed, package) and in_venv(installed, module), (package, module)
     assert not any(Path(p).resolve().is_relative_to(REPO) for p in path if p), path
-    editable = [p.name for p in installed["view"].rglob("*") if fnmatch.fnmatch(p.name, "__editable__*") or p.name.startswith("cifarflow")]
+    editable = [
+        p.name
+        for p in installed["view"].rglob("*")
+        if fnmatch.fnmatch(p.name, "__editable__*") or p.name.startswith("cifarflow")
+    ]
     assert editable == [], "the view holds nothing of the editable install"
 
 
@@ -279,7 +387,13 @@ def test_every_module_a_compiled_step_imports_is_installed(installed, workdir, c
     # The two packages the hand-kept list dropped.
     assert "cifarflow.components.expand_grid.executor:expand_grid" in keys
     assert "cifarflow.components.record_status.component:record_status_component" in keys
-    result = run([installed["python"], "-c", IMPORT_ALL], input=json.dumps(wanted), env=installed["env"], cwd=workdir, timeout=300)
+    result = run(
+        [installed["python"], "-c", IMPORT_ALL],
+        input=json.dumps(wanted),
+        env=installed["env"],
+        cwd=workdir,
+        timeout=300,
+    )
     files = json.loads(result.stdout)
     failed = {k: v for k, v in files.items() if v.startswith("FAILED")}
     assert failed == {}
@@ -288,8 +402,19 @@ def test_every_module_a_compiled_step_imports_is_installed(installed, workdir, c
 
 
 def test_the_images_smoke_check_passes_on_the_wheel(installed, workdir, compiled):
-    result = run([installed["python"], "-m", "cifarflow.install_check", "--pipeline", str(compiled), "--json"],
-                 env=installed["env"], cwd=workdir, timeout=300)
+    result = run(
+        [
+            installed["python"],
+            "-m",
+            "cifarflow.install_check",
+            "--pipeline",
+            str(compiled),
+            "--json",
+        ],
+        env=installed["env"],
+        cwd=workdir,
+        timeout=300,
+    )
     report = json.loads(result.stdout)
     assert report["ok"] and report["problems"] == []
     assert set(report["steps"]) == set(compiled_step_imports(compiled))
@@ -313,10 +438,16 @@ def one_trial_grid(path: Path) -> Path:
 def test_cifarflow_run_publishes_a_model_from_the_wheel(installed, workdir):
     """`cifarflow run` on the shipped sample (kfp.local, the whole DAG) from the installed package."""
     grid = one_trial_grid(workdir / "wheel-smoke.yaml")
-    result = run([str(installed["venv"] / "bin" / "cifarflow"), "run", "--config", str(grid)], env=installed["env"],
-                 cwd=workdir, timeout=1200)
+    result = run(
+        [str(installed["venv"] / "bin" / "cifarflow"), "run", "--config", str(grid)],
+        env=installed["env"],
+        cwd=workdir,
+        timeout=1200,
+    )
     assert ": SUCCEEDED" in result.stdout
-    versions = [p for p in (workdir / "runs" / "model-store" / "cifarflow").iterdir() if p.name.isdigit()]
+    versions = [
+        p for p in (workdir / "runs" / "model-store" / "cifarflow").iterdir() if p.name.isdigit()
+    ]
     assert len(versions) == 1
     manifest = json.loads((versions[0] / "cifarflow.json").read_text())
     assert (versions[0] / "saved_model.pb").is_file() and manifest["run_id"]

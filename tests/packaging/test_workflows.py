@@ -30,9 +30,20 @@ BASH = ["bash", "--noprofile", "--norc", "-eo", "pipefail"]  # GitHub's `shell: 
 def lint(*paths: Path) -> subprocess.CompletedProcess:
     """jactionlint with its default rules, shellcheck on, offline (no GitHub API lookups)."""
     return subprocess.run(
-        [venv_tool("jactionlint"), "--no-color", "--format", "oneline", "--no-online",
-         f"--shellcheck={venv_tool('shellcheck')}", "--pyflakes=", *map(str, paths)],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        [
+            venv_tool("jactionlint"),
+            "--no-color",
+            "--format",
+            "oneline",
+            "--no-online",
+            f"--shellcheck={venv_tool('shellcheck')}",
+            "--pyflakes=",
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
 
 
@@ -41,15 +52,22 @@ def workflow_files() -> list[Path]:
 
 
 def step(workflow: Path, job: str, name: str) -> dict:
-    (found,) = [s for s in yaml.safe_load(workflow.read_text())["jobs"][job]["steps"] if s.get("name") == name]
+    (found,) = [
+        s
+        for s in yaml.safe_load(workflow.read_text())["jobs"][job]["steps"]
+        if s.get("name") == name
+    ]
     return found
 
 
 def run_step(script: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([*BASH, "-c", script], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    return subprocess.run(
+        [*BASH, "-c", script], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
+    )
 
 
 # --- lint ------------------------------------------------------------------------------------
+
 
 def test_every_workflow_passes_the_linter():
     files = workflow_files()
@@ -80,11 +98,19 @@ def test_ci_runs_the_repository_entry_point():
 
 # --- the release's names ----------------------------------------------------------------------
 
-def release_names(tmp_path, ref_name: str, owner: str = "Example-Org", repository: str = "") -> tuple[int, dict, str]:
+
+def release_names(
+    tmp_path, ref_name: str, owner: str = "Example-Org", repository: str = ""
+) -> tuple[int, dict, str]:
     output = tmp_path / "github_output"
     output.write_text("")
-    env = {"PATH": os.environ["PATH"], "REF_NAME": ref_name, "OWNER": owner, "IMAGE_REPOSITORY": repository,
-           "GITHUB_OUTPUT": str(output)}
+    env = {
+        "PATH": os.environ["PATH"],
+        "REF_NAME": ref_name,
+        "OWNER": owner,
+        "IMAGE_REPOSITORY": repository,
+        "GITHUB_OUTPUT": str(output),
+    }
     result = run_step(step(RELEASE, "prepare", "Release names")["run"], env)
     names = dict(line.split("=", 1) for line in output.read_text().splitlines())
     return result.returncode, names, result.stdout
@@ -93,19 +119,31 @@ def release_names(tmp_path, ref_name: str, owner: str = "Example-Org", repositor
 def test_release_names_the_images_as_cifarflow_images_does(tmp_path, monkeypatch):
     code, names, _ = release_names(tmp_path, f"v{__version__}")
     assert code == 0
-    assert names == {"version": __version__, "repository": "ghcr.io/example-org/cifarflow", "registry": "ghcr.io"}
+    assert names == {
+        "version": __version__,
+        "repository": "ghcr.io/example-org/cifarflow",
+        "registry": "ghcr.io",
+    }
     matrix = yaml.safe_load(RELEASE.read_text())["jobs"]["images"]["strategy"]["matrix"]["include"]
-    pushed = {m["variant"]: f"{names['repository']}:{names['version']}{m['suffix']}" for m in matrix}
+    pushed = {
+        m["variant"]: f"{names['repository']}:{names['version']}{m['suffix']}" for m in matrix
+    }
     monkeypatch.setenv("CIFARFLOW_IMAGE_REPOSITORY", names["repository"])
     monkeypatch.setenv("CIFARFLOW_IMAGE_TAG", names["version"])
     assert pushed == {"cpu": images.cpu_image(), "gpu": images.gpu_image()}
-    assert {m["dockerfile"] for m in matrix} == {"dockerfiles/Dockerfile", "dockerfiles/Dockerfile.gpu"}
+    assert {m["dockerfile"] for m in matrix} == {
+        "dockerfiles/Dockerfile",
+        "dockerfiles/Dockerfile.gpu",
+    }
 
 
-@pytest.mark.parametrize("repository, registry", [
-    ("registry.example.com:5000/Team/cifarflow", "registry.example.com:5000"),
-    ("you/cifarflow", "docker.io"),
-])
+@pytest.mark.parametrize(
+    "repository, registry",
+    [
+        ("registry.example.com:5000/Team/cifarflow", "registry.example.com:5000"),
+        ("you/cifarflow", "docker.io"),
+    ],
+)
 def test_release_to_another_registry(tmp_path, repository, registry):
     code, names, _ = release_names(tmp_path, f"v{__version__}", repository=repository)
     assert code == 0 and names["repository"] == repository.lower() and names["registry"] == registry
@@ -118,6 +156,7 @@ def test_a_tag_that_is_not_the_package_version_stops_the_release(tmp_path):
 
 
 # --- the upstream images exist before anything is built --------------------------------------
+
 
 @pytest.fixture
 def fake_docker(tmp_path):
@@ -135,7 +174,11 @@ def fake_docker(tmp_path):
 
     def run(missing: str = "") -> tuple[subprocess.CompletedProcess, list[str]]:
         log.write_text("")
-        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DOCKER_LOG": str(log), "MISSING": missing}
+        env = {
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "DOCKER_LOG": str(log),
+            "MISSING": missing,
+        }
         result = run_step(step(RELEASE, "prepare", "Upstream images exist")["run"], env)
         return result, log.read_text().splitlines()
 
@@ -143,7 +186,11 @@ def fake_docker(tmp_path):
 
 
 def upstream_images() -> list[str]:
-    return [l.split()[1] for l in UPSTREAM_IMAGES.read_text().splitlines() if l.strip() and not l.startswith("#")]
+    return [
+        line.split()[1]
+        for line in UPSTREAM_IMAGES.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def test_release_inspects_every_upstream_image(fake_docker):
@@ -166,10 +213,14 @@ def test_images_are_built_only_after_the_check():
     jobs = yaml.safe_load(RELEASE.read_text())["jobs"]
     assert jobs["images"]["needs"] == "prepare"
     assert set(jobs["pipeline"]["needs"]) == {"prepare", "images"}
-    assert jobs["images"]["permissions"]["packages"] == "write" and jobs["pipeline"]["permissions"]["contents"] == "write"
+    assert (
+        jobs["images"]["permissions"]["packages"] == "write"
+        and jobs["pipeline"]["permissions"]["contents"] == "write"
+    )
 
 
 # --- the released pipeline ------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_release_compiles_the_pipeline_for_the_pushed_images(tmp_path):
@@ -178,10 +229,18 @@ def test_release_compiles_the_pipeline_for_the_pushed_images(tmp_path):
     repository, version = "registry.example.com/team/cifarflow", __version__
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFARFLOW_IMAGE_")}
     # This venv's `cifarflow` and `python` first, as setup-python and the install put theirs.
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", REPOSITORY=repository, VERSION=version)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        REPOSITORY=repository,
+        VERSION=version,
+    )
     result = run_step(compile_step["run"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.rstrip().endswith("OK"), "install_check passed on the released YAML"
-    spec = next(d for d in yaml.safe_load_all((tmp_path / "pipeline.yaml").read_text()) if "deploymentSpec" in d)
+    spec = next(
+        d
+        for d in yaml.safe_load_all((tmp_path / "pipeline.yaml").read_text())
+        if "deploymentSpec" in d
+    )
     used = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert used == {f"{repository}:{version}", f"{repository}:{version}-gpu"}

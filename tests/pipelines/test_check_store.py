@@ -29,12 +29,19 @@ def test_a_missing_bucket_is_named_with_the_fix(s3_server):
     with pytest.raises(BadInputError) as caught:
         check_store("s3://no-such-bucket-here/models", "cifarflow", s3_server.settings)
     message = str(caught.value)
-    assert "bucket 'no-such-bucket-here' does not exist" in message and "mc mb" in message and "\n" not in message
+    assert (
+        "bucket 'no-such-bucket-here' does not exist" in message
+        and "mc mb" in message
+        and "\n" not in message
+    )
 
 
 def test_wrong_credentials_are_named(s3_server, s3_bucket):
     wrong = dataclasses.replace(s3_server.settings, secret_key="not-the-secret")
-    with pytest.raises(RemoteError, match=r"refused the credentials \(SignatureDoesNotMatch\).*cifarflow-model-store"):
+    with pytest.raises(
+        RemoteError,
+        match=r"refused the credentials \(SignatureDoesNotMatch\).*cifarflow-model-store",
+    ):
         check_store(f"s3://{s3_bucket}/models", "cifarflow", wrong)
     unknown = dataclasses.replace(s3_server.settings, access_key="nobody")
     with pytest.raises(RemoteError, match=r"refused the credentials \(InvalidAccessKeyId\)"):
@@ -42,21 +49,28 @@ def test_wrong_credentials_are_named(s3_server, s3_bucket):
 
 
 def test_a_read_only_key_is_refused_before_training(s3_server, s3_bucket):
-    with pytest.raises(RemoteError, match=r"may not write to s3://.*\(AccessDenied\): publish needs list, read, write and delete"):
+    with pytest.raises(
+        RemoteError,
+        match=r"may not write to s3://.*\(AccessDenied\): publish needs list, read, write and delete",
+    ):
         check_store(f"s3://{s3_bucket}/models", "cifarflow", s3_server.readonly_settings)
     assert _objects(s3_server, s3_bucket) == []
 
 
 def test_an_unreachable_endpoint_is_named(monkeypatch):
     settings = S3Settings(f"127.0.0.1:{free_port()}", "key", "secret", timeout_s=2)
-    with pytest.raises(RemoteError, match=r"cannot reach S3 at 127\.0\.0\.1:\d+ .*is S3_ENDPOINT right\?"):
+    with pytest.raises(
+        RemoteError, match=r"cannot reach S3 at 127\.0\.0\.1:\d+ .*is S3_ENDPOINT right\?"
+    ):
         check_store("s3://cifarflow/models", "cifarflow", settings)
 
 
 def test_missing_s3_settings_point_to_the_configmap_and_secret(monkeypatch):
     for name in ("S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(BadInputError, match="no S3 endpoint.*ConfigMap cifarflow-pipeline-settings"):
+    with pytest.raises(
+        BadInputError, match="no S3 endpoint.*ConfigMap cifarflow-pipeline-settings"
+    ):
         check_store("s3://cifarflow/models")
 
 
@@ -81,7 +95,10 @@ def test_a_folder_that_cannot_be_written_is_refused(tmp_path):
         (tmp_path / "ro").chmod(0o555)
         store = str(tmp_path / "ro" / "store")
     try:
-        with pytest.raises(BadInputError, match=f"cannot write to the model store folder {store}: (Permission denied|Operation not permitted)"):
+        with pytest.raises(
+            BadInputError,
+            match=f"cannot write to the model store folder {store}: (Permission denied|Operation not permitted)",
+        ):
             check_store(store, "cifarflow")
     finally:
         (tmp_path / "ro").exists() and (tmp_path / "ro").chmod(0o755)

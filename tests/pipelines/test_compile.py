@@ -25,7 +25,13 @@ def compiled(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:  # the release defaults, whatever this shell exports
         env.delenv("CIFARFLOW_IMAGE_REPOSITORY", raising=False)
         env.delenv("CIFARFLOW_IMAGE_TAG", raising=False)
-        return _compile(tmp_path_factory.mktemp("compiled") / "pipeline.yaml", "--gpu-node-selector", "accelerator=nvidia-l4", "--trial-parallelism", "4")
+        return _compile(
+            tmp_path_factory.mktemp("compiled") / "pipeline.yaml",
+            "--gpu-node-selector",
+            "accelerator=nvidia-l4",
+            "--trial-parallelism",
+            "4",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +39,24 @@ def retargeted(tmp_path_factory):
     """Compiled for one's own registry, a private one, and a per-run artifact root."""
     return _compile(
         tmp_path_factory.mktemp("retargeted") / "pipeline.yaml",
-        "--image-repository", "registry.example.com/team/cifarflow", "--image-tag", "3f2c1ab",
-        "--image-pull-secret", "regcred", "--image-pull-secret", "mirror-cred",
-        "--pipeline-root", "minio://mlpipeline/private-artifacts/team-a/cifarflow",
+        "--image-repository",
+        "registry.example.com/team/cifarflow",
+        "--image-tag",
+        "3f2c1ab",
+        "--image-pull-secret",
+        "regcred",
+        "--image-pull-secret",
+        "mirror-cred",
+        "--pipeline-root",
+        "minio://mlpipeline/private-artifacts/team-a/cifarflow",
     )
 
 
 def _executor_images(spec) -> dict[str, str]:
-    return {name: executor["container"]["image"] for name, executor in spec.deployment_spec["executors"].items()}
+    return {
+        name: executor["container"]["image"]
+        for name, executor in spec.deployment_spec["executors"].items()
+    }
 
 
 def _all_tasks(spec):
@@ -55,11 +71,27 @@ def test_every_step_and_the_loop(compiled):
     spec, _ = compiled
     assert spec.pipeline_info.name == "cifarflow"
     tasks = _all_tasks(spec)
-    for step in ("check-store", "ingest", "preprocess", "eda", "expand-grid", "train", "evaluate", "select-best", "publish", "record-status"):
+    for step in (
+        "check-store",
+        "ingest",
+        "preprocess",
+        "eda",
+        "expand-grid",
+        "train",
+        "evaluate",
+        "select-best",
+        "publish",
+        "record-status",
+    ):
         assert any(name.startswith(step) for name in tasks), step
     loops = [t for t in tasks.values() if t.WhichOneof("iterator") == "parameter_iterator"]
     assert len(loops) == 1 and loops[0].iterator_policy.parallelism_limit == 4
-    exit_tasks = [n for n, t in tasks.items() if t.trigger_policy.strategy == pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.ALL_UPSTREAM_TASKS_COMPLETED]
+    exit_tasks = [
+        n
+        for n, t in tasks.items()
+        if t.trigger_policy.strategy
+        == pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.ALL_UPSTREAM_TASKS_COMPLETED
+    ]
     assert exit_tasks == ["record-status-component"]
 
 
@@ -67,7 +99,16 @@ def test_pipeline_parameters(compiled):
     spec, _ = compiled
     params = spec.root.input_definitions.parameters
     assert set(params) == {
-        "source", "expected_md5", "grid", "val_fraction", "seed", "model_name", "store", "gate_metric", "alpha", "force_publish",
+        "source",
+        "expected_md5",
+        "grid",
+        "val_fraction",
+        "seed",
+        "model_name",
+        "store",
+        "gate_metric",
+        "alpha",
+        "force_publish",
     }
     assert params["source"].default_value.string_value == "sample"
     assert params["grid"].default_value.string_value == "quick"
@@ -84,7 +125,10 @@ def test_gpu_request_images_and_resources(compiled):
         container = executor["container"]
         if not name.startswith("exec-train"):
             assert container["image"] == cpu_image(), name
-        assert "resourceMemoryLimit" in container["resources"] and "resourceCpuLimit" in container["resources"], name
+        assert (
+            "resourceMemoryLimit" in container["resources"]
+            and "resourceCpuLimit" in container["resources"]
+        ), name
         assert ":latest" not in container["image"]
 
 
@@ -94,7 +138,13 @@ def test_caching_and_retries(compiled):
     for name in ("ingest-component", "preprocess-component", "eda-component"):
         assert tasks[name].caching_options.enable_cache, name
     # The store check and the exit handler describe this run: never from a cache.
-    for name in ("check-store-component", "expand-grid-component", "select-best-component", "publish-component", "record-status-component"):
+    for name in (
+        "check-store-component",
+        "expand-grid-component",
+        "select-best-component",
+        "publish-component",
+        "record-status-component",
+    ):
         assert not tasks[name].caching_options.enable_cache, name
     assert tasks["train-component"].retry_policy.max_retry_count == 2
 
@@ -134,17 +184,26 @@ def test_the_store_is_checked_before_data_and_training(compiled):
 def test_store_settings_are_optional_so_a_missing_one_fails_the_check_not_the_pod(compiled):
     _, platform = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("exec-check-store-component", "exec-select-best-component", "exec-publish-component"):
+    for name in (
+        "exec-check-store-component",
+        "exec-select-best-component",
+        "exec-publish-component",
+    ):
         assert executors[name]["configMapAsEnv"][0]["optional"] is True, name
         assert executors[name]["secretAsEnv"][0]["optional"] is True, name
 
 
 def test_train_fits_a_four_cpu_sixteen_gib_gpu_node(compiled):
     spec, _ = compiled
-    train = next(v for k, v in spec.deployment_spec["executors"].items() if k.startswith("exec-train"))["container"]
+    train = next(
+        v for k, v in spec.deployment_spec["executors"].items() if k.startswith("exec-train")
+    )["container"]
     resources = train["resources"]
     assert float(resources["resourceCpuRequest"]) <= 3 and float(resources["resourceCpuLimit"]) <= 4
-    assert resources["resourceMemoryRequest"] in ("12G", "12Gi") or _gib(resources["resourceMemoryRequest"]) <= 12
+    assert (
+        resources["resourceMemoryRequest"] in ("12G", "12Gi")
+        or _gib(resources["resourceMemoryRequest"]) <= 12
+    )
     assert _gib(resources["resourceMemoryLimit"]) <= 12
 
 
@@ -159,7 +218,9 @@ def _gib(quantity: str) -> float:
 def test_default_images_without_flags_or_environment(compiled):
     spec, _ = compiled
     images = _executor_images(spec)
-    assert images.pop("exec-train-component") == "ghcr.io/cifarflow/cifarflow:" + __version__ + "-gpu"
+    assert (
+        images.pop("exec-train-component") == "ghcr.io/cifarflow/cifarflow:" + __version__ + "-gpu"
+    )
     assert set(images.values()) == {"ghcr.io/cifarflow/cifarflow:" + __version__}
 
 
@@ -171,11 +232,17 @@ def test_every_executor_follows_the_image_flags(retargeted):
     assert set(images.values()) == {"registry.example.com/team/cifarflow:3f2c1ab"}, images
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name in _executor_images(spec):
-        assert [s["secretName"] for s in executors[name]["imagePullSecret"]] == ["regcred", "mirror-cred"], name
+        assert [s["secretName"] for s in executors[name]["imagePullSecret"]] == [
+            "regcred",
+            "mirror-cred",
+        ], name
 
 
 def test_pipeline_root_is_compiled_in(compiled, retargeted):
-    assert retargeted[0].default_pipeline_root == "minio://mlpipeline/private-artifacts/team-a/cifarflow"
+    assert (
+        retargeted[0].default_pipeline_root
+        == "minio://mlpipeline/private-artifacts/team-a/cifarflow"
+    )
     assert compiled[0].default_pipeline_root == ""  # the namespace's kfp-launcher default applies
 
 
@@ -183,15 +250,24 @@ def test_environment_is_the_fallback_and_flags_win(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFARFLOW_IMAGE_REPOSITORY", "env.example.com/x/cifarflow")
     monkeypatch.setenv("CIFARFLOW_IMAGE_TAG", "from-env")
     spec, _ = _compile(tmp_path / "env.yaml")
-    assert set(_executor_images(spec).values()) == {"env.example.com/x/cifarflow:from-env", "env.example.com/x/cifarflow:from-env-gpu"}
+    assert set(_executor_images(spec).values()) == {
+        "env.example.com/x/cifarflow:from-env",
+        "env.example.com/x/cifarflow:from-env-gpu",
+    }
     spec, _ = _compile(tmp_path / "flag.yaml", "--image-tag", "from-flag")
-    assert set(_executor_images(spec).values()) == {"env.example.com/x/cifarflow:from-flag", "env.example.com/x/cifarflow:from-flag-gpu"}
+    assert set(_executor_images(spec).values()) == {
+        "env.example.com/x/cifarflow:from-flag",
+        "env.example.com/x/cifarflow:from-flag-gpu",
+    }
 
 
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--image-repository", "registry.example.com/you/cifarflow:1.0"], "--image-repository takes a repository without a tag"),
+        (
+            ["--image-repository", "registry.example.com/you/cifarflow:1.0"],
+            "--image-repository takes a repository without a tag",
+        ),
         (["--image-tag=.bad"], "--image-tag takes a tag"),
         (["--image-pull-secret", "Bad_Name"], "--image-pull-secret takes a Secret name"),
         (["--pipeline-root", "/local/path"], "--pipeline-root takes minio://, s3:// or gs://"),
@@ -214,9 +290,21 @@ def test_make_builds_the_images_the_flags_name(retargeted):
     repo = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIFARFLOW_IMAGE_")}
     built = subprocess.run(
-        ["make", "--no-print-directory", "-s", "image", "image-gpu", "IMAGE_BUILDER=echo",
-         "IMAGE_REPOSITORY=registry.example.com/team/cifarflow", "IMAGE_TAG=3f2c1ab"],
-        cwd=repo, env=env, capture_output=True, text=True, check=True,
+        [
+            "make",
+            "--no-print-directory",
+            "-s",
+            "image",
+            "image-gpu",
+            "IMAGE_BUILDER=echo",
+            "IMAGE_REPOSITORY=registry.example.com/team/cifarflow",
+            "IMAGE_TAG=3f2c1ab",
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     tags = {built[i + 1] for i, word in enumerate(built) if word == "-t"}
     assert tags == set(_executor_images(retargeted[0]).values())

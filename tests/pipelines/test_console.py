@@ -10,7 +10,9 @@ from cifarflow.pipelines.console import FilteredConsole
 def test_the_store_check_line_reaches_the_console():
     console, log = io.StringIO(), io.StringIO()
     FilteredConsole(console, log).write(
-        "store: /x/runs/model-store: folder present and writable\nstore: True\n{\"executor_output\": 1}\n"
+        'store: /x/runs/model-store: folder present and writable\nstore: True\n{"executor_output": 1}\n'
     )
-    assert console.getvalue() == "store: /x/runs/model-store: folder present and writable\n"  # not kfp's "Output: True" echo
+    assert (
+        console.getvalue() == "store: /x/runs/model-store: folder present and writable\n"
+    )  # not kfp's "Output: True" echo
     assert log.getvalue().count("\n") == 3

@@ -28,7 +28,17 @@ def _run_exit_task(tmp_path, status: dict) -> tuple[str, str]:
     executor_input = {
         "inputs": {"parameterValues": {"status": status}},
         "outputs": {
-            "artifacts": {"record": {"artifacts": [{"name": "record", "type": {"schemaTitle": "system.Markdown"}, "uri": str(record)}]}},
+            "artifacts": {
+                "record": {
+                    "artifacts": [
+                        {
+                            "name": "record",
+                            "type": {"schemaTitle": "system.Markdown"},
+                            "uri": str(record),
+                        }
+                    ]
+                }
+            },
             "parameters": {"Output": {"outputFile": str(tmp_path / "Output")}},
             "outputFile": str(output_file),
         },
@@ -38,11 +48,18 @@ def _run_exit_task(tmp_path, status: dict) -> tuple[str, str]:
     return returned, record.read_text()
 
 
-@pytest.mark.parametrize("state, outcome", [("COMPLETE", "succeeded"), ("FAILED", "failed"), ("CANCELED", "canceled")])
+@pytest.mark.parametrize(
+    "state, outcome", [("COMPLETE", "succeeded"), ("FAILED", "failed"), ("CANCELED", "canceled")]
+)
 def test_kfp_2_17_payload(tmp_path, state, outcome):
     returned, record = _run_exit_task(
         tmp_path,
-        {"state": state, "pipelineTaskName": "exit-handler-1", "pipelineJobResourceName": "cifarflow-x7k2p", "error": {}},
+        {
+            "state": state,
+            "pipelineTaskName": "exit-handler-1",
+            "pipelineJobResourceName": "cifarflow-x7k2p",
+            "error": {},
+        },
     )
     assert returned == state
     assert f"Outcome: **{outcome}** (engine state `{state}`)" in record
@@ -52,7 +69,9 @@ def test_kfp_2_17_payload(tmp_path, state, outcome):
 
 
 def test_a_pre_2_17_backend_reporting_running_is_explained(tmp_path):
-    _, record = _run_exit_task(tmp_path, {"state": "RUNNING", "pipelineTaskName": "exit-handler-1", "error": {}})
+    _, record = _run_exit_task(
+        tmp_path, {"state": "RUNNING", "pipelineTaskName": "exit-handler-1", "error": {}}
+    )
     assert "Outcome: **unknown**" in record and "kubeflow/pipelines#13321" in record
 
 
@@ -67,11 +86,24 @@ def test_kfp_local_payload(tmp_path):
         },
     )
     assert returned == "FAILED"
-    assert "Outcome: **failed**" in record and "Reported error (1): Task exit-handler-1 failed." in record
+    assert (
+        "Outcome: **failed**" in record
+        and "Reported error (1): Task exit-handler-1 failed." in record
+    )
 
 
 def test_state_names_of_both_engines():
-    assert [outcome_of(s) for s in ("COMPLETE", "CACHED", "SUCCEEDED", "FAILED", "CANCELED", "RUNNING", "", "NEW")] == [
-        "succeeded", "succeeded", "succeeded", "failed", "canceled", "unknown", "unknown", "unknown",
+    assert [
+        outcome_of(s)
+        for s in ("COMPLETE", "CACHED", "SUCCEEDED", "FAILED", "CANCELED", "RUNNING", "", "NEW")
+    ] == [
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "failed",
+        "canceled",
+        "unknown",
+        "unknown",
+        "unknown",
     ]
     assert record_status(None).state == "UNKNOWN"

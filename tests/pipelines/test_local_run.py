@@ -54,8 +54,15 @@ def test_every_task_succeeds_and_the_model_lands_in_the_store(two_runs):
     record = _record(run_dirs[0])
     assert record["status"] == "SUCCEEDED"
     tasks = record["tasks"]
-    for step in ("ingest-component", "preprocess-component", "eda-component", "expand-grid-component",
-                 "select-best-component", "publish-component", "record-status-component"):
+    for step in (
+        "ingest-component",
+        "preprocess-component",
+        "eda-component",
+        "expand-grid-component",
+        "select-best-component",
+        "publish-component",
+        "record-status-component",
+    ):
         assert step in tasks, step
     trials = [t for t in tasks if t.endswith("/train-component")]
     assert len(trials) == 2 and len([t for t in tasks if t.endswith("/evaluate-component")]) == 2
@@ -64,7 +71,9 @@ def test_every_task_succeeds_and_the_model_lands_in_the_store(two_runs):
     manifest = json.loads((version / "cifarflow.json").read_text())
     assert manifest["data_checksum"] == SAMPLE_MD5  # the ingested archive's md5
     assert manifest["run_id"]  # the KFP job id placeholder, filled in by the runner
-    leaderboard = Path(tasks["select-best-component"]["artifacts"]["leaderboard"]["uri"]).read_text()
+    leaderboard = Path(
+        tasks["select-best-component"]["artifacts"]["leaderboard"]["uri"]
+    ).read_text()
     assert leaderboard.count("\n| 1 |") == 1 and "\n| 2 |" in leaderboard  # both trials ranked
 
 
@@ -99,7 +108,21 @@ def test_runs_list_and_compare(two_runs, capsys, tmp_path):
     listing = capsys.readouterr().out
     assert all(d.name in listing for d in run_dirs) and "SUCCEEDED" in listing
     page = tmp_path / "compare.html"
-    assert main(["runs", "compare", run_dirs[0].name, run_dirs[1].name, "--from", str(runs), "--html", str(page)]) == 0
+    assert (
+        main(
+            [
+                "runs",
+                "compare",
+                run_dirs[0].name,
+                run_dirs[1].name,
+                "--from",
+                str(runs),
+                "--html",
+                str(page),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "metric best_val_accuracy" in table and "param grid" in table
     html = page.read_text()
@@ -112,11 +135,16 @@ def test_runs_compare_unknown_run(two_runs, capsys):
     assert "no run no-such-run" in capsys.readouterr().err
 
 
-def test_artifacts_uploaded_in_the_kfp_layout_and_listed_from_s3(two_runs, s3_server, s3_bucket, monkeypatch, capsys):
+def test_artifacts_uploaded_in_the_kfp_layout_and_listed_from_s3(
+    two_runs, s3_server, s3_bucket, monkeypatch, capsys
+):
     _, _, run_dirs, _ = two_runs
     uri = upload_run(run_dirs[0], f"s3://{s3_bucket}/root", "cifarflow", s3_server.settings)
     assert uri == f"s3://{s3_bucket}/root/cifarflow/{run_dirs[0].name}"
-    names = {o.object_name for o in s3_server.settings.client().list_objects(s3_bucket, prefix="root/", recursive=True)}
+    names = {
+        o.object_name
+        for o in s3_server.settings.client().list_objects(s3_bucket, prefix="root/", recursive=True)
+    }
     prefix = f"root/cifarflow/{run_dirs[0].name}"
     assert f"{prefix}/run.json" in names
     assert f"{prefix}/for-loop-2-iteration-0/train-component/model/saved_model.pb" in names
@@ -140,7 +168,12 @@ def test_a_run_publishes_to_an_s3_store(two_runs, s3_server, s3_bucket, monkeypa
     finally:
         os.chdir(cwd)
     assert f"s3://{s3_bucket}/models/cifarflow/1" in capsys.readouterr().out
-    names = {o.object_name for o in s3_server.settings.client().list_objects(s3_bucket, prefix="models/", recursive=True)}
+    names = {
+        o.object_name
+        for o in s3_server.settings.client().list_objects(
+            s3_bucket, prefix="models/", recursive=True
+        )
+    }
     assert {"models/cifarflow/1/saved_model.pb", "models/cifarflow/1/cifarflow.json"} <= names
     assert not any(n.startswith("models/cifarflow/2/") for n in names)
 
@@ -151,15 +184,34 @@ def test_a_failing_trial_fails_the_run_and_keeps_the_other_trials_results(tmp_pa
         "name: one-bad\nbase: {architecture: resnet, depth: 8, epochs: 1, mixed_precision: 'off'}\n"
         "trials:\n  - {}\n  - {architecture: densenet121, weights: /nonexistent/weights.h5}\n"
     )
-    code = main(["run", "--config", str(grid), "--runs-dir", str(tmp_path / "runs"), "--store", str(tmp_path / "store")])
+    code = main(
+        [
+            "run",
+            "--config",
+            str(grid),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--store",
+            str(tmp_path / "store"),
+        ]
+    )
     assert code == PipelineFailedError.exit_code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "weights file /nonexistent/weights.h5 does not exist" in err[0], err
-    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    (run_dir,) = [
+        p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")
+    ]
     record = _record(run_dir)
     assert record["status"] == "FAILED"
     good = [t for t in record["tasks"] if t.endswith("/train-component")]
-    assert good and (Path(record["tasks"][good[0]]["artifacts"]["model"]["uri"]) / "saved_model.pb").is_file()
+    assert (
+        good
+        and (
+            Path(record["tasks"][good[0]]["artifacts"]["model"]["uri"]) / "saved_model.pb"
+        ).is_file()
+    )
     assert not (tmp_path / "store" / "cifarflow").exists()
-    status = Path(record["tasks"]["record-status-component"]["artifacts"]["record"]["uri"]).read_text()
+    status = Path(
+        record["tasks"]["record-status-component"]["artifacts"]["record"]["uri"]
+    ).read_text()
     assert "FAILED" in status  # the exit handler ran

@@ -10,7 +10,11 @@ def test_cli_run_rejects_an_invalid_grid_before_starting(tmp_path, capsys):
     grid.write_text("name: bad\nbase: {architecture: resnet, depth: 9, learning_rate: -1}\n")
     assert main(["run", "--config", str(grid), "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "depth must be 6n+2" in err[0] and "learning_rate must be in (0, 10]" in err[0]
+    assert (
+        len(err) == 1
+        and "depth must be 6n+2" in err[0]
+        and "learning_rate must be in (0, 10]" in err[0]
+    )
     assert not (tmp_path / "runs").exists()  # nothing started, nothing to clean up
 
 

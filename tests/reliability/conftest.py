@@ -32,12 +32,18 @@ def small_disk(tmp_path) -> Path:
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mount_point)],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mount_point)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except FileNotFoundError:
         pytest.skip("cannot mount a tmpfs to fill: no 'mount' command here")
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+        pytest.skip(
+            f"cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}"
+        )
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=True, timeout=30)
 
@@ -53,8 +59,11 @@ def fill(folder: Path, leave_bytes: int = 0) -> Path:
 
 def tree_digest(folder: Path) -> dict[str, str]:
     """Every file under `folder` (hidden ones included) with its sha256: equal digests, untouched folder."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def hidden_leftovers(folder: Path) -> list[str]:

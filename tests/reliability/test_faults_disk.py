@@ -30,19 +30,50 @@ NO_SPACE = "No space left on device"
 
 
 def test_publish_onto_a_full_local_store_fails_clearly_and_keeps_the_store_consistent(
-        small_disk, exported_model, capsys):
+    small_disk, exported_model, capsys
+):
     store = small_disk / "store"
-    assert main(["publish", "--model", str(exported_model), "--store", str(store), "--model-name", MODEL]) == 0
+    assert (
+        main(
+            [
+                "publish",
+                "--model",
+                str(exported_model),
+                "--store",
+                str(store),
+                "--model-name",
+                MODEL,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     filler = fill(small_disk, leave_bytes=64 * 1024)  # less than the model's variables
-    code = main(["publish", "--model", str(exported_model), "--store", str(store), "--model-name", MODEL])
+    code = main(
+        ["publish", "--model", str(exported_model), "--store", str(store), "--model-name", MODEL]
+    )
     line = one_error_line(capsys, "publish")
     assert code == StorageError.exit_code and NO_SPACE in line and str(store / MODEL) in line
     versions = local_store(store)
     assert versions.versions(MODEL) == [1] and hidden_leftovers(store) == []
-    verify_files(store / MODEL / "1", versions.manifest(MODEL, 1))  # the earlier version is untouched
+    verify_files(
+        store / MODEL / "1", versions.manifest(MODEL, 1)
+    )  # the earlier version is untouched
     filler.unlink()  # space again: the next publish just works
-    assert main(["publish", "--model", str(exported_model), "--store", str(store), "--model-name", MODEL]) == 0
+    assert (
+        main(
+            [
+                "publish",
+                "--model",
+                str(exported_model),
+                "--store",
+                str(store),
+                "--model-name",
+                MODEL,
+            ]
+        )
+        == 0
+    )
     assert versions.versions(MODEL) == [1, 2] and (store / MODEL / "2" / MANIFEST).is_file()
 
 
@@ -82,14 +113,19 @@ def test_atomic_writers_keep_the_old_content_when_the_disk_is_full(small_disk):
 
 
 def test_sync_onto_a_full_disk_keeps_serving_the_old_version_and_catches_up_when_space_returns(
-        small_disk, exported_model, favour7_model, tmp_path, caplog):
+    small_disk, exported_model, favour7_model, tmp_path, caplog
+):
     source = tmp_path / "store"
     served = small_disk / "served"
     publish_model(exported_model, source, MODEL, {})
     stop = threading.Event()
     passes = threading.Semaphore(0)
-    sidecar = threading.Thread(target=watch, args=(local_store(source), served, SyncConfig(interval_s=0.1), stop),
-                               kwargs={"after_pass": passes.release}, daemon=True)
+    sidecar = threading.Thread(
+        target=watch,
+        args=(local_store(source), served, SyncConfig(interval_s=0.1), stop),
+        kwargs={"after_pass": passes.release},
+        daemon=True,
+    )
     caplog.set_level(logging.ERROR, logger="cifarflow.serving.sync")
     sidecar.start()
     try:
@@ -97,8 +133,14 @@ def test_sync_onto_a_full_disk_keeps_serving_the_old_version_and_catches_up_when
         before = tree_digest(served)
         filler = fill(small_disk, leave_bytes=64 * 1024)
         publish_model(favour7_model, source, MODEL, {})  # version 2 does not fit
-        until(lambda: any("No space left" in r.getMessage() for r in caplog.records), 30, "a failed sync pass")
-        assert sidecar.is_alive() and tree_digest(served) == before  # version 1 whole, no half version 2
+        until(
+            lambda: any("No space left" in r.getMessage() for r in caplog.records),
+            30,
+            "a failed sync pass",
+        )
+        assert (
+            sidecar.is_alive() and tree_digest(served) == before
+        )  # version 1 whole, no half version 2
         assert hidden_leftovers(served) == []
         filler.unlink()
         until(lambda: (served / MODEL / "2" / MANIFEST).is_file(), 30, "version 2 synced")

@@ -43,7 +43,9 @@ class Load:
 
     def __init__(self, url: str, image: bytes, threads: int = 4, pause_s: float = 0.02) -> None:
         self.url = url
-        self.pause_s = pause_s  # paced, so the 2-core test machine is not saturated by the clients themselves
+        self.pause_s = (
+            pause_s  # paced, so the 2-core test machine is not saturated by the clients themselves
+        )
         self.body = {"image_b64": base64.b64encode(image).decode(), "top_k": 1}
         self.answers: list[Answer] = []
         self._stop = threading.Event()
@@ -56,14 +58,24 @@ class Load:
             try:
                 response = session.post(self.url, json=self.body, timeout=10)
             except requests.RequestException as exc:  # a reset, a refused connection, a hang
-                self.answers.append(Answer(started, time.monotonic() - started, None, error=repr(exc)))
+                self.answers.append(
+                    Answer(started, time.monotonic() - started, None, error=repr(exc))
+                )
             else:
                 version = response.json().get("version") if response.status_code == 200 else None
-                self.answers.append(Answer(started, time.monotonic() - started, response.status_code,
-                                           response.headers.get("Retry-After"), version, response.text[:200]))
+                self.answers.append(
+                    Answer(
+                        started,
+                        time.monotonic() - started,
+                        response.status_code,
+                        response.headers.get("Retry-After"),
+                        version,
+                        response.text[:200],
+                    )
+                )
             self._stop.wait(self.pause_s)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for thread in self._threads:
             thread.start()
         return self
@@ -96,7 +108,9 @@ def assert_grpc_unavailable_fast(address: str, image: bytes) -> None:
         grpc.channel_ready_future(channel).result(timeout=10)
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as raised:
-            classifier_pb2_grpc.ClassifierStub(channel).Classify(classifier_pb2.ClassifyRequest(image=image), timeout=10)
+            classifier_pb2_grpc.ClassifierStub(channel).Classify(
+                classifier_pb2.ClassifyRequest(image=image), timeout=10
+            )
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value
         assert time.monotonic() - started < FAST_503_S
 
@@ -108,9 +122,13 @@ def store(exported_model, tmp_path) -> Path:
     return store
 
 
-def test_killed_model_server_gives_fast_503s_and_the_gateway_recovers_without_a_restart(store, cifar, tmp_path):
+def test_killed_model_server_gives_fast_503s_and_the_gateway_recovers_without_a_restart(
+    store, cifar, tmp_path
+):
     model_server = ModelServerProcess(str(store), MODEL, tmp_path / "model-server.log")
-    gateway = GatewayProcess(model_server.grpc_address, tmp_path / "gateway.log", "--model-name", MODEL)
+    gateway = GatewayProcess(
+        model_server.grpc_address, tmp_path / "gateway.log", "--model-name", MODEL
+    )
     restarted = None
     try:
         image = encode(cifar[0][0], "PNG")
@@ -120,15 +138,26 @@ def test_killed_model_server_gives_fast_503s_and_the_gateway_recovers_without_a_
             killed = time.monotonic()
             # Requests already on the wire when it died may fail either way; the
             # ones sent after must all be quick 503s.
-            load.wait_for(lambda a: a.started > killed and a.status == 503, 10, "503 after the kill")
+            load.wait_for(
+                lambda a: a.started > killed and a.status == 503, 10, "503 after the kill"
+            )
             assert requests.get(f"{gateway.url}/readyz", timeout=5).status_code == 503
-            assert requests.get(f"{gateway.url}/healthz", timeout=5).status_code == 200  # the gateway itself is fine
+            assert (
+                requests.get(f"{gateway.url}/healthz", timeout=5).status_code == 200
+            )  # the gateway itself is fine
             assert_grpc_unavailable_fast(gateway.grpc_address, image)
             # Same port; it takes seconds to start (TensorFlow, the model): all of that is outage.
-            restarted = ModelServerProcess(str(store), MODEL, tmp_path / "model-server-2.log",
-                                           grpc_port=model_server.grpc_port, rest_port=-1)
+            restarted = ModelServerProcess(
+                str(store),
+                MODEL,
+                tmp_path / "model-server-2.log",
+                grpc_port=model_server.grpc_port,
+                rest_port=-1,
+            )
             back = time.monotonic()
-            recovered = load.wait_for(lambda a: a.started > back and a.status == 200, 15, "200 after the restart")
+            recovered = load.wait_for(
+                lambda a: a.started > back and a.status == 200, 15, "200 after the restart"
+            )
             time.sleep(0.5)  # a few more answers after the recovery
         answers = load.answers
         assert requests.get(f"{gateway.url}/readyz", timeout=5).status_code == 200
@@ -138,7 +167,9 @@ def test_killed_model_server_gives_fast_503s_and_the_gateway_recovers_without_a_
                 process.kill()
     not_http = [a for a in answers if a.status is None]
     assert not not_http, f"{len(not_http)} requests got no HTTP answer: {not_http[:3]}"
-    assert {a.status for a in answers} <= {200, 503}, sorted({(a.status, a.error) for a in answers if a.status not in (200, 503)})
+    assert {a.status for a in answers} <= {200, 503}, sorted(
+        {(a.status, a.error) for a in answers if a.status not in (200, 503)}
+    )
     outage = [a for a in answers if killed < a.started and a.started + a.seconds < back]
     assert len(outage) >= 20 and all(a.status == 503 for a in outage)
     unavailable = [a for a in answers if a.status == 503]
@@ -147,8 +178,10 @@ def test_killed_model_server_gives_fast_503s_and_the_gateway_recovers_without_a_
     assert slowest < FAST_503_S, f"a 503 took {slowest:.2f}s"
     after = [a for a in answers if a.started > recovered]
     assert after and all(a.status == 200 and a.version == 1 for a in after)
-    print(f"\n{len(answers)} answers, {len(outage)} during {back - killed:.1f}s down, slowest 503 {slowest * 1000:.0f} ms, "
-          f"200s again {recovered - back:.2f}s after the restart")
+    print(
+        f"\n{len(answers)} answers, {len(outage)} during {back - killed:.1f}s down, slowest 503 {slowest * 1000:.0f} ms, "
+        f"200s again {recovered - back:.2f}s after the restart"
+    )
 
 
 def truncated_copy(model: Path, dest: Path) -> Path:
@@ -176,23 +209,34 @@ def export_incompatible_model(dest: Path) -> Path:
 
 
 def test_broken_new_versions_are_refused_reported_and_the_served_one_keeps_answering(
-        store, exported_model, favour7_model, tmp_path, cifar):
+    store, exported_model, favour7_model, tmp_path, cifar
+):
     import grpc
     import numpy as np
     import tensorflow as tf
-    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import (
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
 
     from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
 
-    server = ModelServer(ModelServerConfig(str(store), MODEL, host="127.0.0.1", grpc_port=0, rest_port=0,
-                                           poll_interval_s=0.1)).start()
+    server = ModelServer(
+        ModelServerConfig(
+            str(store), MODEL, host="127.0.0.1", grpc_port=0, rest_port=0, poll_interval_s=0.1
+        )
+    ).start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
     get_status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus
     rest = f"http://127.0.0.1:{server.rest_port}"
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL
-    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(np.array([encode(cifar[0][1], "PNG")], dtype=object)))
+    request.inputs["image_bytes"].CopyFrom(
+        tf.make_tensor_proto(np.array([encode(cifar[0][1], "PNG")], dtype=object))
+    )
     answers, failures, stop_traffic = [], [], threading.Event()
 
     def traffic() -> None:
@@ -206,8 +250,10 @@ def test_broken_new_versions_are_refused_reported_and_the_served_one_keeps_answe
     def states() -> dict[int, tuple[int, int, str]]:
         status_request = get_model_status_pb2.GetModelStatusRequest()
         status_request.model_spec.name = MODEL
-        return {s.version: (s.state, s.status.error_code, s.status.error_message)
-                for s in get_status(status_request, timeout=5).model_version_status}
+        return {
+            s.version: (s.state, s.status.error_code, s.status.error_message)
+            for s in get_status(status_request, timeout=5).model_version_status
+        }
 
     def wait_for_state(version: int, state: int, timeout: float = 30) -> tuple[int, int, str]:
         deadline = time.monotonic() + timeout
@@ -224,7 +270,9 @@ def test_broken_new_versions_are_refused_reported_and_the_served_one_keeps_answe
     try:
         # One at a time: like TF Serving's latest-version policy, a poll that finds
         # two new versions only tries the newest.
-        publish_model(truncated_copy(exported_model, tmp_path / "truncated"), store, MODEL, {})  # version 2
+        publish_model(
+            truncated_copy(exported_model, tmp_path / "truncated"), store, MODEL, {}
+        )  # version 2
         corrupt = wait_for_state(2, 50)
         publish_model(export_incompatible_model(tmp_path / "other"), store, MODEL, {})  # version 3
         incompatible = wait_for_state(3, 50)
@@ -250,18 +298,33 @@ def test_broken_new_versions_are_refused_reported_and_the_served_one_keeps_answe
     assert answers[-1] == 4
     # TF Serving's shape for a failed load: state END, status UNKNOWN with the reason.
     assert corrupt[1] == 2 and "Read less bytes" in corrupt[2]
-    assert incompatible[1] == 2 and "not compatible with version 1" in incompatible[2] and "image_bytes" in incompatible[2]
+    assert (
+        incompatible[1] == 2
+        and "not compatible with version 1" in incompatible[2]
+        and "image_bytes" in incompatible[2]
+    )
     by_version = {s["version"]: s for s in rest_status["model_version_status"]}
-    assert by_version["1"]["state"] == "AVAILABLE" and by_version["1"]["status"]["error_code"] == "OK"
+    assert (
+        by_version["1"]["state"] == "AVAILABLE" and by_version["1"]["status"]["error_code"] == "OK"
+    )
     for version in ("2", "3"):
         assert by_version[version]["state"] == "END"
-        assert by_version[version]["status"]["error_code"] == "UNKNOWN" and by_version[version]["status"]["error_message"]
+        assert (
+            by_version[version]["status"]["error_code"] == "UNKNOWN"
+            and by_version[version]["status"]["error_message"]
+        )
     assert metrics.status_code == 200 and metrics.headers["Content-Type"].startswith("text/plain")
     text = metrics.text
     for version, outcome in ((1, "success"), (2, "fail"), (3, "fail")):
-        assert f'cifarflow_model_server_load_attempts_total{{model="{MODEL}",status="{outcome}",version="{version}"}} 1.0' in text
+        assert (
+            f'cifarflow_model_server_load_attempts_total{{model="{MODEL}",status="{outcome}",version="{version}"}} 1.0'
+            in text
+        )
     assert f'cifarflow_model_server_version_load_failed{{model="{MODEL}",version="2"}} 1.0' in text
     assert f'cifarflow_model_server_serving_version{{model="{MODEL}"}} 1.0' in text
     # TensorFlow Serving's own metric, for dashboards and alerts written against it.
-    assert f':tensorflow:cc:saved_model:load_attempt_count{{model_path="{store / MODEL / "2"}",status="fail"}} 1.0' in text
+    assert (
+        f':tensorflow:cc:saved_model:load_attempt_count{{model_path="{store / MODEL / "2"}",status="fail"}} 1.0'
+        in text
+    )
     assert f'cifarflow_model_server_serving_version{{model="{MODEL}"}} 4.0' in metrics_after

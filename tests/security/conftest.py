@@ -46,7 +46,9 @@ class Stack:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def run(self, name: str, args: list[str], env: dict[str, str], timeout_s: float = 120) -> tuple[int, str]:
+    def run(
+        self, name: str, args: list[str], env: dict[str, str], timeout_s: float = 120
+    ) -> tuple[int, str]:
         """A one-shot CLI command, its console logged beside the servers'; (exit code, output)."""
         process = ServiceProcess(args, self.logs / f"{name}.log", env)
         return process.process.wait(timeout_s), process.output()
@@ -74,23 +76,82 @@ def stack(tmp_path_factory, s3_server) -> Stack:
     s3_server.settings.client().make_bucket(bucket)
     store = f"s3://{bucket}/models"
     s3_env = s3_server.env()
-    publish = ServiceProcess(["publish", "--model", str(export), "--store", store, "--model-name", MODEL],
-                             logs / "publish.log", s3_env)
+    publish = ServiceProcess(
+        ["publish", "--model", str(export), "--store", store, "--model-name", MODEL],
+        logs / "publish.log",
+        s3_env,
+    )
     assert publish.process.wait(120) == 0, publish.output()
     # At DEBUG (a flag of `serve`, before the part), the most a log can say.
-    model = ServiceProcess(["serve", *DEBUG, "model", "--store", store, "--model-name", MODEL, "--host", "127.0.0.1",
-                            "--grpc-port", "0", "--rest-port", "0", "--poll-interval", "3600"], logs / "model.log", s3_env)
-    grpc_port, rest_port = model.wait_for(r"model server: gRPC on [\d.]+:(\d+), REST on [\d.]+:(\d+)", 120).groups()
+    model = ServiceProcess(
+        [
+            "serve",
+            *DEBUG,
+            "model",
+            "--store",
+            store,
+            "--model-name",
+            MODEL,
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--rest-port",
+            "0",
+            "--poll-interval",
+            "3600",
+        ],
+        logs / "model.log",
+        s3_env,
+    )
+    grpc_port, rest_port = model.wait_for(
+        r"model server: gRPC on [\d.]+:(\d+), REST on [\d.]+:(\d+)", 120
+    ).groups()
     token = "tok-" + secrets.token_urlsafe(24)
-    gateway = ServiceProcess(["serve", *DEBUG, "gateway", "--backend", f"127.0.0.1:{grpc_port}", "--host", "127.0.0.1",
-                              "--port", "0", "--grpc-port", "0", "--model-name", MODEL, "--allow-url-host", "127.0.0.1",
-                              "--allow-private-urls", "--url-timeout", "1", "--max-image-mb", "1"],
-                             logs / "gateway.log", {"CIFARFLOW_GATEWAY_TOKEN": token})
-    http_port, gateway_grpc = gateway.wait_for(r"gateway: HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)", 60).groups()
+    gateway = ServiceProcess(
+        [
+            "serve",
+            *DEBUG,
+            "gateway",
+            "--backend",
+            f"127.0.0.1:{grpc_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--model-name",
+            MODEL,
+            "--allow-url-host",
+            "127.0.0.1",
+            "--allow-private-urls",
+            "--url-timeout",
+            "1",
+            "--max-image-mb",
+            "1",
+        ],
+        logs / "gateway.log",
+        {"CIFARFLOW_GATEWAY_TOKEN": token},
+    )
+    http_port, gateway_grpc = gateway.wait_for(
+        r"gateway: HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+)", 60
+    ).groups()
     url = f"http://127.0.0.1:{http_port}"
     wait_ready(url)
-    yield Stack(token, s3_env, store, model, gateway, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}",
-                f"127.0.0.1:{gateway_grpc}", url, logs, export)
+    yield Stack(
+        token,
+        s3_env,
+        store,
+        model,
+        gateway,
+        f"127.0.0.1:{grpc_port}",
+        f"http://127.0.0.1:{rest_port}",
+        f"127.0.0.1:{gateway_grpc}",
+        url,
+        logs,
+        export,
+    )
     gateway.stop()
     model.stop()
 
@@ -100,7 +161,9 @@ def api() -> GatewayApi:
     """The real REST handlers; URL fetching is off, so parsing never leaves the process."""
     config = GatewayConfig(backend="127.0.0.1:9", max_image_bytes=64 * 1024)
     backend = Backend(config.backend, config.model_name, 1.0)
-    return GatewayApi(Classifier(config, backend, GatewayMetrics()), BearerAuth(None), lambda: False)
+    return GatewayApi(
+        Classifier(config, backend, GatewayMetrics()), BearerAuth(None), lambda: False
+    )
 
 
 def pytest_collection_modifyitems(items):

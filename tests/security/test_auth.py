@@ -21,9 +21,14 @@ from tests.serving.images import cifar_test_images, encode
 
 def _operations() -> list[tuple[str, str, bool]]:
     """(method, path, public) for every operation the OpenAPI description lists."""
-    spec = json.loads(resources.files("cifarflow.serving.gateway").joinpath("openapi.json").read_text())
-    return [(method.upper(), path, op.get("security", spec["security"]) == [])
-            for path, item in spec["paths"].items() for method, op in item.items()]
+    spec = json.loads(
+        resources.files("cifarflow.serving.gateway").joinpath("openapi.json").read_text()
+    )
+    return [
+        (method.upper(), path, op.get("security", spec["security"]) == [])
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+    ]
 
 
 def _png() -> bytes:
@@ -60,18 +65,27 @@ def _header(template: str | None, token: str) -> dict[str, str]:
 @pytest.mark.timeout(60)
 def test_every_protected_rest_endpoint_refuses_bad_credentials_and_public_ones_do_not(stack):
     operations = _operations()
-    assert {path for _, path, public in operations if public} == {p for p in PUBLIC if p != "/favicon.ico"}
+    assert {path for _, path, public in operations if public} == {
+        p for p in PUBLIC if p != "/favicon.ico"
+    }
     protected = [(m, p) for m, p, public in operations if not public]
     assert protected, "the description lists no protected endpoint"
     for method, path in protected:
         for name, template in BAD_CREDENTIALS.items():
-            response = requests.request(method, stack.url + path, headers=_header(template, stack.token),
-                                        timeout=10, **_valid_request(method, path))
+            response = requests.request(
+                method,
+                stack.url + path,
+                headers=_header(template, stack.token),
+                timeout=10,
+                **_valid_request(method, path),
+            )
             assert response.status_code == 401, (method, path, name, response.text)
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
             assert stack.token not in response.text
         # The right token gets past auth: whatever the answer is, it is not 401.
-        good = requests.request(method, stack.url + path, headers=stack.auth, timeout=10, **_valid_request(method, path))
+        good = requests.request(
+            method, stack.url + path, headers=stack.auth, timeout=10, **_valid_request(method, path)
+        )
         assert good.status_code != 401, (method, path, good.text)
     for method, path, public in operations:
         if public:
@@ -84,8 +98,10 @@ def test_grpc_refuses_missing_and_wrong_tokens_with_unauthenticated(stack):
     image = _png()
     with grpc.insecure_channel(stack.gateway_grpc) as channel:
         stub = classifier_pb2_grpc.ClassifierStub(channel)
-        calls = [(stub.Classify, classifier_pb2.ClassifyRequest(image=image)),
-                 (stub.ClassifyBatch, classifier_pb2.ClassifyBatchRequest(images=[image]))]
+        calls = [
+            (stub.Classify, classifier_pb2.ClassifyRequest(image=image)),
+            (stub.ClassifyBatch, classifier_pb2.ClassifyBatchRequest(images=[image])),
+        ]
         for call, request in calls:
             for name, template in BAD_CREDENTIALS.items():
                 metadata = tuple((k.lower(), v) for k, v in _header(template, stack.token).items())
@@ -93,15 +109,28 @@ def test_grpc_refuses_missing_and_wrong_tokens_with_unauthenticated(stack):
                     call(request, timeout=10, metadata=metadata)
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (call, name)
                 assert stack.token not in (refused.value.details() or "")
-            assert call(request, timeout=10, metadata=(("authorization", f"Bearer {stack.token}"),)) is not None
+            assert (
+                call(request, timeout=10, metadata=(("authorization", f"Bearer {stack.token}"),))
+                is not None
+            )
 
 
 def test_token_comparison_is_constant_time():
     """Every candidate, right or wrong, any length, goes through hmac.compare_digest on the whole token."""
     token = "s3cret-" + "x" * 40
     auth = BearerAuth(token)
-    candidates = [token[:-1] + "y", "s" + "z" * 46, token[:5], token + "tail", "", "\u00e9" * 10, token]
-    with mock.patch("cifarflow.serving.gateway.auth.hmac.compare_digest", wraps=hmac.compare_digest) as compare:
+    candidates = [
+        token[:-1] + "y",
+        "s" + "z" * 46,
+        token[:5],
+        token + "tail",
+        "",
+        "\u00e9" * 10,
+        token,
+    ]
+    with mock.patch(
+        "cifarflow.serving.gateway.auth.hmac.compare_digest", wraps=hmac.compare_digest
+    ) as compare:
         for candidate in candidates:
             try:
                 auth.check(f"Bearer {candidate}")
@@ -109,6 +138,6 @@ def test_token_comparison_is_constant_time():
                 pass
     compared = [call.args for call in compare.call_args_list]
     assert len(compared) == len(candidates)
-    for (supplied, expected), candidate in zip(compared, candidates):
+    for (supplied, expected), candidate in zip(compared, candidates, strict=True):
         assert expected == token.encode() and isinstance(supplied, bytes)
         assert supplied == candidate.encode()

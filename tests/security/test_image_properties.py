@@ -25,8 +25,14 @@ from cifarflow.serving.gateway.images import ImageLimits, PreparedImage, prepare
 from tests.serving.images import cifar_test_images, encode, exif_rotated_jpeg
 
 LIMITS = ImageLimits(max_bytes=1024 * 1024, max_pixels=4_000_000)
-SLOW_S = 1.5  # far above any legitimate check of these small inputs, even on a loaded 2-core machine
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SLOW_S = (
+    1.5  # far above any legitimate check of these small inputs, even on a loaded 2-core machine
+)
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _seeds() -> dict[str, bytes]:
@@ -77,12 +83,12 @@ def mutated(draw) -> bytes:
         if kind == "flip" and at < len(data):
             data[at] = draw(st.integers(0, 255))
         elif kind == "cut":
-            del data[at:at + draw(st.integers(1, 64))]
+            del data[at : at + draw(st.integers(1, 64))]
         elif kind == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=16))
         elif kind == "duplicate":
             start = draw(st.integers(0, len(data)))
-            data[at:at] = data[start:start + draw(st.integers(1, 256))]
+            data[at:at] = data[start : start + draw(st.integers(1, 256))]
         else:
             del data[at:]
     return bytes(data)
@@ -112,24 +118,37 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
 
 def png_header(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(b"\0" * 4096, 9)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 4096, 9))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def gif_header(width: int, height: int) -> bytes:
-    return (b"GIF89a" + struct.pack("<HH", width, height) + b"\x00\x00\x00"
-            + b"," + struct.pack("<HHHH", 0, 0, width, height) + b"\x00" + b"\x02\x02\x44\x01\x00;")
+    return (
+        b"GIF89a"
+        + struct.pack("<HH", width, height)
+        + b"\x00\x00\x00"
+        + b","
+        + struct.pack("<HHHH", 0, 0, width, height)
+        + b"\x00"
+        + b"\x02\x02\x44\x01\x00;"
+    )
 
 
 def bmp_header(width: int, height: int) -> bytes:
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
-    return b"BM" + struct.pack("<IHHI", 14 + len(info) + 64, 0, 0, 14 + len(info)) + info + b"\0" * 64
+    return (
+        b"BM" + struct.pack("<IHHI", 14 + len(info) + 64, 0, 0, 14 + len(info)) + info + b"\0" * 64
+    )
 
 
 def jpeg_header(width: int, height: int) -> bytes:
     real = encode(cifar_test_images()[0][0], "JPEG")
     at = real.index(b"\xff\xc0") + 5  # SOF0: length(2) precision(1) height(2) width(2)
-    return real[:at] + struct.pack(">HH", height, width) + real[at + 4:]
+    return real[:at] + struct.pack(">HH", height, width) + real[at + 4 :]
 
 
 def webp_file(width: int, height: int) -> bytes:
@@ -142,13 +161,27 @@ def webp_file(width: int, height: int) -> bytes:
 BOMBS = {"PNG": png_header, "GIF": gif_header, "BMP": bmp_header, "JPEG": jpeg_header}
 
 
-@pytest.mark.parametrize("fmt, side", [("PNG", 60_000), ("GIF", 60_000), ("BMP", 60_000), ("JPEG", 60_000),
-                                       ("PNG", 2**31 - 1), ("BMP", 2**31 - 1), ("WEBP", 2_100)])
+@pytest.mark.parametrize(
+    "fmt, side",
+    [
+        ("PNG", 60_000),
+        ("GIF", 60_000),
+        ("BMP", 60_000),
+        ("JPEG", 60_000),
+        ("PNG", 2**31 - 1),
+        ("BMP", 2**31 - 1),
+        ("WEBP", 2_100),
+    ],
+)
 def test_a_bomb_in_every_format_is_refused_before_decoding(fmt, side):
     """60,000 squared is 3.6 gigapixels (~11 GB decoded) in a few hundred bytes; the WebP is a real 4.4 MP file."""
     data = webp_file(side, side) if fmt == "WEBP" else BOMBS[fmt](side, side)
-    with mock.patch.object(Image, "MAX_IMAGE_PIXELS", None):  # PIL's own guard would refuse to even show us
-        assert Image.open(io.BytesIO(data)).size == (side, side), "the crafted header is not what PIL reads"
+    with mock.patch.object(
+        Image, "MAX_IMAGE_PIXELS", None
+    ):  # PIL's own guard would refuse to even show us
+        assert Image.open(io.BytesIO(data)).size == (side, side), (
+            "the crafted header is not what PIL reads"
+        )
     started = time.monotonic()
     with pytest.raises(PayloadTooLarge, match="pixels"):
         prepare_image(data, LIMITS)
@@ -157,7 +190,9 @@ def test_a_bomb_in_every_format_is_refused_before_decoding(fmt, side):
 
 
 @settings(max_examples=60, deadline=None)
-@given(fmt=st.sampled_from(sorted(BOMBS)), width=st.integers(1, 65535), height=st.integers(1, 65535))
+@given(
+    fmt=st.sampled_from(sorted(BOMBS)), width=st.integers(1, 65535), height=st.integers(1, 65535)
+)
 def test_declared_dimensions_decide_before_any_decoding(fmt, width, height):
     data = BOMBS[fmt](width, height)
     started = time.monotonic()

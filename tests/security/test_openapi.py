@@ -16,22 +16,31 @@ import psutil
 import pytest
 import requests
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi import checks
 
 from cifarflow.serving.gateway.rest import PUBLIC
 
-DESCRIPTION = json.loads(resources.files("cifarflow.serving.gateway").joinpath("openapi.json").read_text())
+DESCRIPTION = json.loads(
+    resources.files("cifarflow.serving.gateway").joinpath("openapi.json").read_text()
+)
 MAX_GROWTH_MB = 60
 
 
 def test_the_description_lists_exactly_the_routes(api):
     routes = set(api.routes)
-    described = {(method.upper(), path) for path, item in DESCRIPTION["paths"].items() for method in item}
+    described = {
+        (method.upper(), path) for path, item in DESCRIPTION["paths"].items() for method in item
+    }
     assert described == routes
-    public = {path for path, item in DESCRIPTION["paths"].items() for op in item.values() if op.get("security") == []}
+    public = {
+        path
+        for path, item in DESCRIPTION["paths"].items()
+        for op in item.values()
+        if op.get("security") == []
+    }
     assert public == PUBLIC & {path for _, path in routes}
     for path, item in DESCRIPTION["paths"].items():
         for method, operation in item.items():
@@ -63,8 +72,12 @@ class MemoryWatch:
 def watch(stack) -> MemoryWatch:
     # Warm up first: the first large bodies and the first backend calls grow any Python process once.
     for size in (1024, 900 * 1024):
-        requests.post(f"{stack.url}/v1/classify", data=b"\0" * size, timeout=30,
-                      headers={**stack.auth, "Content-Type": "image/png"})
+        requests.post(
+            f"{stack.url}/v1/classify",
+            data=b"\0" * size,
+            timeout=30,
+            headers={**stack.auth, "Content-Type": "image/png"},
+        )
     return MemoryWatch(stack.gateway.process.pid)
 
 
@@ -79,7 +92,9 @@ SHORTEST_HONEST_DEADLINE_S = 1.0
 
 
 def _client_deadline(case) -> float | None:
-    value = next((v for k, v in (case.headers or {}).items() if k.lower() == "x-request-timeout"), None)
+    value = next(
+        (v for k, v in (case.headers or {}).items() if k.lower() == "x-request-timeout"), None
+    )
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -89,22 +104,40 @@ def _client_deadline(case) -> float | None:
 def not_a_server_error_but_the_clients_deadline(ctx, response, case):
     """schemathesis's not_a_server_error, except a 504 for a deadline the client made too short."""
     deadline = _client_deadline(case)
-    if response.status_code == 504 and deadline is not None and deadline < SHORTEST_HONEST_DEADLINE_S:
+    if (
+        response.status_code == 504
+        and deadline is not None
+        and deadline < SHORTEST_HONEST_DEADLINE_S
+    ):
         return None
     return not_a_server_error(ctx, response, case)
 
 
-CHECKS = [not_a_server_error_but_the_clients_deadline, checks.status_code_conformance, checks.content_type_conformance,
-          checks.response_headers_conformance, checks.response_schema_conformance, checks.ignored_auth]
+CHECKS = [
+    not_a_server_error_but_the_clients_deadline,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_headers_conformance,
+    checks.response_schema_conformance,
+    checks.ignored_auth,
+]
 # Not negative_data_rejection: it counts unknown query parameters (ignored, as HTTP servers do) and our
 # replacing its Authorization header as schema violations that must be refused. Negative cases still
 # run, and must still be answered without a 5xx and as described.
 OPERATIONS_SEEN: set[str] = set()
 
 
-@settings(max_examples=250, deadline=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture,
-                                 HealthCheck.data_too_large])
+@settings(
+    max_examples=250,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.data_too_large,
+    ],
+)
 @given(case=CASES)
 def test_fuzz_the_gateway_from_its_description(case, stack, watch):
     assert stack.gateway.process.poll() is None, "the gateway process died"
@@ -116,10 +149,14 @@ def test_fuzz_the_gateway_from_its_description(case, stack, watch):
 
 def test_after_the_fuzz_the_gateway_is_alive_healthy_and_its_memory_bounded(stack, watch):
     assert watch.samples >= 100, "the fuzz did not run"
-    assert len(OPERATIONS_SEEN) == sum(len(item) for item in DESCRIPTION["paths"].values()), OPERATIONS_SEEN
+    assert len(OPERATIONS_SEEN) == sum(len(item) for item in DESCRIPTION["paths"].values()), (
+        OPERATIONS_SEEN
+    )
     assert stack.gateway.process.poll() is None
     assert requests.get(f"{stack.url}/healthz", timeout=5).status_code == 200
     growth_mb = (max(watch.peak, watch.rss()) - watch.baseline) / 2**20
-    assert growth_mb < MAX_GROWTH_MB, f"the gateway grew {growth_mb:.0f} MB over {watch.samples} requests"
+    assert growth_mb < MAX_GROWTH_MB, (
+        f"the gateway grew {growth_mb:.0f} MB over {watch.samples} requests"
+    )
     log = stack.gateway.output()
     assert "unhandled error" not in log and "Traceback" not in log, log[-3000:]

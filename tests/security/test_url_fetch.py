@@ -58,7 +58,7 @@ class HostileSite(LocalHTTPServer):
                     if time.monotonic() > until:
                         self.wfile.write(data[i:])
                         return
-                    self.wfile.write(data[i:i + 1])
+                    self.wfile.write(data[i : i + 1])
                     self.wfile.flush()
                     time.sleep(DRIP_S)
 
@@ -75,16 +75,26 @@ class HostileSite(LocalHTTPServer):
                 if parts.path == "/image.png":
                     self._answer(200, {"Content-Type": "image/png"}, site.png)
                 elif parts.path.startswith("/loop/"):
-                    self._answer(302, {"Location": f"/loop/{int(parts.path.rsplit('/', 1)[1]) + 1}"}, b"")
+                    self._answer(
+                        302, {"Location": f"/loop/{int(parts.path.rsplit('/', 1)[1]) + 1}"}, b""
+                    )
                 elif parts.path == "/to":
                     self._answer(302, {"Location": parse_qs(parts.query)["url"][0]}, b"")
                 elif parts.path == "/drip-headers":
-                    self._drip(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Filler: " + b"a" * 200 + b"\r\n\r\n")
+                    self._drip(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Filler: "
+                        + b"a" * 200
+                        + b"\r\n\r\n"
+                    )
                 elif parts.path == "/drip-body":
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(site.png))
+                    self.wfile.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(site.png)
+                    )
                     self._drip(site.png)
                 elif parts.path == "/endless":  # no length: the body ends when the connection does
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nConnection: close\r\n\r\n")
+                    self.wfile.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nConnection: close\r\n\r\n"
+                    )
                     self._forever(lambda block: block)
                 elif parts.path == "/endless-chunked":
                     self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -116,7 +126,9 @@ def site():
         yield s
 
 
-LOOPBACK_OK = UrlPolicy(allowed_hosts=("127.0.0.1",), allow_private=True, max_bytes=256 * 1024, timeout_s=1.0)
+LOOPBACK_OK = UrlPolicy(
+    allowed_hosts=("127.0.0.1",), allow_private=True, max_bytes=256 * 1024, timeout_s=1.0
+)
 
 
 def _timed(url: str, policy: UrlPolicy = LOOPBACK_OK):
@@ -144,7 +156,9 @@ def test_a_dripping_server_cannot_stretch_the_total_time_limit(site, path):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("path", ["/endless", "/endless-chunked"])
 def test_an_endless_body_stops_at_the_size_limit(site, path):
-    error, seconds = _timed(site.at(path), UrlPolicy(("127.0.0.1",), True, max_bytes=256 * 1024, timeout_s=10.0))
+    error, seconds = _timed(
+        site.at(path), UrlPolicy(("127.0.0.1",), True, max_bytes=256 * 1024, timeout_s=10.0)
+    )
     assert isinstance(error, PayloadTooLarge), error
     assert seconds < 5
 
@@ -154,28 +168,36 @@ def test_a_redirect_loop_ends_after_max_redirects(site):
     site.hits.clear()
     error, seconds = _timed(site.at("/loop/0"))
     assert isinstance(error, InvalidInput) and "too many redirects" in str(error)
-    assert sum(n for p, n in site.hits.items() if p.startswith("/loop/")) == LOOPBACK_OK.max_redirects + 1
+    assert (
+        sum(n for p, n in site.hits.items() if p.startswith("/loop/"))
+        == LOOPBACK_OK.max_redirects + 1
+    )
     assert seconds < LOOPBACK_OK.timeout_s + 1.0
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("target", [
-    "http://localhost:{port}/image.png",  # a name for loopback
-    "http://127.1:{port}/image.png",  # short, hex, decimal and mapped forms of 127.0.0.1
-    "http://0x7f000001:{port}/image.png",
-    "http://2130706433:{port}/image.png",
-    "http://[::ffff:127.0.0.1]:{port}/image.png",
-    "http://[::1]:{port}/image.png",
-    "http://169.254.169.254/latest/meta-data/",  # cloud metadata
-    "http://100.100.100.200/latest/meta-data/",
-    "http://10.0.0.1/x.png",
-    "file:///etc/passwd",
-    "gopher://127.0.0.1:{port}/_GET",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://localhost:{port}/image.png",  # a name for loopback
+        "http://127.1:{port}/image.png",  # short, hex, decimal and mapped forms of 127.0.0.1
+        "http://0x7f000001:{port}/image.png",
+        "http://2130706433:{port}/image.png",
+        "http://[::ffff:127.0.0.1]:{port}/image.png",
+        "http://[::1]:{port}/image.png",
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "http://100.100.100.200/latest/meta-data/",
+        "http://10.0.0.1/x.png",
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:{port}/_GET",
+    ],
+)
 def test_a_redirect_from_an_allowed_host_to_an_internal_address_is_refused_unfetched(site, target):
     """The first hop is allowed; the second must pass the same checks before any connection is made."""
     site.hits.clear()
-    error, _ = _timed(site.at("/to?url=" + requests.utils.quote(target.format(port=site.port), safe="")))
+    error, _ = _timed(
+        site.at("/to?url=" + requests.utils.quote(target.format(port=site.port), safe=""))
+    )
     assert isinstance(error, (Forbidden, InvalidInput)), error
     assert site.hits == {"/to": 1}, "the redirect target was contacted"
 
@@ -187,9 +209,15 @@ def test_names_that_resolve_to_internal_addresses_are_refused_unfetched(site):
     site.hits.clear()
     for name in names:
         addresses = {info[4][0] for info in socket.getaddrinfo(name, site.port)}
-        assert all(_refused_address(a) for a in addresses), (name, addresses)  # what the test relies on
+        assert all(_refused_address(a) for a in addresses), (
+            name,
+            addresses,
+        )  # what the test relies on
         error, _ = _timed(site.at("/image.png", host=name), policy)
-        assert isinstance(error, Forbidden) and "addresses are not allowed" in str(error), (name, error)
+        assert isinstance(error, Forbidden) and "addresses are not allowed" in str(error), (
+            name,
+            error,
+        )
     assert not site.hits
 
 
@@ -243,21 +271,29 @@ def test_a_rebinding_name_is_fetched_from_the_address_that_was_checked(site, mon
 def test_a_redirect_back_to_a_rebound_name_is_checked_again_and_refused(site, monkeypatch):
     name = RebindingName(site, monkeypatch)
     site.hits.clear()
-    error, _ = _timed(name.url("/to?url=" + requests.utils.quote(name.url("/image.png"), safe="")), REBIND_POLICY)
+    error, _ = _timed(
+        name.url("/to?url=" + requests.utils.quote(name.url("/image.png"), safe="")), REBIND_POLICY
+    )
     assert isinstance(error, Forbidden) and "127.0.0.1" in str(error), error
     assert name.lookups == ["rebind.example"] * 2 and name.connects == [RebindingName.PUBLIC]
     assert site.hits == {"/to": 1}
 
 
-@pytest.mark.parametrize("address, why", [
-    ("100.100.100.200", "non-global"),  # shared address space: a cloud metadata service lives here
-    ("100.64.0.1", "non-global"),
-    ("::ffff:100.100.100.200", "non-global"),
-    ("2002:a00:1::", "private"),  # 6to4 wrapping of 10.0.0.1
-    ("2002:7f00:1::", "loopback"),
-    ("0.0.0.0", "unspecified"),
-    ("fd12::1", "private"),
-])
+@pytest.mark.parametrize(
+    "address, why",
+    [
+        (
+            "100.100.100.200",
+            "non-global",
+        ),  # shared address space: a cloud metadata service lives here
+        ("100.64.0.1", "non-global"),
+        ("::ffff:100.100.100.200", "non-global"),
+        ("2002:a00:1::", "private"),  # 6to4 wrapping of 10.0.0.1
+        ("2002:7f00:1::", "loopback"),
+        ("0.0.0.0", "unspecified"),
+        ("fd12::1", "private"),
+    ],
+)
 def test_every_non_global_address_is_refused(address, why):
     assert _refused_address(address) == why
     assert _refused_address("93.184.215.14") is None and _refused_address("2606:4700::1111") is None
@@ -267,10 +303,17 @@ def test_every_non_global_address_is_refused(address, why):
 def test_the_gateway_answers_a_drip_with_504_in_time(stack, site):
     """The same through the real gateway process (URL timeout 1 s)."""
     started = time.monotonic()
-    response = requests.post(f"{stack.url}/predict", json={"url": site.at("/drip-headers")}, headers=stack.auth, timeout=30)
+    response = requests.post(
+        f"{stack.url}/predict",
+        json={"url": site.at("/drip-headers")},
+        headers=stack.auth,
+        timeout=30,
+    )
     assert response.status_code == 504, response.text
     assert time.monotonic() - started < 3
-    ok = requests.post(f"{stack.url}/predict", json={"url": site.at("/image.png")}, headers=stack.auth, timeout=30)
+    ok = requests.post(
+        f"{stack.url}/predict", json={"url": site.at("/image.png")}, headers=stack.auth, timeout=30
+    )
     assert ok.status_code == 200 and len(ok.json()) == 20
 
 

@@ -46,8 +46,11 @@ def model_server_for(model_dir: Path, store: Path, model_name: str) -> Iterator:
     from cifarflow.serving.store import publish_model
 
     publish_model(model_dir, store, model_name, {})
-    server = ModelServer(ModelServerConfig(str(store), model_name, host="127.0.0.1", grpc_port=0, rest_port=-1,
-                                           poll_interval_s=60)).start()
+    server = ModelServer(
+        ModelServerConfig(
+            str(store), model_name, host="127.0.0.1", grpc_port=0, rest_port=-1, poll_interval_s=60
+        )
+    ).start()
     try:
         yield server
     finally:

@@ -22,7 +22,9 @@ def cifar_test_images() -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(data), np.asarray(batch["coarse_labels"])
 
 
-def encode(pixels: np.ndarray, fmt: str = "PNG", size: int | None = None, mode: str = "RGB", **save_args) -> bytes:
+def encode(
+    pixels: np.ndarray, fmt: str = "PNG", size: int | None = None, mode: str = "RGB", **save_args
+) -> bytes:
     """One image as file bytes: optionally upscaled to size x size and converted to `mode`."""
     image = Image.fromarray(pixels)
     if size and size != 32:
@@ -40,7 +42,11 @@ def exif_rotated_jpeg(pixels: np.ndarray, size: int = 64) -> bytes:
     A viewer that honours EXIF shows the original image; one that ignores it
     shows it on its side.
     """
-    image = Image.fromarray(pixels).resize((size, size), Image.BICUBIC).transpose(Image.Transpose.ROTATE_90)
+    image = (
+        Image.fromarray(pixels)
+        .resize((size, size), Image.BICUBIC)
+        .transpose(Image.Transpose.ROTATE_90)
+    )
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
     buffer = io.BytesIO()

@@ -17,7 +17,9 @@ from cifarflow.classes import COARSE_CLASS_NAMES
 NUM_CLASSES = len(COARSE_CLASS_NAMES)
 
 
-def export_test_model(export_dir: str | Path, seed: int = 0, favour_class: int | None = None) -> Path:
+def export_test_model(
+    export_dir: str | Path, seed: int = 0, favour_class: int | None = None
+) -> Path:
     """Writes the SavedModel into `export_dir` and returns it.
 
     Args:
@@ -63,7 +65,9 @@ def export_test_model(export_dir: str | Path, seed: int = 0, favour_class: int |
                 image = tf.image.resize(image, [32, 32], antialias=True)
                 return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
-            pixels = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([32, 32, 3], tf.uint8))
+            pixels = tf.map_fn(
+                decode, image_bytes, fn_output_signature=tf.TensorSpec([32, 32, 3], tf.uint8)
+            )
             return self._heads(pixels)
 
     module = TestClassifier()
@@ -71,14 +75,19 @@ def export_test_model(export_dir: str | Path, seed: int = 0, favour_class: int |
     tf.saved_model.save(
         module,
         str(export_dir),
-        signatures={"serving_default": module.serving_default, "predict_pixels": module.predict_pixels},
+        signatures={
+            "serving_default": module.serving_default,
+            "predict_pixels": module.predict_pixels,
+        },
     )
     # What the training engineer's Model artifact carries besides the SavedModel.
     (export_dir / "model.keras").write_bytes(b"not a real keras file")
     return export_dir
 
 
-def reference_logits(images: np.ndarray, seed: int = 0, favour_class: int | None = None) -> np.ndarray:
+def reference_logits(
+    images: np.ndarray, seed: int = 0, favour_class: int | None = None
+) -> np.ndarray:
     """The same model in numpy, for checking served answers."""
     rng = np.random.default_rng(seed)
     weights = rng.normal(0.0, 0.05, size=(32 * 32 * 3, NUM_CLASSES)).astype(np.float32)

@@ -67,10 +67,10 @@ class LoopbackDns:
         labels, position = [], 12
         while query[position]:
             length = query[position]
-            labels.append(query[position + 1:position + 1 + length].decode("ascii"))
+            labels.append(query[position + 1 : position + 1 + length].decode("ascii"))
             position += 1 + length
-        qtype = struct.unpack("!H", query[position + 1:position + 3])[0]
-        question = query[12:position + 5]
+        qtype = struct.unpack("!H", query[position + 1 : position + 3])[0]
+        question = query[12 : position + 5]
         name = ".".join(labels).lower()
         self.queries[name] += 1
         addresses = self.records.get(name)
@@ -79,8 +79,12 @@ class LoopbackDns:
         if addresses and qtype == 1:  # A
             for address in addresses:
                 # A pointer to the question's name, type A, class IN, TTL 5 s, 4 bytes.
-                answers.append(b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + socket.inet_aton(address))
-        header = struct.pack("!HHHHHH", query_id, 0x8180 | (flags & 0x0100) | rcode, 1, len(answers), 0, 0)
+                answers.append(
+                    b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + socket.inet_aton(address)
+                )
+        header = struct.pack(
+            "!HHHHHH", query_id, 0x8180 | (flags & 0x0100) | rcode, 1, len(answers), 0, 0
+        )
         return header + question + b"".join(answers)
 
     def close(self) -> None:
@@ -108,7 +112,9 @@ def _available(status_url: str) -> bool:
         answer = requests.get(status_url, timeout=5)
     except requests.ConnectionError:
         return False
-    return answer.ok and any(v["state"] == "AVAILABLE" for v in answer.json()["model_version_status"])
+    return answer.ok and any(
+        v["state"] == "AVAILABLE" for v in answer.json()["model_version_status"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +131,28 @@ def two_model_servers(exported_model, tmp_path_factory):
             for _ in range(index + 1):  # the second store's newest version is 2
                 result = publish_model(exported_model, store, MODEL, {})
             versions[address] = int(result.version)
-            servers.append(ModelServerProcess(
-                str(store), MODEL, root / f"model-server-{index}.log", "--host", address, "--poll-interval", "60",
-                grpc_port=port, rest_port=0))
+            servers.append(
+                ModelServerProcess(
+                    str(store),
+                    MODEL,
+                    root / f"model-server-{index}.log",
+                    "--host",
+                    address,
+                    "--poll-interval",
+                    "60",
+                    grpc_port=port,
+                    rest_port=0,
+                )
+            )
         assert len(set(versions.values())) == len(ADDRESSES)
-        for server, address in zip(servers, ADDRESSES):
+        for server, address in zip(servers, ADDRESSES, strict=True):
             status_url = f"http://{address}:{server.rest_port}/v1/models/{MODEL}"
-            wait_until(lambda: _available(status_url), 60, f"{status_url}: a version AVAILABLE", interval_s=0.2)
+            wait_until(
+                lambda url=status_url: _available(url),
+                60,
+                f"{status_url}: a version AVAILABLE",
+                interval_s=0.2,
+            )
         yield port, versions
     finally:
         for server in servers:
@@ -146,8 +167,12 @@ def dns(two_model_servers):
 
 
 def _wait_available_through(gateway_url: str, timeout_s: float = 30.0) -> None:
-    wait_until(lambda: requests.get(f"{gateway_url}/readyz", timeout=5).status_code == 200, timeout_s,
-               f"{gateway_url}/readyz answering 200", interval_s=0.2)
+    wait_until(
+        lambda: requests.get(f"{gateway_url}/readyz", timeout=5).status_code == 200,
+        timeout_s,
+        f"{gateway_url}/readyz answering 200",
+        interval_s=0.2,
+    )
 
 
 def _classify_many(url: str, cifar, calls: int = CALLS) -> collections.Counter[int]:
@@ -163,12 +188,19 @@ def _classify_many(url: str, cifar, calls: int = CALLS) -> collections.Counter[i
 
 
 @pytest.mark.parametrize("kind", ["dns", "ipv4"])
-def test_gateway_spreads_calls_over_every_model_server_of_one_name(kind, two_model_servers, dns, cifar, tmp_path):
+def test_gateway_spreads_calls_over_every_model_server_of_one_name(
+    kind, two_model_servers, dns, cifar, tmp_path
+):
     port, versions = two_model_servers
-    backend = (f"dns://127.0.0.1:{dns.port}/{BACKEND_NAME}:{port}" if kind == "dns"
-               else "ipv4:" + ",".join(f"{address}:{port}" for address in ADDRESSES))
+    backend = (
+        f"dns://127.0.0.1:{dns.port}/{BACKEND_NAME}:{port}"
+        if kind == "dns"
+        else "ipv4:" + ",".join(f"{address}:{port}" for address in ADDRESSES)
+    )
     # The c-ares resolver (gRPC's default) is the one that takes a DNS server in the target.
-    gateway = GatewayProcess(backend, tmp_path / "gateway.log", "--grpc-port", "-1", env={"GRPC_DNS_RESOLVER": "ares"})
+    gateway = GatewayProcess(
+        backend, tmp_path / "gateway.log", "--grpc-port", "-1", env={"GRPC_DNS_RESOLVER": "ares"}
+    )
     try:
         _wait_available_through(gateway.url)
         answered = _classify_many(gateway.url, cifar)
@@ -176,7 +208,9 @@ def test_gateway_spreads_calls_over_every_model_server_of_one_name(kind, two_mod
         gateway.stop()
     if kind == "dns":
         assert dns.queries[BACKEND_NAME.lower()] >= 1, "the gateway resolved the name through DNS"
-    assert set(answered) == set(versions.values()), f"answers came from {dict(answered)}, not from every server"
+    assert set(answered) == set(versions.values()), (
+        f"answers came from {dict(answered)}, not from every server"
+    )
     # Round robin alternates; allow for the first calls going out while the
     # second connection is still being made.
     assert min(answered.values()) >= CALLS // 4, dict(answered)
@@ -199,12 +233,15 @@ def test_without_round_robin_one_channel_stays_on_one_server(two_model_servers, 
     assert len(peers) == 1, dict(peers)
 
 
-@pytest.mark.parametrize("target", [
-    "dns:///tf-serving-grpc.cifarflow.svc.cluster.local:8500",
-    "dns://10.96.0.10:53/tf-serving-grpc.cifarflow.svc.cluster.local:8500",
-    "ipv4:10.0.0.1:8500,10.0.0.2:8500",
-    "ipv6:[fd00::1]:8500,[fd00::2]:8500",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "dns:///tf-serving-grpc.cifarflow.svc.cluster.local:8500",
+        "dns://10.96.0.10:53/tf-serving-grpc.cifarflow.svc.cluster.local:8500",
+        "ipv4:10.0.0.1:8500,10.0.0.2:8500",
+        "ipv6:[fd00::1]:8500,[fd00::2]:8500",
+    ],
+)
 def test_multi_address_targets_get_round_robin(target):
     GatewayConfig(backend=target)
     options = dict(channel_options(target))
@@ -217,8 +254,10 @@ def test_plain_host_port_keeps_one_connection(target):
     assert channel_options(target) == []
 
 
-@pytest.mark.parametrize("target", ["tf-serving", "dns:///tf-serving-grpc", "unix:/tmp/grpc.sock", "http://tf-serving:8500"])
+@pytest.mark.parametrize(
+    "target",
+    ["tf-serving", "dns:///tf-serving-grpc", "unix:/tmp/grpc.sock", "http://tf-serving:8500"],
+)
 def test_other_backend_forms_are_refused_with_the_accepted_ones(target):
     with pytest.raises(BadInputError, match="dns:///NAME:PORT"):
         GatewayConfig(backend=target)
-

@@ -16,7 +16,9 @@ from tests.serving.images import encode
 
 @pytest.fixture(scope="module")
 def model_server(exported_model, tmp_path_factory):
-    with model_server_for(exported_model, tmp_path_factory.mktemp("sharing-store"), "cifar") as server:
+    with model_server_for(
+        exported_model, tmp_path_factory.mktemp("sharing-store"), "cifar"
+    ) as server:
         yield server
 
 
@@ -26,7 +28,9 @@ class HeldFirstCall:
     def __init__(self, stub) -> None:
         self.stub = stub
         self.images_per_call: list[int] = []
-        self.reported: list[int] = []  # what the backend's on_call hook (the batch_images metric) was told
+        self.reported: list[
+            int
+        ] = []  # what the backend's on_call hook (the batch_images metric) was told
         self.release = threading.Event()
         self.first_started = threading.Event()
 
@@ -44,14 +48,22 @@ class HeldFirstCall:
 
 def backend_with_held_first_call(model_server) -> tuple[Backend, HeldFirstCall]:
     reported: list[int] = []
-    backend = Backend(f"127.0.0.1:{model_server.grpc_port}", "cifar", timeout_s=10, max_in_flight=1, on_call=reported.append)
+    backend = Backend(
+        f"127.0.0.1:{model_server.grpc_port}",
+        "cifar",
+        timeout_s=10,
+        max_in_flight=1,
+        on_call=reported.append,
+    )
     held = HeldFirstCall(backend._predict)
     held.reported = reported
     backend._predict = held
     return backend, held
 
 
-def run_concurrently(backend: Backend, held: HeldFirstCall, requests: list[tuple[list[bytes], float | None]]) -> list:
+def run_concurrently(
+    backend: Backend, held: HeldFirstCall, requests: list[tuple[list[bytes], float | None]]
+) -> list:
     """Request 0 goes out alone and is held; the others queue behind it, then the hold is released."""
     results: list = [None] * len(requests)
 
@@ -85,10 +97,15 @@ def test_queued_requests_share_one_call_and_get_their_own_rows(model_server, cif
         plain.close()
     backend, held = backend_with_held_first_call(model_server)
     try:
-        results = run_concurrently(backend, held, [([image], None) for image in images[:6]] + [(images[6:], None)])
+        results = run_concurrently(
+            backend, held, [([image], None) for image in images[:6]] + [(images[6:], None)]
+        )
     finally:
         backend.close()
-    assert held.images_per_call == [1, 7]  # the held call, then everything that queued behind it in one
+    assert held.images_per_call == [
+        1,
+        7,
+    ]  # the held call, then everything that queued behind it in one
     assert held.reported == held.images_per_call
     for i in range(6):
         assert results[i].probabilities.shape == (1, 20)
@@ -101,23 +118,41 @@ def test_one_bad_image_fails_only_its_own_request(model_server, cifar):
     good = [encode(cifar[0][i], "PNG") for i in range(4)]
     backend, held = backend_with_held_first_call(model_server)
     try:
-        results = run_concurrently(backend, held, [([good[0]], None), ([good[1]], None), ([b"not an image"], None),
-                                                   ([good[2]], None), ([good[3]], None)])
+        results = run_concurrently(
+            backend,
+            held,
+            [
+                ([good[0]], None),
+                ([good[1]], None),
+                ([b"not an image"], None),
+                ([good[2]], None),
+                ([good[3]], None),
+            ],
+        )
     finally:
         backend.close()
     assert isinstance(results[2], InvalidInput)
     assert all(results[i].probabilities.shape == (1, 20) for i in (0, 1, 3, 4))
-    assert held.images_per_call[:2] == [1, 4] and held.images_per_call[2:] == [1, 1, 1, 1]  # shared call failed: one by one
+    assert held.images_per_call[:2] == [1, 4] and held.images_per_call[2:] == [
+        1,
+        1,
+        1,
+        1,
+    ]  # shared call failed: one by one
     assert held.reported == held.images_per_call
 
 
 def test_a_queued_request_keeps_its_own_deadline(model_server, cifar):
     image = encode(cifar[0][0], "PNG")
     backend, held = backend_with_held_first_call(model_server)
-    timer = threading.Timer(1.0, held.release.set)  # hold the first call well past the short deadline
+    timer = threading.Timer(
+        1.0, held.release.set
+    )  # hold the first call well past the short deadline
     try:
         results: dict = {}
-        first = threading.Thread(target=lambda: results.update(first=backend.classify([image], "", None)))
+        first = threading.Thread(
+            target=lambda: results.update(first=backend.classify([image], "", None))
+        )
         first.start()
         assert held.first_started.wait(10)
         timer.start()
@@ -127,13 +162,18 @@ def test_a_queued_request_keeps_its_own_deadline(model_server, cifar):
         assert time.monotonic() - started < 0.8
         patient = backend.classify([image], "patient", caller_remaining=10)
         first.join(10)
-        settle = time.monotonic() + 2  # the call's completion callback frees the slot just after answering
+        settle = (
+            time.monotonic() + 2
+        )  # the call's completion callback frees the slot just after answering
         while backend._in_flight and time.monotonic() < settle:
             time.sleep(0.01)
     finally:
         timer.cancel()
         backend.close()
-    assert patient.probabilities.shape == (1, 20) and results["first"].probabilities.shape == (1, 20)
+    assert patient.probabilities.shape == (1, 20) and results["first"].probabilities.shape == (
+        1,
+        20,
+    )
     assert not backend._queued and backend._in_flight == 0
 
 

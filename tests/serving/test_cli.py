@@ -24,13 +24,22 @@ from tests.serving.images import encode
 CLI = [sys.executable, "-m", "cifarflow.cli.main"]
 
 
-def start(args: list[str], ready_text: str, env: dict | None = None, timeout: float = 90) -> subprocess.Popen:
+def start(
+    args: list[str], ready_text: str, env: dict | None = None, timeout: float = 90
+) -> subprocess.Popen:
     """Starts a CLI process and waits for the line saying it is serving."""
-    process = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        [*CLI, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     lines: queue.Queue[str] = queue.Queue()
     # A reader thread, because select() on a buffered pipe misses lines already buffered.
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
+    ).start()
     seen, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -60,15 +69,30 @@ def rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def model_server(exported_model, tmp_path_factory):
-    with model_server_for(exported_model, tmp_path_factory.mktemp("cli-store"), "cifarflow") as server:
+    with model_server_for(
+        exported_model, tmp_path_factory.mktemp("cli-store"), "cifarflow"
+    ) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def gateway_process(model_server):
     http_port, grpc_port = free_port(), free_port()
-    process = start(["serve", "gateway", "--backend", f"127.0.0.1:{model_server.grpc_port}", "--host", "127.0.0.1",
-                     "--port", str(http_port), "--grpc-port", str(grpc_port)], "gateway: HTTP")
+    process = start(
+        [
+            "serve",
+            "gateway",
+            "--backend",
+            f"127.0.0.1:{model_server.grpc_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+        ],
+        "gateway: HTTP",
+    )
     yield process, http_port, grpc_port
     if process.poll() is None:
         process.kill()
@@ -87,28 +111,52 @@ def images(tmp_path, cifar):
 
 def test_gateway_process_is_light_and_serves(gateway_process, cifar):
     process, http_port, _ = gateway_process
-    response = requests.post(f"http://127.0.0.1:{http_port}/v1/classify",
-                             files={"file": ("x.png", encode(cifar[0][0], "PNG"))}, timeout=10)
+    response = requests.post(
+        f"http://127.0.0.1:{http_port}/v1/classify",
+        files={"file": ("x.png", encode(cifar[0][0], "PNG"))},
+        timeout=10,
+    )
     assert response.status_code == 200, response.text
     # TF Serving's messages without TensorFlow itself: a gateway is tens of MB, not 600+.
     assert rss_mb(process.pid) < 250
 
 
-def test_predict_through_gateway_and_straight_to_the_model_server(gateway_process, model_server, images):
+def test_predict_through_gateway_and_straight_to_the_model_server(
+    gateway_process, model_server, images
+):
     _, _, grpc_port = gateway_process
-    via_gateway = subprocess.run([*CLI, "predict", str(images), "--server", f"127.0.0.1:{grpc_port}", "--top-k", "3"],
-                                 capture_output=True, text=True, timeout=60)
+    via_gateway = subprocess.run(
+        [*CLI, "predict", str(images), "--server", f"127.0.0.1:{grpc_port}", "--top-k", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert via_gateway.returncode == 0, via_gateway.stderr
     lines = via_gateway.stdout.splitlines()
     assert lines[0].split() == ["IMAGE", "RANK", "CLASS", "PROBABILITY"]
     assert sum(1 for line in lines if "img" in line) == 3 and len(lines) == 1 + 3 * 3 + 1
     assert lines[-1] == "model: cifarflow v1"
-    direct = subprocess.run([*CLI, "predict", *sorted(str(p) for p in images.glob("*.jpg")), "--server",
-                             f"127.0.0.1:{model_server.grpc_port}", "--tf-serving", "--top-k", "3", "--json"],
-                            capture_output=True, text=True, timeout=60)
+    direct = subprocess.run(
+        [
+            *CLI,
+            "predict",
+            *sorted(str(p) for p in images.glob("*.jpg")),
+            "--server",
+            f"127.0.0.1:{model_server.grpc_port}",
+            "--tf-serving",
+            "--top-k",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert direct.returncode == 0, direct.stderr
     by_gateway = [line.split()[-1] for line in lines[1:-1]]
-    assert [f"{p[1]:.4f}" for r in json.loads(direct.stdout) for p in r["predictions"]] == by_gateway
+    assert [
+        f"{p[1]:.4f}" for r in json.loads(direct.stdout) for p in r["predictions"]
+    ] == by_gateway
 
 
 def test_predict_fetches_urls(gateway_process, cifar):
@@ -118,8 +166,21 @@ def test_predict_fetches_urls(gateway_process, cifar):
     site = ImageSite()
     site.routes["/a.png"] = (200, {"Content-Type": "image/png"}, encode(cifar[0][5], "PNG", 64))
     try:
-        done = subprocess.run([*CLI, "predict", site.url("/a.png"), site.url("/gone.png"), "--server",
-                               f"127.0.0.1:{grpc_port}", "--top-k", "1"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [
+                *CLI,
+                "predict",
+                site.url("/a.png"),
+                site.url("/gone.png"),
+                "--server",
+                f"127.0.0.1:{grpc_port}",
+                "--top-k",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         site.close()
     assert done.returncode == 2  # one URL answered 404
@@ -134,17 +195,41 @@ def test_predict_errors_are_one_clear_line(gateway_process, model_server, images
 
     unreachable = run(str(images), "--server", f"127.0.0.1:{free_port()}", "--timeout", "3")
     assert unreachable.returncode == 5 and "cannot reach" in unreachable.stderr
-    missing_model = run(str(images), "--server", f"127.0.0.1:{model_server.grpc_port}", "--tf-serving", "--model-name", "nope")
+    missing_model = run(
+        str(images),
+        "--server",
+        f"127.0.0.1:{model_server.grpc_port}",
+        "--tf-serving",
+        "--model-name",
+        "nope",
+    )
     assert missing_model.returncode == 5 and "model 'nope' not found" in missing_model.stderr
     assert run(str(tmp_path / "nope.jpg"), "--server", f"127.0.0.1:{grpc_port}").returncode == 2
     (images / "broken.png").write_bytes(b"\x89PNG broken")
     partial = run(str(images), "--server", f"127.0.0.1:{grpc_port}")
-    assert partial.returncode == 2 and "error: not an image" in partial.stdout and "img2.jpg" in partial.stdout
+    assert (
+        partial.returncode == 2
+        and "error: not an image" in partial.stdout
+        and "img2.jpg" in partial.stdout
+    )
 
 
 def test_gateway_stops_cleanly_on_sigterm(model_server):
-    process = start(["serve", "gateway", "--backend", f"127.0.0.1:{model_server.grpc_port}", "--host", "127.0.0.1",
-                     "--port", str(free_port()), "--grpc-port", "0"], "gateway: HTTP")
+    process = start(
+        [
+            "serve",
+            "gateway",
+            "--backend",
+            f"127.0.0.1:{model_server.grpc_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--grpc-port",
+            "0",
+        ],
+        "gateway: HTTP",
+    )
     assert stop(process) == 0
 
 
@@ -152,14 +237,34 @@ def test_serve_model_process_with_stock_status_call(exported_model, tmp_path):
     store = tmp_path / "store"
     publish_model(exported_model, store, "cifar", {})
     grpc_port, rest_port = free_port(), free_port()
-    process = start(["serve", "model", "--store", str(store), "--model-name", "cifar", "--host", "127.0.0.1",
-                     "--grpc-port", str(grpc_port), "--rest-port", str(rest_port)], "model server:")
+    process = start(
+        [
+            "serve",
+            "model",
+            "--store",
+            str(store),
+            "--model-name",
+            "cifar",
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--rest-port",
+            str(rest_port),
+        ],
+        "model server:",
+    )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             request = get_model_status_pb2.GetModelStatusRequest()
             request.model_spec.name = "cifar"
-            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                request, timeout=10
+            )
         assert [(s.version, s.state) for s in status.model_version_status] == [(1, 30)]
-        assert requests.get(f"http://127.0.0.1:{rest_port}/v1/models/cifar", timeout=5).status_code == 200
+        assert (
+            requests.get(f"http://127.0.0.1:{rest_port}/v1/models/cifar", timeout=5).status_code
+            == 200
+        )
     finally:
         assert stop(process) == 0

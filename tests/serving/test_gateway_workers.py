@@ -23,16 +23,34 @@ from tests.serving.test_cli import start
 
 @pytest.fixture(scope="module")
 def model_server(exported_model, tmp_path_factory):
-    with model_server_for(exported_model, tmp_path_factory.mktemp("workers-store"), "cifarflow") as server:
+    with model_server_for(
+        exported_model, tmp_path_factory.mktemp("workers-store"), "cifarflow"
+    ) as server:
         yield server
 
 
 def start_workers(backend_port: int, workers: int = 2):
     """(process, HTTP port, gRPC port) of a supervised gateway."""
     http_port, grpc_port = free_port(), free_port()
-    process = start(["serve", "--log-level", "WARNING", "gateway", "--backend", f"127.0.0.1:{backend_port}",
-                     "--host", "127.0.0.1", "--port", str(http_port), "--grpc-port", str(grpc_port),
-                     "--workers", str(workers)], f"{workers} workers (pids")
+    process = start(
+        [
+            "serve",
+            "--log-level",
+            "WARNING",
+            "gateway",
+            "--backend",
+            f"127.0.0.1:{backend_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+            "--workers",
+            str(workers),
+        ],
+        f"{workers} workers (pids",
+    )
     return process, http_port, grpc_port
 
 
@@ -44,7 +62,9 @@ def classify(port: int, image: bytes) -> tuple[int, str]:
     """One request on a new connection (each connection is accepted by one worker): (status, worker pid)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.request("POST", "/v1/classify", body=image, headers={"Content-Type": "image/jpeg"})
+        connection.request(
+            "POST", "/v1/classify", body=image, headers={"Content-Type": "image/jpeg"}
+        )
         response = connection.getresponse()
         response.read()
         return response.status, response.getheader("X-Gateway-Worker", "")
@@ -86,7 +106,9 @@ def test_two_workers_share_the_ports_and_both_serve(two_workers, cifar):
     assert int(response.getheader("X-Gateway-Worker")) in pids
     # The gateway's gRPC service on the shared gRPC port.
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-        reply = classifier_pb2_grpc.ClassifierStub(channel).Classify(classifier_pb2.ClassifyRequest(image=image, top_k=3), timeout=10)
+        reply = classifier_pb2_grpc.ClassifierStub(channel).Classify(
+            classifier_pb2.ClassifyRequest(image=image, top_k=3), timeout=10
+        )
     assert len(reply.predictions) == 3
 
 
@@ -119,7 +141,9 @@ class SlowBackend(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.arrived = threading.Semaphore(0)
 
     def Predict(self, request, context):
-        for _ in request.inputs["image_bytes"].string_val:  # the gateway may send several requests' images in one call
+        for _ in request.inputs[
+            "image_bytes"
+        ].string_val:  # the gateway may send several requests' images in one call
             self.arrived.release()
         time.sleep(self.pause_s)
         return self.stub.Predict(request, timeout=10)
@@ -139,27 +163,38 @@ def test_sigterm_drains_every_worker(model_server, cifar):
         with futures.ThreadPoolExecutor(max_workers=6) as pool:
             answers = [pool.submit(classify, port, image) for _ in range(6)]
             for _ in range(6):  # all six in flight in the workers
-                assert backend.arrived.acquire(timeout=30), [a.result() for a in answers if a.done()]
+                assert backend.arrived.acquire(timeout=30), [
+                    a.result() for a in answers if a.done()
+                ]
             process.send_signal(signal.SIGTERM)
             results = [answer.result(timeout=30) for answer in answers]
         assert all(status == 200 for status, _ in results), results
         assert {int(pid) for _, pid in results} <= pids
         assert process.wait(30) == 0
-        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+        assert not any(
+            psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            for pid in pids
+        )
         with pytest.raises(ConnectionRefusedError):
             classify(port, image)
     finally:
-        if process is not None and process.poll() is None:  # a failed assertion must not leave the gateway running
+        if (
+            process is not None and process.poll() is None
+        ):  # a failed assertion must not leave the gateway running
             process.kill()
             process.wait()
         server.stop(0)
 
 
 def test_workers_that_cannot_start_fail_the_start_in_one_message(model_server):
-    config = GatewayConfig(backend=f"127.0.0.1:{model_server.grpc_port}", host="127.0.0.1", port=0, grpc_port=0)
+    config = GatewayConfig(
+        backend=f"127.0.0.1:{model_server.grpc_port}", host="127.0.0.1", port=0, grpc_port=0
+    )
     supervisor = Supervisor(config, workers=2)
     supervisor.worker_command = ("python3", "-c", "import sys; sys.exit(3)")
-    with pytest.raises(WorkersFailed, match=r"gateway worker 1 of 2 did not start: exited with code 3"):
+    with pytest.raises(
+        WorkersFailed, match=r"gateway worker 1 of 2 did not start: exited with code 3"
+    ):
         supervisor.start()
     assert supervisor.http_socket is None and supervisor.grpc_socket is None
 
@@ -173,8 +208,25 @@ def test_a_port_in_use_is_one_line_and_a_non_zero_exit(model_server, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = subprocess.run([*CLI, "serve", "gateway", "--backend", f"127.0.0.1:{model_server.grpc_port}",
-                                 "--host", "127.0.0.1", "--port", str(taken.getsockname()[1]), "--workers", "2"],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [
+                *CLI,
+                "serve",
+                "gateway",
+                "--backend",
+                f"127.0.0.1:{model_server.grpc_port}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(taken.getsockname()[1]),
+                "--workers",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode != 0
-    assert result.stderr.count("\n") == 1 and "gateway workers cannot bind" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "gateway workers cannot bind" in result.stderr, (
+        result.stderr
+    )

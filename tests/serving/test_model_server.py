@@ -30,8 +30,16 @@ from tests.serving.model_factory import reference_logits
 def server(exported_model, tmp_path_factory):
     store = tmp_path_factory.mktemp("ms-store")
     publish_model(exported_model, store, "cifar", {"metrics": {"accuracy": 0.1}})
-    config = ModelServerConfig(str(store), "cifar", host="127.0.0.1", grpc_port=0, rest_port=0,
-                               poll_interval_s=0.2, batch_timeout_s=0.005, max_message_bytes=2 * 1024 * 1024)
+    config = ModelServerConfig(
+        str(store),
+        "cifar",
+        host="127.0.0.1",
+        grpc_port=0,
+        rest_port=0,
+        poll_interval_s=0.2,
+        batch_timeout_s=0.005,
+        max_message_bytes=2 * 1024 * 1024,
+    )
     running = ModelServer(config).start()
     yield running
     running.stop()
@@ -62,7 +70,9 @@ def test_predict_images_matches_the_model(stub, cifar):
     pixels, _ = cifar
     batch = pixels[:6]
     encoded = [encode(p, "PNG") for p in batch]  # lossless, 32x32: decode gives the same pixels
-    response = stub.Predict(predict_request(image_bytes=np.array(encoded, dtype=object)), timeout=10)
+    response = stub.Predict(
+        predict_request(image_bytes=np.array(encoded, dtype=object)), timeout=10
+    )
     assert response.model_spec.name == "cifar" and response.model_spec.version.value == 1
     assert response.model_spec.signature_name == "serving_default"
     logits = tf.make_ndarray(response.outputs["logits"])
@@ -84,7 +94,9 @@ def test_predict_pixels_signature_and_output_filter(stub, cifar):
     request.output_filter.append("class_ids")
     response = stub.Predict(request, timeout=10)
     assert set(response.outputs) == {"class_ids"}
-    assert list(tf.make_ndarray(response.outputs["class_ids"])) == list(np.argmax(reference_logits(pixels[:3]), axis=1))
+    assert list(tf.make_ndarray(response.outputs["class_ids"])) == list(
+        np.argmax(reference_logits(pixels[:3]), axis=1)
+    )
 
 
 def test_jpeg_at_several_sizes_gives_close_answers(stub, cifar):
@@ -92,7 +104,9 @@ def test_jpeg_at_several_sizes_gives_close_answers(stub, cifar):
     image = pixels[10]
     sizes = [32, 64, 200, 500]
     encoded = [encode(image, "JPEG", size, quality=95) for size in sizes]
-    response = stub.Predict(predict_request(image_bytes=np.array(encoded, dtype=object)), timeout=10)
+    response = stub.Predict(
+        predict_request(image_bytes=np.array(encoded, dtype=object)), timeout=10
+    )
     probabilities = tf.make_ndarray(response.outputs["probabilities"])
     # Antialiased downscaling brings every size back close to the original 32x32.
     reference = tf.nn.softmax(reference_logits(image[None])).numpy()[0]
@@ -111,7 +125,9 @@ def test_metadata_and_status_with_stock_stubs(server, stub):
     assert [d.size for d in pixels_sig.inputs["images"].tensor_shape.dim] == [-1, 32, 32, 3]
     assert set(pixels_sig.outputs) == {"probabilities", "logits", "class_ids", "class_names"}
 
-    status_stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    status_stub = model_service_pb2_grpc.ModelServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    )
     status_request = get_model_status_pb2.GetModelStatusRequest()
     status_request.model_spec.name = "cifar"
     status = status_stub.GetModelStatus(status_request, timeout=5)
@@ -125,18 +141,69 @@ def test_metadata_and_status_with_stock_stubs(server, stub):
 @pytest.mark.parametrize(
     "make_request, code, message",
     [
-        (lambda p: predict_request(name="nope", image_bytes=np.array([b"x"], dtype=object)), grpc.StatusCode.NOT_FOUND, "Latest(nope)"),
-        (lambda p: _with_version(predict_request(images=p[:1], signature="predict_pixels"), 9), grpc.StatusCode.NOT_FOUND, "Specific(cifar, 9)"),
-        (lambda p: predict_request(signature="nope", images=p[:1]), grpc.StatusCode.FAILED_PRECONDITION, 'signature key "nope"'),
-        (lambda p: predict_request(signature="predict_pixels", pixels=p[:1]), grpc.StatusCode.INVALID_ARGUMENT, "Sent extra: ['pixels']"),
-        (lambda p: predict_request(signature="predict_pixels", images=p[:1].astype(np.float32) + 0.5), grpc.StatusCode.INVALID_ARGUMENT, "non-integer"),
-        (lambda p: predict_request(signature="predict_pixels", images=p[:1, :16]), grpc.StatusCode.INVALID_ARGUMENT, "shape [-1, 32, 32, 3]"),
-        (lambda p: predict_request(signature="predict_pixels", images=np.zeros((0, 32, 32, 3), np.uint8)), grpc.StatusCode.INVALID_ARGUMENT, "empty batch"),
-        (lambda p: predict_request(image_bytes=np.array([b"not an image"], dtype=object)), grpc.StatusCode.INVALID_ARGUMENT, "Unknown image file format"),
-        (lambda p: predict_request(image_bytes=np.array([b"\x00" * (3 * 1024 * 1024)], dtype=object)), grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
+        (
+            lambda p: predict_request(name="nope", image_bytes=np.array([b"x"], dtype=object)),
+            grpc.StatusCode.NOT_FOUND,
+            "Latest(nope)",
+        ),
+        (
+            lambda p: _with_version(predict_request(images=p[:1], signature="predict_pixels"), 9),
+            grpc.StatusCode.NOT_FOUND,
+            "Specific(cifar, 9)",
+        ),
+        (
+            lambda p: predict_request(signature="nope", images=p[:1]),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            'signature key "nope"',
+        ),
+        (
+            lambda p: predict_request(signature="predict_pixels", pixels=p[:1]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Sent extra: ['pixels']",
+        ),
+        (
+            lambda p: predict_request(
+                signature="predict_pixels", images=p[:1].astype(np.float32) + 0.5
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "non-integer",
+        ),
+        (
+            lambda p: predict_request(signature="predict_pixels", images=p[:1, :16]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "shape [-1, 32, 32, 3]",
+        ),
+        (
+            lambda p: predict_request(
+                signature="predict_pixels", images=np.zeros((0, 32, 32, 3), np.uint8)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "empty batch",
+        ),
+        (
+            lambda p: predict_request(image_bytes=np.array([b"not an image"], dtype=object)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Unknown image file format",
+        ),
+        (
+            lambda p: predict_request(
+                image_bytes=np.array([b"\x00" * (3 * 1024 * 1024)], dtype=object)
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "larger than max",
+        ),
     ],
-    ids=["unknown-model", "unknown-version", "unknown-signature", "wrong-alias", "wrong-dtype", "wrong-shape",
-         "empty-batch", "not-an-image", "too-large"],
+    ids=[
+        "unknown-model",
+        "unknown-version",
+        "unknown-signature",
+        "wrong-alias",
+        "wrong-dtype",
+        "wrong-shape",
+        "empty-batch",
+        "not-an-image",
+        "too-large",
+    ],
 )
 def test_bad_requests_get_tf_serving_status_codes(stub, cifar, make_request, code, message):
     with pytest.raises(grpc.RpcError) as info:
@@ -153,8 +220,15 @@ def _with_version(request, version):
 def test_rest_status_metadata_and_both_predict_formats(rest, cifar):
     pixels, _ = cifar
     status = requests.get(f"{rest}/v1/models/cifar", timeout=5).json()
-    assert status == {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                                "status": {"error_code": "OK", "error_message": ""}}]}
+    assert status == {
+        "model_version_status": [
+            {
+                "version": "1",
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+        ]
+    }
     assert requests.get(f"{rest}/v1/models/cifar/versions/1", timeout=5).status_code == 200
     metadata = requests.get(f"{rest}/v1/models/cifar/metadata", timeout=5).json()
     assert "predict_pixels" in metadata["metadata"]["signature_def"]["signature_def"]
@@ -165,10 +239,15 @@ def test_rest_status_metadata_and_both_predict_formats(rest, cifar):
     predictions = rows.json()["predictions"]
     expected = np.argmax(reference_logits(pixels[:2]), axis=1)
     assert [p["class_ids"] for p in predictions] == list(expected)
-    assert len(predictions[0]["probabilities"]) == 20 and isinstance(predictions[0]["class_names"], str)
+    assert len(predictions[0]["probabilities"]) == 20 and isinstance(
+        predictions[0]["class_names"], str
+    )
 
-    columns = requests.post(f"{rest}/v1/models/cifar/versions/1:predict",
-                            json={"signature_name": "predict_pixels", "inputs": {"images": pixels[:2].tolist()}}, timeout=10)
+    columns = requests.post(
+        f"{rest}/v1/models/cifar/versions/1:predict",
+        json={"signature_name": "predict_pixels", "inputs": {"images": pixels[:2].tolist()}},
+        timeout=10,
+    )
     assert columns.status_code == 200, columns.text
     assert columns.json()["outputs"]["class_ids"] == list(expected)
 
@@ -182,8 +261,18 @@ def test_rest_status_metadata_and_both_predict_formats(rest, cifar):
         ("/v1/models/cifar:predict", {"instances": [{"b64": "@@@"}]}, 400, "base64"),
         ("/v1/models/cifar:predict", {"instances": []}, 400, "empty"),
         ("/v1/models/cifar:predict", {"rows": []}, 400, "'instances'"),
-        ("/v1/models/cifar:predict", {"signature_name": "x", "instances": [1]}, 400, 'signature key "x"'),
-        ("/v1/models/cifar:predict", {"signature_name": "predict_pixels", "inputs": [[1, 2]]}, 400, "rank 4"),
+        (
+            "/v1/models/cifar:predict",
+            {"signature_name": "x", "instances": [1]},
+            400,
+            'signature key "x"',
+        ),
+        (
+            "/v1/models/cifar:predict",
+            {"signature_name": "predict_pixels", "inputs": [[1, 2]]},
+            400,
+            "rank 4",
+        ),
         ("/v1/models/cifar:predict", b"x" * (3 * 1024 * 1024), 413, "limit"),
         ("/v1/models/cifar:explain", {"instances": [1]}, 404, "only :predict"),
     ],
@@ -203,7 +292,9 @@ def test_concurrent_requests_are_batched_and_one_bad_image_fails_alone(server, s
     def call(i: int):
         payload = b"garbage" if i == 5 else good
         try:
-            response = stub.Predict(predict_request(image_bytes=np.array([payload], dtype=object)), timeout=10)
+            response = stub.Predict(
+                predict_request(image_bytes=np.array([payload], dtype=object)), timeout=10
+            )
             return int(tf.make_ndarray(response.outputs["class_ids"])[0])
         except grpc.RpcError as exc:
             return exc.code()
@@ -216,10 +307,14 @@ def test_concurrent_requests_are_batched_and_one_bad_image_fails_alone(server, s
     assert max(server.batch_sizes) > 1  # requests really ran together
 
 
-def test_new_version_hot_loaded_under_traffic_and_bad_version_ignored(exported_model, favour7_model, tmp_path, cifar):
+def test_new_version_hot_loaded_under_traffic_and_bad_version_ignored(
+    exported_model, favour7_model, tmp_path, cifar
+):
     store = tmp_path / "store"
     publish_model(exported_model, store, "cifar", {})
-    config = ModelServerConfig(str(store), "cifar", host="127.0.0.1", grpc_port=0, rest_port=-1, poll_interval_s=0.1)
+    config = ModelServerConfig(
+        str(store), "cifar", host="127.0.0.1", grpc_port=0, rest_port=-1, poll_interval_s=0.1
+    )
     server = ModelServer(config).start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -231,8 +326,14 @@ def test_new_version_hot_loaded_under_traffic_and_bad_version_ignored(exported_m
             try:
                 started = time.monotonic()
                 response = stub.Predict(predict_request(image_bytes=image), timeout=10)
-                seen.append((response.model_spec.version.value, int(tf.make_ndarray(response.outputs["class_ids"])[0]),
-                             started, time.monotonic()))
+                seen.append(
+                    (
+                        response.model_spec.version.value,
+                        int(tf.make_ndarray(response.outputs["class_ids"])[0]),
+                        started,
+                        time.monotonic(),
+                    )
+                )
             except grpc.RpcError as exc:
                 failures.append(exc)
 
@@ -266,7 +367,10 @@ def test_new_version_hot_loaded_under_traffic_and_bad_version_ignored(exported_m
         status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = "cifar"
-        states = {s.version: (s.state, s.status.error_message) for s in status_stub.GetModelStatus(request, timeout=5).model_version_status}
+        states = {
+            s.version: (s.state, s.status.error_message)
+            for s in status_stub.GetModelStatus(request, timeout=5).model_version_status
+        }
         assert states[2][0] == 30 and states[1][0] == 50  # AVAILABLE, END (unloaded)
         assert states[3][0] == 50 and states[3][1]  # failed to load, with the reason
     finally:
@@ -279,47 +383,88 @@ def test_label_picks_the_served_version(exported_model, favour7_model, tmp_path,
     publish_model(exported_model, store, "cifar", {})
     publish_model(favour7_model, store, "cifar", {})
     local_store(store).promote("cifar", 1, "stable")
-    server = ModelServer(ModelServerConfig(str(store), "cifar", host="127.0.0.1", grpc_port=0, rest_port=0,
-                                           label="stable", poll_interval_s=60)).start()
+    server = ModelServer(
+        ModelServerConfig(
+            str(store),
+            "cifar",
+            host="127.0.0.1",
+            grpc_port=0,
+            rest_port=0,
+            label="stable",
+            poll_interval_s=60,
+        )
+    ).start()
     try:
         rest = f"http://127.0.0.1:{server.rest_port}"
         body = {"signature_name": "predict_pixels", "instances": cifar[0][:1].tolist()}
         default = requests.post(f"{rest}/v1/models/cifar:predict", json=body, timeout=10).json()
         assert default["predictions"][0]["class_ids"] != 7
-        labelled = requests.post(f"{rest}/v1/models/cifar/labels/stable:predict", json=body, timeout=10)
+        labelled = requests.post(
+            f"{rest}/v1/models/cifar/labels/stable:predict", json=body, timeout=10
+        )
         assert labelled.status_code == 200 and labelled.json() == default
         # An unknown label is INVALID_ARGUMENT in TF Serving (GetModelVersionForLabel), so 400, not 404.
-        unknown = requests.post(f"{rest}/v1/models/cifar/labels/canary:predict", json=body, timeout=10)
-        assert unknown.status_code == 400 and "Unrecognized servable version label: canary" in unknown.json()["error"]
+        unknown = requests.post(
+            f"{rest}/v1/models/cifar/labels/canary:predict", json=body, timeout=10
+        )
+        assert (
+            unknown.status_code == 400
+            and "Unrecognized servable version label: canary" in unknown.json()["error"]
+        )
     finally:
         server.stop()
     unlabelled = tmp_path / "unlabelled"
     publish_model(exported_model, unlabelled, "cifar", {})
     publish_model(favour7_model, unlabelled, "cifar", {})
-    server = ModelServer(ModelServerConfig(str(unlabelled), "cifar", host="127.0.0.1", grpc_port=0, rest_port=-1,
-                                           label="stable", poll_interval_s=60)).start()
+    server = ModelServer(
+        ModelServerConfig(
+            str(unlabelled),
+            "cifar",
+            host="127.0.0.1",
+            grpc_port=0,
+            rest_port=-1,
+            label="stable",
+            poll_interval_s=60,
+        )
+    ).start()
     try:
         assert server.manager.default_version == 2  # no promotion yet: the newest serves
     finally:
         server.stop()
 
 
-def test_serves_from_an_s3_store_and_picks_up_new_versions(exported_model, favour7_model, s3_server, s3_bucket, tmp_path, cifar):
+def test_serves_from_an_s3_store_and_picks_up_new_versions(
+    exported_model, favour7_model, s3_server, s3_bucket, tmp_path, cifar
+):
     uri = f"s3://{s3_bucket}/models"
     publish_model(exported_model, uri, "cifar", {}, s3_server.settings)
-    config = ModelServerConfig(uri, "cifar", host="127.0.0.1", grpc_port=0, rest_port=0, poll_interval_s=0.2,
-                               cache_dir=tmp_path / "cache")
+    config = ModelServerConfig(
+        uri,
+        "cifar",
+        host="127.0.0.1",
+        grpc_port=0,
+        rest_port=0,
+        poll_interval_s=0.2,
+        cache_dir=tmp_path / "cache",
+    )
     server = ModelServer(config, s3_server.settings).start()
     try:
         rest = f"http://127.0.0.1:{server.rest_port}"
         body = {"signature_name": "predict_pixels", "instances": cifar[0][:1].tolist()}
-        assert requests.get(f"{rest}/v1/models/cifar", timeout=5).json()["model_version_status"][0]["version"] == "1"
+        assert (
+            requests.get(f"{rest}/v1/models/cifar", timeout=5).json()["model_version_status"][0][
+                "version"
+            ]
+            == "1"
+        )
         publish_model(favour7_model, uri, "cifar", {}, s3_server.settings)
         deadline = time.monotonic() + 20
         while server.manager.default_version != 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         answer = requests.post(f"{rest}/v1/models/cifar:predict", json=body, timeout=10).json()
         assert answer["predictions"][0]["class_ids"] == 7
-        assert sorted(p.name for p in (tmp_path / "cache" / "cifar").iterdir() if p.name.isdigit()) == ["1", "2"]
+        assert sorted(
+            p.name for p in (tmp_path / "cache" / "cifar").iterdir() if p.name.isdigit()
+        ) == ["1", "2"]
     finally:
         server.stop()

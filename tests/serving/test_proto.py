@@ -16,6 +16,8 @@ def test_check_notices_a_stale_file(tmp_path, monkeypatch, capsys):
     for name in generate.GENERATED:
         (stale / name).write_bytes(b"# old\n")
     monkeypatch.setattr(generate, "HERE", stale)
-    monkeypatch.setattr(generate, "PROTO", generate.Path(generate.__file__).with_name("classifier.proto"))
+    monkeypatch.setattr(
+        generate, "PROTO", generate.Path(generate.__file__).with_name("classifier.proto")
+    )
     assert generate.main(["--check"]) == 1
     assert "make proto" in capsys.readouterr().err

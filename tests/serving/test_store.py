@@ -46,8 +46,11 @@ def test_publish_copies_folder_verbatim_and_writes_manifest(store_uri, tmp_path)
     assert manifest["run_id"] == "run-1" and manifest["metrics"]["accuracy"] == 0.5
     assert manifest["class_names"][0] == "aquatic_mammals" and len(manifest["class_names"]) == 20
     assert set(manifest["files"]) == {
-        "saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001",
-        "model.keras", "test_predictions.npy",
+        "saved_model.pb",
+        "variables/variables.index",
+        "variables/variables.data-00000-of-00001",
+        "model.keras",
+        "test_predictions.npy",
     }
     out = tmp_path / "copy"
     store.download("cifar", 2, out)
@@ -72,7 +75,9 @@ def test_racing_publishers_get_distinct_complete_versions(store_uri, tmp_path):
     def publish(src: Path) -> None:
         try:
             start.wait()
-            results.append((publish_model(src, store_uri, "race", {"run_id": src.name}).version, src.name))
+            results.append(
+                (publish_model(src, store_uri, "race", {"run_id": src.name}).version, src.name)
+            )
         except Exception as exc:  # surfaced by the assertion below
             errors.append(exc)
 
@@ -91,7 +96,7 @@ def test_racing_publishers_get_distinct_complete_versions(store_uri, tmp_path):
         assert manifest["run_id"] == name
         out = tmp_path / f"check{version}"
         store.download("race", version, out)
-        assert (out / "saved_model.pb").read_bytes() == b"pb-" + name[len("export"):].encode()
+        assert (out / "saved_model.pb").read_bytes() == b"pb-" + name[len("export") :].encode()
 
 
 def test_labels_promote_and_rollback(store_uri, tmp_path):
@@ -129,7 +134,9 @@ _CRASHING_PUBLISHER = textwrap.dedent(
 )
 
 
-def test_publish_killed_half_way_leaves_nothing_visible(s3_server, s3_bucket, tmp_path, monkeypatch):
+def test_publish_killed_half_way_leaves_nothing_visible(
+    s3_server, s3_bucket, tmp_path, monkeypatch
+):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     uri = f"s3://{s3_bucket}/models"
@@ -137,7 +144,9 @@ def test_publish_killed_half_way_leaves_nothing_visible(s3_server, s3_bucket, tm
     assert publish_model(src, uri, "crash", {}).version == 1
     child = subprocess.Popen(
         [sys.executable, "-c", _CRASHING_PUBLISHER, str(src), uri],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, **s3_server.env()},
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **s3_server.env()},
     )
     try:
         line = child.stdout.readline()
@@ -157,7 +166,8 @@ def test_publish_killed_half_way_leaves_nothing_visible(s3_server, s3_bucket, tm
 
 
 def test_an_s3_publish_deletes_what_a_dead_publisher_uploaded_but_never_reuses_its_number(
-        s3_server, s3_bucket, tmp_path, monkeypatch):
+    s3_server, s3_bucket, tmp_path, monkeypatch
+):
     import cifarflow.serving.store.backends as backends
 
     for key, value in s3_server.env().items():
@@ -171,14 +181,19 @@ def test_an_s3_publish_deletes_what_a_dead_publisher_uploaded_but_never_reuses_i
     store.backend.upload_file(f"m/{half}/saved_model.pb", src / "saved_model.pb")
     left_behind = f"m/{half}/saved_model.pb"
     assert publish_model(src, uri, "m", {}).version == 3
-    assert store.backend.read_bytes(left_behind) is not None  # written just now: its publisher may be alive
+    assert (
+        store.backend.read_bytes(left_behind) is not None
+    )  # written just now: its publisher may be alive
     monkeypatch.setattr(backends, "ABANDONED_AFTER_S", 0.5)
     time.sleep(1.0)
     assert publish_model(src, uri, "m", {}).version == 4  # 2 stays taken: its claim is kept
     assert store.backend.read_bytes(left_behind) is None
     assert store.versions("m") == [1, 3, 4]  # complete versions are never touched, however old
     for version in (1, 3, 4):
-        assert store.backend.read_bytes(f"m/{version}/saved_model.pb") == (src / "saved_model.pb").read_bytes()
+        assert (
+            store.backend.read_bytes(f"m/{version}/saved_model.pb")
+            == (src / "saved_model.pb").read_bytes()
+        )
     assert half in [int(n) for n in store.backend.list_children("m/.claims")]
 
 
@@ -199,7 +214,9 @@ def test_local_publish_interrupted_leaves_only_a_hidden_folder(tmp_path, monkeyp
     assert publish_model(src, store_dir, "m", {}).version == 2
 
 
-def test_a_publish_removes_what_killed_publishers_left_and_nothing_of_live_ones(tmp_path, monkeypatch):
+def test_a_publish_removes_what_killed_publishers_left_and_nothing_of_live_ones(
+    tmp_path, monkeypatch
+):
     host = "publish-job-7f9c4-x2pq"  # pod names are full of dashes
     monkeypatch.setattr(socket, "gethostname", lambda: host)
     store_dir = tmp_path / "store"
@@ -209,22 +226,26 @@ def test_a_publish_removes_what_killed_publishers_left_and_nothing_of_live_ones(
     exited.wait()
     leftovers = {
         f".staging-{'a' * 32}-{exited.pid}@{host}": False,  # its publisher was killed: removed
-        f".staging-{'b' * 32}-{os.getpid()}@{host}": True,    # a live publisher's: kept
-        f".staging-{'c' * 32}-123@another-host": True,         # cannot be checked, and recent: kept
-        f".staging-{'d' * 32}-123@another-host": False,       # cannot be checked, but two days old: removed
-        f".trash-1-{'e' * 32}": False,                          # a deletion that was cut short: removed
+        f".staging-{'b' * 32}-{os.getpid()}@{host}": True,  # a live publisher's: kept
+        f".staging-{'c' * 32}-123@another-host": True,  # cannot be checked, and recent: kept
+        f".staging-{'d' * 32}-123@another-host": False,  # cannot be checked, but two days old: removed
+        f".trash-1-{'e' * 32}": False,  # a deletion that was cut short: removed
     }
     for name in leftovers:
         (store_dir / "m" / name / "variables").mkdir(parents=True)
         (store_dir / "m" / name / "variables" / "variables.index").write_bytes(b"x" * 1000)
     two_days_ago = time.time() - 2 * 24 * 3600
-    os.utime(store_dir / "m" / f".staging-{'d' * 32}-123@another-host", (two_days_ago, two_days_ago))
+    os.utime(
+        store_dir / "m" / f".staging-{'d' * 32}-123@another-host", (two_days_ago, two_days_ago)
+    )
     assert publish_model(src, store_dir, "m", {}).version == 2
     left = {p.name for p in (store_dir / "m").iterdir()}
     assert left == {"1", "2", *(name for name, kept in leftovers.items() if kept)}
 
 
-def test_sync_keeps_newest_and_labelled_versions_and_is_idempotent(s3_server, s3_bucket, tmp_path, monkeypatch):
+def test_sync_keeps_newest_and_labelled_versions_and_is_idempotent(
+    s3_server, s3_bucket, tmp_path, monkeypatch
+):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     uri = f"s3://{s3_bucket}/p"
@@ -238,13 +259,19 @@ def test_sync_keeps_newest_and_labelled_versions_and_is_idempotent(s3_server, s3
     report = sync_once(store, dest, SyncConfig(keep=2))
     assert sorted(report.added) == [("cifar", 1), ("cifar", 3), ("cifar", 4), ("other", 1)]
     assert complete_versions(dest, "cifar") == [1, 3, 4]
-    assert (dest / "cifar" / "4" / "variables" / "variables.data-00000-of-00001").stat().st_size == 300_000
+    assert (
+        dest / "cifar" / "4" / "variables" / "variables.data-00000-of-00001"
+    ).stat().st_size == 300_000
     assert json.loads((dest / "cifar" / "labels.json").read_text())["labels"] == {"stable": 1}
     assert sync_once(store, dest, SyncConfig(keep=2)).added == []
     publish_model(src, uri, "cifar", {})
     store.promote("cifar", 5)
     report = sync_once(store, dest, SyncConfig(models=("cifar",), keep=1))
-    assert report.added == [("cifar", 5)] and sorted(report.removed) == [("cifar", 1), ("cifar", 3), ("cifar", 4)]
+    assert report.added == [("cifar", 5)] and sorted(report.removed) == [
+        ("cifar", 1),
+        ("cifar", 3),
+        ("cifar", 4),
+    ]
     assert sorted(p.name for p in (dest / "cifar").iterdir()) == ["5", "labels.json"]
 
 
@@ -259,23 +286,45 @@ def test_sync_cli_and_models_cli(s3_server, s3_bucket, tmp_path):
         assert done.returncode == code, done.stderr
         return done
 
-    out = run("publish", "--model", str(src), "--store", uri, "--model-name", "cifar", "--run-id", "r1")
+    out = run(
+        "publish", "--model", str(src), "--store", uri, "--model-name", "cifar", "--run-id", "r1"
+    )
     assert "version 1" in out.stdout
     run("publish", "--model", str(src), "--store", uri, "--model-name", "cifar")
     listing = run("models", "list", "--store", uri, "--model-name", "cifar").stdout
     assert listing.splitlines()[1].split()[0] == "1" and "r1" in listing
     run("models", "promote", "--store", uri, "--model-name", "cifar", "--version", "2")
-    shown = json.loads(run("models", "show", "--store", uri, "--model-name", "cifar", "--label", "stable").stdout)
+    shown = json.loads(
+        run("models", "show", "--store", uri, "--model-name", "cifar", "--label", "stable").stdout
+    )
     assert shown["version"] == 2 and shown["labels"] == ["stable"]
     err = run("models", "rollback", "--store", uri, "--model-name", "cifar", code=2).stderr
     assert "nothing to roll back" in err and len(err.strip().splitlines()) == 1
     config = tmp_path / "models.config"
-    synced = run("serve", "sync", "--from", uri, "--to", str(tmp_path / "synced"), "--tf-serving-config", str(config),
-                 "--tf-serving-base-path", "/models").stdout
+    synced = run(
+        "serve",
+        "sync",
+        "--from",
+        uri,
+        "--to",
+        str(tmp_path / "synced"),
+        "--tf-serving-config",
+        str(config),
+        "--tf-serving-base-path",
+        "/models",
+    ).stdout
     assert complete_versions(tmp_path / "synced", "cifar") == [1, 2]
-    assert "added cifar/2" in synced and 'version_labels { key: "stable" value: 2 }' in config.read_text()
-    bad = subprocess.run([*cli, "publish", "--model", str(src), "--store", uri, "--model-name", "cifar"],
-                         env={**env, "S3_SECRET_KEY": "wrong"}, capture_output=True, text=True, timeout=60)
+    assert (
+        "added cifar/2" in synced
+        and 'version_labels { key: "stable" value: 2 }' in config.read_text()
+    )
+    bad = subprocess.run(
+        [*cli, "publish", "--model", str(src), "--store", uri, "--model-name", "cifar"],
+        env={**env, "S3_SECRET_KEY": "wrong"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 5 and "credentials" in bad.stderr and "wrong" not in bad.stderr
 
 
@@ -296,10 +345,16 @@ def test_sync_writes_tf_serving_config_with_store_labels(tmp_path):
     sync_once(store, dest, SyncConfig(keep=1))
     config_path = tmp_path / "models.config"
     assert write_tf_serving_config(dest, ["cifar", "plain"], config_path, "/models")
-    assert not write_tf_serving_config(dest, ["cifar", "plain"], config_path, "/models")  # unchanged: not rewritten
+    assert not write_tf_serving_config(
+        dest, ["cifar", "plain"], config_path, "/models"
+    )  # unchanged: not rewritten
     parsed = text_format.Parse(config_path.read_text(), model_server_config_pb2.ModelServerConfig())
     cifar, plain = parsed.model_config_list.config
-    assert (cifar.name, cifar.base_path, cifar.model_platform) == ("cifar", "/models/cifar", "tensorflow")
+    assert (cifar.name, cifar.base_path, cifar.model_platform) == (
+        "cifar",
+        "/models/cifar",
+        "tensorflow",
+    )
     assert list(cifar.model_version_policy.specific.versions) == [1, 2, 3]
     assert dict(cifar.version_labels) == {"stable": 1, "canary": 2}
     assert plain.model_version_policy.latest.num_versions == 1 and not plain.version_labels
@@ -314,9 +369,22 @@ def test_sync_killed_at_any_moment_never_leaves_half_a_version(s3_server, s3_buc
     publish_model(src, uri, "cifar", {}, s3_server.settings)
     publish_model(src, uri, "cifar", {}, s3_server.settings)
     dest = tmp_path / "models"
-    command = [sys.executable, "-m", "cifarflow.cli.main", "serve", "sync", "--from", uri, "--to", str(dest), "--watch"]
+    command = [
+        sys.executable,
+        "-m",
+        "cifarflow.cli.main",
+        "serve",
+        "sync",
+        "--from",
+        uri,
+        "--to",
+        str(dest),
+        "--watch",
+    ]
     for delay in (0.3, 0.6, 0.9, 1.2):  # wherever the kill lands, the invariant below holds
-        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(delay)
         child.send_signal(signal.SIGKILL)
         child.wait()

@@ -18,17 +18,30 @@ from tests.serving.images import encode
 from tests.serving.web_page_scripts import BARS, DROP_FILE
 
 CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"
+)
 
 
 @pytest.fixture(scope="module")
 def page(exported_model, tmp_path_factory):
     store = tmp_path_factory.mktemp("web-store")
     publish_model(exported_model, store, "cifar", {})
-    server = ModelServer(ModelServerConfig(str(store), "cifar", host="127.0.0.1", grpc_port=0, rest_port=-1)).start()
+    server = ModelServer(
+        ModelServerConfig(str(store), "cifar", host="127.0.0.1", grpc_port=0, rest_port=-1)
+    ).start()
     site = ImageSite()
-    gateway = Gateway(GatewayConfig(backend=f"127.0.0.1:{server.grpc_port}", host="127.0.0.1", port=0, grpc_port=-1,
-                                    model_name="cifar", allowed_url_hosts=("127.0.0.1",), allow_private_urls=True)).start()
+    gateway = Gateway(
+        GatewayConfig(
+            backend=f"127.0.0.1:{server.grpc_port}",
+            host="127.0.0.1",
+            port=0,
+            grpc_port=-1,
+            model_name="cifar",
+            allowed_url_hosts=("127.0.0.1",),
+            allow_private_urls=True,
+        )
+    ).start()
     browser = Browser(CHROMIUM)
     try:
         browser.navigate(f"http://127.0.0.1:{gateway.port}/")
@@ -54,11 +67,17 @@ def test_drop_an_image_and_see_top_classes(page, cifar, tmp_path):
     assert [b["pct"] for b in bars] == sorted((b["pct"] for b in bars), reverse=True)
     assert all(0 < b["pct"] <= 100 for b in bars)
     assert abs(bars[0]["width"] - bars[0]["pct"]) < 0.2  # the bar is as long as its probability
-    assert browser.evaluate("document.getElementById('meta').textContent") == "model cifar, version 1"
-    assert browser.wait_for("document.getElementById('preview').naturalWidth") == 256  # the image is shown
+    assert (
+        browser.evaluate("document.getElementById('meta').textContent") == "model cifar, version 1"
+    )
+    assert (
+        browser.wait_for("document.getElementById('preview').naturalWidth") == 256
+    )  # the image is shown
     assert browser.evaluate("getComputedStyle(document.getElementById('error')).display") == "none"
-    browser.wait_for("parseFloat(document.querySelector('#bars .fill').style.width) > 0 && "
-                     "document.querySelector('#bars .fill').getBoundingClientRect().width > 5")
+    browser.wait_for(
+        "parseFloat(document.querySelector('#bars .fill').style.width) > 0 && "
+        "document.querySelector('#bars .fill').getBoundingClientRect().width > 5"
+    )
     import time
 
     time.sleep(0.4)  # let the bar transition finish before the screenshot
@@ -70,10 +89,16 @@ def test_drop_an_image_and_see_top_classes(page, cifar, tmp_path):
 
 def test_bad_file_shows_the_gateway_message(page, tmp_path):
     browser, _ = page
-    browser.evaluate(DROP_FILE % (base64.b64encode(b"just some text").decode(), "notes.png", "image/png"))
-    message = browser.wait_for("document.getElementById('error').style.display === 'block' && document.getElementById('error').textContent")
+    browser.evaluate(
+        DROP_FILE % (base64.b64encode(b"just some text").decode(), "notes.png", "image/png")
+    )
+    message = browser.wait_for(
+        "document.getElementById('error').style.display === 'block' && document.getElementById('error').textContent"
+    )
     assert "not an image" in message
-    assert browser.evaluate("document.querySelectorAll('#bars .bar').length") == 0  # no stale classes
+    assert (
+        browser.evaluate("document.querySelectorAll('#bars .bar').length") == 0
+    )  # no stale classes
     browser.wait_for("document.getElementById('placeholder').textContent.startsWith('No preview')")
     browser.screenshot(screenshot_dir(tmp_path) / "web_page_error.png")
 
@@ -82,7 +107,9 @@ def test_paste_a_url_when_the_gateway_allows_it(page, cifar):
     browser, site = page
     site.routes["/bird.png"] = (200, {"Content-Type": "image/png"}, encode(cifar[0][9], "PNG", 128))
     assert browser.evaluate("!document.getElementById('url-row').classList.contains('hidden')")
-    browser.evaluate(f"document.getElementById('url').value = {site.url('/bird.png')!r}; "
-                     "document.getElementById('url-go').click(); true")
+    browser.evaluate(
+        f"document.getElementById('url').value = {site.url('/bird.png')!r}; "
+        "document.getElementById('url-go').click(); true"
+    )
     browser.wait_for("document.getElementById('meta').textContent.startsWith('model cifar')")
     assert browser.evaluate("document.querySelectorAll('#bars .bar').length") == 5

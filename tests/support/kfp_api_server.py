@@ -47,8 +47,14 @@ class KfpApiServer(LocalHTTPServer):
             wanted = None
             if "filter" in query:
                 predicates = json.loads(query["filter"][0]).get("predicates", [])
-                wanted = next((p.get("stringValue") or p.get("string_value") for p in predicates), None)
-            found = [e for e in self.experiments.values() if wanted is None or e["display_name"] == wanted]
+                wanted = next(
+                    (p.get("stringValue") or p.get("string_value") for p in predicates), None
+                )
+            found = [
+                e
+                for e in self.experiments.values()
+                if wanted is None or e["display_name"] == wanted
+            ]
             return 200, {"experiments": found, "total_size": len(found)}
         if path == f"{api}/experiments" and method == "POST":
             experiment = {**body, "experiment_id": str(uuid.uuid4()), "storage_state": "AVAILABLE"}
@@ -80,11 +86,24 @@ class KfpApiServer(LocalHTTPServer):
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 with server._lock:
-                    server.requests.append(Request(method, parsed.path, parse_qs(parsed.query), body, {k.lower(): v for k, v in self.headers.items()}))
-                    if server.required_token and self.headers.get("Authorization") != f"Bearer {server.required_token}":
+                    server.requests.append(
+                        Request(
+                            method,
+                            parsed.path,
+                            parse_qs(parsed.query),
+                            body,
+                            {k.lower(): v for k, v in self.headers.items()},
+                        )
+                    )
+                    if (
+                        server.required_token
+                        and self.headers.get("Authorization") != f"Bearer {server.required_token}"
+                    ):
                         status, answer = 401, {"error": "unauthenticated", "code": 16}
                     else:
-                        status, answer = server._handle(method, parsed.path, parse_qs(parsed.query), body)
+                        status, answer = server._handle(
+                            method, parsed.path, parse_qs(parsed.query), body
+                        )
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def cifarflow_command() -> list[str]:
@@ -32,13 +32,17 @@ class ServiceProcess:
         env: extra environment variables (added to this process's).
     """
 
-    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.args = list(args)
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                cifarflow_command() + self.args, stdout=log, stderr=subprocess.STDOUT,
+                cifarflow_command() + self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
 
@@ -53,9 +57,13 @@ class ServiceProcess:
             if match:
                 return match
             if self.process.poll() is not None:
-                raise RuntimeError(f"{' '.join(self.args[:2])} exited {self.process.returncode}:\n{self.output()[-3000:]}")
+                raise RuntimeError(
+                    f"{' '.join(self.args[:2])} exited {self.process.returncode}:\n{self.output()[-3000:]}"
+                )
             time.sleep(0.05)
-        raise TimeoutError(f"{' '.join(self.args[:2])}: no {pattern!r} within {timeout_s} s:\n{self.output()[-3000:]}")
+        raise TimeoutError(
+            f"{' '.join(self.args[:2])}: no {pattern!r} within {timeout_s} s:\n{self.output()[-3000:]}"
+        )
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM (what Kubernetes sends), then waits; kills only if it does not stop in time."""
@@ -77,12 +85,39 @@ class ServiceProcess:
 class ModelServerProcess(ServiceProcess):
     """`cifarflow serve model` on loopback; `grpc_port` / `rest_port` once started."""
 
-    def __init__(self, store: str, model_name: str, log_path: Path, *extra: str,
-                 grpc_port: int = 0, rest_port: int = 0, env: dict[str, str] | None = None,
-                 timeout_s: float = 90.0) -> None:
-        super().__init__(["serve", "model", "--store", store, "--model-name", model_name, "--host", "127.0.0.1",
-                          "--grpc-port", str(grpc_port), "--rest-port", str(rest_port), *extra], log_path, env)
-        match = self.wait_for(r"model server: gRPC on [\d.]+:(\d+), REST on [\d.]+:(\d+|None)", timeout_s)
+    def __init__(
+        self,
+        store: str,
+        model_name: str,
+        log_path: Path,
+        *extra: str,
+        grpc_port: int = 0,
+        rest_port: int = 0,
+        env: dict[str, str] | None = None,
+        timeout_s: float = 90.0,
+    ) -> None:
+        super().__init__(
+            [
+                "serve",
+                "model",
+                "--store",
+                store,
+                "--model-name",
+                model_name,
+                "--host",
+                "127.0.0.1",
+                "--grpc-port",
+                str(grpc_port),
+                "--rest-port",
+                str(rest_port),
+                *extra,
+            ],
+            log_path,
+            env,
+        )
+        match = self.wait_for(
+            r"model server: gRPC on [\d.]+:(\d+), REST on [\d.]+:(\d+|None)", timeout_s
+        )
         self.grpc_port = int(match.group(1))
         self.rest_port = None if match.group(2) == "None" else int(match.group(2))
 
@@ -94,11 +129,36 @@ class ModelServerProcess(ServiceProcess):
 class GatewayProcess(ServiceProcess):
     """`cifarflow serve gateway` on loopback in front of `backend`; `url` and `grpc_address` once started."""
 
-    def __init__(self, backend: str, log_path: Path, *extra: str, port: int = 0, grpc_port: int = 0,
-                 env: dict[str, str] | None = None, timeout_s: float = 60.0) -> None:
-        super().__init__(["serve", "gateway", "--backend", backend, "--host", "127.0.0.1",
-                          "--port", str(port), "--grpc-port", str(grpc_port), *extra], log_path, env)
-        match = self.wait_for(r"gateway: HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+|None)", timeout_s)
+    def __init__(
+        self,
+        backend: str,
+        log_path: Path,
+        *extra: str,
+        port: int = 0,
+        grpc_port: int = 0,
+        env: dict[str, str] | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
+        super().__init__(
+            [
+                "serve",
+                "gateway",
+                "--backend",
+                backend,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--grpc-port",
+                str(grpc_port),
+                *extra,
+            ],
+            log_path,
+            env,
+        )
+        match = self.wait_for(
+            r"gateway: HTTP on [\d.]+:(\d+), gRPC on [\d.]+:(\d+|None)", timeout_s
+        )
         self.port = int(match.group(1))
         self.grpc_port = None if match.group(2) == "None" else int(match.group(2))
 

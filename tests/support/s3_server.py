@@ -64,8 +64,12 @@ class S3Server:
     access_key: str = dataclasses.field(default_factory=lambda: "test" + secrets.token_hex(8))
     secret_key: str = dataclasses.field(default_factory=lambda: secrets.token_hex(20), repr=False)
     # A second identity that may read and list but not write: a read-only key.
-    readonly_access_key: str = dataclasses.field(default_factory=lambda: "ro" + secrets.token_hex(8))
-    readonly_secret_key: str = dataclasses.field(default_factory=lambda: secrets.token_hex(20), repr=False)
+    readonly_access_key: str = dataclasses.field(
+        default_factory=lambda: "ro" + secrets.token_hex(8)
+    )
+    readonly_secret_key: str = dataclasses.field(
+        default_factory=lambda: secrets.token_hex(20), repr=False
+    )
     process: subprocess.Popen | None = None
 
     @property
@@ -78,7 +82,9 @@ class S3Server:
 
     @property
     def readonly_settings(self) -> S3Settings:
-        return S3Settings(self.endpoint, self.readonly_access_key, self.readonly_secret_key, secure=False)
+        return S3Settings(
+            self.endpoint, self.readonly_access_key, self.readonly_secret_key, secure=False
+        )
 
     def env(self) -> dict[str, str]:
         return {
@@ -88,7 +94,7 @@ class S3Server:
             "S3_SECURE": "false",
         }
 
-    def start(self, timeout: float = 30.0) -> "S3Server":
+    def start(self, timeout: float = 30.0) -> S3Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
         identity = {
@@ -98,7 +104,9 @@ class S3Server:
         }
         readonly = {
             "name": "readonly",
-            "credentials": [{"accessKey": self.readonly_access_key, "secretKey": self.readonly_secret_key}],
+            "credentials": [
+                {"accessKey": self.readonly_access_key, "secretKey": self.readonly_secret_key}
+            ],
             "actions": ["Read", "List"],
         }
         config.write_text(json.dumps({"identities": [identity, readonly]}))
@@ -107,13 +115,25 @@ class S3Server:
         log = open(self.workdir / "weed.log", "ab")
         self.process = subprocess.Popen(
             [
-                weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
-                f"-s3.port={self.port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                f"-s3.config={config}", f"-master.port={self.master_port}",
-                f"-volume.port={self.volume_port}", f"-filer.port={self.filer_port}",
+                weed_binary(),
+                "mini",
+                f"-dir={data}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                "-webdav=false",
+                "-admin.ui=false",
+                f"-s3.port={self.port}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                f"-s3.config={config}",
+                f"-master.port={self.master_port}",
+                f"-volume.port={self.volume_port}",
+                f"-filer.port={self.filer_port}",
             ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._wait_ready(timeout)
         return self
@@ -124,7 +144,9 @@ class S3Server:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.workdir / 'weed.log'}")
+                raise RuntimeError(
+                    f"weed exited with {self.process.returncode}; see {self.workdir / 'weed.log'}"
+                )
             try:
                 client.list_buckets()
                 return

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "", interval_s: float = 0.1) -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "", interval_s: float = 0.1
+) -> None:
     """Polls `condition()` until it is true; fails the test after `timeout_s`, naming `what`."""
     deadline = time.monotonic() + timeout_s
     while not condition():

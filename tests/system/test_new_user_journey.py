@@ -45,8 +45,13 @@ def readme_main_command() -> str:
 
 def make_recipe(target: str) -> str:
     """The command `make <target>` runs (its last line: earlier ones would build the venv)."""
-    dry_run = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=REPO, capture_output=True,
-                             text=True, check=True)
+    dry_run = subprocess.run(
+        ["make", "--no-print-directory", "-n", target],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return dry_run.stdout.strip().splitlines()[-1]
 
 
@@ -57,7 +62,9 @@ def published(tmp_path_factory) -> tuple[Path, str]:
     recipe = make_recipe("run").split()
     assert Path(recipe[0]).name == "cifarflow" and recipe[1:] == ["run"], recipe
     home = tmp_path_factory.mktemp("new-user")
-    done = subprocess.run(cifarflow_command() + ["run"], cwd=home, capture_output=True, text=True, timeout=360)
+    done = subprocess.run(
+        cifarflow_command() + ["run"], cwd=home, capture_output=True, text=True, timeout=360
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return home, done.stdout
 
@@ -66,15 +73,25 @@ def published(tmp_path_factory) -> tuple[Path, str]:
 def servers(published, tmp_path_factory):
     home, _ = published
     logs = tmp_path_factory.mktemp("server-logs")
-    model_server = ModelServerProcess(str(home / "runs" / "model-store"), MODEL_NAME, logs / "model-server.log")
+    model_server = ModelServerProcess(
+        str(home / "runs" / "model-store"), MODEL_NAME, logs / "model-server.log"
+    )
     site = ImageSite()
     gateway = None
     try:
-        gateway = GatewayProcess(model_server.grpc_address, logs / "gateway.log",
-                                 "--allow-url-host", "127.0.0.1", "--allow-private-urls")
+        gateway = GatewayProcess(
+            model_server.grpc_address,
+            logs / "gateway.log",
+            "--allow-url-host",
+            "127.0.0.1",
+            "--allow-private-urls",
+        )
         yield model_server, gateway, site
     finally:
-        codes = {"gateway": gateway.stop() if gateway else None, "model server": model_server.stop()}
+        codes = {
+            "gateway": gateway.stop() if gateway else None,
+            "model server": model_server.stop(),
+        }
         site.close()
     assert codes == {"gateway": 0, "model server": 0}, codes  # both drained on SIGTERM
 
@@ -90,8 +107,12 @@ def image_files(tmp_path_factory) -> tuple[Path, np.ndarray]:
     return folder, labels[:N_IMAGES]
 
 
-def _http(url: str, body: bytes | None = None, content_type: str = "application/json") -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type} if body else {})
+def _http(
+    url: str, body: bytes | None = None, content_type: str = "application/json"
+) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": content_type} if body else {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -110,37 +131,67 @@ def test_make_run_publishes_version_1_and_says_where_everything_is(published):
 def test_predict_over_grpc_beats_chance_on_real_test_images(servers, image_files):
     _, gateway, _ = servers
     folder, labels = image_files
-    done = subprocess.run(cifarflow_command() + ["predict", str(folder), "--server", gateway.grpc_address, "--json",
-                                                 "--top-k", "3"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        cifarflow_command()
+        + ["predict", str(folder), "--server", gateway.grpc_address, "--json", "--top-k", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     assert len(results) == N_IMAGES and not any(r["error"] for r in results)
     by_file = {Path(r["source"]).name: r for r in results}
-    predicted = [by_file[f"{i:03d}.{('jpeg', 'png')[i % 2]}"]["predictions"][0][0] for i in range(N_IMAGES)]
-    correct = sum(name == COARSE_CLASS_NAMES[label] for name, label in zip(predicted, labels))
+    predicted = [
+        by_file[f"{i:03d}.{('jpeg', 'png')[i % 2]}"]["predictions"][0][0] for i in range(N_IMAGES)
+    ]
+    correct = sum(
+        name == COARSE_CLASS_NAMES[label] for name, label in zip(predicted, labels, strict=True)
+    )
     # The quick grid's model scores ~20 % (chance: 5 %); 10 of 100 is ~4 standard deviations from chance.
     assert correct >= 10, f"{correct} of {N_IMAGES} right"
     for result in results:
         scores = [p for _, p in result["predictions"]]
-        assert len(scores) == 3 and scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+        assert (
+            len(scores) == 3
+            and scores == sorted(scores, reverse=True)
+            and 0 < sum(scores) <= 1.0001
+        )
         assert (result["model"], result["version"]) == (MODEL_NAME, 1)
 
 
-def test_the_same_image_gets_the_same_answer_over_rest_and_grpc_and_the_2023_contract(servers, image_files):
+def test_the_same_image_gets_the_same_answer_over_rest_and_grpc_and_the_2023_contract(
+    servers, image_files
+):
     _, gateway, site = servers
     folder, _ = image_files
     photo = (folder / "002.jpeg").read_bytes()
-    grpc_answer = json.loads(subprocess.run(
-        cifarflow_command() + ["predict", str(folder / "002.jpeg"), "--server", gateway.grpc_address, "--json"],
-        capture_output=True, text=True, timeout=60, check=True).stdout)[0]
-    status, rest_answer = _http(f"{gateway.url}/v1/classify",
-                                json.dumps({"image_b64": base64.b64encode(photo).decode(), "top_k": 5}).encode())
+    grpc_answer = json.loads(
+        subprocess.run(
+            cifarflow_command()
+            + ["predict", str(folder / "002.jpeg"), "--server", gateway.grpc_address, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )[0]
+    status, rest_answer = _http(
+        f"{gateway.url}/v1/classify",
+        json.dumps({"image_b64": base64.b64encode(photo).decode(), "top_k": 5}).encode(),
+    )
     assert status == 200
-    assert [p["class"] for p in rest_answer["predictions"]] == [name for name, _ in grpc_answer["predictions"]]
-    assert rest_answer["predictions"][0]["probability"] == pytest.approx(grpc_answer["predictions"][0][1], abs=1e-5)
+    assert [p["class"] for p in rest_answer["predictions"]] == [
+        name for name, _ in grpc_answer["predictions"]
+    ]
+    assert rest_answer["predictions"][0]["probability"] == pytest.approx(
+        grpc_answer["predictions"][0][1], abs=1e-5
+    )
     # The 2023 project's contract: a URL in, {class name: score} for every class out.
     site.routes["/photo.jpg"] = (200, {"Content-Type": "image/jpeg"}, photo)
-    status, scores = _http(f"{gateway.url}/predict", json.dumps({"url": site.url("/photo.jpg")}).encode())
+    status, scores = _http(
+        f"{gateway.url}/predict", json.dumps({"url": site.url("/photo.jpg")}).encode()
+    )
     assert status == 200 and set(scores) == set(COARSE_CLASS_NAMES)
     assert max(scores, key=scores.get) == rest_answer["predictions"][0]["class"]
 
@@ -156,15 +207,22 @@ def test_the_web_page_classifies_a_dropped_photo(servers, image_files, tmp_path)
     try:
         browser.navigate(f"{gateway.url}/")
         browser.evaluate(DROP_FILE % (base64.b64encode(photo).decode(), "photo.jpg", "image/jpeg"))
-        bars = browser.wait_for(f"(() => {{ const b = {BARS}; return b.length === 5 ? b : null; }})()")
-        assert browser.evaluate("document.getElementById('meta').textContent") == f"model {MODEL_NAME}, version 1"
+        bars = browser.wait_for(
+            f"(() => {{ const b = {BARS}; return b.length === 5 ? b : null; }})()"
+        )
+        assert (
+            browser.evaluate("document.getElementById('meta').textContent")
+            == f"model {MODEL_NAME}, version 1"
+        )
         browser.screenshot(tmp_path / "new_user_page.png")
     finally:
         browser.close()
     status, answer = _http(f"{gateway.url}/v1/classify", photo, "image/jpeg")
     assert status == 200
     # The page shows class names with spaces for underscores.
-    assert [b["name"] for b in bars] == [p["class"].replace("_", " ") for p in answer["predictions"]]
+    assert [b["name"] for b in bars] == [
+        p["class"].replace("_", " ") for p in answer["predictions"]
+    ]
 
 
 def test_servers_log_requests_without_errors(servers):

@@ -21,11 +21,16 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
             "examples:\n"
             "  cifarflow compile -o pipeline.yaml\n"
             "  cifarflow compile -o pipeline.yaml --image-repository registry.example.com/you/cifarflow \\\n"
-            "      --image-tag \"$(git rev-parse --short HEAD)\" --image-pull-secret regcred"
+            '      --image-tag "$(git rev-parse --short HEAD)" --image-pull-secret regcred'
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-o", "--output", default="pipeline.yaml", help="where to write the YAML (default pipeline.yaml)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="pipeline.yaml",
+        help="where to write the YAML (default pipeline.yaml)",
+    )
     add_compile_arguments(parser)
     parser.set_defaults(func=run)
 

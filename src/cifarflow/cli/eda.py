@@ -18,8 +18,15 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     )
     parser.add_argument("--data", required=True, help="preprocess output folder")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--samples-per-class", type=int, default=10, help="sample images shown per class (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed that picks the samples (default 0)")
+    parser.add_argument(
+        "--samples-per-class",
+        type=int,
+        default=10,
+        help="sample images shown per class (default 10)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed that picks the samples (default 0)"
+    )
     parser.set_defaults(func=run)
 
 

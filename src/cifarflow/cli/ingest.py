@@ -30,9 +30,17 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         default=OFFICIAL_URL,
         help="'sample' (shipped with cifarflow), an http(s) URL, a local .tar.gz, or s3://bucket/key (default: the official URL)",
     )
-    parser.add_argument("--out", required=True, help="output folder (gets cifar-100-python/ and ingest.json)")
-    parser.add_argument("--expected-md5", help="accept your own archive by its whole-file md5 instead of the published per-file md5s")
-    parser.add_argument("--cache-dir", help="where downloads are kept and resumed (default: $CIFARFLOW_CACHE_DIR or ~/.cache/cifarflow/downloads)")
+    parser.add_argument(
+        "--out", required=True, help="output folder (gets cifar-100-python/ and ingest.json)"
+    )
+    parser.add_argument(
+        "--expected-md5",
+        help="accept your own archive by its whole-file md5 instead of the published per-file md5s",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        help="where downloads are kept and resumed (default: $CIFARFLOW_CACHE_DIR or ~/.cache/cifarflow/downloads)",
+    )
     parser.set_defaults(func=run)
 
 

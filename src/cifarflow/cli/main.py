@@ -11,7 +11,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from cifarflow import __version__
 from cifarflow.errors import CifarflowError, storage_error

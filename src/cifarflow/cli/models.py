@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         add_s3_flags(sub)
         return sub
 
-    common("list", "list complete versions with their labels and metrics").set_defaults(func=list_versions)
+    common("list", "list complete versions with their labels and metrics").set_defaults(
+        func=list_versions
+    )
     show = common("show", "print one version's cifarflow.json (default: the latest)")
     which = show.add_mutually_exclusive_group()
     which.add_argument("--version", type=int)
@@ -53,7 +55,9 @@ def list_versions(args: argparse.Namespace) -> int:
         names = ",".join(sorted(k for k, v in labels.items() if v == version)) or "-"
         accuracy = (manifest.get("metrics") or {}).get("accuracy")
         acc = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "-"
-        print(f"{version:<8} {manifest.get('created_at', '-'):<26} {names:<16} {acc:<9} {manifest.get('run_id') or '-'}")
+        print(
+            f"{version:<8} {manifest.get('created_at', '-'):<26} {names:<16} {acc:<9} {manifest.get('run_id') or '-'}"
+        )
     return 0
 
 
@@ -61,7 +65,17 @@ def show_version(args: argparse.Namespace) -> int:
     store = _store(args)
     version = store.resolve(args.model_name, args.version, args.label)
     info = store.info(args.model_name, version)
-    print(json.dumps({"model": info.model, "version": info.version, "labels": list(info.labels), "manifest": info.manifest}, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": info.model,
+                "version": info.version,
+                "labels": list(info.labels),
+                "manifest": info.manifest,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

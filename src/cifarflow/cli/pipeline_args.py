@@ -12,19 +12,44 @@ DEFAULT_CLUSTER_STORE = "s3://cifarflow/models"
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pipeline parameters")
-    group.add_argument("--config", default="quick", help="grid: a shipped name (quick, cpu, gpu, reference) or a YAML file (default quick)")
-    group.add_argument("--source", default="sample", help="data: 'sample', a URL, a path or s3://bucket/key (default sample)")
+    group.add_argument(
+        "--config",
+        default="quick",
+        help="grid: a shipped name (quick, cpu, gpu, reference) or a YAML file (default quick)",
+    )
+    group.add_argument(
+        "--source",
+        default="sample",
+        help="data: 'sample', a URL, a path or s3://bucket/key (default sample)",
+    )
     group.add_argument("--expected-md5", default="", help="whole-archive md5 for your own archive")
-    group.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out as val (default 0.1)")
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of train held out as val (default 0.1)",
+    )
     group.add_argument("--seed", type=int, default=0, help="seed of the val split (default 0)")
-    group.add_argument("--model-name", default="cifarflow", help="model name in the store (default cifarflow)")
+    group.add_argument(
+        "--model-name", default="cifarflow", help="model name in the store (default cifarflow)"
+    )
     group.add_argument(
         "--store",
         help=f"model store: a folder or s3://bucket/prefix (default {DEFAULT_LOCAL_STORE} locally, {DEFAULT_CLUSTER_STORE} on a cluster)",
     )
-    group.add_argument("--gate-metric", help="validation metric that picks the best trial (default: the grid's selection_metric)")
-    group.add_argument("--alpha", type=float, default=0.05, help="significance of the McNemar gate against the champion (default 0.05)")
-    group.add_argument("--force-publish", action="store_true", help="publish even if the gate keeps the champion")
+    group.add_argument(
+        "--gate-metric",
+        help="validation metric that picks the best trial (default: the grid's selection_metric)",
+    )
+    group.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="significance of the McNemar gate against the champion (default 0.05)",
+    )
+    group.add_argument(
+        "--force-publish", action="store_true", help="publish even if the gate keeps the champion"
+    )
 
 
 # Artifact stores the KFP 2.17 launcher opens (backend/src/v2/objectstore/config.go).
@@ -33,27 +58,41 @@ PIPELINE_ROOT_SCHEMES = ("minio://", "s3://", "gs://")
 
 def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster settings compiled into the pipeline")
-    group.add_argument("--trial-parallelism", type=int, default=0, help="trials trained at once (0: all; default 0)")
     group.add_argument(
-        "--gpu-node-selector", action="append", default=[], metavar="LABEL=VALUE",
+        "--trial-parallelism",
+        type=int,
+        default=0,
+        help="trials trained at once (0: all; default 0)",
+    )
+    group.add_argument(
+        "--gpu-node-selector",
+        action="append",
+        default=[],
+        metavar="LABEL=VALUE",
         help="node label the train pods must match (repeatable), e.g. cloud.google.com/gke-accelerator=nvidia-l4",
     )
     group.add_argument(
-        "--image-repository", metavar="REPO",
+        "--image-repository",
+        metavar="REPO",
         help="repository of the project images you pushed, e.g. registry.example.com/you/cifarflow "
         "(default ghcr.io/cifarflow/cifarflow); every task runs REPO:TAG, the train task REPO:TAG-gpu",
     )
     group.add_argument(
-        "--image-tag", metavar="TAG",
+        "--image-tag",
+        metavar="TAG",
         help="tag of the CPU image (default: the package version); tag each build, e.g. the commit id, "
         "because KFP's cache key holds the image name, not its digest",
     )
     group.add_argument(
-        "--image-pull-secret", action="append", default=[], metavar="NAME",
+        "--image-pull-secret",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="Secret in the run's namespace to pull the images with (repeatable)",
     )
     group.add_argument(
-        "--pipeline-root", metavar="URI",
+        "--pipeline-root",
+        metavar="URI",
         help="where the run's artifacts go, e.g. minio://mlpipeline/private-artifacts/<namespace>/cifarflow "
         "(default: the namespace's root, from KFP's kfp-launcher ConfigMap)",
     )
@@ -66,7 +105,9 @@ def check_pipeline_root(root: str | None) -> str | None:
     if root is None:
         return None
     if not root.startswith(PIPELINE_ROOT_SCHEMES) or len(root.split("://", 1)[1].strip("/")) == 0:
-        raise BadInputError(f"--pipeline-root takes minio://, s3:// or gs:// and a bucket, e.g. minio://mlpipeline/artifacts/cifarflow, got {root!r}")
+        raise BadInputError(
+            f"--pipeline-root takes minio://, s3:// or gs:// and a bucket, e.g. minio://mlpipeline/artifacts/cifarflow, got {root!r}"
+        )
     return root
 
 
@@ -82,7 +123,9 @@ def compile_options(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not label:
             raise BadInputError(f"--gpu-node-selector takes LABEL=VALUE, got {item!r}")
         selector[label] = value
-    images = PipelineImages.resolve(args.image_repository, args.image_tag, tuple(args.image_pull_secret))
+    images = PipelineImages.resolve(
+        args.image_repository, args.image_tag, tuple(args.image_pull_secret)
+    )
     return {
         "trial_parallelism": args.trial_parallelism,
         "gpu_node_selector": selector or None,

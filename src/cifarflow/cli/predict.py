@@ -14,11 +14,21 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         description="Classify images (files, folders, http(s) URLs) through the gateway's gRPC service, "
         "or straight to a TensorFlow Serving endpoint with --tf-serving, and print the top classes.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image file, folder of images, or URL")
-    parser.add_argument("--server", required=True, help="gateway gRPC HOST:PORT (or TF Serving's with --tf-serving)")
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image file, folder of images, or URL"
+    )
+    parser.add_argument(
+        "--server", required=True, help="gateway gRPC HOST:PORT (or TF Serving's with --tf-serving)"
+    )
     parser.add_argument("--top-k", type=int, default=5, help="classes per image (1..20)")
-    parser.add_argument("--tf-serving", action="store_true", help="call TensorFlow Serving's PredictionService directly")
-    parser.add_argument("--model-name", default="cifarflow", help="model name on TF Serving (with --tf-serving)")
+    parser.add_argument(
+        "--tf-serving",
+        action="store_true",
+        help="call TensorFlow Serving's PredictionService directly",
+    )
+    parser.add_argument(
+        "--model-name", default="cifarflow", help="model name on TF Serving (with --tf-serving)"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
@@ -33,8 +43,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.top_k <= 20:
         raise BadInputError(f"--top-k must be between 1 and 20, got {args.top_k}")
-    config = ClientConfig(server=args.server, tf_serving=args.tf_serving, model_name=args.model_name,
-                          top_k=args.top_k, timeout_s=args.timeout)
+    config = ClientConfig(
+        server=args.server,
+        tf_serving=args.tf_serving,
+        model_name=args.model_name,
+        top_k=args.top_k,
+        timeout_s=args.timeout,
+    )
     results = predict(args.images, config)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in results], indent=2))

@@ -19,13 +19,39 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         epilog="example:\n  cifarflow preprocess --raw runs/data/raw --out runs/data/splits --val-fraction 0.1 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--raw", required=True, help="ingest output, official train/test/meta files, or an image folder")
+    parser.add_argument(
+        "--raw",
+        required=True,
+        help="ingest output, official train/test/meta files, or an image folder",
+    )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out as val (default 0.1)")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="share held out as test when the source has none (image folders; default 0.1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the stratified selection (default 0)")
-    parser.add_argument("--max-class-imbalance", type=float, default=10.0, help="fail when largest/smallest class count exceeds this (default 10)")
-    parser.add_argument("--max-cross-split-duplicates", type=float, default=0.01, help="fail when duplicates between two splits exceed this share of the smaller one (default 0.01)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of train held out as val (default 0.1)",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="share held out as test when the source has none (image folders; default 0.1)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the stratified selection (default 0)"
+    )
+    parser.add_argument(
+        "--max-class-imbalance",
+        type=float,
+        default=10.0,
+        help="fail when largest/smallest class count exceeds this (default 10)",
+    )
+    parser.add_argument(
+        "--max-cross-split-duplicates",
+        type=float,
+        default=0.01,
+        help="fail when duplicates between two splits exceed this share of the smaller one (default 0.01)",
+    )
     parser.set_defaults(func=run)
 
 

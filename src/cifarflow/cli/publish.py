@@ -19,13 +19,23 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
             "is written last and marks the version complete."
         ),
     )
-    parser.add_argument("--model", required=True, type=Path, help="exported model folder (has saved_model.pb)")
+    parser.add_argument(
+        "--model", required=True, type=Path, help="exported model folder (has saved_model.pb)"
+    )
     parser.add_argument("--store", required=True, help="store: local folder or s3://bucket/prefix")
     parser.add_argument("--model-name", required=True, help="model folder name in the store")
-    parser.add_argument("--metrics", type=Path, help="metrics.json to record (default: <model>/metrics.json if present)")
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        help="metrics.json to record (default: <model>/metrics.json if present)",
+    )
     parser.add_argument("--run-id", default="", help="pipeline run id to record")
-    parser.add_argument("--data-checksum", default="", help="checksum of the training data to record")
-    parser.add_argument("--promote", metavar="LABEL", help="also point this label (e.g. stable) at the new version")
+    parser.add_argument(
+        "--data-checksum", default="", help="checksum of the training data to record"
+    )
+    parser.add_argument(
+        "--promote", metavar="LABEL", help="also point this label (e.g. stable) at the new version"
+    )
     from cifarflow.serving.store.cli_flags import add_s3_flags
 
     add_s3_flags(parser)
@@ -49,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     from cifarflow.serving.store.cli_flags import s3_settings
 
     settings = s3_settings(args, args.store)
-    metadata = {"metrics": _metrics(args), "run_id": args.run_id, "data_checksum": args.data_checksum}
+    metadata = {
+        "metrics": _metrics(args),
+        "run_id": args.run_id,
+        "data_checksum": args.data_checksum,
+    }
     result = publish_model(args.model, args.store, args.model_name, metadata, settings)
     print(f"published {result.model_name} version {result.version} to {result.uri}")
     if args.promote:

@@ -30,28 +30,40 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     add_pipeline_arguments(parser)
     local = parser.add_argument_group("local run")
     local.add_argument("--runs-dir", default="runs", help="where run folders go (default runs)")
-    local.add_argument("--artifacts", help="also upload the run to s3://bucket/prefix in KFP's layout")
-    local.add_argument("--no-cache", action="store_true", help="re-run every task, even unchanged ingest/preprocess/eda")
     local.add_argument(
-        "--trial-parallelism", type=int, default=2,
+        "--artifacts", help="also upload the run to s3://bucket/prefix in KFP's layout"
+    )
+    local.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="re-run every task, even unchanged ingest/preprocess/eda",
+    )
+    local.add_argument(
+        "--trial-parallelism",
+        type=int,
+        default=2,
         help="trials trained at once (default 2: while one trial starts up or is evaluated, the other trains)",
     )
-    local.add_argument("-v", "--verbose", action="store_true", help="show kfp's full task logs on the console")
+    local.add_argument(
+        "-v", "--verbose", action="store_true", help="show kfp's full task logs on the console"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cifarflow.errors import BadInputError
     from cifarflow.pipelines.cifarflow_pipeline import build_pipeline
     from cifarflow.pipelines.local_run import LocalRunOptions, run_locally
     from cifarflow.pipelines.report import describe_run
-
-    from cifarflow.errors import BadInputError
 
     if args.trial_parallelism < 1:
         raise BadInputError("--trial-parallelism must be >= 1")
     arguments = pipeline_arguments(args, for_cluster=False)
     options = LocalRunOptions(
-        runs_dir=Path(args.runs_dir), enable_caching=not args.no_cache, artifacts=args.artifacts, verbose=args.verbose
+        runs_dir=Path(args.runs_dir),
+        enable_caching=not args.no_cache,
+        artifacts=args.artifacts,
+        verbose=args.verbose,
     )
     # No retries: a local failure is an error to read, not a preempted node.
     pipeline = build_pipeline(trial_parallelism=args.trial_parallelism, train_retries=0)

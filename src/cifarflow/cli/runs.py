@@ -22,10 +22,17 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="one line per run, newest first")
     compare = actions.add_parser("compare", help="runs side by side")
-    compare.add_argument("run_ids", nargs="+", metavar="RUN", help="run ids (folder names under runs/)")
+    compare.add_argument(
+        "run_ids", nargs="+", metavar="RUN", help="run ids (folder names under runs/)"
+    )
     compare.add_argument("--html", help="also write the comparison page here")
     for sub in (listing, compare):
-        sub.add_argument("--from", dest="source", default="runs", help="runs folder or s3://bucket/prefix/<pipeline> (default runs)")
+        sub.add_argument(
+            "--from",
+            dest="source",
+            default="runs",
+            help="runs folder or s3://bucket/prefix/<pipeline> (default runs)",
+        )
     parser.set_defaults(func=run)
 
 
@@ -40,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
         for view in views:
             accuracy = view.summary.get("test_accuracy", view.summary.get("best_val_accuracy"))
             shown = f"{accuracy:.4f}" if isinstance(accuracy, float) else "-"
-            print(f"{view.run_id}  {view.status:<9}  grid={view.parameters.get('grid', '?')!s:<10.10}  "
-                  f"test_accuracy={shown}  {view.wall_seconds:.0f}s")
+            print(
+                f"{view.run_id}  {view.status:<9}  grid={view.parameters.get('grid', '?')!s:<10.10}  "
+                f"test_accuracy={shown}  {view.wall_seconds:.0f}s"
+            )
         return 0
     views = runs.find_runs(args.source, args.run_ids)
     print(runs.table(views))

@@ -18,22 +18,52 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
             "OUT/model, writes OUT/leaderboard.md and OUT/selection.json. With --store, the winner is "
             "published only if McNemar's test on paired test-set predictions says it beats the "
             "champion (the version labelled stable, else the newest complete version in the store). Exit code 0 either way; "
-            "selection.json's \"publish\" says what to do."
+            'selection.json\'s "publish" says what to do.'
         ),
         epilog=(
             "example: cifarflow select --candidates work/trial-0 work/trial-1 --out work/selected "
             "--store ./model-store --model-name cifarflow"
         ),
     )
-    parser.add_argument("--candidates", nargs="+", required=True, metavar="DIR", help="folders written by 'cifarflow evaluate'")
+    parser.add_argument(
+        "--candidates",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="folders written by 'cifarflow evaluate'",
+    )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--metric", default="val_accuracy", choices=SELECTION_METRICS, help="validation metric to rank by")
-    parser.add_argument("--store", help="model store: a folder or s3://bucket/prefix (omit: no gate)")
-    parser.add_argument("--model-name", default="cifarflow", help="model name in the store (default cifarflow)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the McNemar gate (default 0.05)")
-    parser.add_argument("--exact-below", type=int, default=EXACT_BELOW, help=f"use the exact binomial test below this many discordant pairs (default {EXACT_BELOW})")
-    parser.add_argument("--force", action="store_true", help="publish even if the winner does not beat the champion")
-    parser.add_argument("--data", help="preprocessed dataset; needed only if the champion has no recorded test predictions")
+    parser.add_argument(
+        "--metric",
+        default="val_accuracy",
+        choices=SELECTION_METRICS,
+        help="validation metric to rank by",
+    )
+    parser.add_argument(
+        "--store", help="model store: a folder or s3://bucket/prefix (omit: no gate)"
+    )
+    parser.add_argument(
+        "--model-name", default="cifarflow", help="model name in the store (default cifarflow)"
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="significance level of the McNemar gate (default 0.05)",
+    )
+    parser.add_argument(
+        "--exact-below",
+        type=int,
+        default=EXACT_BELOW,
+        help=f"use the exact binomial test below this many discordant pairs (default {EXACT_BELOW})",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="publish even if the winner does not beat the champion"
+    )
+    parser.add_argument(
+        "--data",
+        help="preprocessed dataset; needed only if the champion has no recorded test predictions",
+    )
     add_s3_flags(parser)
     parser.set_defaults(func=run)
 
@@ -44,10 +74,18 @@ def run(args: argparse.Namespace) -> int:
 
     s3 = s3_settings(args, args.store)
     config = SelectConfig(
-        metric=args.metric, store=args.store, model_name=args.model_name, alpha=args.alpha,
-        force=args.force, exact_below=args.exact_below, data_dir=args.data, s3=s3,
+        metric=args.metric,
+        store=args.store,
+        model_name=args.model_name,
+        alpha=args.alpha,
+        force=args.force,
+        exact_below=args.exact_below,
+        data_dir=args.data,
+        s3=s3,
     )
     result = select_best(args.candidates, args.out, config)
-    print(f"winner: candidate {result.winner} ({args.candidates[result.winner]}) -> {result.model_dir}")
+    print(
+        f"winner: candidate {result.winner} ({args.candidates[result.winner]}) -> {result.model_dir}"
+    )
     print(f"decision: {result.decision}: {result.record['gate']['reason']}")
     return 0

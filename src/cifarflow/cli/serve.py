@@ -30,26 +30,63 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     # Required unless TF Serving's --model_config_file names the model (checked when run).
     model.add_argument("--store", help="local folder or s3://bucket/prefix (synced to --cache-dir)")
     model.add_argument("--model-name")
-    model.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (0: a free port, printed at start)")
-    model.add_argument("--rest-port", type=int, default=8501, help="REST port (0: a free port; -1: no REST)")
+    model.add_argument(
+        "--grpc-port", type=int, default=8500, help="gRPC port (0: a free port, printed at start)"
+    )
+    model.add_argument(
+        "--rest-port", type=int, default=8501, help="REST port (0: a free port; -1: no REST)"
+    )
     model.add_argument("--host", default="0.0.0.0", help="address to bind")
-    model.add_argument("--label", help="serve the version this label names (stable, canary) instead of the newest")
-    model.add_argument("--poll-interval", type=float, default=5.0, help="seconds between store checks for new versions")
-    model.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True, help="server-side batching")
+    model.add_argument(
+        "--label", help="serve the version this label names (stable, canary) instead of the newest"
+    )
+    model.add_argument(
+        "--poll-interval",
+        type=float,
+        default=5.0,
+        help="seconds between store checks for new versions",
+    )
+    model.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="server-side batching",
+    )
     model.add_argument("--max-batch-size", type=int, default=32)
     # Defaults measured on 2 cores (bench/results/serving_latency.md): with one
     # TensorFlow thread per op, one batch per core (TF Serving's advice for CPUs;
     # 1670 req/s direct at 32 clients against 1330 with one batch thread, 4 threads
     # no better), no added wait: requests that arrive while batches run form the next.
-    model.add_argument("--batch-timeout-ms", type=float, default=0.0, help="longest a request waits for others under load")
-    model.add_argument("--num-batch-threads", type=int, default=2, help="batches that may run at once")
+    model.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=0.0,
+        help="longest a request waits for others under load",
+    )
+    model.add_argument(
+        "--num-batch-threads", type=int, default=2, help="batches that may run at once"
+    )
     # TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism.
-    model.add_argument("--intra-op-threads", type=int, default=1,
-                       help="TensorFlow threads per op (0: one per core; 1 measured best on 2 cores)")
-    model.add_argument("--inter-op-threads", type=int, default=0,
-                       help="TensorFlow ops run at once (0: one per core)")
-    model.add_argument("--max-message-mb", type=float, default=16.0, help="largest request, gRPC or REST")
-    model.add_argument("--cache-dir", type=Path, help="where an s3:// store is synced (default: a temporary folder)")
+    model.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=1,
+        help="TensorFlow threads per op (0: one per core; 1 measured best on 2 cores)",
+    )
+    model.add_argument(
+        "--inter-op-threads",
+        type=int,
+        default=0,
+        help="TensorFlow ops run at once (0: one per core)",
+    )
+    model.add_argument(
+        "--max-message-mb", type=float, default=16.0, help="largest request, gRPC or REST"
+    )
+    model.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where an s3:// store is synced (default: a temporary folder)",
+    )
     add_s3_flags(model)
     add_tf_serving_flags(model)
     model.set_defaults(func=serve_model)
@@ -61,26 +98,67 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "service, a web page at /) by calling a model server over gRPC. Bearer-token auth is on when "
         "CIFARFLOW_GATEWAY_TOKEN or --token-file gives a token.",
     )
-    gateway.add_argument("--backend", required=True,
-                         help="model server gRPC target: HOST:PORT (one connection), or dns:///NAME:PORT or "
-                         "ipv4:ADDR:PORT,ADDR:PORT (every address, calls spread round robin; in Kubernetes a "
-                         "headless Service's name)")
-    gateway.add_argument("--port", type=int, default=8080, help="HTTP port (0: a free port, printed at start)")
-    gateway.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (0: a free port; -1: no gRPC service)")
+    gateway.add_argument(
+        "--backend",
+        required=True,
+        help="model server gRPC target: HOST:PORT (one connection), or dns:///NAME:PORT or "
+        "ipv4:ADDR:PORT,ADDR:PORT (every address, calls spread round robin; in Kubernetes a "
+        "headless Service's name)",
+    )
+    gateway.add_argument(
+        "--port", type=int, default=8080, help="HTTP port (0: a free port, printed at start)"
+    )
+    gateway.add_argument(
+        "--grpc-port",
+        type=int,
+        default=8081,
+        help="gRPC port (0: a free port; -1: no gRPC service)",
+    )
     gateway.add_argument("--host", default="0.0.0.0")
     gateway.add_argument("--model-name", default="cifarflow", help="model name on the backend")
-    gateway.add_argument("--backend-timeout", type=float, default=5.0, help="deadline of each backend call, seconds")
-    gateway.add_argument("--max-image-mb", type=float, default=8.0, help="largest upload (413 above)")
-    gateway.add_argument("--max-pixels", type=int, default=40_000_000, help="largest width*height (decompression bombs)")
-    gateway.add_argument("--allow-url-host", action="append", default=[], metavar="HOST",
-                         help="host /predict may fetch from (repeat; '*.example.com' matches subdomains); none: URL fetching off")
-    gateway.add_argument("--allow-private-urls", action="store_true", help="let /predict fetch private and loopback addresses")
-    gateway.add_argument("--url-timeout", type=float, default=5.0, help="total seconds for one URL fetch")
-    gateway.add_argument("--token-file", type=Path, help="file holding the bearer token (a mounted secret)")
-    gateway.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to finish in-flight requests on SIGTERM")
-    gateway.add_argument("--workers", type=int, default=1,
-                         help="gateway processes sharing the HTTP and gRPC ports, under a supervisor that restarts "
-                         "any that dies (each has its own /metrics)")
+    gateway.add_argument(
+        "--backend-timeout", type=float, default=5.0, help="deadline of each backend call, seconds"
+    )
+    gateway.add_argument(
+        "--max-image-mb", type=float, default=8.0, help="largest upload (413 above)"
+    )
+    gateway.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        help="largest width*height (decompression bombs)",
+    )
+    gateway.add_argument(
+        "--allow-url-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="host /predict may fetch from (repeat; '*.example.com' matches subdomains); none: URL fetching off",
+    )
+    gateway.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let /predict fetch private and loopback addresses",
+    )
+    gateway.add_argument(
+        "--url-timeout", type=float, default=5.0, help="total seconds for one URL fetch"
+    )
+    gateway.add_argument(
+        "--token-file", type=Path, help="file holding the bearer token (a mounted secret)"
+    )
+    gateway.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        help="seconds to finish in-flight requests on SIGTERM",
+    )
+    gateway.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the HTTP and gRPC ports, under a supervisor that restarts "
+        "any that dies (each has its own /metrics)",
+    )
     gateway.set_defaults(func=serve_gateway)
 
     sync = parts.add_parser(
@@ -89,31 +167,57 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         description="Copy complete versions into a temporary folder and rename them into place; keep the newest N.",
     )
     sync.add_argument("--from", dest="source", required=True, help="s3://bucket/prefix or a folder")
-    sync.add_argument("--to", dest="dest", required=True, type=Path, help="local folder TensorFlow Serving reads")
-    sync.add_argument("--model-name", action="append", default=[], help="model to mirror (repeat; default: all)")
-    sync.add_argument("--keep", type=int, default=2, help="newest complete versions to keep (labelled ones are kept too)")
+    sync.add_argument(
+        "--to", dest="dest", required=True, type=Path, help="local folder TensorFlow Serving reads"
+    )
+    sync.add_argument(
+        "--model-name", action="append", default=[], help="model to mirror (repeat; default: all)"
+    )
+    sync.add_argument(
+        "--keep",
+        type=int,
+        default=2,
+        help="newest complete versions to keep (labelled ones are kept too)",
+    )
     sync.add_argument("--watch", action="store_true", help="keep syncing every --interval seconds")
     sync.add_argument("--interval", type=float, default=30.0)
-    sync.add_argument("--tf-serving-config", type=Path, metavar="FILE",
-                      help="also write TensorFlow Serving's --model_config_file here, with the store's labels as version_labels")
-    sync.add_argument("--tf-serving-base-path", help="the --to folder as TensorFlow Serving sees it (default: --to)")
+    sync.add_argument(
+        "--tf-serving-config",
+        type=Path,
+        metavar="FILE",
+        help="also write TensorFlow Serving's --model_config_file here, with the store's labels as version_labels",
+    )
+    sync.add_argument(
+        "--tf-serving-base-path",
+        help="the --to folder as TensorFlow Serving sees it (default: --to)",
+    )
     add_s3_flags(sync)
     sync.set_defaults(func=serve_sync)
 
 
 def _logging(args: argparse.Namespace) -> None:
-    logging.basicConfig(level=args.log_level.upper(), format="%(message)s" if args.part == "gateway" else
-                        "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(message)s"
+        if args.part == "gateway"
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def serve_sync(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from cifarflow.errors import CifarflowError
     from cifarflow.serving.store import open_store
     from cifarflow.serving.store.cli_flags import s3_settings
-    from cifarflow.errors import CifarflowError
-    from cifarflow.serving.sync import SyncConfig, SyncReport, sync_once, watch, write_tf_serving_config
+    from cifarflow.serving.sync import (
+        SyncConfig,
+        SyncReport,
+        sync_once,
+        watch,
+        write_tf_serving_config,
+    )
 
     _logging(args)
     source = open_store(args.source, s3_settings(args, args.source))
@@ -121,8 +225,12 @@ def serve_sync(args: argparse.Namespace) -> int:
 
     def write_config() -> None:
         if args.tf_serving_config:
-            models = list(config.models) or [p.name for p in args.dest.iterdir() if p.is_dir() and not p.name.startswith(".")]
-            if write_tf_serving_config(args.dest, models, args.tf_serving_config, args.tf_serving_base_path):
+            models = list(config.models) or [
+                p.name for p in args.dest.iterdir() if p.is_dir() and not p.name.startswith(".")
+            ]
+            if write_tf_serving_config(
+                args.dest, models, args.tf_serving_config, args.tf_serving_base_path
+            ):
                 print(f"wrote {args.tf_serving_config}", flush=True)
 
     try:
@@ -131,7 +239,9 @@ def serve_sync(args: argparse.Namespace) -> int:
         if not args.watch:
             raise
         # A sidecar can start before the store is reachable: wait for it, do not crash-loop.
-        logging.getLogger(__name__).warning("sync pass failed, retrying every %.0fs: %s", config.interval_s, exc)
+        logging.getLogger(__name__).warning(
+            "sync pass failed, retrying every %.0fs: %s", config.interval_s, exc
+        )
         report = SyncReport()
     for model, version in report.added:
         print(f"added {model}/{version}")
@@ -157,7 +267,7 @@ def serve_model(args: argparse.Namespace) -> int:
     return run_model_server(config, s3_settings(args, config.store))
 
 
-def model_server_config(args: argparse.Namespace) -> "ModelServerConfig":
+def model_server_config(args: argparse.Namespace) -> ModelServerConfig:
     """The ModelServerConfig `serve model`'s flags ask for, TF Serving's flags and files applied."""
     from cifarflow.serving.model_server.server import ModelServerConfig
     from cifarflow.serving.model_server.tf_serving_flags import apply_tf_serving_flags

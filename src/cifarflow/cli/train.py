@@ -18,22 +18,37 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         ),
         epilog="example: cifarflow train --data work/data --config quick --trial 1 --out work/trial-1",
     )
-    parser.add_argument("--data", help="preprocessed dataset folder (output of 'cifarflow preprocess')")
-    parser.add_argument("--config", help="hyper-parameter grid: a shipped name (quick, cpu, gpu, reference) or a YAML file")
-    parser.add_argument("--trial", type=int, default=0, help="which trial of the grid (0-based; default 0)")
-    parser.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
+    parser.add_argument(
+        "--data", help="preprocessed dataset folder (output of 'cifarflow preprocess')"
+    )
+    parser.add_argument(
+        "--config",
+        help="hyper-parameter grid: a shipped name (quick, cpu, gpu, reference) or a YAML file",
+    )
+    parser.add_argument(
+        "--trial", type=int, default=0, help="which trial of the grid (0-based; default 0)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="output folder (resumes if it holds a checkpoint)"
+    )
     parser.add_argument("--no-tflite", action="store_true", help="skip the TFLite file")
     parser.add_argument(
-        "--export-only", action="store_true",
+        "--export-only",
+        action="store_true",
         help="only (re-)export --out's model.keras as SavedModel/TFLite (e.g. after training on JAX)",
     )
-    parser.add_argument("--list-trials", action="store_true", help="print the grid's trials and exit")
     parser.add_argument(
-        "--checkpoint-store", metavar="URI",
+        "--list-trials", action="store_true", help="print the grid's trials and exit"
+    )
+    parser.add_argument(
+        "--checkpoint-store",
+        metavar="URI",
         help="also keep each epoch's checkpoint in this store (s3://bucket/prefix or a folder), "
         "under .checkpoints/<run id>/; needs --run-id",
     )
-    parser.add_argument("--run-id", metavar="ID", help="pipeline run id that names the durable checkpoint")
+    parser.add_argument(
+        "--run-id", metavar="ID", help="pipeline run id that names the durable checkpoint"
+    )
     from cifarflow.serving.store.cli_flags import add_s3_flags
 
     add_s3_flags(parser)
@@ -67,8 +82,12 @@ def run(args: argparse.Namespace) -> int:
     from cifarflow.serving.store.cli_flags import s3_settings
 
     result = train(
-        args.data, trial, args.out, export_tflite=not args.no_tflite,
-        checkpoint_store=args.checkpoint_store, run_id=args.run_id,
+        args.data,
+        trial,
+        args.out,
+        export_tflite=not args.no_tflite,
+        checkpoint_store=args.checkpoint_store,
+        run_id=args.run_id,
         s3_settings=s3_settings(args, args.checkpoint_store),
     )
     print(

@@ -29,7 +29,9 @@ def resolve(name_or_path: str) -> Path:
     if path.is_file():
         return path
     # `quick` or `configs/quick.yaml` from a checkout: both name a shipped grid.
-    shipped = CONFIG_DIR / (path.name if path.suffix in {".yaml", ".yml"} else f"{name_or_path}.yaml")
+    shipped = CONFIG_DIR / (
+        path.name if path.suffix in {".yaml", ".yml"} else f"{name_or_path}.yaml"
+    )
     if shipped.is_file():
         return shipped
     raise BadInputError(

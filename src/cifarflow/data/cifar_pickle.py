@@ -15,12 +15,12 @@ from __future__ import annotations
 import io
 import pickle
 import struct
-from typing import Any, BinaryIO, Sequence
+from collections.abc import Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from cifarflow.errors import IntegrityError
-
 
 
 class UnsafePickleError(IntegrityError):
@@ -44,7 +44,9 @@ def _empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     Any other shape would allocate memory the stream never pays for in bytes.
     """
     if subtype is not np.ndarray or shape != (0,):
-        raise UnsafePickleError(f"refusing to unpickle _reconstruct({getattr(subtype, '__name__', subtype)}, {shape!r}, ...)")
+        raise UnsafePickleError(
+            f"refusing to unpickle _reconstruct({getattr(subtype, '__name__', subtype)}, {shape!r}, ...)"
+        )
     return _NUMPY_RECONSTRUCT(subtype, shape, dtype)
 
 
@@ -58,8 +60,18 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 # What a malformed stream makes the C unpickler raise: opcodes applied to the
 # wrong type (AttributeError, IndexError), a length field larger than memory
 # (MemoryError: the unpickler allocates the declared size before reading).
-_MALFORMED = (pickle.UnpicklingError, EOFError, ValueError, TypeError, struct.error, AttributeError, LookupError,
-              MemoryError, OverflowError, RecursionError)
+_MALFORMED = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    struct.error,
+    AttributeError,
+    LookupError,
+    MemoryError,
+    OverflowError,
+    RecursionError,
+)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -90,7 +102,9 @@ def load_pickle(data: bytes | BinaryIO, source: str = "pickle") -> Any:
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{source}: {exc}") from None
     except _MALFORMED as exc:
-        raise IntegrityError(f"{source}: not a readable CIFAR pickle ({type(exc).__name__}: {exc})") from None
+        raise IntegrityError(
+            f"{source}: not a readable CIFAR pickle ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 # --- writer: just the opcodes the official files use ---------------------------------
@@ -134,14 +148,29 @@ def _array(array: np.ndarray) -> bytes:
         raise TypeError("CIFAR pickles hold uint8 arrays only")
     array = np.ascontiguousarray(array)
     dtype = (
-        b"cnumpy\ndtype\n" + _obj(("u1", 0, 1)) + b"R"  # dtype('u1', 0, 1)
-        + _obj((3, "|", None, None, None, -1, -1, 0)) + b"b"
+        b"cnumpy\ndtype\n"
+        + _obj(("u1", 0, 1))
+        + b"R"  # dtype('u1', 0, 1)
+        + _obj((3, "|", None, None, None, -1, -1, 0))
+        + b"b"
     )
-    state = b"(" + _int(1) + _obj(tuple(int(d) for d in array.shape)) + dtype + b"\x89" + _str(array.tobytes()) + b"t"
+    state = (
+        b"("
+        + _int(1)
+        + _obj(tuple(int(d) for d in array.shape))
+        + dtype
+        + b"\x89"
+        + _str(array.tobytes())
+        + b"t"
+    )
     return (
         b"cnumpy.core.multiarray\n_reconstruct\n"
-        + b"(cnumpy\nndarray\n" + _obj((0,)) + _str("b") + b"tR"
-        + state + b"b"
+        + b"(cnumpy\nndarray\n"
+        + _obj((0,))
+        + _str("b")
+        + b"tR"
+        + state
+        + b"b"
     )
 
 

@@ -17,8 +17,9 @@ import os
 import posixpath
 import tarfile
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 from cifarflow.errors import IntegrityError, storage_error
 
@@ -54,7 +55,9 @@ def check_member(member: tarfile.TarInfo) -> None:
     if not (member.isfile() or member.isdir()):
         raise UnsafeArchiveError(f"archive member {name!r} has unsupported type {member.type!r}")
     if member.isfile() and member.size > MAX_MEMBER_BYTES:
-        raise UnsafeArchiveError(f"archive member {name!r} is {member.size} bytes, over the {MAX_MEMBER_BYTES} limit")
+        raise UnsafeArchiveError(
+            f"archive member {name!r} is {member.size} bytes, over the {MAX_MEMBER_BYTES} limit"
+        )
 
 
 def extract_members(

@@ -63,14 +63,18 @@ def write_split(root: str | os.PathLike, name: str, split: Split) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for field in ("images", "coarse_labels", "fine_labels"):
         with partial_file(folder / f"{field}.npy") as partial, open(partial, "wb") as f:
-            np.save(_ChunkedWrites(f), np.ascontiguousarray(getattr(split, field)), allow_pickle=False)
+            np.save(
+                _ChunkedWrites(f), np.ascontiguousarray(getattr(split, field)), allow_pickle=False
+            )
 
 
 def load_split(root: str | os.PathLike, name: str, mmap: bool = True) -> Split:
     """Loads one split written by `write_split` (memory-mapped by default)."""
     folder = Path(root) / name
     if not (folder / "images.npy").is_file():
-        raise BadInputError(f"{folder} is not a preprocessed split (no images.npy); run 'cifarflow preprocess' first")
+        raise BadInputError(
+            f"{folder} is not a preprocessed split (no images.npy); run 'cifarflow preprocess' first"
+        )
     mode = "r" if mmap else None
     return Split(
         images=np.load(folder / "images.npy", mmap_mode=mode, allow_pickle=False),

@@ -11,7 +11,9 @@ from pathlib import Path
 from cifarflow.s3 import S3Location, S3Settings, describe_s3_error
 
 
-def upload_run(run_dir: Path, root_uri: str, pipeline: str, settings: S3Settings | None = None) -> str:
+def upload_run(
+    run_dir: Path, root_uri: str, pipeline: str, settings: S3Settings | None = None
+) -> str:
     """Uploads every file of `run_dir`; returns the run's S3 URI.
 
     Raises:
@@ -26,7 +28,9 @@ def upload_run(run_dir: Path, root_uri: str, pipeline: str, settings: S3Settings
             client.make_bucket(root.bucket)
         for path in sorted(run_dir.rglob("*")):
             if path.is_file():
-                client.fput_object(root.bucket, f"{prefix}/{path.relative_to(run_dir).as_posix()}", str(path))
+                client.fput_object(
+                    root.bucket, f"{prefix}/{path.relative_to(run_dir).as_posix()}", str(path)
+                )
     except Exception as exc:  # minio raises S3Error, urllib3 errors, OSError
         raise describe_s3_error(exc, root) from None
     return f"s3://{root.bucket}/{prefix}"

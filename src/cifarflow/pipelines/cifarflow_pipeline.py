@@ -29,7 +29,7 @@ inside an ExitHandler reports its state to the exit task only from 2.17.0
 
 # No `from __future__ import annotations`: kfp reads the pipeline's parameter
 # types from real annotations, not strings.
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 from kfp import dsl, kubernetes
 from kfp.dsl import pipeline_context
@@ -51,8 +51,15 @@ PIPELINE_NAME = "cifarflow"
 DEFAULT_STORE = "s3://cifarflow/models"
 
 
-def _resources(task: dsl.PipelineTask, cpu: str, memory: str, cpu_limit: str, memory_limit: str) -> dsl.PipelineTask:
-    return task.set_cpu_request(cpu).set_memory_request(memory).set_cpu_limit(cpu_limit).set_memory_limit(memory_limit)
+def _resources(
+    task: dsl.PipelineTask, cpu: str, memory: str, cpu_limit: str, memory_limit: str
+) -> dsl.PipelineTask:
+    return (
+        task.set_cpu_request(cpu)
+        .set_memory_request(memory)
+        .set_cpu_limit(cpu_limit)
+        .set_memory_limit(memory_limit)
+    )
 
 
 def _with_store_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -63,10 +70,16 @@ def _with_store_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
     instead fail the store check at once, in one line that names both.
     """
     kubernetes.use_config_map_as_env(
-        task, SETTINGS_CONFIG_MAP, {"S3_ENDPOINT": "S3_ENDPOINT", "S3_SECURE": "S3_SECURE"}, optional=True
+        task,
+        SETTINGS_CONFIG_MAP,
+        {"S3_ENDPOINT": "S3_ENDPOINT", "S3_SECURE": "S3_SECURE"},
+        optional=True,
     )
     kubernetes.use_secret_as_env(
-        task, STORE_SECRET, {"accesskey": "S3_ACCESS_KEY", "secretkey": "S3_SECRET_KEY"}, optional=True
+        task,
+        STORE_SECRET,
+        {"accesskey": "S3_ACCESS_KEY", "secretkey": "S3_SECRET_KEY"},
+        optional=True,
     )
     return task
 
@@ -81,17 +94,19 @@ def _use_images(images: PipelineImages) -> None:
     """
     for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
         resources = task.container_spec.resources if task.container_spec else None
-        task.set_container_image(images.gpu if resources and resources.accelerator_type else images.cpu)
+        task.set_container_image(
+            images.gpu if resources and resources.accelerator_type else images.cpu
+        )
         if images.pull_secrets:
             kubernetes.set_image_pull_secrets(task, list(images.pull_secrets))
 
 
 def build_pipeline(
     trial_parallelism: int = 0,
-    gpu_node_selector: Optional[Dict[str, str]] = None,
+    gpu_node_selector: dict[str, str] | None = None,
     train_retries: int = 2,
-    images: Optional[PipelineImages] = None,
-    pipeline_root: Optional[str] = None,
+    images: PipelineImages | None = None,
+    pipeline_root: str | None = None,
 ) -> Callable[..., None]:
     """Builds the pipeline function.
 
@@ -139,14 +154,20 @@ def build_pipeline(
         with dsl.ExitHandler(status, name="cifarflow-steps"):
             # First: a store that publish (or train's checkpoints) cannot use
             # fails the run now, not after the GPU trials. Never cached.
-            check = check_store_component(store=store, model_name=model_name).set_display_name("check store")
+            check = check_store_component(store=store, model_name=model_name).set_display_name(
+                "check store"
+            )
             _resources(check, "100m", "256Mi", "500m", "512Mi").set_caching_options(False)
             _with_store_credentials(check)
 
-            ingest = ingest_component(source=source, expected_md5=expected_md5).set_display_name("ingest")
+            ingest = ingest_component(source=source, expected_md5=expected_md5).set_display_name(
+                "ingest"
+            )
             ingest.after(check)
             _resources(ingest, "1", "2Gi", "2", "4Gi").set_caching_options(True)
-            ingest.set_retry(2, backoff_duration="30s")  # downloads also resume and retry inside the step
+            ingest.set_retry(
+                2, backoff_duration="30s"
+            )  # downloads also resume and retry inside the step
             _with_store_credentials(ingest)
 
             preprocess = preprocess_component(
@@ -161,7 +182,9 @@ def build_pipeline(
             _resources(expand, "100m", "256Mi", "500m", "512Mi").set_caching_options(False)
             expand.after(check)
 
-            with dsl.ParallelFor(expand.output, parallelism=trial_parallelism, name="trials") as trial:
+            with dsl.ParallelFor(
+                expand.output, parallelism=trial_parallelism, name="trials"
+            ) as trial:
                 # Checkpoints also go to the store: model.path is pod-local, so a retried pod starts empty.
                 train = train_component(
                     data=preprocess.outputs["splits"], trial=trial, checkpoint_store=store
@@ -170,12 +193,18 @@ def build_pipeline(
                 # The run id (what dsl.PIPELINE_JOB_ID_PLACEHOLDER resolves to) from the label KFP puts
                 # on every pod of a run (v2_template.go:420 at 2.17.0), not as an input: KFP's cache key
                 # holds the inputs, and unchanged trials must stay cached across runs.
-                kubernetes.use_field_path_as_env(train, "CIFARFLOW_RUN_ID", "metadata.labels['pipeline/runid']")
+                kubernetes.use_field_path_as_env(
+                    train, "CIFARFLOW_RUN_ID", "metadata.labels['pipeline/runid']"
+                )
                 train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
                 _resources(train, "3", "12Gi", "4", "12Gi")  # fits a 4 vCPU / 16 GiB one-GPU node
                 if train_retries:
-                    train.set_retry(num_retries=train_retries, backoff_duration="60s", backoff_factor=2.0)
-                kubernetes.add_toleration(train, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+                    train.set_retry(
+                        num_retries=train_retries, backoff_duration="60s", backoff_factor=2.0
+                    )
+                kubernetes.add_toleration(
+                    train, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"
+                )
                 if gpu_node_selector:
                     for label, value in gpu_node_selector.items():
                         kubernetes.add_node_selector(train, label_key=label, label_value=value)

@@ -33,7 +33,10 @@ def compile_pipeline(
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     pipeline = build_pipeline(
-        trial_parallelism=trial_parallelism, gpu_node_selector=gpu_node_selector, images=images, pipeline_root=pipeline_root
+        trial_parallelism=trial_parallelism,
+        gpu_node_selector=gpu_node_selector,
+        images=images,
+        pipeline_root=pipeline_root,
     )
     compiler.Compiler().compile(pipeline, package_path=str(path))
     return path

@@ -16,7 +16,19 @@ from pathlib import Path
 from typing import TextIO
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_STEP_PREFIXES = ("store", "ingest", "download", "preprocess", "eda", "grid", "train", "evaluate", "select", "publish", "pipeline")
+_STEP_PREFIXES = (
+    "store",
+    "ingest",
+    "download",
+    "preprocess",
+    "eda",
+    "grid",
+    "train",
+    "evaluate",
+    "select",
+    "publish",
+    "pipeline",
+)
 _SHOW = re.compile(
     # our steps' progress: "train: <a sentence>" (kfp's own "publish: True" output lines have one word)
     r"^(?:(?:" + "|".join(_STEP_PREFIXES) + r")\b[^:]*:\s+\S+\s+\S|epoch\s)"
@@ -60,7 +72,7 @@ class capture_console:
         self._log_path = log_path
         self._verbose = verbose
 
-    def __enter__(self) -> "capture_console":
+    def __enter__(self) -> capture_console:
         self._log = open(self._log_path, "a", encoding="utf-8")
         self._stdout = sys.stdout
         sys.stdout = FilteredConsole(self._stdout, self._log, show_all=self._verbose)
@@ -68,7 +80,9 @@ class capture_console:
         root = logging.getLogger()
         self._saved = (root.level, root.handlers[:])
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s - %(levelname)s - %(message)s", "%H:%M:%S")
+        )
         root.handlers = [handler]
         root.setLevel(logging.INFO)
         return self

@@ -13,18 +13,18 @@ import builtins
 import dataclasses
 import os
 import re
-import warnings
 import shutil
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cifarflow.errors import CifarflowError
 from cifarflow.pipelines import run_record
 from cifarflow.pipelines.console import capture_console
-
 
 _RUN_DIR = re.compile(r"^-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d+$")
 
@@ -60,7 +60,9 @@ class LocalRunResult:
     record: dict[str, Any]
 
 
-def run_locally(pipeline_func: Callable[..., Any], arguments: dict[str, Any], options: LocalRunOptions) -> LocalRunResult:
+def run_locally(
+    pipeline_func: Callable[..., Any], arguments: dict[str, Any], options: LocalRunOptions
+) -> LocalRunResult:
     """Runs `pipeline_func(**arguments)` with kfp.local and records the outcome.
 
     Raises:
@@ -102,10 +104,14 @@ def run_locally(pipeline_func: Callable[..., Any], arguments: dict[str, Any], op
     # (a model store under runs/, say) are not runs.
     name = getattr(pipeline_func, "name", "cifarflow")
     new_dirs = sorted(
-        p for p in runs_dir.iterdir() if p.is_dir() and p.name not in before and _RUN_DIR.match(p.name.removeprefix(name))
+        p
+        for p in runs_dir.iterdir()
+        if p.is_dir() and p.name not in before and _RUN_DIR.match(p.name.removeprefix(name))
     )
     if not new_dirs:
-        raise PipelineFailedError(f"the pipeline did not start: {error or 'no run folder was created'} (log: {log_name})")
+        raise PipelineFailedError(
+            f"the pipeline did not start: {error or 'no run folder was created'} (log: {log_name})"
+        )
     run_dir = new_dirs[-1]
     shutil.move(log_name, run_dir / "run.log")
     tasks = run_record.task_outputs(run_dir, cache_dir=runs_dir / ".cache")
@@ -146,7 +152,11 @@ def failure_cause(log: Path) -> str | None:
     """
     if not log.is_file():
         return None
-    causes = [m for line in log.read_text(errors="replace").splitlines() if (m := _EXCEPTION_LINE.match(line))]
+    causes = [
+        m
+        for line in log.read_text(errors="replace").splitlines()
+        if (m := _EXCEPTION_LINE.match(line))
+    ]
     ours = [m for m in causes if m.group(1).startswith("cifarflow.")]
     chosen = (ours or causes or [None])[-1]
     if chosen is None:

@@ -19,7 +19,7 @@ def describe_run(run_dir: Path, record: dict[str, Any]) -> str:
                     lines += ["", path.read_text().rstrip()]
     for task, outputs in tasks.items():
         if "publish" in task:
-            for name, artifact in outputs["artifacts"].items():
+            for artifact in outputs["artifacts"].values():
                 path = artifact_path(run_dir, task, artifact["uri"])
                 if path.is_file():
                     lines += ["", path.read_text().strip()]

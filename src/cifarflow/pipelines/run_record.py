@@ -30,18 +30,27 @@ def task_outputs(run_dir: Path, cache_dir: Path | None = None) -> dict[str, dict
     for output_file in sorted(run_dir.rglob("executor_output.json")):
         data = json.loads(output_file.read_text())
         artifacts = {
-            name: {"uri": entry["artifacts"][0].get("uri", ""), "metadata": entry["artifacts"][0].get("metadata", {})}
+            name: {
+                "uri": entry["artifacts"][0].get("uri", ""),
+                "metadata": entry["artifacts"][0].get("metadata", {}),
+            }
             for name, entry in data.get("artifacts", {}).items()
             if entry.get("artifacts")
         }
         task = output_file.parent.relative_to(run_dir).as_posix()
-        tasks[task] = {"artifacts": artifacts, "parameters": data.get("parameterValues", {}), "cached": False}
+        tasks[task] = {
+            "artifacts": artifacts,
+            "parameters": data.get("parameterValues", {}),
+            "cached": False,
+        }
     log = run_dir / "run.log"
     if cache_dir is not None and log.is_file():
         for task, key in _CACHE_HIT.findall(log.read_text()):
             entry = next(iter(sorted(cache_dir.glob(f"{key}*.json"))), None)
             if entry is not None:
-                tasks[f"{task} (cached {key[:8]})"] = _from_cache_entry(json.loads(entry.read_text()))
+                tasks[f"{task} (cached {key[:8]})"] = _from_cache_entry(
+                    json.loads(entry.read_text())
+                )
     return tasks
 
 

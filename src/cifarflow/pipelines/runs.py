@@ -40,7 +40,9 @@ def summary_metrics(record: dict[str, Any]) -> dict[str, float]:
         if task.startswith(SUMMARY_TASK_PREFIX):
             for name, artifact in outputs["artifacts"].items():
                 if "summary" in name:
-                    return {k: v for k, v in artifact["metadata"].items() if isinstance(v, (int, float))}
+                    return {
+                        k: v for k, v in artifact["metadata"].items() if isinstance(v, (int, float))
+                    }
     return {}
 
 
@@ -131,7 +133,8 @@ def table(runs: list[RunView]) -> str:
     width = max(len(name) for name, _ in rows)
     columns = [max(len(values[i]) for _, values in rows) for i in range(len(runs))]
     return "\n".join(
-        name.ljust(width) + "  " + "  ".join(v.ljust(columns[i]) for i, v in enumerate(values)) for name, values in rows
+        name.ljust(width) + "  " + "  ".join(v.ljust(columns[i]) for i, v in enumerate(values))
+        for name, values in rows
     )
 
 
@@ -140,12 +143,20 @@ def compare_html(runs: list[RunView]) -> str:
     from cifarflow.components.eda.charts import curves_svg
 
     series = {
-        f"{run.run_id} / {trial}": [(row.get("epoch", i + 1), row["val_accuracy"]) for i, row in enumerate(history) if "val_accuracy" in row]
+        f"{run.run_id} / {trial}": [
+            (row.get("epoch", i + 1), row["val_accuracy"])
+            for i, row in enumerate(history)
+            if "val_accuracy" in row
+        ]
         for run in runs
         for trial, history in run.histories.items()
     }
     body = "".join(
-        "<tr><th>" + escape(name) + "</th>" + "".join(f"<td>{escape(v)}</td>" for v in values) + "</tr>"
+        "<tr><th>"
+        + escape(name)
+        + "</th>"
+        + "".join(f"<td>{escape(v)}</td>" for v in values)
+        + "</tr>"
         for name, values in _rows(runs)
     )
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>cifarflow run comparison</title>

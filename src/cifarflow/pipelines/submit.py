@@ -79,9 +79,13 @@ def pipeline_root_warning(root: str | None, namespace: str | None) -> str | None
     Only roots in KFP's own `mlpipeline` bucket are judged; other buckets
     depend on credentials this command cannot see.
     """
-    if not root or not namespace or not root.startswith(("minio://mlpipeline/", "s3://mlpipeline/")):
+    if (
+        not root
+        or not namespace
+        or not root.startswith(("minio://mlpipeline/", "s3://mlpipeline/"))
+    ):
         return None
-    key = root.split("://", 1)[1][len("mlpipeline/"):].rstrip("/") + "/"
+    key = root.split("://", 1)[1][len("mlpipeline/") :].rstrip("/") + "/"
     if any(key.startswith(p.format(ns=namespace)) for p in _MULTI_USER_PREFIXES):
         return None
     return (
@@ -103,14 +107,22 @@ def check_reachable(host: str, token: str | None, timeout: float = 5.0) -> None:
     try:
         response = requests.get(url, headers=headers, timeout=timeout)
     except requests.RequestException as exc:
-        raise RemoteError(f"cannot reach the Kubeflow Pipelines API at {host}: {type(exc).__name__}") from None
+        raise RemoteError(
+            f"cannot reach the Kubeflow Pipelines API at {host}: {type(exc).__name__}"
+        ) from None
     if response.status_code in (401, 403):
-        raise RemoteError(f"{host} refused the credentials ({response.status_code}): set ${TOKEN_ENV} or --token-file")
+        raise RemoteError(
+            f"{host} refused the credentials ({response.status_code}): set ${TOKEN_ENV} or --token-file"
+        )
     if response.status_code >= 400:
-        raise RemoteError(f"{host} is not a Kubeflow Pipelines API (GET /apis/v2beta1/healthz -> {response.status_code})")
+        raise RemoteError(
+            f"{host} is not a Kubeflow Pipelines API (GET /apis/v2beta1/healthz -> {response.status_code})"
+        )
 
 
-def submit(package: str | os.PathLike, parameters: dict[str, Any], options: SubmitOptions) -> SubmitResult:
+def submit(
+    package: str | os.PathLike, parameters: dict[str, Any], options: SubmitOptions
+) -> SubmitResult:
     """Creates a run of a compiled pipeline package on a KFP cluster.
 
     Args:
@@ -129,7 +141,9 @@ def submit(package: str | os.PathLike, parameters: dict[str, Any], options: Subm
     from kfp_server_api.exceptions import ApiException
 
     if not Path(package).is_file():
-        raise BadInputError(f"pipeline package {package} does not exist; run 'cifarflow compile' first")
+        raise BadInputError(
+            f"pipeline package {package} does not exist; run 'cifarflow compile' first"
+        )
     token = options.token()
     check_reachable(options.host, token)
     try:
@@ -150,8 +164,12 @@ def submit(package: str | os.PathLike, parameters: dict[str, Any], options: Subm
             run = client.wait_for_run_completion(run_id, timeout=options.timeout)
             state = str(run.state)
     except ApiException as exc:
-        raise RemoteError(f"the Kubeflow Pipelines API refused the request: {exc.status} {exc.reason}") from None
+        raise RemoteError(
+            f"the Kubeflow Pipelines API refused the request: {exc.status} {exc.reason}"
+        ) from None
     except TimeoutError:
         raise RemoteError(f"run {run_id} did not finish within {options.timeout} s") from None
     url = f"{options.host.rstrip('/')}/#/runs/details/{run_id}"
-    return SubmitResult(run_id=run_id, experiment_id=str(run.experiment_id), run_url=url, state=state)
+    return SubmitResult(
+        run_id=run_id, experiment_id=str(run.experiment_id), run_url=url, state=state
+    )

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import grpc
 import numpy as np
@@ -54,7 +54,9 @@ class ImagePrediction:
     error: str = ""
 
 
-def collect_inputs(items: Iterable[str], config: ClientConfig) -> list[tuple[str, bytes | None, str]]:
+def collect_inputs(
+    items: Iterable[str], config: ClientConfig
+) -> list[tuple[str, bytes | None, str]]:
     """(name, bytes, error) for each image; folders expand to their image files."""
     collected: list[tuple[str, bytes | None, str]] = []
     for item in items:
@@ -63,7 +65,9 @@ def collect_inputs(items: Iterable[str], config: ClientConfig) -> list[tuple[str
             continue
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not files:
                 raise BadInputError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             collected.extend(_read(p, config) for p in files)
@@ -102,8 +106,13 @@ def _fetch(url: str, config: ClientConfig) -> tuple[str, bytes | None, str]:
 
 def _channel(config: ClientConfig) -> grpc.Channel:
     limit = 2 * config.max_image_bytes + 1024 * 1024
-    return grpc.insecure_channel(config.server, options=[("grpc.max_send_message_length", limit),
-                                                         ("grpc.max_receive_message_length", limit)])
+    return grpc.insecure_channel(
+        config.server,
+        options=[
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+        ],
+    )
 
 
 def _fail(exc: grpc.RpcError, config: ClientConfig) -> Exception | None:
@@ -114,9 +123,13 @@ def _fail(exc: grpc.RpcError, config: ClientConfig) -> Exception | None:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return RemoteError(f"{config.server} did not answer within {config.timeout_s:g}s")
     if code == grpc.StatusCode.NOT_FOUND:
-        return RemoteError(f"model {config.model_name!r} not found on {config.server}: {exc.details()}")
+        return RemoteError(
+            f"model {config.model_name!r} not found on {config.server}: {exc.details()}"
+        )
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        return RemoteError(f"{config.server} refused the request: {exc.details()} (set {TOKEN_ENV})")
+        return RemoteError(
+            f"{config.server} refused the request: {exc.details()} (set {TOKEN_ENV})"
+        )
     if code == grpc.StatusCode.UNIMPLEMENTED:
         hint = "" if config.tf_serving else " (is it TensorFlow Serving? add --tf-serving)"
         return RemoteError(f"{config.server} does not offer this service{hint}")
@@ -135,7 +148,11 @@ def predict(items: Iterable[str], config: ClientConfig) -> list[ImagePrediction]
     metadata = (("authorization", f"Bearer {token}"),) if token and not config.tf_serving else None
     results = []
     with _channel(config) as channel:
-        call = _tf_serving_call(channel, config) if config.tf_serving else _gateway_call(channel, config, metadata)
+        call = (
+            _tf_serving_call(channel, config)
+            if config.tf_serving
+            else _gateway_call(channel, config, metadata)
+        )
         for name, data, error in inputs:
             if data is None:
                 results.append(ImagePrediction(name, error=error))
@@ -156,10 +173,17 @@ def _gateway_call(channel: grpc.Channel, config: ClientConfig, metadata):
     stub = classifier_pb2_grpc.ClassifierStub(channel)
 
     def call(name: str, data: bytes) -> ImagePrediction:
-        response = stub.Classify(classifier_pb2.ClassifyRequest(image=data, top_k=config.top_k),
-                                 timeout=config.timeout_s, metadata=metadata)
-        return ImagePrediction(name, response.model, response.version,
-                               tuple((p.class_name, p.probability) for p in response.predictions))
+        response = stub.Classify(
+            classifier_pb2.ClassifyRequest(image=data, top_k=config.top_k),
+            timeout=config.timeout_s,
+            metadata=metadata,
+        )
+        return ImagePrediction(
+            name,
+            response.model,
+            response.version,
+            tuple((p.class_name, p.probability) for p in response.predictions),
+        )
 
     return call
 
@@ -175,14 +199,22 @@ def _tf_serving_call(channel: grpc.Channel, config: ClientConfig):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = config.model_name
         request.model_spec.signature_name = "serving_default"
-        request.inputs["image_bytes"].CopyFrom(to_tensor_proto(np.array([data], dtype=object), DT_STRING))
+        request.inputs["image_bytes"].CopyFrom(
+            to_tensor_proto(np.array([data], dtype=object), DT_STRING)
+        )
         request.output_filter.append("probabilities")
         response = stub.Predict(request, timeout=config.timeout_s)
         probabilities = from_tensor_proto(response.outputs["probabilities"])[0]
         order = np.argsort(-probabilities, kind="stable")[: config.top_k]
-        names = [COARSE_CLASS_NAMES[i] if i < len(COARSE_CLASS_NAMES) else f"class_{i}" for i in order]
-        return ImagePrediction(name, response.model_spec.name, int(response.model_spec.version.value),
-                               tuple((n, float(probabilities[i])) for n, i in zip(names, order)))
+        names = [
+            COARSE_CLASS_NAMES[i] if i < len(COARSE_CLASS_NAMES) else f"class_{i}" for i in order
+        ]
+        return ImagePrediction(
+            name,
+            response.model_spec.name,
+            int(response.model_spec.version.value),
+            tuple((n, float(probabilities[i])) for n, i in zip(names, order, strict=True)),
+        )
 
     return call
 

@@ -16,12 +16,19 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from cifarflow.serving.errors import (InvalidInput, PayloadTooLarge, ServingError, Unauthenticated, Unavailable,
-                                      as_serving_error)
+from cifarflow.serving.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    ServingError,
+    Unauthenticated,
+    Unavailable,
+    as_serving_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +46,11 @@ class Request:
     def json(self) -> Any:
         try:
             return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[... nested too deep
+        except (
+            ValueError,
+            UnicodeDecodeError,
+            RecursionError,
+        ) as exc:  # RecursionError: [[[[... nested too deep
             raise InvalidInput(f"malformed JSON body: {exc}") from None
 
 
@@ -54,8 +65,15 @@ class Response:
     cause: str | None = None
 
     @classmethod
-    def json(cls, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> "Response":
-        return cls(status, json.dumps(payload, separators=(",", ":")).encode(), "application/json", headers or {})
+    def json(
+        cls, payload: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> Response:
+        return cls(
+            status,
+            json.dumps(payload, separators=(",", ":")).encode(),
+            "application/json",
+            headers or {},
+        )
 
 
 Handler = Callable[[Request], Response]
@@ -99,8 +117,13 @@ class HttpServer:
     accept on instead of binding `config.host:port` (gateway workers share one).
     """
 
-    def __init__(self, config: HttpConfig, app: Handler, on_done: Callable[[Request, Response, float], None] | None = None,
-                 listen_socket: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        config: HttpConfig,
+        app: Handler,
+        on_done: Callable[[Request, Response, float], None] | None = None,
+        listen_socket: socket.socket | None = None,
+    ) -> None:
         self.config = config
         self.app = app
         self.on_done = on_done or (lambda req, resp, seconds: None)
@@ -110,7 +133,9 @@ class HttpServer:
         if listen_socket is None:
             self._httpd = _Server((config.host, config.port), _make_handler(self))
         else:
-            self._httpd = _Server(listen_socket.getsockname()[:2], _make_handler(self), bind_and_activate=False)
+            self._httpd = _Server(
+                listen_socket.getsockname()[:2], _make_handler(self), bind_and_activate=False
+            )
             self._httpd.socket.close()
             self._httpd.socket = listen_socket
             self._httpd.server_address = listen_socket.getsockname()[:2]
@@ -120,8 +145,13 @@ class HttpServer:
     def port(self) -> int:
         return self._httpd.server_address[1]
 
-    def start(self) -> "HttpServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name=f"http-{self.port}", daemon=True)
+    def start(self) -> HttpServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"http-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -167,7 +197,15 @@ def _make_handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
             started = time.perf_counter()
             request_id = (self.headers.get("X-Request-ID") or "")[:64] or uuid.uuid4().hex
             parts = urlsplit(self.path)
-            request = Request(self.command, parts.path, parse_qs(parts.query), self.headers, b"", request_id, self.client_address[0])
+            request = Request(
+                self.command,
+                parts.path,
+                parse_qs(parts.query),
+                self.headers,
+                b"",
+                request_id,
+                self.client_address[0],
+            )
             server._enter()
             try:
                 response = self._respond(request)
@@ -190,7 +228,12 @@ def _make_handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
             except ServingError as exc:
                 return error_response(exc, request.request_id)
             except Exception as exc:  # a bug: log it, answer 500, keep serving
-                log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request.request_id)
+                log.exception(
+                    "unhandled error in %s %s (request %s)",
+                    request.method,
+                    request.path,
+                    request.request_id,
+                )
                 return error_response(exc, request.request_id)
 
         def _read_body(self) -> bytes:
@@ -201,7 +244,9 @@ def _make_handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
             if len(values) > 1 or not (values[0].strip().isascii() and values[0].strip().isdigit()):
                 # int() would raise (a 500) or take "-1"; two lengths are a request-smuggling classic.
                 self.close_connection = True
-                raise InvalidInput(f"Content-Length must be one number of bytes, got {', '.join(values)!r}")
+                raise InvalidInput(
+                    f"Content-Length must be one number of bytes, got {', '.join(values)!r}"
+                )
             length = int(values[0])
             if length > server.config.max_body_bytes:
                 self.close_connection = True  # the unread body cannot be skipped safely

@@ -27,7 +27,9 @@ def use_protos_only() -> bool:
     spec = importlib.util.find_spec("tensorflow")
     if spec is None or not spec.submodule_search_locations:
         return False
-    package = types.ModuleType("tensorflow", "stand-in: TensorFlow's protos only (cifarflow.serving.protos)")
+    package = types.ModuleType(
+        "tensorflow", "stand-in: TensorFlow's protos only (cifarflow.serving.protos)"
+    )
     package.__path__ = list(spec.submodule_search_locations)
     setattr(package, _MARK, True)
     sys.modules["tensorflow"] = package

@@ -20,8 +20,8 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cifarflow.errors import CifarflowError
 from cifarflow.serving.store.backends import MANIFEST, TRASH_PREFIX
@@ -58,7 +58,10 @@ class SyncReport:
 def _clean_leftovers(model_dir: Path, stale_after_s: float) -> None:
     now = time.time()
     for child in model_dir.iterdir() if model_dir.is_dir() else ():
-        if child.name.startswith((SYNC_PREFIX, TRASH_PREFIX)) and now - child.stat().st_mtime > stale_after_s:
+        if (
+            child.name.startswith((SYNC_PREFIX, TRASH_PREFIX))
+            and now - child.stat().st_mtime > stale_after_s
+        ):
             shutil.rmtree(child, ignore_errors=True)
 
 
@@ -70,7 +73,7 @@ def sync_model(source: ModelStore, dest: Path, model: str, config: SyncConfig) -
     _clean_leftovers(model_dir, config.stale_after_s)
     wanted_versions = source.versions(model)
     labels = source.labels(model)
-    wanted = set(wanted_versions[-config.keep:] if config.keep > 0 else wanted_versions)
+    wanted = set(wanted_versions[-config.keep :] if config.keep > 0 else wanted_versions)
     wanted |= {v for v in labels.values() if v in wanted_versions}
     served = local_store(dest)
     have = set(served.versions(model))
@@ -96,7 +99,9 @@ def sync_model(source: ModelStore, dest: Path, model: str, config: SyncConfig) -
     return report
 
 
-def sync_once(source: ModelStore, dest: str | Path, config: SyncConfig = SyncConfig()) -> SyncReport:
+def sync_once(
+    source: ModelStore, dest: str | Path, config: SyncConfig = SyncConfig()
+) -> SyncReport:
     """Mirrors the configured models (all, by default) from `source` into `dest`."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -108,8 +113,13 @@ def sync_once(source: ModelStore, dest: str | Path, config: SyncConfig = SyncCon
     return report
 
 
-def watch(source: ModelStore, dest: str | Path, config: SyncConfig, stop: threading.Event | None = None,
-          after_pass: Callable[[], None] | None = None) -> None:
+def watch(
+    source: ModelStore,
+    dest: str | Path,
+    config: SyncConfig,
+    stop: threading.Event | None = None,
+    after_pass: Callable[[], None] | None = None,
+) -> None:
     """Syncs every `interval_s` until `stop` is set; a failed pass is logged and retried."""
     stop = stop or threading.Event()
     while not stop.is_set():
@@ -144,19 +154,35 @@ def tf_serving_config(dest: str | Path, models: list[str], base_path: str | None
         labels = {}
         labels_path = dest / model / LABELS
         if labels_path.is_file():
-            labels = {k: int(v) for k, v in json.loads(labels_path.read_text()).get("labels", {}).items() if int(v) in versions}
-        lines = [f'    name: "{model}"', f'    base_path: "{root}/{model}"', '    model_platform: "tensorflow"']
+            labels = {
+                k: int(v)
+                for k, v in json.loads(labels_path.read_text()).get("labels", {}).items()
+                if int(v) in versions
+            }
+        lines = [
+            f'    name: "{model}"',
+            f'    base_path: "{root}/{model}"',
+            '    model_platform: "tensorflow"',
+        ]
         if labels and versions:
             served = sorted(set(labels.values()) | {versions[-1]})
-            lines.append("    model_version_policy { specific { " + " ".join(f"versions: {v}" for v in served) + " } }")
-            lines += [f'    version_labels {{ key: "{k}" value: {v} }}' for k, v in sorted(labels.items())]
+            lines.append(
+                "    model_version_policy { specific { "
+                + " ".join(f"versions: {v}" for v in served)
+                + " } }"
+            )
+            lines += [
+                f'    version_labels {{ key: "{k}" value: {v} }}' for k, v in sorted(labels.items())
+            ]
         else:
             lines.append("    model_version_policy { latest { num_versions: 1 } }")
         blocks.append("  config {\n" + "\n".join(lines) + "\n  }")
     return "model_config_list {\n" + "\n".join(blocks) + "\n}\n"
 
 
-def write_tf_serving_config(dest: str | Path, models: list[str], path: str | Path, base_path: str | None = None) -> bool:
+def write_tf_serving_config(
+    dest: str | Path, models: list[str], path: str | Path, base_path: str | None = None
+) -> bool:
     """Writes the config atomically when it changed; True when it did."""
     text = tf_serving_config(dest, models, base_path)
     path = Path(path)
@@ -171,4 +197,12 @@ def write_tf_serving_config(dest: str | Path, models: list[str], path: str | Pat
 def complete_versions(dest: str | Path, model: str) -> list[int]:
     """Versions of `model` in a synced folder that have their manifest."""
     model_dir = Path(dest) / model
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file()) if model_dir.is_dir() else []
+    return (
+        sorted(
+            int(p.name)
+            for p in model_dir.iterdir()
+            if p.name.isdigit() and (p / MANIFEST).is_file()
+        )
+        if model_dir.is_dir()
+        else []
+    )

@@ -39,16 +39,34 @@ NUMPY_FOR_DTYPE: dict[int, np.dtype] = {
     DT_UINT64: np.dtype("<u8"),
 }
 DTYPE_NAMES = {
-    DT_FLOAT: "DT_FLOAT", DT_DOUBLE: "DT_DOUBLE", DT_INT32: "DT_INT32", DT_UINT8: "DT_UINT8",
-    DT_INT16: "DT_INT16", DT_INT8: "DT_INT8", DT_STRING: "DT_STRING", DT_INT64: "DT_INT64",
-    DT_BOOL: "DT_BOOL", DT_HALF: "DT_HALF", DT_UINT16: "DT_UINT16", DT_UINT32: "DT_UINT32",
+    DT_FLOAT: "DT_FLOAT",
+    DT_DOUBLE: "DT_DOUBLE",
+    DT_INT32: "DT_INT32",
+    DT_UINT8: "DT_UINT8",
+    DT_INT16: "DT_INT16",
+    DT_INT8: "DT_INT8",
+    DT_STRING: "DT_STRING",
+    DT_INT64: "DT_INT64",
+    DT_BOOL: "DT_BOOL",
+    DT_HALF: "DT_HALF",
+    DT_UINT16: "DT_UINT16",
+    DT_UINT32: "DT_UINT32",
     DT_UINT64: "DT_UINT64",
 }
 # Which repeated field holds the values of each dtype when tensor_content is empty.
 _VAL_FIELD = {
-    DT_FLOAT: "float_val", DT_DOUBLE: "double_val", DT_INT32: "int_val", DT_UINT8: "int_val",
-    DT_INT16: "int_val", DT_INT8: "int_val", DT_INT64: "int64_val", DT_BOOL: "bool_val",
-    DT_HALF: "half_val", DT_UINT16: "int_val", DT_UINT32: "uint32_val", DT_UINT64: "uint64_val",
+    DT_FLOAT: "float_val",
+    DT_DOUBLE: "double_val",
+    DT_INT32: "int_val",
+    DT_UINT8: "int_val",
+    DT_INT16: "int_val",
+    DT_INT8: "int_val",
+    DT_INT64: "int64_val",
+    DT_BOOL: "bool_val",
+    DT_HALF: "half_val",
+    DT_UINT16: "int_val",
+    DT_UINT32: "uint32_val",
+    DT_UINT64: "uint64_val",
 }
 
 
@@ -56,7 +74,9 @@ def dtype_for_numpy(array: np.ndarray) -> int:
     if array.dtype.kind in "OSU":
         return DT_STRING
     for code, dtype in NUMPY_FOR_DTYPE.items():
-        if array.dtype == dtype or (array.dtype.kind == dtype.kind and array.dtype.itemsize == dtype.itemsize):
+        if array.dtype == dtype or (
+            array.dtype.kind == dtype.kind and array.dtype.itemsize == dtype.itemsize
+        ):
             return code
     raise InvalidInput(f"unsupported array dtype {array.dtype}")
 
@@ -69,10 +89,14 @@ def to_tensor_proto(value: Any, dtype: int | None = None):
     code = dtype if dtype is not None else dtype_for_numpy(array)
     proto = tensor_pb2.TensorProto(dtype=code)
     proto.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape])
+        tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape]
+        )
     )
     if code == DT_STRING:
-        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1))
+        proto.string_val.extend(
+            v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)
+        )
     else:
         proto.tensor_content = np.ascontiguousarray(array, dtype=NUMPY_FOR_DTYPE[code]).tobytes()
     return proto
@@ -95,7 +119,9 @@ def from_tensor_proto(proto, name: str = "tensor") -> np.ndarray:
     for d in shape:  # Python ints: np.prod would wrap around silently for huge shapes
         count *= d
         extent *= max(d, 1)
-    if extent > np.iinfo(np.intp).max // 16:  # numpy refuses such a shape even when a zero makes it empty
+    if (
+        extent > np.iinfo(np.intp).max // 16
+    ):  # numpy refuses such a shape even when a zero makes it empty
         raise InvalidInput(f"{name}: shape {list(shape)} is too large")
     if proto.dtype == DT_STRING:
         values = list(proto.string_val)
@@ -117,14 +143,20 @@ def from_tensor_proto(proto, name: str = "tensor") -> np.ndarray:
             else:
                 array = np.asarray(field, dtype=dtype)
         except OverflowError:
-            raise InvalidInput(f"{name}: values outside the range of {DTYPE_NAMES[proto.dtype]}") from None
+            raise InvalidInput(
+                f"{name}: values outside the range of {DTYPE_NAMES[proto.dtype]}"
+            ) from None
     else:
         raise InvalidInput(f"{name}: unsupported tensor dtype {proto.dtype}")
     if array.size == count:
         return array.reshape(shape)
     if array.size == 1 and count > 1:  # TensorFlow's rule: one value fills the shape
         if count * array.itemsize > MAX_BROADCAST_BYTES:
-            raise PayloadTooLarge(f"{name}: one value would fill shape {list(shape)}, "
-                                  f"{count * array.itemsize} bytes; the limit is {MAX_BROADCAST_BYTES}")
+            raise PayloadTooLarge(
+                f"{name}: one value would fill shape {list(shape)}, "
+                f"{count * array.itemsize} bytes; the limit is {MAX_BROADCAST_BYTES}"
+            )
         return np.full(shape, array[0], dtype=array.dtype)
-    raise InvalidInput(f"{name}: {array.size} values do not fill shape {list(shape)} ({count} values)")
+    raise InvalidInput(
+        f"{name}: {array.size} values do not fill shape {list(shape)} ({count} values)"
+    )

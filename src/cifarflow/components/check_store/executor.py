@@ -45,7 +45,9 @@ class StoreCheck:
     summary: str
 
 
-def check_store(store: str, model_name: str = "cifarflow", s3_settings: S3Settings | None = None) -> StoreCheck:
+def check_store(
+    store: str, model_name: str = "cifarflow", s3_settings: S3Settings | None = None
+) -> StoreCheck:
     """Fails now if publishing `model_name` into `store` would fail later.
 
     Args:
@@ -64,7 +66,9 @@ def check_store(store: str, model_name: str = "cifarflow", s3_settings: S3Settin
     if is_s3_uri(store):
         return _check_s3(S3Location.parse(store), s3_settings)
     if "://" in store:
-        raise BadInputError(f"unsupported store URI {store!r}: use a local folder or s3://bucket/prefix")
+        raise BadInputError(
+            f"unsupported store URI {store!r}: use a local folder or s3://bucket/prefix"
+        )
     return _check_folder(Path(store))
 
 
@@ -82,16 +86,24 @@ def _check_s3(location: S3Location, settings: S3Settings | None) -> StoreCheck:
 
     def refused(exc: Exception, doing: str, left: str = "") -> Exception:
         if not isinstance(exc, S3Error):
-            return RemoteError(f"{describe_s3_error(exc, where)} (is S3_ENDPOINT right? {KUBEFLOW_HINT})")
+            return RemoteError(
+                f"{describe_s3_error(exc, where)} (is S3_ENDPOINT right? {KUBEFLOW_HINT})"
+            )
         if exc.code == "NoSuchBucket":
-            return BadInputError(f"bucket {bucket!r} does not exist at {settings.endpoint}: create it first, e.g. mc mb <alias>/{bucket}")
+            return BadInputError(
+                f"bucket {bucket!r} does not exist at {settings.endpoint}: create it first, e.g. mc mb <alias>/{bucket}"
+            )
         if exc.code in _BAD_CREDENTIALS:
-            return RemoteError(f"S3 at {settings.endpoint} refused the credentials ({exc.code}): check S3_ACCESS_KEY/S3_SECRET_KEY ({KUBEFLOW_HINT})")
+            return RemoteError(
+                f"S3 at {settings.endpoint} refused the credentials ({exc.code}): check S3_ACCESS_KEY/S3_SECRET_KEY ({KUBEFLOW_HINT})"
+            )
         if exc.code == "AccessDenied":
             return RemoteError(
                 f"the credentials may not {doing} {where} (AccessDenied): publish needs list, read, write and delete there{left}"
             )
-        return RemoteError(f"S3 error on {where} while trying to {doing}: {exc.code}: {exc.message}")
+        return RemoteError(
+            f"S3 error on {where} while trying to {doing}: {exc.code}: {exc.message}"
+        )
 
     prefix = backend.prefix + "/" if backend.prefix else ""
     try:
@@ -107,7 +119,9 @@ def _check_s3(location: S3Location, settings: S3Settings | None) -> StoreCheck:
         response = client.get_object(bucket, probe)
         try:
             if response.read() != data:
-                raise RemoteError(f"{where} returned other bytes than were written to s3://{bucket}/{probe}")
+                raise RemoteError(
+                    f"{where} returned other bytes than were written to s3://{bucket}/{probe}"
+                )
         finally:
             response.close()
             response.release_conn()
@@ -119,7 +133,10 @@ def _check_s3(location: S3Location, settings: S3Settings | None) -> StoreCheck:
         client.remove_object(bucket, probe)
     except Exception as exc:
         raise refused(exc, "delete in", f"; the test object s3://{bucket}/{probe} is left") from exc
-    return StoreCheck(backend.uri, f"{where}: bucket present, credentials accepted, list/write/read/delete allowed")
+    return StoreCheck(
+        backend.uri,
+        f"{where}: bucket present, credentials accepted, list/write/read/delete allowed",
+    )
 
 
 def _check_folder(folder: Path) -> StoreCheck:
@@ -139,6 +156,10 @@ def _check_folder(folder: Path) -> StoreCheck:
         if disk is not None:
             raise disk from exc
         if exc.errno in (errno.EACCES, errno.EPERM):
-            raise BadInputError(f"cannot write to the model store folder {folder}: {exc.strerror}") from exc
-        raise BadInputError(f"cannot use {folder} as the model store: {exc.strerror or exc}") from exc
+            raise BadInputError(
+                f"cannot write to the model store folder {folder}: {exc.strerror}"
+            ) from exc
+        raise BadInputError(
+            f"cannot use {folder} as the model store: {exc.strerror or exc}"
+        ) from exc
     return StoreCheck(str(folder), f"{folder}: folder present and writable")

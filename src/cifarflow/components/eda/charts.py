@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,11 +40,22 @@ def class_distribution_svg(class_names: Sequence[str], counts: dict[str, Sequenc
     for i, (split, values) in enumerate(counts.items()):
         values = np.asarray(values, dtype=float)
         share = 100 * values / max(values.sum(), 1)
-        ax.barh(y + i * height, share, height, label=f"{split} (n={int(values.sum())})", color=SPLIT_COLOURS.get(split))
+        ax.barh(
+            y + i * height,
+            share,
+            height,
+            label=f"{split} (n={int(values.sum())})",
+            color=SPLIT_COLOURS.get(split),
+        )
     ax.set_yticks(y + height * (len(counts) - 1) / 2, class_names)
     ax.invert_yaxis()
     ax.set_xlabel("% of the split")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6 / len(class_names) - 0.04), ncol=len(counts), frameon=False)
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.6 / len(class_names) - 0.04),
+        ncol=len(counts),
+        frameon=False,
+    )
     ax.grid(axis="x", alpha=0.3)
     return _svg(fig)
 
@@ -55,7 +66,13 @@ def channel_histogram_svg(histogram: Sequence[Sequence[int]]) -> str:
     fig, ax = plt.subplots(figsize=(8, 2.6))
     hist = np.asarray(histogram, dtype=float)
     for c, name in enumerate("RGB"):
-        ax.plot(np.arange(256), 100 * hist[c] / hist[c].sum(), color=CHANNEL_COLOURS[c], label=name, linewidth=1.2)
+        ax.plot(
+            np.arange(256),
+            100 * hist[c] / hist[c].sum(),
+            color=CHANNEL_COLOURS[c],
+            label=name,
+            linewidth=1.2,
+        )
     ax.set_xlim(0, 255)
     ax.set_xlabel("pixel value")
     ax.set_ylabel("% of pixels")
@@ -69,7 +86,7 @@ def curves_svg(series: dict[str, Sequence[tuple[float, float]]], ylabel: str) ->
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
     for label, points in series.items():
-        xs, ys = zip(*points) if points else ((), ())
+        xs, ys = zip(*points, strict=True) if points else ((), ())
         ax.plot(xs, ys, marker="o", markersize=3, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)

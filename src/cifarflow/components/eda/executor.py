@@ -48,7 +48,9 @@ class EdaResult:
         return self.out_dir / REPORT_HTML
 
 
-def eda(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: EdaConfig = EdaConfig()) -> EdaResult:
+def eda(
+    data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: EdaConfig = EdaConfig()
+) -> EdaResult:
     """Writes report.html, summary.md and metrics.json for a preprocessed dataset.
 
     Args:
@@ -73,9 +75,16 @@ def eda(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: EdaConf
     sample_rows, mean_images = [], []
     for label in range(len(class_names)):
         members = np.flatnonzero(train.coarse_labels == label)
-        chosen = np.sort(rng.choice(members, size=min(config.samples_per_class, members.size), replace=False))
+        chosen = np.sort(
+            rng.choice(members, size=min(config.samples_per_class, members.size), replace=False)
+        )
         sample_rows.append(charts.png_data_uri(charts.image_strip(train.images[chosen])))
-        mean_images.append(np.asarray(train.images[members], dtype=np.float32).mean(axis=0).round().astype(np.uint8))
+        mean_images.append(
+            np.asarray(train.images[members], dtype=np.float32)
+            .mean(axis=0)
+            .round()
+            .astype(np.uint8)
+        )
 
     duplicate_pairs = []
     for example in stats["duplicates"]["examples"][: config.duplicate_examples]:
@@ -100,7 +109,10 @@ def eda(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: EdaConf
     write_text_atomic(out_dir / REPORT_HTML, report.render_html(view))
     write_text_atomic(out_dir / SUMMARY_MD, report.render_markdown(view, metrics))
     write_json_atomic(out_dir / METRICS_JSON, metrics)
-    print(f"eda: report for {len(class_names)} classes ({time.monotonic() - started:.1f}s) -> {out_dir / REPORT_HTML}", flush=True)
+    print(
+        f"eda: report for {len(class_names)} classes ({time.monotonic() - started:.1f}s) -> {out_dir / REPORT_HTML}",
+        flush=True,
+    )
     return EdaResult(out_dir, metrics)
 
 
@@ -108,12 +120,14 @@ def summary_metrics(stats: dict[str, Any]) -> dict[str, float]:
     """Scalar metrics for the KFP UI (one value per name)."""
     train = stats["splits"]["train"]
     counts = np.asarray(train["class_counts"])
-    metrics: dict[str, float] = {f"{name}_images": float(s["count"]) for name, s in stats["splits"].items()}
+    metrics: dict[str, float] = {
+        f"{name}_images": float(s["count"]) for name, s in stats["splits"].items()
+    }
     metrics["classes"] = float(len(stats["class_names"]))
     metrics["train_class_imbalance"] = round(float(counts.max() / max(counts.min(), 1)), 4)
     metrics["cross_split_duplicate_pairs"] = float(sum(stats["duplicates"]["across"].values()))
     metrics["duplicate_label_conflicts"] = float(stats["duplicates"]["label_conflicts"])
-    for channel, mean, std in zip("rgb", train["channel_mean"], train["channel_std"]):
+    for channel, mean, std in zip("rgb", train["channel_mean"], train["channel_std"], strict=True):
         metrics[f"train_mean_{channel}"] = mean
         metrics[f"train_std_{channel}"] = std
     return metrics

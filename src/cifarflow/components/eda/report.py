@@ -46,15 +46,23 @@ def _cards(view: ReportView) -> str:
     splits = view.stats["splits"]
     items = [(f"{name} images", f"{splits[name]['count']:,}") for name in SPLIT_NAMES]
     items.append(("classes", str(len(view.class_names))))
-    items.append(("cross-split duplicate pairs", str(sum(view.stats["duplicates"]["across"].values()))))
-    return '<div class="cards">' + "".join(f'<div class="card"><b>{v}</b>{escape(k)}</div>' for k, v in items) + "</div>"
+    items.append(
+        ("cross-split duplicate pairs", str(sum(view.stats["duplicates"]["across"].values())))
+    )
+    return (
+        '<div class="cards">'
+        + "".join(f'<div class="card"><b>{v}</b>{escape(k)}</div>' for k, v in items)
+        + "</div>"
+    )
 
 
 def _samples_table(view: ReportView) -> str:
     counts = {name: view.stats["splits"][name]["class_counts"] for name in SPLIT_NAMES}
-    head = "<tr><th>#</th><th>class</th><th>mean</th><th>train samples</th>" + "".join(
-        f'<th class="num">{n}</th>' for n in SPLIT_NAMES
-    ) + "</tr>"
+    head = (
+        "<tr><th>#</th><th>class</th><th>mean</th><th>train samples</th>"
+        + "".join(f'<th class="num">{n}</th>' for n in SPLIT_NAMES)
+        + "</tr>"
+    )
     rows = []
     for i, name in enumerate(view.class_names):
         fine = ", ".join(view.fine_by_class[i])
@@ -70,15 +78,19 @@ def _samples_table(view: ReportView) -> str:
 
 
 def _pixel_table(view: ReportView) -> str:
-    head = "<tr><th>split</th>" + "".join(f'<th class="num">mean {c}</th>' for c in "RGB") + "".join(
-        f'<th class="num">std {c}</th>' for c in "RGB"
-    ) + '<th class="num">constant images</th></tr>'
+    head = (
+        "<tr><th>split</th>"
+        + "".join(f'<th class="num">mean {c}</th>' for c in "RGB")
+        + "".join(f'<th class="num">std {c}</th>' for c in "RGB")
+        + '<th class="num">constant images</th></tr>'
+    )
     rows = []
     for name in SPLIT_NAMES:
         s = view.stats["splits"][name]
         cells = [f"{v:.2f}" for v in s["channel_mean"]] + [f"{v:.2f}" for v in s["channel_std"]]
         rows.append(
-            f"<tr><td>{name}</td>" + "".join(f"<td class='num'>{c}</td>" for c in cells)
+            f"<tr><td>{name}</td>"
+            + "".join(f"<td class='num'>{c}</td>" for c in cells)
             + f"<td class='num'>{s['constant_images']}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table><p class='sub'>Pixel values 0–255, per RGB channel.</p>"
@@ -86,9 +98,17 @@ def _pixel_table(view: ReportView) -> str:
 
 def _duplicates_section(view: ReportView) -> str:
     dup = view.stats["duplicates"]
-    rows = [f"<tr><td>within {escape(k)}</td><td class='num'>{v}</td></tr>" for k, v in dup["within"].items()]
-    rows += [f"<tr><td>across {escape(k)}</td><td class='num'>{v}</td></tr>" for k, v in dup["across"].items()]
-    rows.append(f"<tr><td>pairs whose labels disagree</td><td class='num'>{dup['label_conflicts']}</td></tr>")
+    rows = [
+        f"<tr><td>within {escape(k)}</td><td class='num'>{v}</td></tr>"
+        for k, v in dup["within"].items()
+    ]
+    rows += [
+        f"<tr><td>across {escape(k)}</td><td class='num'>{v}</td></tr>"
+        for k, v in dup["across"].items()
+    ]
+    rows.append(
+        f"<tr><td>pairs whose labels disagree</td><td class='num'>{dup['label_conflicts']}</td></tr>"
+    )
     html = f"<table><tr><th>exact duplicate pairs</th><th class='num'>count</th></tr>{''.join(rows)}</table>"
     if view.duplicate_pairs:
         cells = []
@@ -116,7 +136,11 @@ def render_html(view: ReportView) -> str:
     ingest = source.get("ingest") or {}
     subtitle = (
         f"Source: {escape(source['kind'])}"
-        + (f", {escape(str(ingest.get('source')))} ({escape(str(ingest.get('verified_by')))})" if ingest else "")
+        + (
+            f", {escape(str(ingest.get('source')))} ({escape(str(ingest.get('verified_by')))})"
+            if ingest
+            else ""
+        )
         + f" · val fraction {view.stats['val_fraction']} · seed {view.stats['seed']}"
     )
     return f"""<!DOCTYPE html>
@@ -154,9 +178,17 @@ def render_markdown(view: ReportView, metrics: dict[str, float]) -> str:
         s = splits[name]
         values = " | ".join(f"{v:.2f}" for v in s["channel_mean"] + s["channel_std"])
         lines.append(f"| {name} | {s['count']:,} | {values} |")
-    lines += ["", "| class | " + " | ".join(SPLIT_NAMES) + " |", "|---|" + "---:|" * len(SPLIT_NAMES)]
+    lines += [
+        "",
+        "| class | " + " | ".join(SPLIT_NAMES) + " |",
+        "|---|" + "---:|" * len(SPLIT_NAMES),
+    ]
     for i, name in enumerate(view.class_names):
-        lines.append(f"| {name} | " + " | ".join(f"{splits[s]['class_counts'][i]:,}" for s in SPLIT_NAMES) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{splits[s]['class_counts'][i]:,}" for s in SPLIT_NAMES)
+            + " |"
+        )
     dup = view.stats["duplicates"]
     across = ", ".join(f"{k}: {v}" for k, v in dup["across"].items()) or "none"
     failed = [c for c in view.stats["checks"] if c["status"] != "pass"]

@@ -19,14 +19,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+def negative_log_likelihood(
+    logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0
+) -> float:
     z = logits.astype(np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     return float(-log_probs[np.arange(len(labels)), labels].mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05, high: float = 20.0) -> float:
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, low: float = 0.05, high: float = 20.0
+) -> float:
     """The temperature minimising validation NLL (golden-section search on log T).
 
     NLL is convex in 1/T, so a one-dimensional search over the bracket finds it.
@@ -51,7 +55,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05, h
     return float(math.exp((a + b) / 2))
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = 15
+) -> float:
     """ECE: the confidence-vs-accuracy gap averaged over equal-width confidence bins.
 
     Args:

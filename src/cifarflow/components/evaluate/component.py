@@ -39,12 +39,27 @@ def evaluate_component(
 
     result = evaluate(model.path, data.path, candidate.path)
     m = result.metrics
-    names = ("accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1", "ece", "ece_uncalibrated",
-             "val_accuracy", "val_top5_accuracy", "val_macro_f1", "val_loss")
+    names = (
+        "accuracy",
+        "top5_accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "ece",
+        "ece_uncalibrated",
+        "val_accuracy",
+        "val_top5_accuracy",
+        "val_macro_f1",
+        "val_loss",
+    )
     log_metrics(metrics, {name: m[name] for name in names if name in m})
     confusion.log_confusion_matrix(list(m["class_names"]), m["confusion_matrix"])
     write_metadata_file(confusion)
     candidate.metadata.update(
-        {"accuracy": m["accuracy"], "val_accuracy": m.get("val_accuracy", 0.0), "trial": m.get("trial", {})}
+        {
+            "accuracy": m["accuracy"],
+            "val_accuracy": m.get("val_accuracy", 0.0),
+            "trial": m.get("trial", {}),
+        }
     )
     shutil.copyfile(Path(candidate.path) / REPORT_FILE, report.path)

@@ -111,7 +111,9 @@ def evaluate(
     """
     model_dir, out = Path(model_dir), Path(out_dir)
     if not has_saved_model(model_dir):
-        raise BadInputError(f"{model_dir} has no saved_model.pb; pass the output folder of 'cifarflow train'")
+        raise BadInputError(
+            f"{model_dir} has no saved_model.pb; pass the output folder of 'cifarflow train'"
+        )
     if "test" not in config.splits:
         raise BadInputError("evaluate needs the test split: the gate compares test-set predictions")
     names = dataset_class_names(data_dir)
@@ -132,29 +134,59 @@ def evaluate(
         labels = np.asarray(split.coarse_labels, dtype=np.int64)
         predictions = predict_arrays(signature, split.images, config.batch_size)
         if predictions.logits.shape[1:] != (len(names),):
-            raise DataAnomalyError(f"{model_dir} predicts {predictions.logits.shape[1]} classes, the data has {len(names)}")
+            raise DataAnomalyError(
+                f"{model_dir} predicts {predictions.logits.shape[1]} classes, the data has {len(names)}"
+            )
         # The served logits are divided by T; multiplying back gives the raw ones.
         uncalibrated = softmax(predictions.logits.astype(np.float64) * temperature)
         splits[split_name] = classification_report(
-            labels, predictions.logits, predictions.probabilities, uncalibrated, names, config.ece_bins
+            labels,
+            predictions.logits,
+            predictions.probabilities,
+            uncalibrated,
+            names,
+            config.ece_bins,
         )
         if split_name == "test":
             checksum = data_checksum(split.images, labels)
-            np.save(out / TEST_PREDICTIONS_FILE, predictions.class_ids.astype(np.int64), allow_pickle=False)
+            np.save(
+                out / TEST_PREDICTIONS_FILE,
+                predictions.class_ids.astype(np.int64),
+                allow_pickle=False,
+            )
             np.save(out / TEST_LABELS_FILE, labels, allow_pickle=False)
 
     from cifarflow.components.evaluate.report import render_report
 
-    title = f"Evaluation of {summary.get('trial', {}).get('architecture', 'model')} ({model_dir.name})"
+    title = (
+        f"Evaluation of {summary.get('trial', {}).get('architecture', 'model')} ({model_dir.name})"
+    )
     (out / REPORT_FILE).write_text(render_report(splits, names, title, temperature))
     test = splits["test"]
     metrics: dict[str, Any] = {
         "split": "test",
-        **{k: test[k] for k in ("accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1", "loss", "ece", "ece_uncalibrated")},
+        **{
+            k: test[k]
+            for k in (
+                "accuracy",
+                "top5_accuracy",
+                "macro_precision",
+                "macro_recall",
+                "macro_f1",
+                "loss",
+                "ece",
+                "ece_uncalibrated",
+            )
+        },
         "confusion_matrix": test["confusion_matrix"],
     }
     if "val" in splits:
-        metrics.update({f"val_{k}": splits["val"][k] for k in ("accuracy", "top5_accuracy", "macro_f1", "loss", "ece")})
+        metrics.update(
+            {
+                f"val_{k}": splits["val"][k]
+                for k in ("accuracy", "top5_accuracy", "macro_f1", "loss", "ece")
+            }
+        )
     metrics.update(
         {
             "class_names": names,

@@ -8,16 +8,22 @@ class it ignores).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from cifarflow.components.evaluate.calibration import expected_calibration_error, negative_log_likelihood
+from cifarflow.components.evaluate.calibration import (
+    expected_calibration_error,
+    negative_log_likelihood,
+)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
+    np.add.at(
+        matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1
+    )
     return matrix
 
 
@@ -26,7 +32,9 @@ def per_class_scores(matrix: np.ndarray) -> dict[str, np.ndarray]:
     true_positive = np.diag(matrix).astype(np.float64)
     predicted = matrix.sum(axis=0).astype(np.float64)
     support = matrix.sum(axis=1).astype(np.float64)
-    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
+    precision = np.divide(
+        true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0
+    )
     recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
     total = precision + recall
     f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
@@ -72,7 +80,9 @@ def classification_report(
         "macro_f1": float(scores["f1"].mean()),
         "loss": negative_log_likelihood(logits, labels),
         "ece": expected_calibration_error(probabilities, labels, ece_bins),
-        "ece_uncalibrated": expected_calibration_error(uncalibrated_probabilities, labels, ece_bins),
+        "ece_uncalibrated": expected_calibration_error(
+            uncalibrated_probabilities, labels, ece_bins
+        ),
         "per_class": [
             {
                 "class": name,

@@ -31,7 +31,9 @@ def has_saved_model(model_dir: str | os.PathLike) -> bool:
 def load_signature(model_dir: str | os.PathLike):
     """The loaded SavedModel's `predict_pixels` concrete function."""
     if not has_saved_model(model_dir):
-        raise BadInputError(f"{model_dir} has no saved_model.pb; pass the output folder of 'cifarflow train'")
+        raise BadInputError(
+            f"{model_dir} has no saved_model.pb; pass the output folder of 'cifarflow train'"
+        )
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(model_dir))
@@ -42,7 +44,9 @@ def load_signature(model_dir: str | os.PathLike):
     return fn
 
 
-def predict_arrays(model: str | os.PathLike | object, images: np.ndarray, batch_size: int = 500) -> Predictions:
+def predict_arrays(
+    model: str | os.PathLike | object, images: np.ndarray, batch_size: int = 500
+) -> Predictions:
     """Predicts `images` (uint8 [N, 32, 32, 3]) in batches; N may be 0.
 
     Args:
@@ -56,7 +60,9 @@ def predict_arrays(model: str | os.PathLike | object, images: np.ndarray, batch_
     logits, probabilities = [], []
     # The serving contract leaves empty batches to the caller: never send one.
     for start in range(0, len(images), batch_size):
-        batch = tf.constant(np.ascontiguousarray(images[start : start + batch_size], dtype=np.uint8))
+        batch = tf.constant(
+            np.ascontiguousarray(images[start : start + batch_size], dtype=np.uint8)
+        )
         out = fn(images=batch)
         logits.append(out["logits"].numpy())
         probabilities.append(out["probabilities"].numpy())

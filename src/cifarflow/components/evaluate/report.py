@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +38,23 @@ def heatmap_png(matrix: Sequence[Sequence[int]], class_names: Sequence[str], tit
 
 
 def _summary_rows(splits: dict[str, dict[str, Any]]) -> str:
-    keys = ("count", "accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1", "loss", "ece_uncalibrated", "ece")
+    keys = (
+        "count",
+        "accuracy",
+        "top5_accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "loss",
+        "ece_uncalibrated",
+        "ece",
+    )
     head = "".join(f"<th>{k}</th>" for k in ("split",) + keys)
     body = ""
     for name, m in splits.items():
-        cells = "".join(f"<td>{m[k]}</td>" if k == "count" else f"<td>{m[k]:.4f}</td>" for k in keys)
+        cells = "".join(
+            f"<td>{m[k]}</td>" if k == "count" else f"<td>{m[k]:.4f}</td>" for k in keys
+        )
         body += f"<tr><td>{html.escape(name)}</td>{cells}</tr>"
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -55,11 +68,17 @@ def _per_class_table(metrics: dict[str, Any]) -> str:
     return f"<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>"
 
 
-def render_report(splits: dict[str, dict[str, Any]], class_names: Sequence[str], title: str, temperature: float) -> str:
+def render_report(
+    splits: dict[str, dict[str, Any]], class_names: Sequence[str], title: str, temperature: float
+) -> str:
     """The whole report: summary, then per split a per-class table and a heat-map."""
     sections = []
     for name, metrics in splits.items():
-        png = base64.b64encode(heatmap_png(metrics["confusion_matrix"], class_names, f"{name}: confusion (row-normalised)")).decode()
+        png = base64.b64encode(
+            heatmap_png(
+                metrics["confusion_matrix"], class_names, f"{name}: confusion (row-normalised)"
+            )
+        ).decode()
         sections.append(
             f"<h2>{html.escape(name)} split</h2><div class='pair'>{_per_class_table(metrics)}"
             f"<img alt='{html.escape(name)} confusion matrix' src='data:image/png;base64,{png}'></div>"
@@ -73,6 +92,6 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 <p>Served probabilities are temperature-scaled (T = {temperature:.3f}, fitted on val);
 <code>ece_uncalibrated</code> is the expected calibration error before scaling.</p>
 {_summary_rows(splits)}
-{''.join(sections)}
+{"".join(sections)}
 </body></html>
 """

@@ -1,14 +1,12 @@
 """KFP v2 component that turns the `grid` pipeline parameter into ParallelFor items."""
 
-from typing import List
-
 from kfp import dsl
 
 from cifarflow.images import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
-def expand_grid_component(grid: str) -> List[dict]:
+def expand_grid_component(grid: str) -> list[dict]:
     """Validates the grid and lists its trials.
 
     A single output on purpose: kfp.local (2.17) cannot loop over one output

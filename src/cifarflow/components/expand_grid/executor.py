@@ -39,5 +39,8 @@ def expand_grid(grid: str) -> ExpandedGrid:
     else:
         parsed = load_grid(configs.resolve(grid))
     trials = parsed.trial_dicts()
-    print(f"grid: {parsed.name}: {len(trials)} trial(s), selected by {parsed.selection_metric}", flush=True)
+    print(
+        f"grid: {parsed.name}: {len(trials)} trial(s), selected by {parsed.selection_metric}",
+        flush=True,
+    )
     return ExpandedGrid(parsed.name, parsed.selection_metric, trials)

@@ -26,6 +26,10 @@ def ingest_component(source: str, dataset: Output[Dataset], expected_md5: str = 
 
     result = ingest(source, dataset.path, expected_md5=expected_md5 or None)
     dataset.metadata.update(
-        {"source": source, "archive_md5": result.archive_md5 or "", "verified_by": result.verified_by}
+        {
+            "source": source,
+            "archive_md5": result.archive_md5 or "",
+            "verified_by": result.verified_by,
+        }
     )
     return result.archive_md5 or ""

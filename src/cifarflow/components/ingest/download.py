@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
 
 from cifarflow.errors import RemoteError
 from cifarflow.progress import ByteProgress
@@ -37,7 +38,7 @@ class RetryableError(Exception):
 
 
 # opener(offset) -> context manager yielding a Response
-Opener = Callable[[int], ContextManager[Response]]
+Opener = Callable[[int], AbstractContextManager[Response]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,11 @@ def fetch_resumable(
         have = part.stat().st_size if part.exists() else 0
         try:
             with opener(have) as response:
-                if response.total is not None and have == response.total and response.offset == have:
+                if (
+                    response.total is not None
+                    and have == response.total
+                    and response.offset == have
+                ):
                     return part  # complete already (a resumed run)
                 mode = "ab" if response.offset == have and have > 0 else "wb"
                 progress = ByteProgress(label, response.total, start=response.offset)
@@ -88,8 +93,13 @@ def fetch_resumable(
         except RetryableError as exc:
             delay = next(delays, None)
             if delay is None:
-                raise RemoteError(f"{label}: giving up after {retry.attempts} attempts: {exc}") from None
-            print(f"{label}: {exc}; retrying in {delay:.1f}s (resuming at byte {_size(part)})", flush=True)
+                raise RemoteError(
+                    f"{label}: giving up after {retry.attempts} attempts: {exc}"
+                ) from None
+            print(
+                f"{label}: {exc}; retrying in {delay:.1f}s (resuming at byte {_size(part)})",
+                flush=True,
+            )
             sleep(delay)
 
 
@@ -139,7 +149,11 @@ def _http_chunks(resp) -> Iterator[bytes]:
 
     try:
         yield from resp.iter_content(_CHUNK)
-    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+    except (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+    ) as exc:
         raise RetryableError(f"connection dropped: {type(exc).__name__}") from None
 
 

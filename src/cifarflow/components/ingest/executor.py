@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cifarflow.atomic_files import write_json_atomic
+from cifarflow.components.ingest import download
 from cifarflow.data import official
 from cifarflow.data.safe_tar import extract_members
 from cifarflow.data.sample import SAMPLE_ARCHIVE, SAMPLE_MD5, SAMPLE_SOURCE
 from cifarflow.errors import BadInputError, IntegrityError
 from cifarflow.s3 import S3Location, S3Settings, is_s3_uri
-from cifarflow.components.ingest import download
 
 INGEST_RECORD = "ingest.json"
 
@@ -98,7 +98,9 @@ def ingest(
         return _fetch_then_extract(opener, source, Path(out_dir), expected_md5, cache_dir)
     path = Path(source)
     if not path.is_file():
-        raise BadInputError(f"source {source!r} is not a file, an http(s) URL, s3://bucket/key or 'sample'")
+        raise BadInputError(
+            f"source {source!r} is not a file, an http(s) URL, s3://bucket/key or 'sample'"
+        )
     return _extract_verified(path, source, Path(out_dir), expected_md5)
 
 
@@ -132,7 +134,9 @@ def _fetch_then_extract(
         result = _extract_verified(part, source, out_dir, expected_md5)
     except IntegrityError as exc:
         part.unlink(missing_ok=True)  # resuming a corrupt file would never heal it
-        raise IntegrityError(f"{exc} (the downloaded file was removed; run again to download afresh)") from None
+        raise IntegrityError(
+            f"{exc} (the downloaded file was removed; run again to download afresh)"
+        ) from None
     os.replace(part, cached)
     return result
 
@@ -154,7 +158,9 @@ class _HashingReader:
             pass
 
 
-def _extract_verified(archive: Path, source: str, out_dir: Path, expected_md5: str | None) -> IngestResult:
+def _extract_verified(
+    archive: Path, source: str, out_dir: Path, expected_md5: str | None
+) -> IngestResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = {f"{official.ARCHIVE_DIR}/{name}": name for name in official.MEMBERS}
     staging = Path(tempfile.mkdtemp(prefix=".ingest-", dir=out_dir))
@@ -167,7 +173,9 @@ def _extract_verified(archive: Path, source: str, out_dir: Path, expected_md5: s
         member_md5 = {wanted[name]: m.md5 for name, m in members.items()}
         if expected_md5 is not None:
             if archive_md5 != expected_md5:
-                raise IntegrityError(f"{archive}: md5 {archive_md5} does not match the expected {expected_md5}")
+                raise IntegrityError(
+                    f"{archive}: md5 {archive_md5} does not match the expected {expected_md5}"
+                )
             verified_by = "expected archive md5"
         else:
             for name, md5 in member_md5.items():

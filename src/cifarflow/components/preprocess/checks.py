@@ -8,7 +8,8 @@ instead of surfacing as a strange accuracy three steps later.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,11 @@ class CheckResult:
     detail: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": "pass" if self.passed else "fail", "detail": self.detail}
+        return {
+            "name": self.name,
+            "status": "pass" if self.passed else "fail",
+            "detail": self.detail,
+        }
 
 
 def check_schema(splits: Mapping[str, Split], num_classes: int, num_fine: int) -> list[CheckResult]:
@@ -41,28 +46,54 @@ def check_schema(splits: Mapping[str, Split], num_classes: int, num_fine: int) -
     for name, split in splits.items():
         n = len(split)
         ok = split.images.dtype == np.uint8 and split.images.shape[1:] == IMAGE_SHAPE
-        results.append(CheckResult(f"{name}: images uint8 [N,32,32,3]", ok, f"{split.images.dtype} {split.images.shape}"))
+        results.append(
+            CheckResult(
+                f"{name}: images uint8 [N,32,32,3]",
+                ok,
+                f"{split.images.dtype} {split.images.shape}",
+            )
+        )
         results.append(CheckResult(f"{name}: not empty", n > 0, f"{n} images"))
         lengths = (split.coarse_labels.shape, split.fine_labels.shape)
-        results.append(CheckResult(f"{name}: one label per image", lengths == ((n,), (n,)), f"labels {lengths}"))
+        results.append(
+            CheckResult(
+                f"{name}: one label per image", lengths == ((n,), (n,)), f"labels {lengths}"
+            )
+        )
         if n:
             top, fine_top = int(split.coarse_labels.max()), int(split.fine_labels.max())
-            results.append(CheckResult(f"{name}: coarse labels in 0..{num_classes - 1}", top < num_classes, f"max {top}"))
-            results.append(CheckResult(f"{name}: fine labels in 0..{num_fine - 1}", fine_top < num_fine, f"max {fine_top}"))
+            results.append(
+                CheckResult(
+                    f"{name}: coarse labels in 0..{num_classes - 1}",
+                    top < num_classes,
+                    f"max {top}",
+                )
+            )
+            results.append(
+                CheckResult(
+                    f"{name}: fine labels in 0..{num_fine - 1}",
+                    fine_top < num_fine,
+                    f"max {fine_top}",
+                )
+            )
     return results
 
 
 def check_fine_to_coarse(splits: Mapping[str, Split]) -> CheckResult:
     """Each fine label must belong to exactly one coarse class."""
     pairs = np.unique(
-        np.concatenate([s.fine_labels.astype(np.int32) * 256 + s.coarse_labels for s in splits.values()])
+        np.concatenate(
+            [s.fine_labels.astype(np.int32) * 256 + s.coarse_labels for s in splits.values()]
+        )
     )
     fine = pairs // 256
     ambiguous = np.unique(fine[np.flatnonzero(np.diff(fine) == 0)])
     return CheckResult(
         "fine labels map to one coarse class",
         ambiguous.size == 0,
-        "consistent" if ambiguous.size == 0 else f"fine labels {ambiguous.tolist()[:10]} map to several coarse classes",
+        "consistent"
+        if ambiguous.size == 0
+        else f"fine labels {ambiguous.tolist()[:10]} map to several coarse classes",
     )
 
 
@@ -95,7 +126,9 @@ def check_class_counts(
 def image_hashes(images: np.ndarray) -> np.ndarray:
     """A 64-bit hash per image; equal images hash equally (collisions are re-checked)."""
     flat = images.reshape(len(images), -1).view(np.uint64)
-    weights = np.random.default_rng(20).integers(1, 2**63, size=flat.shape[1], dtype=np.uint64) | np.uint64(1)
+    weights = np.random.default_rng(20).integers(
+        1, 2**63, size=flat.shape[1], dtype=np.uint64
+    ) | np.uint64(1)
     hashes = np.zeros(len(images), dtype=np.uint64)
     for start in range(0, len(images), 4096):  # bounds the temporary to ~12 MB
         block = flat[start : start + 4096]
@@ -122,7 +155,7 @@ def find_duplicates(splits: Mapping[str, Split]) -> dict[str, Any]:
     across: dict[str, int] = {}
     conflicts = 0
     examples: list[dict[str, Any]] = []
-    for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+    for start, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
         group = order[start : start + size]
         for a_pos, a in enumerate(group):
             for b in group[a_pos + 1 :]:
@@ -140,12 +173,18 @@ def find_duplicates(splits: Mapping[str, Split]) -> dict[str, Any]:
                 conflicts += label_a != label_b
                 if len(examples) < _EXAMPLES:
                     examples.append(
-                        {"a": [sa, int(index[a])], "b": [sb, int(index[b])], "labels": [label_a, label_b]}
+                        {
+                            "a": [sa, int(index[a])],
+                            "b": [sb, int(index[b])],
+                            "labels": [label_a, label_b],
+                        }
                     )
     return {"within": within, "across": across, "label_conflicts": conflicts, "examples": examples}
 
 
-def check_duplicates(duplicates: dict[str, Any], splits: Mapping[str, Split], limits: CheckLimits) -> list[CheckResult]:
+def check_duplicates(
+    duplicates: dict[str, Any], splits: Mapping[str, Split], limits: CheckLimits
+) -> list[CheckResult]:
     results = []
     for pair, count in duplicates["across"].items():
         a, b = pair.split("-")

@@ -7,7 +7,9 @@ from cifarflow.images import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
-def preprocess_component(raw: Input[Dataset], splits: Output[Dataset], val_fraction: float = 0.1, seed: int = 0) -> None:
+def preprocess_component(
+    raw: Input[Dataset], splits: Output[Dataset], val_fraction: float = 0.1, seed: int = 0
+) -> None:
     """Splits the raw data into checked train/val/test arrays.
 
     Args:
@@ -21,6 +23,8 @@ def preprocess_component(raw: Input[Dataset], splits: Output[Dataset], val_fract
     """
     from cifarflow.components.preprocess.executor import PreprocessConfig, preprocess
 
-    result = preprocess(raw.path, splits.path, PreprocessConfig(val_fraction=val_fraction, seed=int(seed)))
+    result = preprocess(
+        raw.path, splits.path, PreprocessConfig(val_fraction=val_fraction, seed=int(seed))
+    )
     splits.metadata.update({f"{name}_count": count for name, count in result.counts.items()})
     splits.metadata["class_names"] = result.stats["class_names"]

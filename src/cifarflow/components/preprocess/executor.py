@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cifarflow.data.splits import STATS_FILE, Split, write_split, write_stats
-from cifarflow.errors import BadInputError
 from cifarflow.components.ingest.executor import INGEST_RECORD
 from cifarflow.components.preprocess import checks, sources, statistics
 from cifarflow.components.preprocess.split import stratified_split
+from cifarflow.data.splits import STATS_FILE, Split, write_split, write_stats
+from cifarflow.errors import BadInputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,9 @@ class PreprocessConfig:
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
-                raise BadInputError(f"{name.replace('_', '-')} must be between 0 and 1 (exclusive), got {value}")
+                raise BadInputError(
+                    f"{name.replace('_', '-')} must be between 0 and 1 (exclusive), got {value}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +85,15 @@ def preprocess(
     (out_dir / STATS_FILE).unlink(missing_ok=True)  # incomplete until rewritten
 
     raw = sources.read_raw(raw_dir)
-    strata = raw.train.fine_labels.astype(int) * 256 + raw.train.coarse_labels  # fine refines coarse
+    strata = (
+        raw.train.fine_labels.astype(int) * 256 + raw.train.coarse_labels
+    )  # fine refines coarse
     test = raw.test
     train_pool = raw.train
     if test is None:
-        train_pool, test = stratified_split(raw.train, config.test_fraction, config.seed + 1, strata)
+        train_pool, test = stratified_split(
+            raw.train, config.test_fraction, config.seed + 1, strata
+        )
         strata = train_pool.fine_labels.astype(int) * 256 + train_pool.coarse_labels
     train, val = stratified_split(train_pool, config.val_fraction, config.seed, strata)
     splits: dict[str, Split] = {"train": train, "val": val, "test": test}
@@ -105,7 +111,10 @@ def preprocess(
     for name, split in splits.items():
         write_split(out_dir, name, split)
     stats = {
-        "splits": {name: statistics.split_statistics(s, num_classes, num_fine) for name, s in splits.items()},
+        "splits": {
+            name: statistics.split_statistics(s, num_classes, num_fine)
+            for name, s in splits.items()
+        },
         "class_names": raw.class_names,
         "fine_class_names": raw.fine_class_names,
         "source": {"kind": raw.kind, "raw_dir": str(raw_dir), "ingest": _ingest_record(raw_dir)},

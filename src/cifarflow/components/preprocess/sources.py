@@ -77,8 +77,15 @@ def _batch_to_split(batch: dict, path: Path) -> Split:
         if key not in batch:
             raise DataAnomalyError(f"{path}: missing key {key!r}")
     data = batch["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataAnomalyError(f"{path}: 'data' must be uint8 [N, 3072], found {getattr(data, 'dtype', type(data))} {getattr(data, 'shape', '')}")
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3072
+    ):
+        raise DataAnomalyError(
+            f"{path}: 'data' must be uint8 [N, 3072], found {getattr(data, 'dtype', type(data))} {getattr(data, 'shape', '')}"
+        )
     # Official rows are planar (1024 R, 1024 G, 1024 B); models want HWC.
     images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     return Split(
@@ -126,13 +133,19 @@ def _read_classes(root: Path, class_names: list[str]) -> Split:
     images, labels = [], []
     for label, name in enumerate(class_names):
         folder = root / name
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        files = (
+            sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if folder.is_dir()
+            else []
+        )
         for path in files:
             try:
                 with Image.open(path) as img:
                     img = ImageOps.exif_transpose(img)
                     # Drop alpha as the serving graph's decode does, so train and serve agree.
-                    rgb = img.convert("RGB").resize(IMAGE_SHAPE[:2], Image.Resampling.BILINEAR, reducing_gap=None)
+                    rgb = img.convert("RGB").resize(
+                        IMAGE_SHAPE[:2], Image.Resampling.BILINEAR, reducing_gap=None
+                    )
                     images.append(np.asarray(rgb, dtype=np.uint8))
             except (UnidentifiedImageError, OSError, ValueError) as exc:
                 raise DataAnomalyError(f"cannot decode image {path}: {exc}") from None

@@ -7,7 +7,9 @@ import numpy as np
 from cifarflow.data.splits import Split
 
 
-def stratified_split(data: Split, fraction: float, seed: int, strata: np.ndarray) -> tuple[Split, Split]:
+def stratified_split(
+    data: Split, fraction: float, seed: int, strata: np.ndarray
+) -> tuple[Split, Split]:
     """Moves `round(fraction * n)` items of every stratum from `data` into a held-out split.
 
     Args:

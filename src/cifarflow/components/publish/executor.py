@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cifarflow.s3 import S3Settings
 from cifarflow.serving.store import publish_model
@@ -30,7 +31,9 @@ class PublishOutcome:
         return f"## Publish\n\n{self.message}\n"
 
 
-def model_metrics(model_dir: Path, artifact_metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def model_metrics(
+    model_dir: Path, artifact_metadata: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Metrics to record: `metrics.json` in the model folder, then numeric artifact metadata."""
     metrics: dict[str, Any] = {}
     path = Path(model_dir) / "metrics.json"
@@ -77,4 +80,9 @@ def publish(
         "data_checksum": data_checksum,
     }
     result = publish_model(model_dir, store, model_name, metadata, s3_settings)
-    return PublishOutcome(True, result.version, result.uri, f"Published **{model_name}** version {result.version} to `{result.uri}`.")
+    return PublishOutcome(
+        True,
+        result.version,
+        result.uri,
+        f"Published **{model_name}** version {result.version} to `{result.uri}`.",
+    )

@@ -29,7 +29,11 @@ def record_status_component(status: PipelineTaskFinalStatus, record: Output[Mark
     from cifarflow.components.record_status.executor import record_status
 
     result = record_status(
-        status.state, status.pipeline_job_resource_name, status.pipeline_task_name, status.error_code, status.error_message
+        status.state,
+        status.pipeline_job_resource_name,
+        status.pipeline_task_name,
+        status.error_code,
+        status.error_message,
     )
     os.makedirs(os.path.dirname(record.path), exist_ok=True)
     with open(record.path, "w") as out:

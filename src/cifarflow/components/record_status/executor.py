@@ -70,13 +70,20 @@ def record_status(
     """
     state = state or "UNKNOWN"
     outcome = outcome_of(state)
-    lines = [f"# Run {run_name or '(unnamed)'}", "", f"Outcome: **{outcome}** (engine state `{state}`)"]
+    lines = [
+        f"# Run {run_name or '(unnamed)'}",
+        "",
+        f"Outcome: **{outcome}** (engine state `{state}`)",
+    ]
     if task_name:
         lines.append(f"Steps group: `{task_name}`")
     if error_message or error_code:
         lines += ["", f"Reported error ({error_code}): {error_message}"]
     if outcome == "failed":
-        lines += ["", "The failed step's own log, in the run graph, holds the cause (its last line)."]
+        lines += [
+            "",
+            "The failed step's own log, in the run graph, holds the cause (its last line).",
+        ]
     if state.upper() in _STILL_RUNNING:
         lines += [
             "",

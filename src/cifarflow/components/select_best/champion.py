@@ -87,7 +87,9 @@ def find_champion(store: str, model_name: str, s3: S3Settings | None = None) -> 
         label=label,
         info=model_store.manifest(model_name, version),
         metrics=json.loads(metrics) if metrics else {},
-        test_predictions=np.load(io.BytesIO(predictions), allow_pickle=False) if predictions else None,
+        test_predictions=np.load(io.BytesIO(predictions), allow_pickle=False)
+        if predictions
+        else None,
     )
 
 

@@ -1,6 +1,6 @@
 """KFP v2 component for the select step (a thin wrapper over `executor.select_best`)."""
 
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
@@ -10,7 +10,7 @@ from cifarflow.images import cpu_image
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
 def select_best_component(
-    candidates: Input[List[Model]],
+    candidates: Input[list[Model]],
     best: Output[Model],
     leaderboard: Output[Markdown],
     summary: Output[Metrics],
@@ -51,10 +51,17 @@ def select_best_component(
     from pathlib import Path
 
     from cifarflow.components.metric_artifacts import write_metadata_file
-    from cifarflow.components.select_best.executor import LEADERBOARD_FILE, SELECTION_FILE, SelectConfig, select_best
+    from cifarflow.components.select_best.executor import (
+        LEADERBOARD_FILE,
+        SELECTION_FILE,
+        SelectConfig,
+        select_best,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = SelectConfig(metric=metric, store=store or None, model_name=model_name, alpha=alpha, force=force)
+        config = SelectConfig(
+            metric=metric, store=store or None, model_name=model_name, alpha=alpha, force=force
+        )
         result = select_best([c.path for c in candidates], tmp, config)
         shutil.copytree(result.model_dir, best.path, dirs_exist_ok=True)
         shutil.copyfile(Path(tmp) / LEADERBOARD_FILE, leaderboard.path)
@@ -62,7 +69,9 @@ def select_best_component(
     winner = candidates[result.winner]
     m = result.record
     gate = m["gate"]
-    best.metadata.update({"candidate": result.winner, "trial": m["winner"]["trial"], "publish": result.publish})
+    best.metadata.update(
+        {"candidate": result.winner, "trial": m["winner"]["trial"], "publish": result.publish}
+    )
     for name in ("val_accuracy", "val_macro_f1", "accuracy", "top5_accuracy", "macro_f1", "ece"):
         value = winner.metadata.get(name)
         if value is None:

@@ -19,8 +19,9 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,9 @@ class SelectConfig:
 
     def __post_init__(self) -> None:
         if self.metric not in SELECTION_METRICS:
-            raise BadInputError(f"--metric must be one of {', '.join(SELECTION_METRICS)}, got {self.metric!r}")
+            raise BadInputError(
+                f"--metric must be one of {', '.join(SELECTION_METRICS)}, got {self.metric!r}"
+            )
         if not 0.0 < self.alpha < 1.0:
             raise BadInputError(f"--alpha must be in (0, 1), got {self.alpha}")
 
@@ -91,16 +94,30 @@ def load_candidates(paths: Sequence[str | os.PathLike]) -> list[Candidate]:
     candidates = []
     for index, path in enumerate(paths):
         folder = Path(path)
-        missing = [n for n in ("saved_model.pb", METRICS_FILE, PREDICTIONS_FILE, LABELS_FILE) if not (folder / n).is_file()]
+        missing = [
+            n
+            for n in ("saved_model.pb", METRICS_FILE, PREDICTIONS_FILE, LABELS_FILE)
+            if not (folder / n).is_file()
+        ]
         if missing:
             raise BadInputError(
                 f"candidate {folder} lacks {', '.join(missing)}: pass folders written by 'cifarflow evaluate'"
             )
-        candidates.append(Candidate(index=index, path=str(folder), metrics=json.loads((folder / METRICS_FILE).read_text())))
+        candidates.append(
+            Candidate(
+                index=index,
+                path=str(folder),
+                metrics=json.loads((folder / METRICS_FILE).read_text()),
+            )
+        )
     return candidates
 
 
-def select_best(candidates: Sequence[str | os.PathLike], out_dir: str | os.PathLike, config: SelectConfig = SelectConfig()) -> SelectionResult:
+def select_best(
+    candidates: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    config: SelectConfig = SelectConfig(),
+) -> SelectionResult:
     """Ranks the candidates, gates the best against the store's champion, writes the outputs.
 
     Args:
@@ -125,29 +142,60 @@ def select_best(candidates: Sequence[str | os.PathLike], out_dir: str | os.PathL
     gate = _gate(winner, config)
     record = {
         "metric": config.metric,
-        "winner": {"index": winner.index, "path": winner.path, config.metric: winner.value(config.metric), "trial": winner.metrics.get("trial", {})},
-        "ranking": [{"index": c.index, "path": c.path, config.metric: c.value(config.metric)} for c in ranked],
+        "winner": {
+            "index": winner.index,
+            "path": winner.path,
+            config.metric: winner.value(config.metric),
+            "trial": winner.metrics.get("trial", {}),
+        },
+        "ranking": [
+            {"index": c.index, "path": c.path, config.metric: c.value(config.metric)}
+            for c in ranked
+        ],
         "gate": gate,
         "publish": gate["publish"],
     }
     (out / LEADERBOARD_FILE).write_text(markdown_leaderboard(ranked, config.metric))
     write_json_atomic(out / SELECTION_FILE, record, indent=1)
     return SelectionResult(
-        out_dir=str(out), model_dir=str(model_out), winner=winner.index,
-        publish=gate["publish"], decision=gate["decision"], record=record,
+        out_dir=str(out),
+        model_dir=str(model_out),
+        winner=winner.index,
+        publish=gate["publish"],
+        decision=gate["decision"],
+        record=record,
     )
 
 
 def _gate(winner: Candidate, config: SelectConfig) -> dict[str, Any]:
     """The publish decision: "publish" or "keep_champion", with why and the test's numbers."""
-    base = {"alpha": config.alpha, "forced": config.force, "store": config.store, "model_name": config.model_name}
+    base = {
+        "alpha": config.alpha,
+        "forced": config.force,
+        "store": config.store,
+        "model_name": config.model_name,
+    }
     if config.store is None:
-        return {**base, "decision": "publish", "publish": True, "reason": "no model store given: nothing to compare with"}
+        return {
+            **base,
+            "decision": "publish",
+            "publish": True,
+            "reason": "no model store given: nothing to compare with",
+        }
     champion = champion_store.find_champion(config.store, config.model_name, config.s3)
     if champion is None:
-        return {**base, "decision": "publish", "publish": True, "reason": f"no champion: {config.model_name} has no complete version in the store"}
-    base["champion"] = {"version": champion.version, "label": champion.label, "location": champion.location,
-                        "accuracy": champion.metrics.get("accuracy")}
+        return {
+            **base,
+            "decision": "publish",
+            "publish": True,
+            "reason": f"no champion: {config.model_name} has no complete version in the store",
+        }
+    base["champion"] = {
+        "version": champion.version,
+        "label": champion.label,
+        "location": champion.location,
+        "accuracy": champion.metrics.get("accuracy"),
+    }
     labels, champion_predictions, source = _paired_predictions(winner, champion, config)
     if champion_predictions is None:
         decision = "publish" if config.force else "keep_champion"
@@ -167,10 +215,28 @@ def _gate(winner: Candidate, config: SelectConfig) -> dict[str, Any]:
         f"champion on {test.champion_only}; p = {test.p_value:.4g} (alpha {config.alpha})"
     )
     if wins:
-        return {**base, "decision": "publish", "publish": True, "reason": f"challenger is significantly better. {verdict}", "mcnemar": statistics}
+        return {
+            **base,
+            "decision": "publish",
+            "publish": True,
+            "reason": f"challenger is significantly better. {verdict}",
+            "mcnemar": statistics,
+        }
     if config.force:
-        return {**base, "decision": "publish", "publish": True, "reason": f"forced (--force) although not significantly better. {verdict}", "mcnemar": statistics}
-    return {**base, "decision": "keep_champion", "publish": False, "reason": f"challenger is not significantly better. {verdict}", "mcnemar": statistics}
+        return {
+            **base,
+            "decision": "publish",
+            "publish": True,
+            "reason": f"forced (--force) although not significantly better. {verdict}",
+            "mcnemar": statistics,
+        }
+    return {
+        **base,
+        "decision": "keep_champion",
+        "publish": False,
+        "reason": f"challenger is not significantly better. {verdict}",
+        "mcnemar": statistics,
+    }
 
 
 def _paired_predictions(
@@ -180,13 +246,26 @@ def _paired_predictions(
     labels = np.load(Path(winner.path) / LABELS_FILE, allow_pickle=False).astype(np.int64)
     checksum = winner.metrics.get("test_data_sha256", "")
     recorded = champion.test_predictions
-    if recorded is not None and checksum and champion.metrics.get("test_data_sha256") == checksum and len(recorded) == len(labels):
-        return labels, np.asarray(recorded, dtype=np.int64), f"recorded {PREDICTIONS_FILE} of version {champion.version}"
+    if (
+        recorded is not None
+        and checksum
+        and champion.metrics.get("test_data_sha256") == checksum
+        and len(recorded) == len(labels)
+    ):
+        return (
+            labels,
+            np.asarray(recorded, dtype=np.int64),
+            f"recorded {PREDICTIONS_FILE} of version {champion.version}",
+        )
     # Recorded predictions are missing or belong to other data: run the champion itself.
     if config.data_dir is None:
-        return labels, None, (
-            f"champion version {champion.version} has no recorded predictions on this test set; "
-            "pass --data DIR to run it on the test set, or --force to publish anyway"
+        return (
+            labels,
+            None,
+            (
+                f"champion version {champion.version} has no recorded predictions on this test set; "
+                "pass --data DIR to run it on the test set, or --force to publish anyway"
+            ),
         )
     from cifarflow.components.evaluate.executor import data_checksum
     from cifarflow.components.evaluate.predict import has_saved_model, predict_arrays
@@ -194,12 +273,18 @@ def _paired_predictions(
 
     test = load_split(config.data_dir, "test")
     if data_checksum(test.images, test.coarse_labels) != checksum:
-        raise DataAnomalyError(f"the winning candidate was evaluated on another test set than {config.data_dir} holds")
+        raise DataAnomalyError(
+            f"the winning candidate was evaluated on another test set than {config.data_dir} holds"
+        )
     download = champion_store.local_copy(champion)
     try:
         folder = download.name if download else champion.location
         if not has_saved_model(folder):
-            return labels, None, f"champion version {champion.version} has no SavedModel to compare with; use --force to publish anyway"
+            return (
+                labels,
+                None,
+                f"champion version {champion.version} has no SavedModel to compare with; use --force to publish anyway",
+            )
         predicted = predict_arrays(folder, test.images).class_ids
     finally:
         if download:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 # Metrics where smaller is better; every other selection metric is maximised.
 _LOWER_IS_BETTER = {"val_loss"}
@@ -35,10 +36,23 @@ def _oriented(value: float, metric: str) -> float:
 def rank(candidates: Sequence[Candidate], metric: str) -> list[Candidate]:
     """Best first by `metric`; ties broken by val accuracy, val macro F1, val loss, then input order."""
     keys = (metric,) + tuple(m for m in _TIE_BREAKS if m != metric)
-    return sorted(candidates, key=lambda c: tuple(_oriented(c.value(m), m) for m in keys) + (c.index,))
+    return sorted(
+        candidates, key=lambda c: tuple(_oriented(c.value(m), m) for m in keys) + (c.index,)
+    )
 
 
-_HYPER_PARAMETERS = ("architecture", "depth", "width", "optimizer", "learning_rate", "batch_size", "epochs", "fine_label_weight", "size_inner", "dropout")
+_HYPER_PARAMETERS = (
+    "architecture",
+    "depth",
+    "width",
+    "optimizer",
+    "learning_rate",
+    "batch_size",
+    "epochs",
+    "fine_label_weight",
+    "size_inner",
+    "dropout",
+)
 
 
 def _fmt(value: Any) -> str:
@@ -54,7 +68,11 @@ def markdown_leaderboard(ranked: Sequence[Candidate], metric: str) -> str:
     varying = [k for k in _HYPER_PARAMETERS if len({repr(t.get(k)) for t in trials}) > 1] or [
         k for k in _HYPER_PARAMETERS[:5] if any(k in t for t in trials)
     ]
-    columns = ["rank", "candidate", metric] + [m for m in ("val_accuracy", "val_macro_f1", "val_loss", "accuracy", "macro_f1", "ece") if m != metric]
+    columns = ["rank", "candidate", metric] + [
+        m
+        for m in ("val_accuracy", "val_macro_f1", "val_loss", "accuracy", "macro_f1", "ece")
+        if m != metric
+    ]
     header = columns + varying
     lines = [
         f"# Leaderboard ({len(ranked)} trials, ranked by `{metric}`)",
@@ -64,8 +82,10 @@ def markdown_leaderboard(ranked: Sequence[Candidate], metric: str) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
     ]
-    for position, (candidate, trial) in enumerate(zip(ranked, trials), start=1):
-        cells = [str(position), f"{candidate.index}"] + [_fmt(candidate.value(m)) for m in columns[2:]]
+    for position, (candidate, trial) in enumerate(zip(ranked, trials, strict=True), start=1):
+        cells = [str(position), f"{candidate.index}"] + [
+            _fmt(candidate.value(m)) for m in columns[2:]
+        ]
         cells += [_fmt(trial.get(k, "")) for k in varying]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

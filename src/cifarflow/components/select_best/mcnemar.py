@@ -80,7 +80,9 @@ def mcnemar_test(
         champion: [N] the deployed model's predicted class ids.
         exact_below: use the exact binomial test when b + c is below this.
     """
-    labels, challenger, champion = (np.asarray(a).reshape(-1) for a in (labels, challenger, champion))
+    labels, challenger, champion = (
+        np.asarray(a).reshape(-1) for a in (labels, challenger, champion)
+    )
     if not (len(labels) == len(challenger) == len(champion)):
         raise BadInputError(
             f"paired predictions differ in length: {len(labels)} labels, {len(challenger)} challenger, {len(champion)} champion"

@@ -79,6 +79,8 @@ def restore_checkpoint(folder: Path, model: keras.Model) -> None:
     with np.load(folder / _OPTIMIZER) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     if len(values) != len(optimizer.variables):
-        raise ValueError(f"checkpoint has {len(values)} optimizer variables, the optimizer {len(optimizer.variables)}")
-    for variable, value in zip(optimizer.variables, values):
+        raise ValueError(
+            f"checkpoint has {len(values)} optimizer variables, the optimizer {len(optimizer.variables)}"
+        )
+    for variable, value in zip(optimizer.variables, values, strict=True):
         variable.assign(value)

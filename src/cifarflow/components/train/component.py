@@ -57,7 +57,9 @@ def train_component(
     store = checkpoint_store if run_id else ""
     if checkpoint_store and not run_id:
         print("train: no run id (kfp.local): checkpoints stay in the output folder", flush=True)
-    result = train(data.path, config, model.path, checkpoint_store=store or None, run_id=run_id or None)
+    result = train(
+        data.path, config, model.path, checkpoint_store=store or None, run_id=run_id or None
+    )
     model.metadata.update(
         {
             "framework": "keras",
@@ -70,16 +72,19 @@ def train_component(
             "device": result.device,
         }
     )
-    log_metrics(metrics, {
-        "val_accuracy": result.best_val_accuracy,
-        "val_loss": result.val_loss,
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "train_seconds": result.train_seconds,
-        "temperature": result.temperature,
-        "val_ece_before": result.val_ece_before,
-        "val_ece_after": result.val_ece_after,
-    })
+    log_metrics(
+        metrics,
+        {
+            "val_accuracy": result.best_val_accuracy,
+            "val_loss": result.val_loss,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "train_seconds": result.train_seconds,
+            "temperature": result.temperature,
+            "val_ece_before": result.val_ece_before,
+            "val_ece_after": result.val_ece_after,
+        },
+    )
     png = base64.b64encode((Path(model.path) / CURVES_FILE).read_bytes()).decode()
     Path(curves.path).write_text(
         f"<!doctype html><html><body><h1>Training curves</h1><pre>{html.escape(str(config.to_dict()))}</pre>"

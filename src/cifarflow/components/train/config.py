@@ -29,8 +29,9 @@ import dataclasses
 import itertools
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -110,7 +111,7 @@ class TrialConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "trial") -> "TrialConfig":
+    def from_dict(cls, values: Mapping[str, Any], where: str = "trial") -> TrialConfig:
         """Builds and validates a trial; raises one BadInputError listing every problem."""
         problems: list[str] = []
         known = {f.name: f for f in dataclasses.fields(cls)}
@@ -143,30 +144,70 @@ class TrialConfig:
             if not ok:
                 p.append(message)
 
-        check(self.architecture in ARCHITECTURES, f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
-        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        check(self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
-        check(self.depth >= 8 and (self.depth - 2) % 6 == 0, f"depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {self.depth}")
+        check(
+            self.architecture in ARCHITECTURES,
+            f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}",
+        )
+        check(
+            self.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+        )
+        check(
+            self.schedule in SCHEDULES,
+            f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
+        )
+        check(
+            self.mixed_precision in MIXED_PRECISION,
+            f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}",
+        )
+        check(
+            self.depth >= 8 and (self.depth - 2) % 6 == 0,
+            f"depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {self.depth}",
+        )
         check(1 <= self.width <= 16, f"width must be in 1..16, got {self.width}")
         check(32 <= self.input_size <= 512, f"input_size must be in 32..512, got {self.input_size}")
         check(self.size_inner >= 1, f"size_inner must be >= 1, got {self.size_inner}")
         check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
-        check(0.0 < self.learning_rate <= 10.0, f"learning_rate must be in (0, 10], got {self.learning_rate}")
+        check(
+            0.0 < self.learning_rate <= 10.0,
+            f"learning_rate must be in (0, 10], got {self.learning_rate}",
+        )
         check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
-        check(self.warmup_epochs >= 0 and self.warmup_epochs <= self.epochs, f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
-        check(0.0 <= self.weight_decay < 1.0, f"weight_decay must be in [0, 1), got {self.weight_decay}")
+        check(
+            self.warmup_epochs >= 0 and self.warmup_epochs <= self.epochs,
+            f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}",
+        )
+        check(
+            0.0 <= self.weight_decay < 1.0,
+            f"weight_decay must be in [0, 1), got {self.weight_decay}",
+        )
         check(1 <= self.batch_size <= 8192, f"batch_size must be in 1..8192, got {self.batch_size}")
         check(1 <= self.epochs <= 10_000, f"epochs must be in 1..10000, got {self.epochs}")
-        check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        check(0 <= self.crop_padding <= 16, f"crop_padding must be in 0..16, got {self.crop_padding}")
+        check(
+            0.0 <= self.label_smoothing < 1.0,
+            f"label_smoothing must be in [0, 1), got {self.label_smoothing}",
+        )
+        check(
+            0 <= self.crop_padding <= 16, f"crop_padding must be in 0..16, got {self.crop_padding}"
+        )
         check(0 <= self.cutout <= 32, f"cutout must be in 0..32, got {self.cutout}")
-        check(self.fine_label_weight >= 0.0, f"fine_label_weight must be >= 0, got {self.fine_label_weight}")
-        check(self.time_budget_minutes >= 0, f"time_budget_minutes must be >= 0, got {self.time_budget_minutes}")
-        check(self.early_stopping_patience >= 0, f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        check(
+            self.fine_label_weight >= 0.0,
+            f"fine_label_weight must be >= 0, got {self.fine_label_weight}",
+        )
+        check(
+            self.time_budget_minutes >= 0,
+            f"time_budget_minutes must be >= 0, got {self.time_budget_minutes}",
+        )
+        check(
+            self.early_stopping_patience >= 0,
+            f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}",
+        )
         check(bool(self.weights), "weights must be 'imagenet', 'none' or a file path")
         if self.architecture == "resnet" and self.weights != "none":
-            p.append("weights applies to transfer architectures only; resnet trains from scratch (use weights: none)")
+            p.append(
+                "weights applies to transfer architectures only; resnet trains from scratch (use weights: none)"
+            )
         return p
 
 
@@ -228,7 +269,9 @@ class Grid:
 
     def trial(self, index: int) -> TrialConfig:
         if not 0 <= index < len(self.trials):
-            raise BadInputError(f"grid {self.name!r} has {len(self.trials)} trial(s) (0..{len(self.trials) - 1}); no trial {index}")
+            raise BadInputError(
+                f"grid {self.name!r} has {len(self.trials)} trial(s) (0..{len(self.trials) - 1}); no trial {index}"
+            )
         return self.trials[index]
 
 
@@ -239,11 +282,15 @@ MAX_TRIALS = 1000
 def parse_grid(document: Any, source: str = "grid") -> Grid:
     """Validates a parsed YAML document into a Grid (see the module docstring)."""
     if not isinstance(document, dict):
-        raise BadInputError(f"{source}: a grid must be a YAML mapping with keys {', '.join(sorted(_GRID_KEYS))}")
+        raise BadInputError(
+            f"{source}: a grid must be a YAML mapping with keys {', '.join(sorted(_GRID_KEYS))}"
+        )
     problems: list[str] = []
     unknown = sorted(set(document) - _GRID_KEYS)
     if unknown:
-        problems.append(f"unknown top-level key(s) {', '.join(unknown)} (known: {', '.join(sorted(_GRID_KEYS))})")
+        problems.append(
+            f"unknown top-level key(s) {', '.join(unknown)} (known: {', '.join(sorted(_GRID_KEYS))})"
+        )
     base = document.get("base") or {}
     trials = document.get("trials") or [{}]
     grid = document.get("grid") or {}
@@ -255,14 +302,16 @@ def parse_grid(document: Any, source: str = "grid") -> Grid:
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         problems.append("grid must map each hyper-parameter to a non-empty list of values")
     if metric not in SELECTION_METRICS:
-        problems.append(f"selection_metric must be one of {', '.join(SELECTION_METRICS)}, got {metric!r}")
+        problems.append(
+            f"selection_metric must be one of {', '.join(SELECTION_METRICS)}, got {metric!r}"
+        )
     if problems:
         raise BadInputError(f"{source}: " + "; ".join(problems))
-    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     if len(trials) * len(combos) > MAX_TRIALS:
         raise BadInputError(f"{source}: {len(trials) * len(combos)} trials; at most {MAX_TRIALS}")
     built: list[TrialConfig] = []
-    for t_index, override in enumerate(trials):
+    for override in trials:
         for combo in combos:
             where = f"{source}: trial {len(built)}"
             built.append(TrialConfig.from_dict({**base, **override, **combo}, where=where))

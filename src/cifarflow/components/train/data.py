@@ -39,7 +39,9 @@ def load_training_data(data_dir: str | os.PathLike) -> TrainingData:
         if len(split) == 0:
             raise DataAnomalyError(f"{data_dir}: the {split_name} split is empty")
         if int(split.coarse_labels.max()) >= len(names):
-            raise DataAnomalyError(f"{data_dir}: {split_name} has coarse label {int(split.coarse_labels.max())} but only {len(names)} classes")
+            raise DataAnomalyError(
+                f"{data_dir}: {split_name} has coarse label {int(split.coarse_labels.max())} but only {len(names)} classes"
+            )
     # Per-channel statistics of the training pixels, folded into the model.
     flat = train.images.reshape(-1, 3).astype(np.float64)
     mean = flat.mean(axis=0)

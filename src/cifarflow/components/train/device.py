@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 
@@ -51,13 +51,20 @@ def gpus() -> list[Gpu]:
             found = []
             for device in tf.config.list_physical_devices("GPU"):
                 details = tf.config.experimental.get_device_details(device)
-                found.append(Gpu(details.get("device_name", device.name), _capability(details.get("compute_capability"))))
+                found.append(
+                    Gpu(
+                        details.get("device_name", device.name),
+                        _capability(details.get("compute_capability")),
+                    )
+                )
             return found
         if name == "jax":
             import jax
 
             return [
-                Gpu(str(d), _capability(getattr(d, "compute_capability", None))) for d in jax.devices() if d.platform == "gpu"
+                Gpu(str(d), _capability(getattr(d, "compute_capability", None)))
+                for d in jax.devices()
+                if d.platform == "gpu"
             ]
         if name == "torch":
             import torch
@@ -109,7 +116,9 @@ def cpu_has_native_bfloat16() -> bool:
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)
 
 
-def choose_dtype_policy(mixed_precision: str, gpus: Sequence[Gpu], cpu_native_bfloat16: bool) -> str:
+def choose_dtype_policy(
+    mixed_precision: str, gpus: Sequence[Gpu], cpu_native_bfloat16: bool
+) -> str:
     """The decision of `dtype_policy`, on device details given to it.
 
     Args:
@@ -127,7 +136,11 @@ def choose_dtype_policy(mixed_precision: str, gpus: Sequence[Gpu], cpu_native_bf
         return "mixed_bfloat16"
     if mixed_precision == "auto":
         if gpus:
-            native = all(g.compute_capability is not None and g.compute_capability >= BF16_MIN_COMPUTE_CAPABILITY for g in gpus)
+            native = all(
+                g.compute_capability is not None
+                and g.compute_capability >= BF16_MIN_COMPUTE_CAPABILITY
+                for g in gpus
+            )
             return "mixed_bfloat16" if native else "float32"
         if cpu_native_bfloat16:
             return "mixed_bfloat16"

@@ -47,8 +47,9 @@ import re
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cifarflow.components.train import checkpointing
 from cifarflow.components.train.config import TrialConfig
@@ -80,7 +81,7 @@ def open_durable(
     config: TrialConfig,
     log: Log,
     s3_settings: S3Settings | None = None,
-) -> "DurableCheckpoints | Disabled":
+) -> DurableCheckpoints | Disabled:
     """The durable copy for this run and trial, or a no-op when no store was given.
 
     Args:
@@ -99,7 +100,9 @@ def open_durable(
     if not store or not run_id:
         raise BadInputError("durable checkpoints need both a checkpoint store and a run id")
     if not _RUN_ID.match(run_id):
-        raise BadInputError(f"bad run id {run_id!r}: use letters, digits, '_', '-', '.' (not leading), at most 128")
+        raise BadInputError(
+            f"bad run id {run_id!r}: use letters, digits, '_', '-', '.' (not leading), at most 128"
+        )
     backend = open_backend(store, s3_settings)
     return DurableCheckpoints(backend, f"{ROOT}/{run_id}/trial-{trial_key(config)}", log)
 
@@ -160,20 +163,26 @@ class DurableCheckpoints:
         raw = self.backend.read_bytes(f"{self.rel}/{MANIFEST}")
         if raw is None:
             if any(n.startswith(_GENERATION) for n in self.backend.list_children(self.rel)):
-                self.log(f"train: ignoring the durable checkpoint files under {self.uri}: no manifest names them (an upload cut short)")
+                self.log(
+                    f"train: ignoring the durable checkpoint files under {self.uri}: no manifest names them (an upload cut short)"
+                )
             return False
         try:
             manifest = json.loads(raw)
             generation, files = str(manifest["generation"]), dict(manifest["files"])
         except (ValueError, KeyError, TypeError) as exc:
-            self.log(f"train: ignoring the durable checkpoint at {self.uri}: unreadable manifest ({exc})")
+            self.log(
+                f"train: ignoring the durable checkpoint at {self.uri}: unreadable manifest ({exc})"
+            )
             return False
         local.mkdir(parents=True, exist_ok=True)
         download = local / f"{_DOWNLOAD}{uuid.uuid4().hex[:8]}"
         try:
             try:
                 self.backend.download_tree(f"{self.rel}/{generation}", download)
-            except FileNotFoundError:  # a folder store whose generation is gone: caught by the check below
+            except (
+                FileNotFoundError
+            ):  # a folder store whose generation is gone: caught by the check below
                 download.mkdir(exist_ok=True)
             problem = _check_files(download, files)
             if problem:
@@ -184,7 +193,9 @@ class DurableCheckpoints:
                 os.replace(download / name, local / name)
         finally:
             shutil.rmtree(download, ignore_errors=True)
-        self.log(f"train: restored the durable checkpoint of epoch {manifest.get('epochs_done', '?')} from {self.uri}")
+        self.log(
+            f"train: restored the durable checkpoint of epoch {manifest.get('epochs_done', '?')} from {self.uri}"
+        )
         return True
 
     # -- upload ---------------------------------------------------------------
@@ -200,7 +211,9 @@ class DurableCheckpoints:
                 shutil.rmtree(self._pending[0], ignore_errors=True)
             self._pending = (snapshot, epochs_done)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="durable-checkpoints", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._work, name="durable-checkpoints", daemon=True
+                )
                 self._thread.start()
             self._cond.notify_all()
 
@@ -249,7 +262,9 @@ class DurableCheckpoints:
             try:
                 self._upload(snapshot, epochs_done)
             except Exception as exc:  # noqa: BLE001 - an upload must never stop training
-                self.log(f"train: warning: could not upload the checkpoint of epoch {epochs_done} to {self.uri}: {exc}")
+                self.log(
+                    f"train: warning: could not upload the checkpoint of epoch {epochs_done} to {self.uri}: {exc}"
+                )
             finally:
                 shutil.rmtree(snapshot, ignore_errors=True)
 

@@ -29,13 +29,15 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
 
 from cifarflow.atomic_files import write_json_atomic
+from cifarflow.classes import NUM_FINE_CLASSES
 from cifarflow.components.evaluate.calibration import (
     expected_calibration_error,
     fit_temperature,
@@ -45,11 +47,14 @@ from cifarflow.components.evaluate.calibration import (
 from cifarflow.components.train import checkpointing, device
 from cifarflow.components.train.config import TrialConfig
 from cifarflow.components.train.data import TrainingData, load_training_data
-from cifarflow.components.train.durable_checkpoints import Disabled, DurableCheckpoints, open_durable
+from cifarflow.components.train.durable_checkpoints import (
+    Disabled,
+    DurableCheckpoints,
+    open_durable,
+)
 from cifarflow.components.train.models import build_model
 from cifarflow.components.train.models.build import FINE_LOGITS_LAYER, LOGITS_LAYER
 from cifarflow.components.train.schedules import WarmupSchedule
-from cifarflow.classes import NUM_FINE_CLASSES
 from cifarflow.errors import BadInputError
 from cifarflow.s3 import S3Settings
 
@@ -83,7 +88,7 @@ class TrainResult:
     tflite: bool
 
     @classmethod
-    def load(cls, out_dir: str | os.PathLike) -> "TrainResult":
+    def load(cls, out_dir: str | os.PathLike) -> TrainResult:
         values = json.loads((Path(out_dir) / SUMMARY_FILE).read_text())
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
@@ -188,8 +193,12 @@ def _train(
     resumed = state is not None
     if state is not None and state.trial != config.to_dict():
         # Resuming someone else's trial would silently mix two experiments.
-        raise BadInputError(f"{out} holds a checkpoint of a different trial; use a fresh --out or delete {ckpt_dir}")
-    state = state or checkpointing.TrainingState(planned_epochs=config.epochs, trial=config.to_dict())
+        raise BadInputError(
+            f"{out} holds a checkpoint of a different trial; use a fresh --out or delete {ckpt_dir}"
+        )
+    state = state or checkpointing.TrainingState(
+        planned_epochs=config.epochs, trial=config.to_dict()
+    )
 
     built = build_model(config, data.pixel_mean, data.pixel_std, num_classes=len(data.class_names))
     model, inference = built.training, built.inference
@@ -200,7 +209,9 @@ def _train(
         warmup_steps=round(config.warmup_epochs * steps_per_epoch),
         kind=config.schedule,
     )
-    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+    loss = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=config.label_smoothing
+    )
     y_train: Any = _one_hot(data.train_coarse, len(data.class_names))
     if not built.has_fine_head:
         model.compile(optimizer=_optimizer(config, schedule), loss=loss, metrics=["accuracy"])
@@ -211,10 +222,15 @@ def _train(
             loss_weights={LOGITS_LAYER: 1.0, FINE_LOGITS_LAYER: config.fine_label_weight},
             metrics={LOGITS_LAYER: ["accuracy"]},
         )
-        y_train = {LOGITS_LAYER: y_train, FINE_LOGITS_LAYER: _one_hot(data.train_fine, NUM_FINE_CLASSES)}
+        y_train = {
+            LOGITS_LAYER: y_train,
+            FINE_LOGITS_LAYER: _one_hot(data.train_fine, NUM_FINE_CLASSES),
+        }
     if resumed:
         checkpointing.restore_checkpoint(ckpt_dir, model)
-        log(f"train: resuming from {ckpt_dir}: {state.epochs_done} of {state.planned_epochs} epochs done")
+        log(
+            f"train: resuming from {ckpt_dir}: {state.epochs_done} of {state.planned_epochs} epochs done"
+        )
     log(
         f"train: {model.name}, {model.count_params():,} parameters, {len(data.train_images):,} train / "
         f"{len(data.val_images):,} val images, {policy} on {device.backend()} ({device.describe_device()})"
@@ -227,8 +243,13 @@ def _train(
         epoch = state.epochs_done
         started = time.monotonic()
         fit = model.fit(
-            data.train_images, y_train, batch_size=config.batch_size,
-            initial_epoch=epoch, epochs=epoch + 1, shuffle=True, verbose=0,
+            data.train_images,
+            y_train,
+            batch_size=config.batch_size,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            shuffle=True,
+            verbose=0,
         )
         val_logits = _predict_logits(inference, data.val_images)
         seconds = time.monotonic() - started
@@ -240,26 +261,53 @@ def _train(
             "accuracy": logs[accuracy_key],
             "val_loss": negative_log_likelihood(val_logits, data.val_coarse),
             "val_accuracy": float((val_logits.argmax(axis=1) == data.val_coarse).mean()),
-            "learning_rate": float(keras.ops.convert_to_numpy(schedule(max(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) - 1, 0)))),
+            "learning_rate": float(
+                keras.ops.convert_to_numpy(
+                    schedule(
+                        max(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) - 1, 0)
+                    )
+                )
+            ),
             "seconds": seconds,
         }
         improved = row["val_accuracy"] > state.best_val_accuracy
         if improved:
-            state.best_val_accuracy, state.best_epoch, state.epochs_without_gain = row["val_accuracy"], epoch + 1, 0
+            state.best_val_accuracy, state.best_epoch, state.epochs_without_gain = (
+                row["val_accuracy"],
+                epoch + 1,
+                0,
+            )
         else:
             state.epochs_without_gain += 1
         state.history.append(row)
         state.epochs_done = epoch + 1
         state.train_seconds += seconds
         run_seconds.append(seconds)
-        log(_epoch_line(epoch + 1, state.planned_epochs, row, state.best_epoch, state.best_val_accuracy))
+        log(
+            _epoch_line(
+                epoch + 1, state.planned_epochs, row, state.best_epoch, state.best_val_accuracy
+            )
+        )
         if budget > 0:
             # The median resists one slow epoch (a neighbour's burst) but follows a lasting change.
-            _replan(state, budget, float(np.median(run_seconds)), schedule, steps_per_epoch, model, log, config.epochs)
+            _replan(
+                state,
+                budget,
+                float(np.median(run_seconds)),
+                schedule,
+                steps_per_epoch,
+                model,
+                log,
+                config.epochs,
+            )
         checkpointing.save_checkpoint(ckpt_dir, model, state, improved)
         durable.save(ckpt_dir, state.epochs_done)
         patience = config.early_stopping_patience
-        if patience and state.epochs_without_gain >= patience and state.epochs_done < state.planned_epochs:
+        if (
+            patience
+            and state.epochs_without_gain >= patience
+            and state.epochs_done < state.planned_epochs
+        ):
             log(f"train: stopping early, no val-accuracy gain for {patience} epochs")
             stopped_early = True
             break
@@ -269,14 +317,20 @@ def _train(
     temperature = fit_temperature(val_logits, data.val_coarse)
     ece_before = expected_calibration_error(softmax(val_logits), data.val_coarse)
     ece_after = expected_calibration_error(softmax(val_logits / temperature), data.val_coarse)
-    log(f"train: best epoch {state.best_epoch}: val_acc {state.best_val_accuracy:.4f}; temperature {temperature:.3f} (val ECE {ece_before:.4f} -> {ece_after:.4f})")
+    log(
+        f"train: best epoch {state.best_epoch}: val_acc {state.best_val_accuracy:.4f}; temperature {temperature:.3f} (val ECE {ece_before:.4f} -> {ece_after:.4f})"
+    )
 
     # Exported in float32 (see _write_outputs): the served graph should not depend on the training policy.
     _write_outputs(out, inference, data, config, temperature, export_tflite, log)
     (out / HISTORY_FILE).write_text(json.dumps(state.history, indent=1) + "\n")
     from cifarflow.components.train.plots import plot_curves
 
-    plot_curves(state.history, out / CURVES_FILE, title=f"{inference.name} ({config.optimizer}, lr {config.learning_rate})")
+    plot_curves(
+        state.history,
+        out / CURVES_FILE,
+        title=f"{inference.name} ({config.optimizer}, lr {config.learning_rate})",
+    )
     result = TrainResult(
         out_dir=str(out),
         trial=config.to_dict(),
@@ -329,7 +383,9 @@ def _replan(
     elif affordable >= planned + 2 and planned < ceiling and state.epochs_done * 2 <= planned:
         planned = min(ceiling, affordable - 1)
     if planned != state.planned_epochs:
-        log(f"train: time budget, {epoch_seconds:.0f}s per epoch leaves room for {planned} epochs (planned {state.planned_epochs})")
+        log(
+            f"train: time budget, {epoch_seconds:.0f}s per epoch leaves room for {planned} epochs (planned {state.planned_epochs})"
+        )
         state.planned_epochs = planned
         schedule.total_steps = max(planned * steps_per_epoch, 1)
         # The schedule's constants are baked into the compiled step: rebuild it.
@@ -353,7 +409,9 @@ def _write_outputs(
     inference.save(partial)
     os.replace(partial, out / KERAS_FILE)
     if device.backend() != "tensorflow":
-        log(f"train: SavedModel export skipped on {device.backend()}: run `cifarflow train --export-only --out {out}` with KERAS_BACKEND=tensorflow")
+        log(
+            f"train: SavedModel export skipped on {device.backend()}: run `cifarflow train --export-only --out {out}` with KERAS_BACKEND=tensorflow"
+        )
         return
     export.export_saved_model(inference, out, data.class_names, temperature)
     if export_tflite:
@@ -373,7 +431,9 @@ def _float32_copy(trained: keras.Model, config: TrialConfig, data: TrainingData)
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")
     try:
-        copy = build_model(config, data.pixel_mean, data.pixel_std, num_classes=len(data.class_names)).inference
+        copy = build_model(
+            config, data.pixel_mean, data.pixel_std, num_classes=len(data.class_names)
+        ).inference
     finally:
         keras.mixed_precision.set_global_policy(previous)
     copy.set_weights(trained.get_weights())

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import keras
 
@@ -50,10 +50,14 @@ def decode_and_resize(image_bytes):
     image = tf.cond(
         tf.io.is_jpeg(image_bytes),
         lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8),
+        lambda: tf.io.decode_image(
+            image_bytes, channels=3, expand_animations=False, dtype=tf.uint8
+        ),
     )
     image.set_shape([None, None, 3])
-    resized = tf.image.resize(tf.cast(image, tf.float32), [IMAGE_SIZE, IMAGE_SIZE], method="bilinear", antialias=True)
+    resized = tf.image.resize(
+        tf.cast(image, tf.float32), [IMAGE_SIZE, IMAGE_SIZE], method="bilinear", antialias=True
+    )
     # The model was trained on whole uint8 values: round like a saved thumbnail would.
     return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
 
@@ -90,7 +94,8 @@ def export_saved_model(
 
     def serve_bytes(image_bytes):
         pixels = tf.map_fn(
-            decode_and_resize, image_bytes,
+            decode_and_resize,
+            image_bytes,
             fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32),
         )
         return outputs(pixels)
@@ -101,11 +106,13 @@ def export_saved_model(
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
-        "serving_default", serve_bytes,
+        "serving_default",
+        serve_bytes,
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
     )
     archive.add_endpoint(
-        "predict_pixels", predict_pixels,
+        "predict_pixels",
+        predict_pixels,
         input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name="images")],
     )
     archive.write_out(str(tmp), verbose=False)
@@ -128,9 +135,14 @@ def export_tflite(saved_model_dir: str | os.PathLike, path: str | os.PathLike) -
     _require_tensorflow_backend()
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=["predict_pixels"])
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(saved_model_dir), signature_keys=["predict_pixels"]
+    )
     # class_names is a string gather; let TFLite fall back to TF ops where needed.
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+        tf.lite.OpsSet.SELECT_TF_OPS,
+    ]
     data = converter.convert()
     write_bytes_atomic(path, data)
 
@@ -149,7 +161,9 @@ def export_model_folder(out_dir: str | os.PathLike, tflite: bool = True) -> None
     out = Path(out_dir)
     summary_path = out / "train_summary.json"
     if not (out / "model.keras").is_file() or not summary_path.is_file():
-        raise BadInputError(f"{out} has no model.keras and train_summary.json: it is not a finished trial")
+        raise BadInputError(
+            f"{out} has no model.keras and train_summary.json: it is not a finished trial"
+        )
     _require_tensorflow_backend()
     # Importing the training package registers the custom layers for loading.
     import cifarflow.components.train.models  # noqa: F401

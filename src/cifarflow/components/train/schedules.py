@@ -24,7 +24,14 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         start_fraction: where the warm-up starts, as a fraction of `peak`.
     """
 
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int, kind: str = "cosine", start_fraction: float = 0.1) -> None:
+    def __init__(
+        self,
+        peak: float,
+        total_steps: int,
+        warmup_steps: int,
+        kind: str = "cosine",
+        start_fraction: float = 0.1,
+    ) -> None:
         self.peak = float(peak)
         self.total_steps = max(int(total_steps), 1)
         self.warmup_steps = min(max(int(warmup_steps), 0), self.total_steps)
@@ -37,7 +44,9 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         if self.kind == "constant" and self.warmup_steps == 0:
             return ops.cast(peak, "float32") + 0.0 * step
         warm = max(self.warmup_steps, 1)
-        up = peak * (self.start_fraction + (1.0 - self.start_fraction) * ops.minimum(step / warm, 1.0))
+        up = peak * (
+            self.start_fraction + (1.0 - self.start_fraction) * ops.minimum(step / warm, 1.0)
+        )
         if self.kind == "constant":
             return up
         decay_len = max(self.total_steps - self.warmup_steps, 1)

@@ -24,5 +24,7 @@ class BearerAuth:
             raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
         scheme, _, supplied = header.strip().partition(" ")
         # compare_digest: the time taken must not reveal how much of the token matched.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), self._token):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            supplied.strip().encode(), self._token
+        ):
             raise Unauthenticated("invalid bearer token")

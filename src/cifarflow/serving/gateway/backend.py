@@ -27,13 +27,26 @@ import collections
 import dataclasses
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
-from cifarflow.serving.errors import DeadlineExceeded, Internal, InvalidInput, NotFound, ServingError, Unavailable, from_grpc_error
+from cifarflow.serving.errors import (
+    DeadlineExceeded,
+    Internal,
+    InvalidInput,
+    NotFound,
+    ServingError,
+    Unavailable,
+    from_grpc_error,
+)
 from cifarflow.serving.gateway.target import channel_options
 from cifarflow.serving.tensors import DT_STRING, from_tensor_proto, to_tensor_proto
 
@@ -65,8 +78,16 @@ class _Waiting:
 class Backend:
     """Calls `serving_default` with encoded images; checks model status for /readyz."""
 
-    def __init__(self, target: str, model_name: str, timeout_s: float, max_message_bytes: int = 64 * 1024 * 1024,
-                 max_in_flight: int = 2, max_images: int = 32, on_call: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        model_name: str,
+        timeout_s: float,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        max_in_flight: int = 2,
+        max_images: int = 32,
+        on_call: Callable[[int], None] | None = None,
+    ) -> None:
         self.target = target
         self.model_name = model_name
         self.timeout_s = timeout_s
@@ -92,9 +113,15 @@ class Backend:
         self._in_flight = 0
 
     def _deadline(self, caller_remaining: float | None) -> float:
-        return self.timeout_s if caller_remaining is None else max(0.001, min(self.timeout_s, caller_remaining))
+        return (
+            self.timeout_s
+            if caller_remaining is None
+            else max(0.001, min(self.timeout_s, caller_remaining))
+        )
 
-    def classify(self, images: list[bytes], request_id: str = "", caller_remaining: float | None = None) -> BackendResult:
+    def classify(
+        self, images: list[bytes], request_id: str = "", caller_remaining: float | None = None
+    ) -> BackendResult:
         """Probabilities for `images`, from a call of their own or one shared with concurrent requests."""
         timeout = self._deadline(caller_remaining)
         with self._lock:
@@ -118,7 +145,9 @@ class Backend:
                     self._queued.remove(waiting)
                 except ValueError:  # already on its way: the shared call goes on for the others
                     pass
-            raise DeadlineExceeded(f"model backend {self.target} did not answer in time: deadline exceeded")
+            raise DeadlineExceeded(
+                f"model backend {self.target} did not answer in time: deadline exceeded"
+            )
         if waiting.error is not None:
             raise waiting.error
         return waiting.result
@@ -136,18 +165,25 @@ class Backend:
     def _error(self, exc: grpc.RpcError) -> ServingError:
         error = from_grpc_error(exc, f"model backend {self.target}")
         if isinstance(error, NotFound):  # the server is up but has no such model loaded
-            return Unavailable(f"model {self.model_name!r} is not available on {self.target}: {error.message}")
+            return Unavailable(
+                f"model {self.model_name!r} is not available on {self.target}: {error.message}"
+            )
         return error
 
     def _result(self, response) -> BackendResult:
         probabilities = from_tensor_proto(response.outputs["probabilities"], "probabilities")
-        return BackendResult(response.model_spec.name, int(response.model_spec.version.value), probabilities)
+        return BackendResult(
+            response.model_spec.name, int(response.model_spec.version.value), probabilities
+        )
 
     def _call(self, images: list[bytes], request_id: str, timeout: float) -> BackendResult:
         self._on_call(len(images))
         try:
-            response = self._predict(self._request(images), timeout=timeout,
-                                     metadata=(("x-request-id", request_id),) if request_id else None)
+            response = self._predict(
+                self._request(images),
+                timeout=timeout,
+                metadata=(("x-request-id", request_id),) if request_id else None,
+            )
         except grpc.RpcError as exc:
             raise self._error(exc) from None
         return self._result(response)
@@ -159,7 +195,9 @@ class Backend:
             images = 0
             while self._queued:
                 head = self._queued[0]
-                if group and (head.alone or group[0].alone or images + len(head.images) > self.max_images):
+                if group and (
+                    head.alone or group[0].alone or images + len(head.images) > self.max_images
+                ):
                     break
                 group.append(self._queued.popleft())
                 images += len(head.images)
@@ -171,10 +209,14 @@ class Backend:
         self._on_call(images)
         try:
             future = self._predict.future(
-                self._request([image for w in group for image in w.images]), timeout=max(0.001, remaining),
-                metadata=(("x-request-id", ids[:1024]),) if ids else None)
+                self._request([image for w in group for image in w.images]),
+                timeout=max(0.001, remaining),
+                metadata=(("x-request-id", ids[:1024]),) if ids else None,
+            )
         except Exception as exc:  # the channel is closed
-            self._finish(group, error=Unavailable(f"model backend {self.target} unavailable: {exc}"))
+            self._finish(
+                group, error=Unavailable(f"model backend {self.target} unavailable: {exc}")
+            )
             self._send_queued()
             return
         future.add_done_callback(lambda done: self._shared_call_done(group, done))
@@ -197,11 +239,16 @@ class Backend:
             start = 0
             for waiting in group:
                 end = start + len(waiting.images)
-                waiting.result = BackendResult(result.model, result.version, result.probabilities[start:end])
+                waiting.result = BackendResult(
+                    result.model, result.version, result.probabilities[start:end]
+                )
                 waiting.done.set()
                 start = end
         except Exception as exc:  # never leave a request waiting
-            self._finish([w for w in group if not w.done.is_set()], error=Internal(f"{type(exc).__name__}: {exc}"))
+            self._finish(
+                [w for w in group if not w.done.is_set()],
+                error=Internal(f"{type(exc).__name__}: {exc}"),
+            )
         finally:
             self._send_queued()
 

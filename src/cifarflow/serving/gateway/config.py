@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from cifarflow.errors import BadInputError
 from cifarflow.serving.gateway.target import validate_target
@@ -59,7 +59,9 @@ class GatewayConfig:
         return self.max_image_bytes * 4 // 3 + 64 * 1024
 
 
-def load_token(environ: Mapping[str, str] | None = None, token_file: Path | None = None) -> str | None:
+def load_token(
+    environ: Mapping[str, str] | None = None, token_file: Path | None = None
+) -> str | None:
     """The bearer token from a mounted secret file, else from CIFARFLOW_GATEWAY_TOKEN; None if neither."""
     if token_file is not None:
         try:

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 
@@ -24,20 +24,31 @@ access_log = logging.getLogger("cifarflow.gateway.access")
 log = logging.getLogger(__name__)
 
 
-def _response(result: Classification, top_k: int, request_id: str) -> classifier_pb2.ClassifyResponse:
-    response = classifier_pb2.ClassifyResponse(model=result.model, version=result.version, request_id=request_id)
+def _response(
+    result: Classification, top_k: int, request_id: str
+) -> classifier_pb2.ClassifyResponse:
+    response = classifier_pb2.ClassifyResponse(
+        model=result.model, version=result.version, request_id=request_id
+    )
     for class_id, name, probability in result.top(top_k):
         response.predictions.add(class_name=name, probability=probability, class_id=class_id)
     return response
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
-    def __init__(self, classifier: Classifier, auth: BearerAuth, is_draining: Callable[[], bool]) -> None:
+    def __init__(
+        self, classifier: Classifier, auth: BearerAuth, is_draining: Callable[[], bool]
+    ) -> None:
         self.classifier = classifier
         self.auth = auth
         self.is_draining = is_draining
 
-    def _call(self, endpoint: str, context: grpc.ServicerContext, work: Callable[[str, float | None], object]):
+    def _call(
+        self,
+        endpoint: str,
+        context: grpc.ServicerContext,
+        work: Callable[[str, float | None], object],
+    ):
         started = time.perf_counter()
         metadata = dict(context.invocation_metadata())
         request_id = str(metadata.get("x-request-id") or "")[:64] or uuid.uuid4().hex
@@ -62,9 +73,21 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             code = error.grpc_code.name
         finally:
             seconds = time.perf_counter() - started
-            self.classifier.metrics.observe("grpc", endpoint, code, seconds, error.cause if error else None)
-            access_log.info(json.dumps({"event": "request", "protocol": "grpc", "request_id": request_id,
-                                        "method": endpoint, "code": code, "ms": round(seconds * 1000, 2)}))
+            self.classifier.metrics.observe(
+                "grpc", endpoint, code, seconds, error.cause if error else None
+            )
+            access_log.info(
+                json.dumps(
+                    {
+                        "event": "request",
+                        "protocol": "grpc",
+                        "request_id": request_id,
+                        "method": endpoint,
+                        "code": code,
+                        "ms": round(seconds * 1000, 2),
+                    }
+                )
+            )
         context.abort(error.grpc_code, error.message)
 
     def Classify(self, request, context):
@@ -83,6 +106,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         def work(request_id: str, deadline: float | None):
             top_k = check_top_k(request.top_k, self.classifier.config.default_top_k)
             results = self.classifier.classify(list(request.images), request_id, deadline)
-            return classifier_pb2.ClassifyBatchResponse(results=[_response(r, top_k, request_id) for r in results])
+            return classifier_pb2.ClassifyBatchResponse(
+                results=[_response(r, top_k, request_id) for r in results]
+            )
 
         return self._call("ClassifyBatch", context, work)

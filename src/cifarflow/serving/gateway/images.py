@@ -69,18 +69,24 @@ def prepare_image(data: bytes, limits: ImageLimits) -> PreparedImage:
         try:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
-            raise InvalidInput("not an image: the bytes are not a format the service recognises "
-                               f"(send {', '.join(SUPPORTED_FORMATS)})") from None
+            raise InvalidInput(
+                "not an image: the bytes are not a format the service recognises "
+                f"(send {', '.join(SUPPORTED_FORMATS)})"
+            ) from None
         except Image.DecompressionBombError as exc:
             raise PayloadTooLarge(f"image has too many pixels: {exc}") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise InvalidInput(f"corrupt image header: {exc}") from None
         fmt = image.format or "unknown"
         if fmt not in SUPPORTED_FORMATS:
-            raise UnsupportedMediaType(f"unsupported image format {fmt}: send {', '.join(SUPPORTED_FORMATS)}")
+            raise UnsupportedMediaType(
+                f"unsupported image format {fmt}: send {', '.join(SUPPORTED_FORMATS)}"
+            )
         width, height = image.size
         if width * height > limits.max_pixels:
-            raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
+            raise PayloadTooLarge(
+                f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+            )
         if width == 0 or height == 0:
             raise InvalidInput("image has no pixels")
         mode = image.mode
@@ -98,7 +104,9 @@ def prepare_image(data: bytes, limits: ImageLimits) -> PreparedImage:
         # Only after load() for the other formats: PNG's getexif() loads the
         # pixels itself, and the except in _orientation would hide a corrupt stream.
         orientation = jpeg_orientation if jpeg_orientation is not None else _orientation(image)
-        pass_through = fmt in _PASS_THROUGH_FORMATS and mode in _PASS_THROUGH_MODES and orientation in (0, 1)
+        pass_through = (
+            fmt in _PASS_THROUGH_FORMATS and mode in _PASS_THROUGH_MODES and orientation in (0, 1)
+        )
         if pass_through:
             return PreparedImage(data, fmt, width, height, normalised=False)
         return PreparedImage(_normalise(image), fmt, width, height, normalised=True)

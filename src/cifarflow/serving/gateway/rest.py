@@ -1,13 +1,13 @@
 """The gateway's HTTP endpoints.
 
-    GET  /              the web page
-    GET  /healthz       the process is up
-    GET  /readyz        the backend answers and has the model AVAILABLE
-    GET  /metrics       Prometheus
-    GET  /v1/info       what the page needs to know (URL fetching on? auth on?)
-    GET  /openapi.json  this API described for clients and fuzzers (openapi.json beside this file)
-    POST /v1/classify   multipart field `file`, JSON {"image_b64" | "url", "top_k"}, or a raw image/* body
-    POST /predict       {"url": ...} -> {"<class name>": score, ...} (the 2023 contract)
+GET  /              the web page
+GET  /healthz       the process is up
+GET  /readyz        the backend answers and has the model AVAILABLE
+GET  /metrics       Prometheus
+GET  /v1/info       what the page needs to know (URL fetching on? auth on?)
+GET  /openapi.json  this API described for clients and fuzzers (openapi.json beside this file)
+POST /v1/classify   multipart field `file`, JSON {"image_b64" | "url", "top_k"}, or a raw image/* body
+POST /predict       {"url": ...} -> {"<class name>": score, ...} (the 2023 contract)
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import re
 import time
 from typing import Any
 
-from cifarflow.serving.errors import InvalidInput, MethodNotAllowed, NotFound, Unavailable, UnsupportedMediaType
+from cifarflow.serving.errors import (
+    InvalidInput,
+    MethodNotAllowed,
+    NotFound,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from cifarflow.serving.gateway.auth import BearerAuth
 from cifarflow.serving.gateway.service import Classifier, check_top_k
 from cifarflow.serving.http import Request, Response
@@ -64,7 +70,9 @@ def _multipart_file(request: Request) -> tuple[bytes, dict[str, str]]:
                 file_bytes = payload
             elif name:
                 fields[str(name)] = payload.decode("utf-8", "replace")
-    except Exception as exc:  # the stdlib parser has raised IndexError and others on malformed headers
+    except (
+        Exception
+    ) as exc:  # the stdlib parser has raised IndexError and others on malformed headers
         raise InvalidInput(f"malformed multipart body ({type(exc).__name__})") from None
     if not multipart:
         raise InvalidInput("malformed multipart body")
@@ -122,7 +130,12 @@ class GatewayApi:
     # -- endpoints ----------------------------------------------------------------
 
     def index(self, request: Request) -> Response:
-        return Response(200, _resource("static/index.html"), "text/html; charset=utf-8", {"Cache-Control": "no-cache"})
+        return Response(
+            200,
+            _resource("static/index.html"),
+            "text/html; charset=utf-8",
+            {"Cache-Control": "no-cache"},
+        )
 
     def openapi(self, request: Request) -> Response:
         return Response(200, _resource("openapi.json"), "application/json")
@@ -136,29 +149,37 @@ class GatewayApi:
         ready, reason, version = self.classifier.backend.status()
         if not ready:
             raise Unavailable(f"not ready: backend {self.classifier.backend.target}: {reason}")
-        return Response.json({"status": "ready", "model": self.classifier.backend.model_name, "version": version})
+        return Response.json(
+            {"status": "ready", "model": self.classifier.backend.model_name, "version": version}
+        )
 
     def metrics(self, request: Request) -> Response:
         return Response(200, self.classifier.metrics.render(), self.classifier.metrics.content_type)
 
     def info(self, request: Request) -> Response:
         config = self.classifier.config
-        return Response.json({
-            "model": config.model_name,
-            "url_fetching": self.classifier.url_policy.enabled,
-            "auth": self.auth.enabled,
-            "max_image_bytes": config.max_image_bytes,
-            "default_top_k": config.default_top_k,
-        })
+        return Response.json(
+            {
+                "model": config.model_name,
+                "url_fetching": self.classifier.url_policy.enabled,
+                "auth": self.auth.enabled,
+                "max_image_bytes": config.max_image_bytes,
+                "default_top_k": config.default_top_k,
+            }
+        )
 
     def classify(self, request: Request) -> Response:
         data, top_k = self.classify_input(request)
         result = self.classifier.classify([data], request.request_id, _deadline(request))[0]
-        return Response.json({
-            "model": result.model,
-            "version": result.version,
-            "predictions": [{"class": name, "probability": p} for _, name, p in result.top(top_k)],
-        })
+        return Response.json(
+            {
+                "model": result.model,
+                "version": result.version,
+                "predictions": [
+                    {"class": name, "probability": p} for _, name, p in result.top(top_k)
+                ],
+            }
+        )
 
     def classify_input(self, request: Request) -> tuple[bytes, int]:
         """The image bytes and top_k of a /v1/classify request, whichever way it was sent."""
@@ -188,10 +209,10 @@ class GatewayApi:
 
     def predict(self, request: Request) -> Response:
         if _media_type(request) != "application/json":
-            raise UnsupportedMediaType("POST /predict takes application/json: {\"url\": \"...\"}")
+            raise UnsupportedMediaType('POST /predict takes application/json: {"url": "..."}')
         body = request.json()
         if not isinstance(body, dict) or "url" not in body:
-            raise InvalidInput("JSON body must be {\"url\": \"...\"}")
+            raise InvalidInput('JSON body must be {"url": "..."}')
         data = self.classifier.fetch(body["url"])
         result = self.classifier.classify([data], request.request_id, _deadline(request))[0]
         return Response.json(result.scores())

@@ -9,8 +9,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
-from typing import Callable
 
 import grpc
 
@@ -33,21 +33,31 @@ class Gateway:
     names itself in an `X-Gateway-Worker: <pid>` header on every answer.
     """
 
-    def __init__(self, config: GatewayConfig, http_socket: socket.socket | None = None, worker: bool = False) -> None:
+    def __init__(
+        self, config: GatewayConfig, http_socket: socket.socket | None = None, worker: bool = False
+    ) -> None:
         self.config = config
         self.worker_id = str(os.getpid()) if worker else None
         self.metrics = GatewayMetrics()
-        self.backend = Backend(config.backend, config.model_name, config.backend_timeout_s,
-                               max_message_bytes=max(64 * 1024 * 1024, 2 * config.max_image_bytes),
-                               on_call=self.metrics.batch_images.observe)
+        self.backend = Backend(
+            config.backend,
+            config.model_name,
+            config.backend_timeout_s,
+            max_message_bytes=max(64 * 1024 * 1024, 2 * config.max_image_bytes),
+            on_call=self.metrics.batch_images.observe,
+        )
         self.classifier = Classifier(config, self.backend, self.metrics)
         self.auth = BearerAuth(config.token)
         self._draining = threading.Event()
         from cifarflow.serving.gateway.rest import GatewayApi
 
         self.api = GatewayApi(self.classifier, self.auth, self._draining.is_set)
-        self.http = HttpServer(HttpConfig(config.host, config.port, max_body_bytes=config.max_body_bytes),
-                               self.api, on_done=self._log_request, listen_socket=http_socket)
+        self.http = HttpServer(
+            HttpConfig(config.host, config.port, max_body_bytes=config.max_body_bytes),
+            self.api,
+            on_done=self._log_request,
+            listen_socket=http_socket,
+        )
         self.grpc_server: grpc.Server | None = None
         self.grpc_port: int | None = None
 
@@ -63,12 +73,22 @@ class Gateway:
         if self.worker_id:  # this hook sees every answer, errors included, before it is sent
             response.headers["X-Gateway-Worker"] = self.worker_id
         # One JSON line per request: greppable by request id, no bodies, no tokens.
-        access_log.info(json.dumps({
-            "event": "request", "protocol": "http", "request_id": request.request_id, "method": request.method,
-            "path": endpoint, "status": response.status, "ms": round(seconds * 1000, 2), "client": request.client,
-        }))
+        access_log.info(
+            json.dumps(
+                {
+                    "event": "request",
+                    "protocol": "http",
+                    "request_id": request.request_id,
+                    "method": request.method,
+                    "path": endpoint,
+                    "status": response.status,
+                    "ms": round(seconds * 1000, 2),
+                    "client": request.client,
+                }
+            )
+        )
 
-    def start(self) -> "Gateway":
+    def start(self) -> Gateway:
         self.http.start()
         if self.config.grpc_port >= 0:
             from cifarflow.serving.gateway.grpc_service import ClassifierServicer
@@ -77,17 +97,33 @@ class Gateway:
             limit = self.config.max_body_bytes
             self.grpc_server = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="gw-grpc"),
-                options=[("grpc.max_receive_message_length", limit),
-                         # Alone, a port already in use must fail the start; workers share theirs.
-                         ("grpc.so_reuseport", 1 if self.worker_id else 0)],
+                options=[
+                    ("grpc.max_receive_message_length", limit),
+                    # Alone, a port already in use must fail the start; workers share theirs.
+                    ("grpc.so_reuseport", 1 if self.worker_id else 0),
+                ],
             )
             classifier_pb2_grpc.add_ClassifierServicer_to_server(
-                ClassifierServicer(self.classifier, self.auth, self._draining.is_set), self.grpc_server)
-            self.grpc_port = self.grpc_server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+                ClassifierServicer(self.classifier, self.auth, self._draining.is_set),
+                self.grpc_server,
+            )
+            self.grpc_port = self.grpc_server.add_insecure_port(
+                f"{self.config.host}:{self.config.grpc_port}"
+            )
             self.grpc_server.start()
-        log.info(json.dumps({"event": "started", "pid": os.getpid(), "http_port": self.port, "grpc_port": self.grpc_port,
-                             "backend": self.config.backend, "auth": self.auth.enabled,
-                             "url_fetching": self.classifier.url_policy.enabled}))
+        log.info(
+            json.dumps(
+                {
+                    "event": "started",
+                    "pid": os.getpid(),
+                    "http_port": self.port,
+                    "grpc_port": self.grpc_port,
+                    "backend": self.config.backend,
+                    "auth": self.auth.enabled,
+                    "url_fetching": self.classifier.url_policy.enabled,
+                }
+            )
+        )
         return self
 
     def stop(self, grace_s: float | None = None) -> bool:
@@ -131,7 +167,12 @@ def wait_for_stop_signal(on_ready: Callable[[], object] = lambda: None) -> None:
 def run_gateway(config: GatewayConfig) -> int:
     """Serves until SIGTERM/SIGINT, then drains (Kubernetes sends SIGTERM before killing a pod)."""
     gateway = Gateway(config).start()
-    wait_for_stop_signal(lambda: print(f"gateway: HTTP on {config.host}:{gateway.port}, gRPC on {config.host}:"
-                                       f"{gateway.grpc_port}, backend {config.backend}", flush=True))
+    wait_for_stop_signal(
+        lambda: print(
+            f"gateway: HTTP on {config.host}:{gateway.port}, gRPC on {config.host}:"
+            f"{gateway.grpc_port}, backend {config.backend}",
+            flush=True,
+        )
+    )
     gateway.stop()
     return 0

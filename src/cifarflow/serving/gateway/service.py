@@ -37,7 +37,9 @@ class Classification:
 
 
 def class_name(class_id: int) -> str:
-    return COARSE_CLASS_NAMES[class_id] if class_id < len(COARSE_CLASS_NAMES) else f"class_{class_id}"
+    return (
+        COARSE_CLASS_NAMES[class_id] if class_id < len(COARSE_CLASS_NAMES) else f"class_{class_id}"
+    )
 
 
 def check_top_k(value, default: int) -> int:
@@ -60,12 +62,19 @@ class Classifier:
         self.backend = backend
         self.metrics = metrics
         self.limits = ImageLimits(config.max_image_bytes, config.max_pixels)
-        self.url_policy = UrlPolicy(config.allowed_url_hosts, config.allow_private_urls, config.max_image_bytes, config.url_timeout_s)
+        self.url_policy = UrlPolicy(
+            config.allowed_url_hosts,
+            config.allow_private_urls,
+            config.max_image_bytes,
+            config.url_timeout_s,
+        )
 
     def fetch(self, url: str) -> bytes:
         return fetch_image(url, self.url_policy)
 
-    def classify(self, images: list[bytes], request_id: str = "", deadline: float | None = None) -> list[Classification]:
+    def classify(
+        self, images: list[bytes], request_id: str = "", deadline: float | None = None
+    ) -> list[Classification]:
         """Validates every image first (one bad image must not fail the backend batch), then one backend call."""
         if not images:
             raise InvalidInput("no images in the request")

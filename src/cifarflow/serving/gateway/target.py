@@ -47,7 +47,8 @@ def validate_target(target: str) -> None:
         return
     raise BadInputError(
         f"--backend must be HOST:PORT, dns:///NAME:PORT, ipv4:ADDR:PORT[,ADDR:PORT...] or "
-        f"ipv6:[ADDR]:PORT[,...], got {target!r}")
+        f"ipv6:[ADDR]:PORT[,...], got {target!r}"
+    )
 
 
 def balances_per_call(target: str) -> bool:

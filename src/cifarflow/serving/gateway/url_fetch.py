@@ -21,7 +21,13 @@ import ssl
 import time
 from urllib.parse import urljoin, urlsplit
 
-from cifarflow.serving.errors import BadGateway, DeadlineExceeded, Forbidden, InvalidInput, PayloadTooLarge
+from cifarflow.serving.errors import (
+    BadGateway,
+    DeadlineExceeded,
+    Forbidden,
+    InvalidInput,
+    PayloadTooLarge,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +59,14 @@ def _refused_address(address: str) -> str | None:
         # An IPv4 address inside an IPv6 one (mapped, 6to4) reaches that IPv4 host.
         ip = ip.ipv4_mapped or ip.sixtofour or ip
     # Most specific first: 169.254.x.x is also "private", but link-local says why.
-    for attribute in ("is_loopback", "is_link_local", "is_multicast", "is_unspecified", "is_reserved", "is_private"):
+    for attribute in (
+        "is_loopback",
+        "is_link_local",
+        "is_multicast",
+        "is_unspecified",
+        "is_reserved",
+        "is_private",
+    ):
         if getattr(ip, attribute):
             return attribute[3:].replace("_", "-")
     # Not private, yet not the internet either: the shared address space
@@ -73,7 +86,9 @@ def _resolve(host: str, port: int, policy: UrlPolicy) -> list[str]:
         for address in addresses:
             why = _refused_address(address)
             if why:
-                raise Forbidden(f"refusing to fetch from {host} ({address}): {why} addresses are not allowed")
+                raise Forbidden(
+                    f"refusing to fetch from {host} ({address}): {why} addresses are not allowed"
+                )
     return addresses
 
 
@@ -84,7 +99,9 @@ def _check_url(url: str, policy: UrlPolicy) -> tuple[str, str, int, str]:
         raise InvalidInput("'url' is longer than 2048 characters")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise InvalidInput(f"only http and https URLs are fetched, not {parts.scheme or 'a relative URL'!r}")
+        raise InvalidInput(
+            f"only http and https URLs are fetched, not {parts.scheme or 'a relative URL'!r}"
+        )
     if parts.username or parts.password:
         raise InvalidInput("URLs with credentials are not fetched")
     host = parts.hostname
@@ -176,30 +193,45 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
-def _get(scheme: str, host: str, port: int, address: str, target: str, policy: UrlPolicy, deadline: float):
+def _get(
+    scheme: str, host: str, port: int, address: str, target: str, policy: UrlPolicy, deadline: float
+):
     sock: socket.socket | None = None
     try:
         sock = socket.create_connection((address, port), timeout=_remaining(deadline, policy))
         if scheme == "https":
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
         connection = http.client.HTTPConnection(host, port)
-        connection.sock = _DeadlineSocket(sock, deadline, policy)  # already connected to the checked address
-        connection.request("GET", target, headers={"Host": host if port in (80, 443) else f"{host}:{port}",
-                                                   "User-Agent": "cifarflow-gateway", "Accept": "image/*"})
+        connection.sock = _DeadlineSocket(
+            sock, deadline, policy
+        )  # already connected to the checked address
+        connection.request(
+            "GET",
+            target,
+            headers={
+                "Host": host if port in (80, 443) else f"{host}:{port}",
+                "User-Agent": "cifarflow-gateway",
+                "Accept": "image/*",
+            },
+        )
         response = connection.getresponse()
         if 300 <= response.status < 400:
             return response.status, response.getheader("Location"), b""
         length = response.getheader("Content-Length")
         if length and length.isdigit() and int(length) > policy.max_bytes:
-            raise PayloadTooLarge(f"the URL's image is {length} bytes; the limit is {policy.max_bytes} bytes")
+            raise PayloadTooLarge(
+                f"the URL's image is {length} bytes; the limit is {policy.max_bytes} bytes"
+            )
         chunks, size = [], 0
         while chunk := response.read1(64 * 1024):
             size += len(chunk)
             if size > policy.max_bytes:
-                raise PayloadTooLarge(f"the URL's image is over the limit of {policy.max_bytes} bytes")
+                raise PayloadTooLarge(
+                    f"the URL's image is over the limit of {policy.max_bytes} bytes"
+                )
             chunks.append(chunk)
         return response.status, None, b"".join(chunks)
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise DeadlineExceeded(f"fetching the URL took longer than {policy.timeout_s:g}s") from None
     except ssl.SSLError as exc:
         raise BadGateway(f"TLS failed for {host}: {exc.reason or exc}") from None

@@ -51,7 +51,9 @@ from cifarflow.serving.gateway.config import GatewayConfig
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
-_QUICK_DEATH_S = 5.0  # a worker that dies this soon after starting is restarted after a growing pause
+_QUICK_DEATH_S = (
+    5.0  # a worker that dies this soon after starting is restarted after a growing pause
+)
 _MAX_RESTART_PAUSE_S = 30.0
 
 
@@ -98,7 +100,9 @@ class Supervisor:
 
     def __init__(self, config: GatewayConfig, workers: int, log_level: str = "INFO") -> None:
         if workers < 2:
-            raise ValueError("a supervisor runs two workers or more; one runs in-process (run_gateway)")
+            raise ValueError(
+                "a supervisor runs two workers or more; one runs in-process (run_gateway)"
+            )
         self.config = config
         self.log_level = log_level
         self.slots = [_Slot(i) for i in range(workers)]
@@ -117,10 +121,15 @@ class Supervisor:
         fd = self.http_socket.fileno()
         process = subprocess.Popen(
             [*self.worker_command, "--http-fd", str(fd), "--index", str(slot.index)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=(fd,),
         )
-        config = dataclasses.replace(self.config, port=self.http_port,
-                                     grpc_port=self.grpc_port if self.grpc_port is not None else -1)
+        config = dataclasses.replace(
+            self.config,
+            port=self.http_port,
+            grpc_port=self.grpc_port if self.grpc_port is not None else -1,
+        )
         payload = {"config": dataclasses.asdict(config), "log_level": self.log_level}
         try:
             process.stdin.write(json.dumps(payload).encode())
@@ -155,7 +164,7 @@ class Supervisor:
 
     # -- the pool ---------------------------------------------------------------------
 
-    def start(self) -> "Supervisor":
+    def start(self) -> Supervisor:
         """Binds the ports and starts every worker; raises WorkersFailed (all stopped) if one cannot start."""
         host, port = self.config.host, self.config.port
         try:
@@ -167,7 +176,9 @@ class Supervisor:
                 self.grpc_port = self.grpc_socket.getsockname()[1]
         except OSError as exc:
             self._close_sockets()
-            raise WorkersFailed(f"gateway workers cannot bind {host}:{port}: {exc.strerror or exc}") from None
+            raise WorkersFailed(
+                f"gateway workers cannot bind {host}:{port}: {exc.strerror or exc}"
+            ) from None
         for slot in self.slots:
             self._spawn(slot)
         for slot in self.slots:
@@ -177,11 +188,17 @@ class Supervisor:
             if problem is not None:
                 self._terminate_all(grace_s=5.0)
                 self._close_sockets()
-                raise WorkersFailed(f"gateway worker {slot.index + 1} of {len(self.slots)} did not start: {problem}")
+                raise WorkersFailed(
+                    f"gateway worker {slot.index + 1} of {len(self.slots)} did not start: {problem}"
+                )
         return self
 
     def pids(self) -> list[int]:
-        return [slot.process.pid for slot in self.slots if slot.process is not None and slot.process.poll() is None]
+        return [
+            slot.process.pid
+            for slot in self.slots
+            if slot.process is not None and slot.process.poll() is None
+        ]
 
     def supervise(self) -> int:
         """Restarts workers that die until a stop is requested, then drains; 0 when every worker drained cleanly."""
@@ -195,13 +212,29 @@ class Supervisor:
                     self._spawn(slot)
                     problem = self._await_ready(slot, START_TIMEOUT_S)
                     if problem is not None and not self.stop_requested:
-                        log.warning(json.dumps({"event": "worker_start_failed", "worker": slot.index, "reason": problem}))
+                        log.warning(
+                            json.dumps(
+                                {
+                                    "event": "worker_start_failed",
+                                    "worker": slot.index,
+                                    "reason": problem,
+                                }
+                            )
+                        )
                         if slot.process.poll() is None:
                             slot.process.kill()
                             slot.process.wait()
                         self._note_death(slot, time.monotonic())
                     elif problem is None:
-                        log.info(json.dumps({"event": "worker_started", "worker": slot.index, "pid": slot.process.pid}))
+                        log.info(
+                            json.dumps(
+                                {
+                                    "event": "worker_started",
+                                    "worker": slot.index,
+                                    "pid": slot.process.pid,
+                                }
+                            )
+                        )
         return self.stop()
 
     def _note_death(self, slot: _Slot, now: float) -> None:
@@ -209,10 +242,21 @@ class Supervisor:
         assert process is not None
         quick = now - slot.started_at < _QUICK_DEATH_S
         # A worker that keeps dying at start (a bug, a bad backend setting) must not spin a core.
-        slot.restart_pause_s = min(_MAX_RESTART_PAUSE_S, max(0.5, 2 * slot.restart_pause_s)) if quick else 0.0
+        slot.restart_pause_s = (
+            min(_MAX_RESTART_PAUSE_S, max(0.5, 2 * slot.restart_pause_s)) if quick else 0.0
+        )
         slot.restart_at = now + slot.restart_pause_s
-        log.warning(json.dumps({"event": "worker_exited", "worker": slot.index, "pid": process.pid,
-                                "code": process.returncode, "restart_in_s": slot.restart_pause_s}))
+        log.warning(
+            json.dumps(
+                {
+                    "event": "worker_exited",
+                    "worker": slot.index,
+                    "pid": process.pid,
+                    "code": process.returncode,
+                    "restart_in_s": slot.restart_pause_s,
+                }
+            )
+        )
         slot.process = None
 
     def stop(self) -> int:
@@ -255,15 +299,21 @@ class Supervisor:
 def run_workers(config: GatewayConfig, workers: int, log_level: str = "INFO") -> int:
     """Serves with `workers` processes until SIGTERM/SIGINT, then drains them all."""
     supervisor = Supervisor(config, workers, log_level)
+
     def request_stop(*_) -> None:
         supervisor.stop_requested = True
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     supervisor.start()
-    grpc_text = f"{config.host}:{supervisor.grpc_port}" if supervisor.grpc_port is not None else "off"
-    print(f"gateway: HTTP on {config.host}:{supervisor.http_port}, gRPC on {grpc_text}, backend {config.backend}, "
-          f"{workers} workers (pids {' '.join(map(str, supervisor.pids()))})", flush=True)
+    grpc_text = (
+        f"{config.host}:{supervisor.grpc_port}" if supervisor.grpc_port is not None else "off"
+    )
+    print(
+        f"gateway: HTTP on {config.host}:{supervisor.http_port}, gRPC on {grpc_text}, backend {config.backend}, "
+        f"{workers} workers (pids {' '.join(map(str, supervisor.pids()))})",
+        flush=True,
+    )
     return supervisor.supervise()
 
 
@@ -281,7 +331,9 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="one gateway worker (started by the supervisor; not for direct use)")
+    parser = argparse.ArgumentParser(
+        description="one gateway worker (started by the supervisor; not for direct use)"
+    )
     parser.add_argument("--http-fd", type=int, required=True)
     parser.add_argument("--index", type=int, default=0)
     args = parser.parse_args(argv)
@@ -293,7 +345,9 @@ def _worker_main(argv: list[str] | None = None) -> int:
         raw = payload["config"]
         raw["allowed_url_hosts"] = tuple(raw.get("allowed_url_hosts") or ())
         config = GatewayConfig(**raw)
-        logging.basicConfig(level=str(payload.get("log_level", "INFO")).upper(), format="%(message)s")
+        logging.basicConfig(
+            level=str(payload.get("log_level", "INFO")).upper(), format="%(message)s"
+        )
 
         from cifarflow.serving.protos import use_protos_only
 

@@ -17,8 +17,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -58,7 +58,9 @@ def _key(inputs: Tensors) -> tuple:
 class Batcher:
     """Merges concurrent `submit` calls into batched `runner` calls."""
 
-    def __init__(self, runner: Runner, config: BatchingConfig, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, runner: Runner, config: BatchingConfig, on_batch: Callable[[int], None] | None = None
+    ) -> None:
         self._runner = runner
         self._config = config
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=config.max_queued)
@@ -67,7 +69,10 @@ class Batcher:
         self._pending_lock = threading.Lock()
         self._running = 0  # batches executing now
         self._running_lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True) for i in range(config.num_threads)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batch-{i}", daemon=True)
+            for i in range(config.num_threads)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -154,7 +159,9 @@ class Batcher:
             self._run_alone(batch[0])
             return
         try:
-            merged = {name: np.concatenate([i.inputs[name] for i in batch]) for name in batch[0].inputs}
+            merged = {
+                name: np.concatenate([i.inputs[name] for i in batch]) for name in batch[0].inputs
+            }
             outputs = self._runner(merged)
             self._on_batch(rows)
         except Exception:

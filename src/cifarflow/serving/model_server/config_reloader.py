@@ -40,13 +40,19 @@ class ConfigReloader:
         labels: the label map requests by label resolve through.
     """
 
-    def __init__(self, options: TfServingOptions, manager: ModelManager, labels: VersionLabels) -> None:
+    def __init__(
+        self, options: TfServingOptions, manager: ModelManager, labels: VersionLabels
+    ) -> None:
         self.options = options
         self.manager = manager
         self.labels = labels
         self.current: ServedModel = options.model
-        self._poller = PeriodicTask("model-config-poller", options.config_poll_s, self.reload,
-                                    f"reloading {options.model_config_file}")
+        self._poller = PeriodicTask(
+            "model-config-poller",
+            options.config_poll_s,
+            self.reload,
+            f"reloading {options.model_config_file}",
+        )
 
     def apply_first(self) -> None:
         """Assigns the start-up config's labels (nothing is loaded yet); raises ServerStartError when refused."""
@@ -71,7 +77,9 @@ class ConfigReloader:
             log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", exc.message)
             return False
         if new != self.current:
-            log.info("model config %s reloaded: policy %s, labels %s", path, new.policy, dict(new.labels))
+            log.info(
+                "model config %s reloaded: policy %s, labels %s", path, new.policy, dict(new.labels)
+            )
         self.current = new
         self.manager.set_policy(new.policy)
         self.manager.poll()
@@ -86,7 +94,7 @@ class ConfigReloader:
                 f"{self.current.base_path}; cifarflow serve model changes neither while running: restart it"
             )
 
-    def start(self) -> "ConfigReloader":
+    def start(self) -> ConfigReloader:
         self._poller.start()
         return self
 

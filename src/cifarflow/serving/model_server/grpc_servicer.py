@@ -66,11 +66,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):
         served = resolve(self.manager, request.model_spec)
         inputs = {name: from_tensor_proto(proto, name) for name, proto in request.inputs.items()}
-        signature, outputs = served.predict(request.model_spec.signature_name, inputs, list(request.output_filter))
+        signature, outputs = served.predict(
+            request.model_spec.signature_name, inputs, list(request.output_filter)
+        )
         response = predict_pb2.PredictResponse()
         fill_spec(response.model_spec, served, signature)
         for name, value in outputs.items():
-            response.outputs[name].CopyFrom(to_tensor_proto(value, served.signatures[signature].outputs[name].dtype))
+            response.outputs[name].CopyFrom(
+                to_tensor_proto(value, served.signatures[signature].outputs[name].dtype)
+            )
         return response
 
     @_aborts_on_error
@@ -110,7 +114,9 @@ def model_status(manager: ModelManager, request):
         entry.state = status.state
         entry.status.SetInParent()  # TF Serving always reports a status (OK included)
         if status.error:
-            entry.status.error_code = 2  # tensorflow.error.UNKNOWN, as TF Serving reports a failed load
+            entry.status.error_code = (
+                2  # tensorflow.error.UNKNOWN, as TF Serving reports a failed load
+            )
             entry.status.error_message = status.error
     return response
 

@@ -11,7 +11,7 @@ TensorFlow Serving work against this server too.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,25 +29,46 @@ class _ManagerCollector:
     def collect(self) -> Iterator[Metric]:
         model = self.manager.model_name
         statuses, attempts, default = self.manager.snapshot()
-        loads = CounterMetricFamily("cifarflow_model_server_load_attempts", "Attempts to load a version, by outcome.",
-                                    labels=["model", "version", "status"])
+        loads = CounterMetricFamily(
+            "cifarflow_model_server_load_attempts",
+            "Attempts to load a version, by outcome.",
+            labels=["model", "version", "status"],
+        )
         # TensorFlow Serving's exposition has no _total suffix: an untyped family keeps the name as is.
-        tf_loads = Metric(TF_LOAD_ATTEMPTS, "The number of times a SavedModel load was attempted (TF Serving's name).", "unknown")
+        tf_loads = Metric(
+            TF_LOAD_ATTEMPTS,
+            "The number of times a SavedModel load was attempted (TF Serving's name).",
+            "unknown",
+        )
         for (version, ok), count in sorted(attempts.items()):
             outcome = "success" if ok else "fail"
             loads.add_metric([model, str(version), outcome], count)
-            tf_loads.add_sample(TF_LOAD_ATTEMPTS, {"model_path": str(self.manager.version_path(version)), "status": outcome}, count)
-        failed = GaugeMetricFamily("cifarflow_model_server_version_load_failed",
-                                   "1 while a version's last load attempt failed (the reason is in GetModelStatus).",
-                                   labels=["model", "version"])
-        state = GaugeMetricFamily("cifarflow_model_server_version_state",
-                                  "TensorFlow Serving's ModelVersionStatus.State: 20 LOADING, 30 AVAILABLE, 50 END.",
-                                  labels=["model", "version"])
+            tf_loads.add_sample(
+                TF_LOAD_ATTEMPTS,
+                {"model_path": str(self.manager.version_path(version)), "status": outcome},
+                count,
+            )
+        failed = GaugeMetricFamily(
+            "cifarflow_model_server_version_load_failed",
+            "1 while a version's last load attempt failed (the reason is in GetModelStatus).",
+            labels=["model", "version"],
+        )
+        state = GaugeMetricFamily(
+            "cifarflow_model_server_version_state",
+            "TensorFlow Serving's ModelVersionStatus.State: 20 LOADING, 30 AVAILABLE, 50 END.",
+            labels=["model", "version"],
+        )
         for status in statuses:
-            failed.add_metric([model, str(status.version)], 1.0 if status.state == STATE_END and status.error else 0.0)
+            failed.add_metric(
+                [model, str(status.version)],
+                1.0 if status.state == STATE_END and status.error else 0.0,
+            )
             state.add_metric([model, str(status.version)], status.state)
-        serving = GaugeMetricFamily("cifarflow_model_server_serving_version",
-                                    "The version answering requests that name none (0 while none is loaded).", labels=["model"])
+        serving = GaugeMetricFamily(
+            "cifarflow_model_server_serving_version",
+            "The version answering requests that name none (0 while none is loaded).",
+            labels=["model"],
+        )
         serving.add_metric([model], default or 0)
         yield from (loads, tf_loads, failed, state, serving)
 

@@ -25,8 +25,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -65,23 +66,38 @@ class TensorSpec:
                 raise InvalidInput(f"input {name!r}: unsupported dtype {self.dtype}")
             if array.dtype != want:
                 if array.dtype.kind in "OSU":
-                    raise InvalidInput(f"input {name!r} must be {DTYPE_NAMES[self.dtype]}, got strings")
+                    raise InvalidInput(
+                        f"input {name!r} must be {DTYPE_NAMES[self.dtype]}, got strings"
+                    )
                 converted = array.astype(want)
-                if array.dtype.kind == "f" and want.kind in "iu" and not np.array_equal(converted, array):
-                    raise InvalidInput(f"input {name!r} must be {DTYPE_NAMES[self.dtype]}: got non-integer values")
-                if want.kind in "iu" and array.dtype.kind in "iuf" and array.size and (
-                    array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max
+                if (
+                    array.dtype.kind == "f"
+                    and want.kind in "iu"
+                    and not np.array_equal(converted, array)
                 ):
-                    raise InvalidInput(f"input {name!r}: values outside the range of {DTYPE_NAMES[self.dtype]}")
+                    raise InvalidInput(
+                        f"input {name!r} must be {DTYPE_NAMES[self.dtype]}: got non-integer values"
+                    )
+                if (
+                    want.kind in "iu"
+                    and array.dtype.kind in "iuf"
+                    and array.size
+                    and (array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max)
+                ):
+                    raise InvalidInput(
+                        f"input {name!r}: values outside the range of {DTYPE_NAMES[self.dtype]}"
+                    )
                 array = converted
         if self.shape is not None:
             if array.ndim != len(self.shape):
                 raise InvalidInput(
                     f"input {name!r} must have rank {len(self.shape)} (shape {_shape_text(self.shape)}), got shape {list(array.shape)}"
                 )
-            for want_dim, got in zip(self.shape, array.shape):
+            for want_dim, got in zip(self.shape, array.shape, strict=True):
                 if want_dim is not None and want_dim != got:
-                    raise InvalidInput(f"input {name!r} must have shape {_shape_text(self.shape)}, got {list(array.shape)}")
+                    raise InvalidInput(
+                        f"input {name!r} must have shape {_shape_text(self.shape)}, got {list(array.shape)}"
+                    )
         if array.ndim == 0 or array.shape[0] == 0:
             # An empty batch crashes oneDNN kernels (DESIGN.md): refuse it here.
             raise InvalidInput(f"input {name!r} is an empty batch: send at least one row")
@@ -103,8 +119,14 @@ class Signature:
 class ServedVersion:
     """One loaded version: its signatures, manifest and batchers."""
 
-    def __init__(self, model_name: str, version: int, path: Path, batching: BatchingConfig | None,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        version: int,
+        path: Path,
+        batching: BatchingConfig | None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         import tensorflow as tf
 
         self.model_name = model_name
@@ -128,7 +150,9 @@ class ServedVersion:
                 self._batchers[name] = Batcher(self._runner(name), batching, on_batch)
         self._on_batch = on_batch or (lambda rows: None)
 
-    def _runner(self, signature: str) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    def _runner(
+        self, signature: str
+    ) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
         import tensorflow as tf
 
         function = self.signatures[signature].function
@@ -148,7 +172,13 @@ class ServedVersion:
             try:
                 self._runner(signature.name)({k: _dummy(s) for k, s in signature.inputs.items()})
             except Exception as exc:  # a model may take inputs we cannot fake; it still serves
-                log.info("warm-up of %s v%d %s skipped: %s", self.model_name, self.version, signature.name, exc)
+                log.info(
+                    "warm-up of %s v%d %s skipped: %s",
+                    self.model_name,
+                    self.version,
+                    signature.name,
+                    exc,
+                )
 
     def signature(self, name: str) -> Signature:
         name = name or DEFAULT_SIGNATURE
@@ -157,20 +187,26 @@ class ServedVersion:
             raise FailedPrecondition(f'Serving signature key "{name}" not found.')
         return self.signatures[name]
 
-    def preprocess(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def preprocess(
+        self, signature: Signature, inputs: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         sent, expected = set(inputs), set(signature.inputs)
         if sent != expected:
             raise InvalidInput(
                 f"input size does not match signature: {len(sent)}!={len(expected)} len({sorted(sent)}) != "
                 f"len({sorted(expected)}). Sent extra: {sorted(sent - expected)}. Missing but required: {sorted(expected - sent)}."
             )
-        checked = {name: signature.inputs[name].check(name, array) for name, array in inputs.items()}
+        checked = {
+            name: signature.inputs[name].check(name, array) for name, array in inputs.items()
+        }
         rows = {a.shape[0] for a in checked.values()}
         if len(rows) > 1:
             raise InvalidInput(f"inputs have different batch sizes: {sorted(rows)}")
         return checked
 
-    def postprocess(self, signature: Signature, outputs: dict[str, np.ndarray], output_filter: list[str]) -> dict[str, np.ndarray]:
+    def postprocess(
+        self, signature: Signature, outputs: dict[str, np.ndarray], output_filter: list[str]
+    ) -> dict[str, np.ndarray]:
         if not output_filter:
             return outputs
         unknown = sorted(set(output_filter) - set(signature.outputs))
@@ -178,7 +214,12 @@ class ServedVersion:
             raise InvalidInput(f"output tensor alias not found in signature: {unknown[0]}")
         return {k: outputs[k] for k in output_filter}
 
-    def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: list[str] | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    def predict(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: list[str] | None = None,
+    ) -> tuple[str, dict[str, np.ndarray]]:
         signature = self.signature(signature_name)
         checked = self.preprocess(signature, inputs)
         batcher = self._batchers.get(signature.name)
@@ -207,7 +248,9 @@ def _own_concrete_function(signature, input_specs: dict) -> Callable[..., Any]:
 
     try:
         wrapper = tf.function(lambda **inputs: signature(**inputs))
-        return wrapper.get_concrete_function(**{k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in input_specs.items()})
+        return wrapper.get_concrete_function(
+            **{k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in input_specs.items()}
+        )
     except Exception as exc:  # an unusual signature still serves through its own call
         log.info("serving signature %s without a wrapper: %s", getattr(signature, "name", "?"), exc)
         return signature
@@ -247,7 +290,11 @@ def _read_signature_defs(path: Path) -> dict[str, Any]:
 
 def _first_line(text: str) -> str:
     # "{{function_node __inference_...}}" names the graph function the error came from: noise to a client.
-    lines = [re.sub(r"^(\{\{function_node [^}]*\}\}\s*)+", "", line.strip()) for line in str(text).splitlines() if line.strip()]
+    lines = [
+        re.sub(r"^(\{\{function_node [^}]*\}\}\s*)+", "", line.strip())
+        for line in str(text).splitlines()
+        if line.strip()
+    ]
     # TF graph errors put the useful sentence after a "Detected at node" preamble.
     for line in reversed(lines):
         if not line.startswith(("[[", "Detected at", "<stack", "Graph execution")):
@@ -271,16 +318,21 @@ def check_compatible(new: ServedVersion, current: ServedVersion) -> None:
             problems.append(f"signature {name!r} is missing")
             continue
         if set(got.inputs) != set(old.inputs):
-            problems.append(f"signature {name!r} takes inputs {sorted(got.inputs)}, not {sorted(old.inputs)}")
+            problems.append(
+                f"signature {name!r} takes inputs {sorted(got.inputs)}, not {sorted(old.inputs)}"
+            )
         for key in sorted(set(got.inputs) & set(old.inputs)):
-            if got.inputs[key].dtype != old.inputs[key].dtype or not _accepts(got.inputs[key].shape, old.inputs[key].shape):
+            if got.inputs[key].dtype != old.inputs[key].dtype or not _accepts(
+                got.inputs[key].shape, old.inputs[key].shape
+            ):
                 problems.append(f"signature {name!r} input {key!r} changed type or shape")
         for key in sorted(old.outputs):
             if key not in got.outputs or got.outputs[key].dtype != old.outputs[key].dtype:
                 problems.append(f"signature {name!r} lost output {key!r} or changed its type")
     if problems:
         raise FailedPrecondition(
-            f"version {new.version} is not compatible with version {current.version} being served: " + "; ".join(problems)
+            f"version {new.version} is not compatible with version {current.version} being served: "
+            + "; ".join(problems)
         )
 
 
@@ -290,7 +342,7 @@ def _accepts(new: tuple[int | None, ...] | None, old: tuple[int | None, ...] | N
         return True
     if old is None or len(new) != len(old):
         return False
-    return all(n is None or n == o for n, o in zip(new, old))
+    return all(n is None or n == o for n, o in zip(new, old, strict=True))
 
 
 @dataclasses.dataclass
@@ -336,9 +388,15 @@ class ModelManager:
             by label resolve through them instead of the store's labels file.
     """
 
-    def __init__(self, base_path: Path, model_name: str, config: ManagerConfig,
-                 refresh: Callable[[], None] | None = None, on_batch: Callable[[int], None] | None = None,
-                 labels: VersionLabels | None = None) -> None:
+    def __init__(
+        self,
+        base_path: Path,
+        model_name: str,
+        config: ManagerConfig,
+        refresh: Callable[[], None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
+        labels: VersionLabels | None = None,
+    ) -> None:
         self.base_path = Path(base_path)
         self.model_name = model_name
         self.config = config
@@ -353,14 +411,22 @@ class ModelManager:
         self._labels: dict[str, int] = {}
         self._status: dict[int, VersionStatus] = {}
         self._failed: dict[int, float] = {}  # version -> manifest mtime when it failed
-        self._load_attempts: collections.Counter[tuple[int, bool]] = collections.Counter()  # (version, ok) -> count
-        self._poller = PeriodicTask("version-poller", self.config.poll_interval_s, self.poll,
-                                    f"polling {self.base_path} for new versions")
+        self._load_attempts: collections.Counter[tuple[int, bool]] = (
+            collections.Counter()
+        )  # (version, ok) -> count
+        self._poller = PeriodicTask(
+            "version-poller",
+            self.config.poll_interval_s,
+            self.poll,
+            f"polling {self.base_path} for new versions",
+        )
         self._warned_label = False
 
     # -- requests ---------------------------------------------------------------
 
-    def get(self, model_name: str, version: int | None = None, label: str | None = None) -> ServedVersion:
+    def get(
+        self, model_name: str, version: int | None = None, label: str | None = None
+    ) -> ServedVersion:
         """The version a request asks for, with TensorFlow Serving's NOT_FOUND wording."""
         if model_name != self.model_name:
             what = f"Specific({model_name}, {version})" if version else f"Latest({model_name})"
@@ -376,7 +442,9 @@ class ModelManager:
             if version:
                 served = self._served.get(version)
                 if served is None:
-                    raise NotFound(f"Servable not found for request: Specific({model_name}, {version})")
+                    raise NotFound(
+                        f"Servable not found for request: Specific({model_name}, {version})"
+                    )
                 return served
             if self._default is None:
                 raise NotFound(f"Servable not found for request: Latest({model_name})")
@@ -424,7 +492,7 @@ class ModelManager:
 
     # -- lifecycle --------------------------------------------------------------
 
-    def start(self) -> "ModelManager":
+    def start(self) -> ModelManager:
         """Loads what is there now, then polls in the background."""
         self.poll()
         self._poller.start()
@@ -479,8 +547,12 @@ class ModelManager:
                 target = labels[self.config.label]
             elif available and not self._warned_label:
                 # Before the first promotion there is no label yet: serve the newest.
-                log.warning("label %r names no complete version of %s yet; serving the newest, %d",
-                            self.config.label, self.model_name, target)
+                log.warning(
+                    "label %r names no complete version of %s yet; serving the newest, %d",
+                    self.config.label,
+                    self.model_name,
+                    target,
+                )
                 self._warned_label = True
         wanted = ({target} if target is not None else set()) | set(labels.values())
         for version in sorted(wanted - set(self._served), reverse=True):
@@ -515,7 +587,13 @@ class ModelManager:
         started = time.monotonic()
         served = None
         try:
-            served = ServedVersion(self.model_name, version, self.version_path(version), self.config.batching, self._on_batch)
+            served = ServedVersion(
+                self.model_name,
+                version,
+                self.version_path(version),
+                self.config.batching,
+                self._on_batch,
+            )
             with self._lock:
                 current = self._served.get(self._default) if self._default is not None else None
             if current is not None:
@@ -527,16 +605,25 @@ class ModelManager:
                 served.close()
             self._failed[version] = stamp
             message = _first_line(str(exc))[:1000]
-            log.error("loading %s version %d failed, keeping the current one: %s", self.model_name, version, message)
+            log.error(
+                "loading %s version %d failed, keeping the current one: %s",
+                self.model_name,
+                version,
+                message,
+            )
             with self._lock:
-                self._status[version] = VersionStatus(version, STATE_END, f"{type(exc).__name__}: {message}")
+                self._status[version] = VersionStatus(
+                    version, STATE_END, f"{type(exc).__name__}: {message}"
+                )
                 self._load_attempts[version, False] += 1
             return
         with self._lock:
             self._served[version] = served
             self._status[version] = VersionStatus(version, STATE_AVAILABLE)
             self._load_attempts[version, True] += 1
-        log.info("loaded %s version %d in %.2fs", self.model_name, version, time.monotonic() - started)
+        log.info(
+            "loaded %s version %d in %.2fs", self.model_name, version, time.monotonic() - started
+        )
 
 
 def require_ready(manager: ModelManager) -> None:

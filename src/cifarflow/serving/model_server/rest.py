@@ -68,7 +68,9 @@ class RestApi:
             version = int(match["version"])
         if verb is not None:
             if verb != "predict":
-                raise NotFound(f"Malformed request: {request.method} {request.path} (only :predict is served)")
+                raise NotFound(
+                    f"Malformed request: {request.method} {request.path} (only :predict is served)"
+                )
             if request.method != "POST":
                 raise MethodNotAllowed(f"use POST for :{verb}")
             return self.predict(name, version, label, request)
@@ -82,8 +84,13 @@ class RestApi:
         request = get_model_status_pb2.GetModelStatusRequest()
         _spec(request.model_spec, name, version, label)
         response = model_status(self.manager, request)
-        return Response.json(json_format.MessageToDict(response, preserving_proto_field_name=True,
-                                                       always_print_fields_with_no_presence=True))
+        return Response.json(
+            json_format.MessageToDict(
+                response,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            )
+        )
 
     def metadata(self, name: str, version: int | None, label: str | None) -> Response:
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
@@ -91,24 +98,40 @@ class RestApi:
         response = model_metadata(self.manager, request)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_map)
-        return Response.json({
-            "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True,
-                                                    always_print_fields_with_no_presence=True),
-            "metadata": {"signature_def": json_format.MessageToDict(signature_map, preserving_proto_field_name=True)},
-        })
+        return Response.json(
+            {
+                "model_spec": json_format.MessageToDict(
+                    response.model_spec,
+                    preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True,
+                ),
+                "metadata": {
+                    "signature_def": json_format.MessageToDict(
+                        signature_map, preserving_proto_field_name=True
+                    )
+                },
+            }
+        )
 
-    def predict(self, name: str, version: int | None, label: str | None, request: Request) -> Response:
+    def predict(
+        self, name: str, version: int | None, label: str | None, request: Request
+    ) -> Response:
         served = self.manager.get(name, version, label)
         body = request.json()
         if not isinstance(body, dict):
             raise InvalidInput("JSON body must be an object with 'instances' or 'inputs'")
         signature_name = body.get("signature_name") or ""
         if not isinstance(signature_name, str):
-            raise InvalidInput(f"'signature_name' must be a string, got {type(signature_name).__name__}")
+            raise InvalidInput(
+                f"'signature_name' must be a string, got {type(signature_name).__name__}"
+            )
         signature = served.signature(signature_name)
         if ("instances" in body) == ("inputs" in body):
-            raise InvalidInput("Missing 'inputs' or 'instances' key" if "instances" not in body else
-                               "Only one of 'instances' or 'inputs' can be specified")
+            raise InvalidInput(
+                "Missing 'inputs' or 'instances' key"
+                if "instances" not in body
+                else "Only one of 'instances' or 'inputs' can be specified"
+            )
         if "instances" in body:
             inputs = _rows_to_inputs(body["instances"], signature)
         else:
@@ -122,7 +145,9 @@ class RestApi:
             else:
                 predictions = [{k: v[i] for k, v in encoded.items()} for i in range(rows)]
             return Response.json({"predictions": predictions})
-        return Response.json({"outputs": next(iter(encoded.values())) if len(encoded) == 1 else encoded})
+        return Response.json(
+            {"outputs": next(iter(encoded.values())) if len(encoded) == 1 else encoded}
+        )
 
 
 def _spec(spec, name: str, version: int | None, label: str | None) -> None:
@@ -137,7 +162,7 @@ def _decode_value(value: Any, is_string: bool, where: str) -> Any:
     """Nested lists with {"b64": ...} leaves -> plain values (bytes for strings)."""
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
-            raise InvalidInput(f"{where}: an object value must be {{\"b64\": \"...\"}}")
+            raise InvalidInput(f'{where}: an object value must be {{"b64": "..."}}')
         try:
             return base64.b64decode(value["b64"], validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -146,7 +171,9 @@ def _decode_value(value: Any, is_string: bool, where: str) -> Any:
         return [_decode_value(v, is_string, where) for v in value]
     if is_string:
         if not isinstance(value, str):
-            raise InvalidInput(f"{where}: expected a string or {{\"b64\": ...}}, got {type(value).__name__}")
+            raise InvalidInput(
+                f'{where}: expected a string or {{"b64": ...}}, got {type(value).__name__}'
+            )
         return value.encode()
     if isinstance(value, str):
         raise InvalidInput(f"{where}: expected a number, got a string")
@@ -176,28 +203,48 @@ def _rows_to_inputs(instances: Any, signature: Signature) -> dict[str, np.ndarra
         columns: dict[str, list] = {n: [] for n in names}
         for i, instance in enumerate(instances):
             if set(instance) != set(names):
-                raise InvalidInput(f"instance {i} has keys {sorted(instance)}; the signature takes {names}")
+                raise InvalidInput(
+                    f"instance {i} has keys {sorted(instance)}; the signature takes {names}"
+                )
             for n in names:
                 columns[n].append(instance[n])
-        return {n: _to_array(v, signature.inputs[n].dtype == DT_STRING, f"instances[*].{n}") for n, v in columns.items()}
+        return {
+            n: _to_array(v, signature.inputs[n].dtype == DT_STRING, f"instances[*].{n}")
+            for n, v in columns.items()
+        }
     if len(names) != 1:
-        raise InvalidInput(f"the signature takes several inputs {names}: each instance must be an object")
-    return {names[0]: _to_array(instances, signature.inputs[names[0]].dtype == DT_STRING, "instances")}
+        raise InvalidInput(
+            f"the signature takes several inputs {names}: each instance must be an object"
+        )
+    return {
+        names[0]: _to_array(instances, signature.inputs[names[0]].dtype == DT_STRING, "instances")
+    }
 
 
 def _columns_to_inputs(inputs: Any, signature: Signature) -> dict[str, np.ndarray]:
     names = list(signature.inputs)
     if isinstance(inputs, dict) and "b64" not in inputs:
-        return {n: _to_array(v, signature.inputs.get(n) is not None and signature.inputs[n].dtype == DT_STRING, f"inputs.{n}")
-                for n, v in inputs.items()}
+        return {
+            n: _to_array(
+                v,
+                signature.inputs.get(n) is not None and signature.inputs[n].dtype == DT_STRING,
+                f"inputs.{n}",
+            )
+            for n, v in inputs.items()
+        }
     if len(names) != 1:
-        raise InvalidInput(f"the signature takes several inputs {names}: 'inputs' must be an object")
+        raise InvalidInput(
+            f"the signature takes several inputs {names}: 'inputs' must be an object"
+        )
     return {names[0]: _to_array(inputs, signature.inputs[names[0]].dtype == DT_STRING, "inputs")}
 
 
 def _encode(name: str, array: np.ndarray, dtype: int) -> Any:
     if dtype == DT_STRING or array.dtype == object:
         as_b64 = name.endswith("_bytes")
-        flat = [{"b64": base64.b64encode(v).decode()} if as_b64 else v.decode("utf-8", "replace") for v in array.reshape(-1)]
+        flat = [
+            {"b64": base64.b64encode(v).decode()} if as_b64 else v.decode("utf-8", "replace")
+            for v in array.reshape(-1)
+        ]
         return np.array(flat, dtype=object).reshape(array.shape).tolist()
     return array.tolist()

@@ -90,18 +90,31 @@ class ModelServer:
             root, refresh = self._local_root(s3_settings)
             base_path = root / config.model_name
         batching = (
-            BatchingConfig(config.max_batch_size, config.batch_timeout_s, config.num_batch_threads, config.max_queued_requests)
-            if config.batching else None
+            BatchingConfig(
+                config.max_batch_size,
+                config.batch_timeout_s,
+                config.num_batch_threads,
+                config.max_queued_requests,
+            )
+            if config.batching
+            else None
         )
         self.batch_sizes: list[int] = []  # recent batch sizes, for tests and the benchmark
         self.labels = (
-            VersionLabels(config.model_name, tf_serving.allow_version_labels_for_unavailable_models) if tf_serving else None
+            VersionLabels(config.model_name, tf_serving.allow_version_labels_for_unavailable_models)
+            if tf_serving
+            else None
         )
         self.manager = ModelManager(
             base_path,
             config.model_name,
-            ManagerConfig(label=config.label, poll_interval_s=config.poll_interval_s, batching=batching, warm_up=config.warm_up,
-                          policy=tf_serving.model.policy if tf_serving else None),
+            ManagerConfig(
+                label=config.label,
+                poll_interval_s=config.poll_interval_s,
+                batching=batching,
+                warm_up=config.warm_up,
+                policy=tf_serving.model.policy if tf_serving else None,
+            ),
             refresh=refresh,
             on_batch=self._record_batch,
             labels=self.labels,
@@ -133,10 +146,13 @@ class ModelServer:
         sync_config = SyncConfig(models=(self.config.model_name,), keep=2)
         return cache, lambda: sync_once(source, cache, sync_config)
 
-    def start(self) -> "ModelServer":
+    def start(self) -> ModelServer:
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-        from cifarflow.serving.model_server.grpc_servicer import ModelStatusServicer, PredictionServicer
+        from cifarflow.serving.model_server.grpc_servicer import (
+            ModelStatusServicer,
+            PredictionServicer,
+        )
         from cifarflow.serving.model_server.rest import RestApi
 
         if self.reloader:
@@ -145,23 +161,42 @@ class ModelServer:
         self.manager.start()
         limit = self.config.max_message_bytes
         self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.config.grpc_workers, thread_name_prefix="grpc"),
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 0), *self.config.grpc_channel_arguments],
+            futures.ThreadPoolExecutor(
+                max_workers=self.config.grpc_workers, thread_name_prefix="grpc"
+            ),
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+                *self.config.grpc_channel_arguments,
+            ],
         )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.manager), self.grpc_server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(self.manager), self.grpc_server)
-        self.grpc_port = self.grpc_server.add_insecure_port(f"{self.config.host}:{self.config.grpc_port}")
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.manager), self.grpc_server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelStatusServicer(self.manager), self.grpc_server
+        )
+        self.grpc_port = self.grpc_server.add_insecure_port(
+            f"{self.config.host}:{self.config.grpc_port}"
+        )
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {self.config.host}:{self.config.grpc_port}")
         self.grpc_server.start()
         if self.config.rest_port >= 0:
-            self.rest = HttpServer(HttpConfig(self.config.host, self.config.rest_port, max_body_bytes=limit),
-                                   RestApi(self.manager, self.config.metrics_path)).start()
+            self.rest = HttpServer(
+                HttpConfig(self.config.host, self.config.rest_port, max_body_bytes=limit),
+                RestApi(self.manager, self.config.metrics_path),
+            ).start()
         if self.reloader:
             self.reloader.start()
-        log.info("serving %s from %s: gRPC %d, REST %s", self.config.model_name, self.config.store, self.grpc_port,
-                 self.rest.port if self.rest else "off")
+        log.info(
+            "serving %s from %s: gRPC %d, REST %s",
+            self.config.model_name,
+            self.config.store,
+            self.grpc_port,
+            self.rest.port if self.rest else "off",
+        )
         return self
 
     @property
@@ -185,14 +220,20 @@ def set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
     import tensorflow as tf
 
     threading_config = tf.config.threading
-    if (threading_config.get_intra_op_parallelism_threads(), threading_config.get_inter_op_parallelism_threads()) == (intra_op, inter_op):
+    if (
+        threading_config.get_intra_op_parallelism_threads(),
+        threading_config.get_inter_op_parallelism_threads(),
+    ) == (intra_op, inter_op):
         return
     try:
         threading_config.set_intra_op_parallelism_threads(intra_op)
         threading_config.set_inter_op_parallelism_threads(inter_op)
     except RuntimeError:  # TensorFlow already ran in this process (tests, a second server)
-        log.warning("TensorFlow is already initialised: keeping its thread pools (intra-op %d, inter-op %d)",
-                    threading_config.get_intra_op_parallelism_threads(), threading_config.get_inter_op_parallelism_threads())
+        log.warning(
+            "TensorFlow is already initialised: keeping its thread pools (intra-op %d, inter-op %d)",
+            threading_config.get_intra_op_parallelism_threads(),
+            threading_config.get_inter_op_parallelism_threads(),
+        )
 
 
 def run_model_server(config: ModelServerConfig, s3_settings: S3Settings | None = None) -> int:
@@ -201,7 +242,10 @@ def run_model_server(config: ModelServerConfig, s3_settings: S3Settings | None =
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"model server: gRPC on {config.host}:{server.grpc_port}, REST on {config.host}:{server.rest_port}", flush=True)
+    print(
+        f"model server: gRPC on {config.host}:{server.grpc_port}, REST on {config.host}:{server.rest_port}",
+        flush=True,
+    )
     stop.wait()
     server.stop()
     return 0

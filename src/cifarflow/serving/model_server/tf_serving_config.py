@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from google.protobuf import text_format
 
@@ -66,13 +67,15 @@ class VersionPolicy:
     versions: frozenset[int] = frozenset()
 
     @classmethod
-    def from_proto(cls, policy: Any) -> "VersionPolicy":
+    def from_proto(cls, policy: Any) -> VersionPolicy:
         choice = policy.WhichOneof("policy_choice")
         if choice == "all":
             return cls("all")
         if choice == "specific":
             if not policy.specific.versions:
-                log.warning("model_version_policy specific names no versions: nothing will be served")
+                log.warning(
+                    "model_version_policy specific names no versions: nothing will be served"
+                )
             return cls("specific", versions=frozenset(policy.specific.versions))
         return cls("latest", num_versions=max(policy.latest.num_versions, 1))
 
@@ -82,7 +85,7 @@ class VersionPolicy:
             return set(available)
         if self.choice == "specific":
             return set(available) & self.versions
-        return set(sorted(available)[-self.num_versions:])
+        return set(sorted(available)[-self.num_versions :])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,15 +155,21 @@ def served_model(config: Any, path: str | Path) -> ServedModel:
     """The one model a ModelServerConfig lists, after TF Serving's checks and this server's."""
     which = config.WhichOneof("config")
     if which == "custom_model_config":
-        raise InvalidInput(f"{path}: custom_model_config is not supported by cifarflow serve model; use model_config_list")
+        raise InvalidInput(
+            f"{path}: custom_model_config is not supported by cifarflow serve model; use model_config_list"
+        )
     models = list(config.model_config_list.config) if which else []
     _validate_model_config_list(models)
     if len(models) != 1:
-        raise InvalidInput(f"{path} lists {len(models)} models; cifarflow serve model serves exactly one")
+        raise InvalidInput(
+            f"{path} lists {len(models)} models; cifarflow serve model serves exactly one"
+        )
     (model,) = models
     if "://" in model.base_path:
-        raise InvalidInput(f"model {model.name}: base_path {model.base_path} is a URI; cifarflow serve model reads a "
-                           "local folder (sync the store into one, as the manifests' sync containers do)")
+        raise InvalidInput(
+            f"model {model.name}: base_path {model.base_path} is a URI; cifarflow serve model reads a "
+            "local folder (sync the store into one, as the manifests' sync containers do)"
+        )
     return ServedModel(
         name=model.name,
         base_path=Path(model.base_path),
@@ -178,7 +187,9 @@ def _validate_model_config_list(models: list) -> None:
         seen.add(model.name)
     for model in models:  # all base paths absolute without model_config_list_root_dir, :140-148
         if "://" not in model.base_path and not model.base_path.startswith("/"):
-            raise InvalidInput(f"Expected model {model.name} to have an absolute path or URI; got base_path()={model.base_path}")
+            raise InvalidInput(
+                f"Expected model {model.name} to have an absolute path or URI; got base_path()={model.base_path}"
+            )
     for model in models:
         platform = _platform(model)
         if platform != TENSORFLOW_PLATFORM:  # CreateStoragePathRoutes, :662-666
@@ -189,14 +200,20 @@ def _platform(model: Any) -> str:
     """GetPlatform (server_core.cc:77-104): model_type is the deprecated spelling of model_platform."""
     if model.model_type:  # MODEL_TYPE_UNSPECIFIED is 0
         if model.model_platform:
-            raise InvalidInput("Illegal setting both ModelServerConfig::model_type (deprecated) and "
-                               f"ModelServerConfig::model_platform, model name is {model.name}")
+            raise InvalidInput(
+                "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+                f"ModelServerConfig::model_platform, model name is {model.name}"
+            )
         if model.model_type != 1:  # ModelType::TENSORFLOW
-            raise InvalidInput(f"ModelServerConfig::model_type choice {model.model_type} not supported.")
+            raise InvalidInput(
+                f"ModelServerConfig::model_type choice {model.model_type} not supported."
+            )
         return TENSORFLOW_PLATFORM
     if not model.model_platform:
-        raise InvalidInput("Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
-                           f"ModelServerConfig::model_platform, model name is {model.name}")
+        raise InvalidInput(
+            "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+            f"ModelServerConfig::model_platform, model name is {model.name}"
+        )
     return model.model_platform
 
 
@@ -235,9 +252,15 @@ def load_batching_parameters(path: str | Path, base: BatchingConfig) -> Batching
         if batches < 1:
             raise InvalidInput(f"{path}: max_enqueued_batches must be 1 or more, got {batches}")
         values["max_queued"] = batches * values.get("max_batch_size", base.max_batch_size)
-    ignored = [f.name for f, _ in params.ListFields() if f.name not in _BATCHING_FIELDS and f.name != "max_enqueued_batches"]
+    ignored = [
+        f.name
+        for f, _ in params.ListFields()
+        if f.name not in _BATCHING_FIELDS and f.name != "max_enqueued_batches"
+    ]
     if ignored:
-        log.warning("%s: ignoring %s (no counterpart in cifarflow's batcher)", path, ", ".join(ignored))
+        log.warning(
+            "%s: ignoring %s (no counterpart in cifarflow's batcher)", path, ", ".join(ignored)
+        )
     return dataclasses.replace(base, **values)
 
 

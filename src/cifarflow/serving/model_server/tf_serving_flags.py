@@ -28,7 +28,9 @@ def tf_bool(value: str) -> bool:
     """A TensorFlow command-line boolean: only `true` and `false` (command_line_flags.cc ParseBoolFlag)."""
     if value in ("true", "false"):
         return value == "true"
-    raise argparse.ArgumentTypeError(f"Couldn't interpret value ={value} (TF Serving takes =true or =false)")
+    raise argparse.ArgumentTypeError(
+        f"Couldn't interpret value ={value} (TF Serving takes =true or =false)"
+    )
 
 
 def add_tf_serving_flags(parser: argparse.ArgumentParser) -> None:
@@ -37,25 +39,82 @@ def add_tf_serving_flags(parser: argparse.ArgumentParser) -> None:
         "TensorFlow Serving's flags",
         "tensorflow_model_server's own flags, with its meaning; --model_config_file replaces --store and --model-name",
     )
-    group.add_argument("--port", dest="tf_port", type=int, metavar="N", help="gRPC port (like --grpc-port; 0 is refused, as TF Serving does)")
-    group.add_argument("--rest_api_port", dest="tf_rest_api_port", type=int, metavar="N", help="REST port; 0: no REST")
-    group.add_argument("--model_config_file", dest="tf_model_config_file", type=Path, metavar="FILE",
-                       help="ModelServerConfig text protobuf: one model, its base_path, version policy and labels")
-    group.add_argument("--model_config_file_poll_wait_seconds", dest="tf_config_poll", type=int, default=0, metavar="S",
-                       help="re-read --model_config_file every S seconds (0: once)")
-    group.add_argument("--allow_version_labels_for_unavailable_models", dest="tf_allow_unavailable_labels",
-                       type=tf_bool, nargs="?", const=True, default=False, metavar="true|false",
-                       help="let the config label versions not loaded yet (not moving a label already assigned)")
-    group.add_argument("--enable_batching", dest="tf_enable_batching", type=tf_bool, nargs="?", const=True, metavar="true|false",
-                       help="server-side batching (like --batching/--no-batching)")
-    group.add_argument("--batching_parameters_file", dest="tf_batching_parameters_file", type=Path, metavar="FILE",
-                       help="BatchingParameters text protobuf (needs --enable_batching)")
-    group.add_argument("--monitoring_config_file", dest="tf_monitoring_config_file", type=Path, metavar="FILE",
-                       help="MonitoringConfig text protobuf: prometheus_config { enable path }")
-    group.add_argument("--grpc_channel_arguments", dest="tf_grpc_channel_arguments", metavar="K=V,...",
-                       help="gRPC server arguments, e.g. grpc.max_connection_age_ms=60000 (ints as ints)")
-    group.add_argument("--file_system_poll_wait_seconds", dest="poll_interval", type=int, default=argparse.SUPPRESS,
-                       metavar="S", help="seconds between checks for new versions (like --poll-interval; 0: once)")
+    group.add_argument(
+        "--port",
+        dest="tf_port",
+        type=int,
+        metavar="N",
+        help="gRPC port (like --grpc-port; 0 is refused, as TF Serving does)",
+    )
+    group.add_argument(
+        "--rest_api_port",
+        dest="tf_rest_api_port",
+        type=int,
+        metavar="N",
+        help="REST port; 0: no REST",
+    )
+    group.add_argument(
+        "--model_config_file",
+        dest="tf_model_config_file",
+        type=Path,
+        metavar="FILE",
+        help="ModelServerConfig text protobuf: one model, its base_path, version policy and labels",
+    )
+    group.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        dest="tf_config_poll",
+        type=int,
+        default=0,
+        metavar="S",
+        help="re-read --model_config_file every S seconds (0: once)",
+    )
+    group.add_argument(
+        "--allow_version_labels_for_unavailable_models",
+        dest="tf_allow_unavailable_labels",
+        type=tf_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="true|false",
+        help="let the config label versions not loaded yet (not moving a label already assigned)",
+    )
+    group.add_argument(
+        "--enable_batching",
+        dest="tf_enable_batching",
+        type=tf_bool,
+        nargs="?",
+        const=True,
+        metavar="true|false",
+        help="server-side batching (like --batching/--no-batching)",
+    )
+    group.add_argument(
+        "--batching_parameters_file",
+        dest="tf_batching_parameters_file",
+        type=Path,
+        metavar="FILE",
+        help="BatchingParameters text protobuf (needs --enable_batching)",
+    )
+    group.add_argument(
+        "--monitoring_config_file",
+        dest="tf_monitoring_config_file",
+        type=Path,
+        metavar="FILE",
+        help="MonitoringConfig text protobuf: prometheus_config { enable path }",
+    )
+    group.add_argument(
+        "--grpc_channel_arguments",
+        dest="tf_grpc_channel_arguments",
+        metavar="K=V,...",
+        help="gRPC server arguments, e.g. grpc.max_connection_age_ms=60000 (ints as ints)",
+    )
+    group.add_argument(
+        "--file_system_poll_wait_seconds",
+        dest="poll_interval",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="S",
+        help="seconds between checks for new versions (like --poll-interval; 0: once)",
+    )
 
 
 def parse_grpc_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
@@ -78,7 +137,9 @@ def parse_grpc_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]
     return tuple(options)
 
 
-def apply_tf_serving_flags(args: argparse.Namespace, config: "ModelServerConfig") -> "ModelServerConfig":
+def apply_tf_serving_flags(
+    args: argparse.Namespace, config: ModelServerConfig
+) -> ModelServerConfig:
     """`config` (built from the cifarflow flags) with the TF Serving flags applied.
 
     Raises:
@@ -95,7 +156,7 @@ def apply_tf_serving_flags(args: argparse.Namespace, config: "ModelServerConfig"
         raise ServerStartError(exc) from None
 
 
-def _apply(args: argparse.Namespace, config: "ModelServerConfig") -> "ModelServerConfig":
+def _apply(args: argparse.Namespace, config: ModelServerConfig) -> ModelServerConfig:
     from cifarflow.errors import BadInputError
     from cifarflow.serving.errors import InvalidInput
     from cifarflow.serving.model_server.batching import BatchingConfig
@@ -109,35 +170,62 @@ def _apply(args: argparse.Namespace, config: "ModelServerConfig") -> "ModelServe
     changes: dict = {}
     if args.tf_port is not None:
         if args.tf_port == 0:  # server.cc:183-188 (no --grpc_socket_path here)
-            raise InvalidInput("At least one of server_options.grpc_port or server_options.grpc_socket_path must be set.")
+            raise InvalidInput(
+                "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set."
+            )
         changes["grpc_port"] = args.tf_port
     if args.tf_rest_api_port is not None:
         grpc_port = changes.get("grpc_port", config.grpc_port)
-        if args.tf_rest_api_port == grpc_port:  # server.cc:437-459: logged, REST skipped, the server runs on
-            log.error("server_options.http_port cannot be same as grpc_port. Please use a different port for "
-                      "HTTP/REST API. Skipped exporting HTTP/REST API.")
-        changes["rest_port"] = args.tf_rest_api_port if args.tf_rest_api_port not in (0, grpc_port) else -1
+        if (
+            args.tf_rest_api_port == grpc_port
+        ):  # server.cc:437-459: logged, REST skipped, the server runs on
+            log.error(
+                "server_options.http_port cannot be same as grpc_port. Please use a different port for "
+                "HTTP/REST API. Skipped exporting HTTP/REST API."
+            )
+        changes["rest_port"] = (
+            args.tf_rest_api_port if args.tf_rest_api_port not in (0, grpc_port) else -1
+        )
     if args.tf_enable_batching is not None:
         changes["batching"] = args.tf_enable_batching
     if args.tf_batching_parameters_file is not None:
         if not args.tf_enable_batching:  # server.cc:239-242
-            raise InvalidInput("server_options.batching_parameters_file is set without setting "
-                               "server_options.enable_batching to true.")
-        batching = load_batching_parameters(args.tf_batching_parameters_file, BatchingConfig(
-            config.max_batch_size, config.batch_timeout_s, config.num_batch_threads, config.max_queued_requests))
-        changes.update(max_batch_size=batching.max_batch_size, batch_timeout_s=batching.timeout_s,
-                       num_batch_threads=batching.num_threads, max_queued_requests=batching.max_queued)
+            raise InvalidInput(
+                "server_options.batching_parameters_file is set without setting "
+                "server_options.enable_batching to true."
+            )
+        batching = load_batching_parameters(
+            args.tf_batching_parameters_file,
+            BatchingConfig(
+                config.max_batch_size,
+                config.batch_timeout_s,
+                config.num_batch_threads,
+                config.max_queued_requests,
+            ),
+        )
+        changes.update(
+            max_batch_size=batching.max_batch_size,
+            batch_timeout_s=batching.timeout_s,
+            num_batch_threads=batching.num_threads,
+            max_queued_requests=batching.max_queued,
+        )
     if args.tf_grpc_channel_arguments:
-        changes["grpc_channel_arguments"] = parse_grpc_channel_arguments(args.tf_grpc_channel_arguments)
+        changes["grpc_channel_arguments"] = parse_grpc_channel_arguments(
+            args.tf_grpc_channel_arguments
+        )
     if args.tf_monitoring_config_file is not None:
         changes["metrics_path"] = load_prometheus_path(args.tf_monitoring_config_file)
     if args.tf_model_config_file is None:
         # Like TF Serving, the label and config-poll flags do nothing without a config file.
         if not (config.store and config.model_name):
-            raise BadInputError("give --store and --model-name, or TF Serving's --model_config_file")
+            raise BadInputError(
+                "give --store and --model-name, or TF Serving's --model_config_file"
+            )
         return dataclasses.replace(config, **changes)
     if config.store or config.model_name or config.label:
-        raise BadInputError("--model_config_file names the model and its folder: drop --store, --model-name and --label")
+        raise BadInputError(
+            "--model_config_file names the model and its folder: drop --store, --model-name and --label"
+        )
     model = load_model_config(args.tf_model_config_file)
     changes["tf_serving"] = TfServingOptions(
         model_config_file=args.tf_model_config_file,

@@ -47,26 +47,36 @@ _MONITORING_CONFIG = (
 def _message(file: descriptor_pb2.FileDescriptorProto, name: str, fields: tuple) -> None:
     message = file.message_type.add(name=name)
     for field_name, number, field_type, type_name, repeated in fields:
-        field = message.field.add(name=field_name, number=number, type=field_type,
-                                  label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
+        field = message.field.add(
+            name=field_name,
+            number=number,
+            type=field_type,
+            label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL,
+        )
         if type_name:
             field.type_name = type_name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _classes() -> dict[str, Any]:
     pool = descriptor_pool.DescriptorPool()
     wrappers = descriptor_pb2.FileDescriptorProto()
     wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
     pool.Add(wrappers)
-    file = descriptor_pb2.FileDescriptorProto(name="cifarflow/tf_serving_config_messages.proto", package=PACKAGE,
-                                              syntax="proto3", dependency=[wrappers.name])
+    file = descriptor_pb2.FileDescriptorProto(
+        name="cifarflow/tf_serving_config_messages.proto",
+        package=PACKAGE,
+        syntax="proto3",
+        dependency=[wrappers.name],
+    )
     _message(file, "BatchingParameters", _BATCHING_PARAMETERS)
     _message(file, "PrometheusConfig", _PROMETHEUS_CONFIG)
     _message(file, "MonitoringConfig", _MONITORING_CONFIG)
     pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
-            for name in ("BatchingParameters", "MonitoringConfig")}
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+        for name in ("BatchingParameters", "MonitoringConfig")
+    }
 
 
 def batching_parameters() -> Any:

@@ -21,7 +21,7 @@ request for that specific version, which the manager answers NOT_FOUND.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from cifarflow.serving.errors import FailedPrecondition, InvalidInput, Unavailable
 

@@ -1,5 +1,6 @@
 """The model store (local folder or S3/MinIO) and publishing into it."""
 
+from cifarflow.serving.store.backends import MANIFEST
 from cifarflow.serving.store.model_store import (
     LABELS,
     ModelStore,
@@ -9,7 +10,6 @@ from cifarflow.serving.store.model_store import (
     open_store,
     verify_files,
 )
-from cifarflow.serving.store.backends import MANIFEST
 from cifarflow.serving.store.publish import PublishResult, publish_model
 
 __all__ = [

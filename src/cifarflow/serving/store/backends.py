@@ -36,8 +36,8 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from cifarflow.errors import BadInputError, RemoteError, storage_error
 from cifarflow.s3 import S3Location, S3Settings, describe_s3_error
@@ -170,9 +170,13 @@ class LocalBackend(Backend):
                     return version
                 except OSError as exc:
                     if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise RemoteError(f"cannot publish into {model_dir}: {exc.strerror}") from exc
+                        raise RemoteError(
+                            f"cannot publish into {model_dir}: {exc.strerror}"
+                        ) from exc
                     time.sleep(random.uniform(0.001, 0.02))
-            raise RemoteError(f"could not allocate a version of {model} in {self.uri}: too many concurrent publishers")
+            raise RemoteError(
+                f"could not allocate a version of {model} in {self.uri}: too many concurrent publishers"
+            )
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -189,7 +193,9 @@ def _remove_abandoned(model_dir: Path) -> None:
     now = time.time()
     for name in os.listdir(model_dir):
         path = model_dir / name
-        if name.startswith(TRASH_PREFIX) or (name.startswith(STAGING_PREFIX) and _staging_abandoned(name, path, now)):
+        if name.startswith(TRASH_PREFIX) or (
+            name.startswith(STAGING_PREFIX) and _staging_abandoned(name, path, now)
+        ):
             log.info("removing %s, left by an interrupted publish or delete", path)
             shutil.rmtree(path, ignore_errors=True)
 
@@ -200,7 +206,7 @@ def _staging_name() -> str:
 
 def _staging_abandoned(name: str, path: Path, now: float) -> bool:
     # .staging-<32 hex>-<pid>@<host>; host names may hold dashes, so cut by position.
-    pid, _, host = name[len(STAGING_PREFIX) + 33:].partition("@")
+    pid, _, host = name[len(STAGING_PREFIX) + 33 :].partition("@")
     if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
         return True
     try:
@@ -238,18 +244,27 @@ class S3Backend(Backend):
             from minio.error import S3Error
 
             if isinstance(exc, S3Error) and exc.code == "NoSuchBucket":
-                raise BadInputError(f"bucket {self.location.bucket!r} does not exist ({self.uri})") from exc
+                raise BadInputError(
+                    f"bucket {self.location.bucket!r} does not exist ({self.uri})"
+                ) from exc
             raise describe_s3_error(exc, f"{self.uri} ({what})") from exc
 
     def _objects(self, rel: str, recursive: bool) -> Iterator:
         prefix = self._key(rel)
         prefix = prefix + "/" if prefix else ""
-        return self._call("list", lambda: list(self.client.list_objects(self.location.bucket, prefix=prefix, recursive=recursive)))
+        return self._call(
+            "list",
+            lambda: list(
+                self.client.list_objects(self.location.bucket, prefix=prefix, recursive=recursive)
+            ),
+        )
 
     def list_children(self, rel: str) -> list[str]:
         prefix = self._key(rel)
         cut = len(prefix) + 1 if prefix else 0
-        return sorted({o.object_name[cut:].rstrip("/") for o in self._objects(rel, recursive=False)})
+        return sorted(
+            {o.object_name[cut:].rstrip("/") for o in self._objects(rel, recursive=False)}
+        )
 
     def read_bytes(self, rel: str) -> bytes | None:
         from minio.error import S3Error
@@ -271,32 +286,51 @@ class S3Backend(Backend):
     def write_bytes(self, rel: str, data: bytes) -> None:
         import io
 
-        self._call(f"put {rel}", self.client.put_object, self.location.bucket, self._key(rel), io.BytesIO(data), len(data))
+        self._call(
+            f"put {rel}",
+            self.client.put_object,
+            self.location.bucket,
+            self._key(rel),
+            io.BytesIO(data),
+            len(data),
+        )
 
     def upload_file(self, rel: str, path: Path) -> None:
-        self._call(f"put {rel}", self.client.fput_object, self.location.bucket, self._key(rel), str(path))
+        self._call(
+            f"put {rel}", self.client.fput_object, self.location.bucket, self._key(rel), str(path)
+        )
 
     def download_tree(self, rel: str, dest: Path) -> None:
         prefix = self._key(rel) + "/"
         dest.mkdir(parents=True, exist_ok=True)
         for obj in self._objects(rel, recursive=True):
-            relative = obj.object_name[len(prefix):]
+            relative = obj.object_name[len(prefix) :]
             if not relative or relative.endswith("/"):
                 continue
             target = (dest / relative).resolve()
             if not target.is_relative_to(dest.resolve()):  # a hostile key like '../../x'
                 raise BadInputError(f"refusing object {obj.object_name!r}: it escapes {dest}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._call(f"get {rel}/{relative}", self.client.fget_object, self.location.bucket, obj.object_name, str(target))
+            self._call(
+                f"get {rel}/{relative}",
+                self.client.fget_object,
+                self.location.bucket,
+                obj.object_name,
+                str(target),
+            )
 
     def delete_tree(self, rel: str) -> None:
         from minio.deleteobjects import DeleteObject
 
         names = [DeleteObject(o.object_name) for o in self._objects(rel, recursive=True)]
         if names:
-            errors = self._call("delete", lambda: list(self.client.remove_objects(self.location.bucket, names)))
+            errors = self._call(
+                "delete", lambda: list(self.client.remove_objects(self.location.bucket, names))
+            )
             if errors:
-                raise RemoteError(f"could not delete {len(errors)} objects under {self.uri}/{rel}: {errors[0]}")
+                raise RemoteError(
+                    f"could not delete {len(errors)} objects under {self.uri}/{rel}: {errors[0]}"
+                )
 
     def _claimed(self, model: str) -> list[int]:
         return [int(n) for n in self.list_children(f"{model}/{CLAIMS}") if _is_version(n)]
@@ -315,7 +349,9 @@ class S3Backend(Backend):
             # it is safe because only losers withdraw (see the module docstring).
             self.delete_tree(f"{model}/{CLAIMS}/{version}/{me}")
             time.sleep(random.uniform(0.001, 0.05))  # jitter breaks lock-step retries
-        raise RemoteError(f"could not allocate a version of {model} in {self.uri}: too many concurrent publishers")
+        raise RemoteError(
+            f"could not allocate a version of {model} in {self.uri}: too many concurrent publishers"
+        )
 
     def _remove_abandoned(self, model: str) -> None:
         """Deletes the files of versions a publisher left half-way: no manifest, nothing written for a day.
@@ -329,18 +365,25 @@ class S3Backend(Backend):
         newest: dict[str, datetime] = {}
         complete: set[str] = set()
         for entry in self._objects(model, recursive=True):
-            version, _, rest = entry.object_name[len(prefix):].partition("/")
+            version, _, rest = entry.object_name[len(prefix) :].partition("/")
             if not _is_version(version):
                 continue
             if rest == MANIFEST:
                 complete.add(version)
-            if entry.last_modified and (version not in newest or entry.last_modified > newest[version]):
+            if entry.last_modified and (
+                version not in newest or entry.last_modified > newest[version]
+            ):
                 newest[version] = entry.last_modified
         now = datetime.now(timezone.utc)
         for version, written in sorted(newest.items()):
             if version not in complete and (now - written).total_seconds() > ABANDONED_AFTER_S:
-                log.info("deleting %s/%s/%s: a publish that stopped half-way, last written %s",
-                         self.uri, model, version, written.isoformat())
+                log.info(
+                    "deleting %s/%s/%s: a publish that stopped half-way, last written %s",
+                    self.uri,
+                    model,
+                    version,
+                    written.isoformat(),
+                )
                 self.delete_tree(f"{model}/{version}")
 
     def commit_version(self, model: str, staged: Path, manifest: bytes, min_version: int) -> int:
@@ -357,5 +400,7 @@ def open_backend(uri: str, s3_settings: S3Settings | None = None) -> Backend:
     if uri.startswith("s3://"):
         return S3Backend(S3Location.parse(uri), s3_settings or S3Settings.from_env())
     if "://" in uri:
-        raise BadInputError(f"unsupported store URI {uri!r}: use a local folder or s3://bucket/prefix")
+        raise BadInputError(
+            f"unsupported store URI {uri!r}: use a local folder or s3://bucket/prefix"
+        )
     return LocalBackend(uri)

@@ -11,8 +11,15 @@ def add_s3_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("S3/MinIO (default: the S3_* environment variables)")
     group.add_argument("--s3-endpoint", help="host:port (S3_ENDPOINT)")
     group.add_argument("--s3-access-key", help="access key (S3_ACCESS_KEY); prefer the variable")
-    group.add_argument("--s3-secret-key", help="secret key (S3_SECRET_KEY); prefer the variable, flags show in ps")
-    group.add_argument("--s3-secure", action=argparse.BooleanOptionalAction, default=None, help="use TLS (S3_SECURE)")
+    group.add_argument(
+        "--s3-secret-key", help="secret key (S3_SECRET_KEY); prefer the variable, flags show in ps"
+    )
+    group.add_argument(
+        "--s3-secure",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use TLS (S3_SECURE)",
+    )
 
 
 def s3_settings(args: argparse.Namespace, *uris: str) -> S3Settings | None:

@@ -20,12 +20,13 @@ import datetime as dt
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cifarflow.errors import BadInputError, IntegrityError
-from cifarflow.serving.store.backends import MANIFEST, Backend, LocalBackend, open_backend
 from cifarflow.s3 import S3Settings
+from cifarflow.serving.store.backends import MANIFEST, Backend, LocalBackend, open_backend
 
 LABELS = "labels.json"
 MANIFEST_FORMAT = 1
@@ -36,7 +37,9 @@ _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 def check_model_name(name: str) -> str:
     """Model names become path segments: no slashes, dots-only or hidden names."""
     if not _NAME.match(name or ""):
-        raise BadInputError(f"bad model name {name!r}: use letters, digits, '_', '-', '.' (not leading)")
+        raise BadInputError(
+            f"bad model name {name!r}: use letters, digits, '_', '-', '.' (not leading)"
+        )
     return name
 
 
@@ -72,7 +75,10 @@ def _file_list(folder: Path) -> dict[str, dict[str, Any]]:
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+        files[path.relative_to(folder).as_posix()] = {
+            "size": path.stat().st_size,
+            "sha256": digest.hexdigest(),
+        }
     return files
 
 
@@ -83,7 +89,9 @@ def verify_files(folder: Path, manifest: Mapping[str, Any]) -> None:
         if not path.is_file():
             raise IntegrityError(f"{folder}: {name} is missing")
         if path.stat().st_size != int(info["size"]):
-            raise IntegrityError(f"{folder}: {name} has {path.stat().st_size} bytes, the manifest says {info['size']}")
+            raise IntegrityError(
+                f"{folder}: {name} has {path.stat().st_size} bytes, the manifest says {info['size']}"
+            )
 
 
 class ModelStore:
@@ -103,7 +111,11 @@ class ModelStore:
     def versions(self, model: str) -> list[int]:
         """Complete versions of `model`, ascending."""
         check_model_name(model)
-        return [v for v in self.backend.versions_present(model) if self.backend.read_bytes(f"{model}/{v}/{MANIFEST}") is not None]
+        return [
+            v
+            for v in self.backend.versions_present(model)
+            if self.backend.read_bytes(f"{model}/{v}/{MANIFEST}") is not None
+        ]
 
     def latest(self, model: str) -> int | None:
         versions = self.versions(model)
@@ -112,11 +124,15 @@ class ModelStore:
     def manifest(self, model: str, version: int) -> dict[str, Any]:
         data = self.backend.read_bytes(f"{check_model_name(model)}/{int(version)}/{MANIFEST}")
         if data is None:
-            raise BadInputError(f"{model} version {version} does not exist (or is incomplete) in {self.uri}")
+            raise BadInputError(
+                f"{model} version {version} does not exist (or is incomplete) in {self.uri}"
+            )
         try:
             return json.loads(data)
         except ValueError as exc:
-            raise IntegrityError(f"{self.uri}/{model}/{version}/{MANIFEST} is not JSON: {exc}") from exc
+            raise IntegrityError(
+                f"{self.uri}/{model}/{version}/{MANIFEST} is not JSON: {exc}"
+            ) from exc
 
     def info(self, model: str, version: int) -> VersionInfo:
         names = tuple(sorted(k for k, v in self.labels(model).items() if v == version))
@@ -143,11 +159,15 @@ class ModelStore:
         if label is not None:
             labels = self.labels(model)
             if label not in labels:
-                raise BadInputError(f"{model} has no label {label!r} (labels: {sorted(labels) or 'none'})")
+                raise BadInputError(
+                    f"{model} has no label {label!r} (labels: {sorted(labels) or 'none'})"
+                )
             return labels[label]
         if version is not None:
             if version not in self.versions(model):
-                raise BadInputError(f"{model} version {version} does not exist (or is incomplete) in {self.uri}")
+                raise BadInputError(
+                    f"{model} version {version} does not exist (or is incomplete) in {self.uri}"
+                )
             return version
         latest = self.latest(model)
         if latest is None:
@@ -162,7 +182,9 @@ class ModelStore:
         """
         check_label(label)
         if version not in self.versions(model):
-            raise BadInputError(f"cannot promote {model} version {version}: no such complete version in {self.uri}")
+            raise BadInputError(
+                f"cannot promote {model} version {version}: no such complete version in {self.uri}"
+            )
         doc = self._label_doc(model)
         previous = doc["labels"].get(label)
         if previous is not None and int(previous) != version:
@@ -177,18 +199,24 @@ class ModelStore:
         doc = self._label_doc(model)
         history = [v for v in doc["history"].get(label, []) if v in self.versions(model)]
         if not history:
-            raise BadInputError(f"nothing to roll back to: label {label!r} of {model} has no earlier version")
+            raise BadInputError(
+                f"nothing to roll back to: label {label!r} of {model} has no earlier version"
+            )
         doc["labels"][label] = history.pop()
         doc["history"][label] = history
         self._write_labels(model, doc)
         return self.labels(model)
 
     def _write_labels(self, model: str, doc: Mapping[str, Any]) -> None:
-        self.backend.write_bytes(f"{model}/{LABELS}", json.dumps(doc, indent=2, sort_keys=True).encode())
+        self.backend.write_bytes(
+            f"{model}/{LABELS}", json.dumps(doc, indent=2, sort_keys=True).encode()
+        )
 
     # -- publishing -----------------------------------------------------------
 
-    def publish(self, model: str, folder: Path, metadata: Mapping[str, Any], min_version: int = 1) -> VersionInfo:
+    def publish(
+        self, model: str, folder: Path, metadata: Mapping[str, Any], min_version: int = 1
+    ) -> VersionInfo:
         """Copies `folder` verbatim as a new version, writing `cifarflow.json` last.
 
         Args:
@@ -203,7 +231,9 @@ class ModelStore:
         if not (folder / "saved_model.pb").is_file():
             raise BadInputError(f"{folder} is not a SavedModel folder: saved_model.pb is missing")
         if (folder / MANIFEST).exists():
-            raise BadInputError(f"{folder} already has a {MANIFEST}: publish the exported model, not a store version")
+            raise BadInputError(
+                f"{folder} already has a {MANIFEST}: publish the exported model, not a store version"
+            )
         manifest = dict(metadata)
         manifest.update(
             format=MANIFEST_FORMAT,
@@ -240,4 +270,3 @@ def open_store(uri: str | Path, s3_settings: S3Settings | None = None) -> ModelS
 
 def local_store(root: str | Path) -> ModelStore:
     return ModelStore(LocalBackend(root))
-

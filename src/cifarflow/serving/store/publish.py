@@ -9,8 +9,9 @@ verbatim; `cifarflow.json` is written after every other file.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cifarflow.classes import COARSE_CLASS_NAMES
 from cifarflow.s3 import S3Settings
@@ -60,4 +61,6 @@ def publish_model(
     meta.setdefault("class_names", list(COARSE_CLASS_NAMES))
     store = open_store(store_uri, s3_settings)
     info: VersionInfo = store.publish(model_name, Path(model_dir), meta)
-    return PublishResult(store=store.uri, model_name=model_name, version=info.version, manifest=info.manifest)
+    return PublishResult(
+        store=store.uri, model_name=model_name, version=info.version, manifest=info.manifest
+    )

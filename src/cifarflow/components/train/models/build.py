@@ -14,14 +14,19 @@ classes are unions of fine ones, so the finer target is a richer signal).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import layers
 
 from cifarflow.classes import NUM_COARSE_CLASSES, NUM_FINE_CLASSES
 from cifarflow.components.train.config import TrialConfig
-from cifarflow.components.train.models.layers import Cutout, HorizontalFlip, PixelNormalization, augmentation_layers
+from cifarflow.components.train.models.layers import (
+    Cutout,
+    HorizontalFlip,
+    PixelNormalization,
+    augmentation_layers,
+)
 from cifarflow.components.train.models.resnet import resnet_features
 from cifarflow.components.train.models.transfer import transfer_features
 
@@ -81,17 +86,32 @@ def build_model(
             features = layers.Dropout(config.dropout, name="dropout")(features)
     else:
         features = transfer_features(
-            x, config.architecture, config.input_size, config.weights,
-            config.freeze_base, config.dropout, config.size_inner,
+            x,
+            config.architecture,
+            config.input_size,
+            config.weights,
+            config.freeze_base,
+            config.dropout,
+            config.size_inner,
         )
-    reg = keras.regularizers.L2(config.weight_decay / 2) if config.weight_decay > 0 and config.optimizer != "adamw" else None
+    reg = (
+        keras.regularizers.L2(config.weight_decay / 2)
+        if config.weight_decay > 0 and config.optimizer != "adamw"
+        else None
+    )
     # float32 logits even under mixed precision: softmax and the loss need the range.
-    logits = layers.Dense(num_classes, kernel_regularizer=reg, dtype="float32", name=LOGITS_LAYER)(features)
+    logits = layers.Dense(num_classes, kernel_regularizer=reg, dtype="float32", name=LOGITS_LAYER)(
+        features
+    )
     name = f"{config.architecture}{config.depth if config.architecture == 'resnet' else ''}"
     core = keras.Model(pixels, logits, name=name)
     inference = with_flip_tta(core) if config.tta_flip else core
     if config.fine_label_weight <= 0:
         return BuiltModel(inference=inference, training=core)
-    fine = layers.Dense(NUM_FINE_CLASSES, kernel_regularizer=reg, dtype="float32", name=FINE_LOGITS_LAYER)(features)
-    training = keras.Model(pixels, {LOGITS_LAYER: logits, FINE_LOGITS_LAYER: fine}, name=f"{name}_train")
+    fine = layers.Dense(
+        NUM_FINE_CLASSES, kernel_regularizer=reg, dtype="float32", name=FINE_LOGITS_LAYER
+    )(features)
+    training = keras.Model(
+        pixels, {LOGITS_LAYER: logits, FINE_LOGITS_LAYER: fine}, name=f"{name}_train"
+    )
     return BuiltModel(inference=inference, training=training, has_fine_head=True)

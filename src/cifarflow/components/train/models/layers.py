@@ -8,7 +8,7 @@ calls them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import ops
@@ -66,8 +66,10 @@ class Cutout(keras.layers.Layer):
         cols = ops.reshape(ops.arange(width), (1, 1, -1))
         half = self.size // 2
         inside = (
-            (rows >= cy - half) & (rows < cy - half + self.size)
-            & (cols >= cx - half) & (cols < cx - half + self.size)
+            (rows >= cy - half)
+            & (rows < cy - half + self.size)
+            & (cols >= cx - half)
+            & (cols < cx - half + self.size)
         )
         keep = ops.cast(ops.logical_not(inside), inputs.dtype)
         return inputs * ops.expand_dims(keep, -1)
@@ -90,7 +92,9 @@ class HorizontalFlip(keras.layers.Layer):
         return input_shape
 
 
-def augmentation_layers(flip: bool, crop_padding: int, seed: int | None) -> list[keras.layers.Layer]:
+def augmentation_layers(
+    flip: bool, crop_padding: int, seed: int | None
+) -> list[keras.layers.Layer]:
     """Flip and pad-and-crop, both per image, identity at inference.
 
     Pad-and-crop is a random integer translation by up to `crop_padding`
@@ -104,8 +108,13 @@ def augmentation_layers(flip: bool, crop_padding: int, seed: int | None) -> list
         factor = crop_padding / 32.0
         layers.append(
             keras.layers.RandomTranslation(
-                factor, factor, fill_mode="constant", fill_value=0.0,
-                interpolation="nearest", seed=seed, name="random_crop",
+                factor,
+                factor,
+                fill_mode="constant",
+                fill_value=0.0,
+                interpolation="nearest",
+                seed=seed,
+                name="random_crop",
             )
         )
     return layers

@@ -18,8 +18,14 @@ def _conv(filters: int, kernel: int, stride: int, weight_decay: float, name: str
     # Coupled L2 (gradient += weight_decay * w), the classic SGD weight decay.
     reg = keras.regularizers.L2(weight_decay / 2) if weight_decay > 0 else None
     return layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False,
-        kernel_initializer="he_normal", kernel_regularizer=reg, name=name,
+        filters,
+        kernel,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=reg,
+        name=name,
     )
 
 

@@ -63,9 +63,13 @@ def transfer_features(
     """
     constructor, mode = _BASES[architecture]
     if input_size < _MIN_INPUT[architecture]:
-        raise BadInputError(f"{architecture} needs input_size >= {_MIN_INPUT[architecture]}, got {input_size}")
+        raise BadInputError(
+            f"{architecture} needs input_size >= {_MIN_INPUT[architecture]}, got {input_size}"
+        )
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
-        raise BadInputError(f"weights file {weights} does not exist (use 'imagenet', 'none' or a file path)")
+        raise BadInputError(
+            f"weights file {weights} does not exist (use 'imagenet', 'none' or a file path)"
+        )
     x = layers.Resizing(input_size, input_size, interpolation="bilinear", name="upsample")(pixels)
     x = ApplicationPreprocess(mode, name="app_preprocess")(x)
     shape = (input_size, input_size, 3)
@@ -76,7 +80,8 @@ def transfer_features(
             print(
                 f"train: ImageNet weights for {architecture} unreachable ({type(exc).__name__}); "
                 "training the base from random initialisation",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
             base = constructor(include_top=False, weights=None, input_shape=shape)
     else:

@@ -32,12 +32,24 @@ def generate(out_dir: Path) -> dict[str, bytes]:
         # protoc runs in its own process: its bundled protobuf C++ library and
         # TensorFlow's crash each other when both are loaded in one process.
         done = subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", f"-I{tree}", f"--python_out={tree}", f"--pyi_out={tree}",
-             f"--grpc_python_out={tree}", str(PACKAGE_PATH / PROTO.name)],
-            cwd=tree, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{tree}",
+                f"--python_out={tree}",
+                f"--pyi_out={tree}",
+                f"--grpc_python_out={tree}",
+                str(PACKAGE_PATH / PROTO.name),
+            ],
+            cwd=tree,
+            capture_output=True,
+            text=True,
         )
         if done.returncode != 0:
-            raise SystemExit(f"protoc failed with exit code {done.returncode}: {done.stderr.strip()}")
+            raise SystemExit(
+                f"protoc failed with exit code {done.returncode}: {done.stderr.strip()}"
+            )
         result = {name: (tree / PACKAGE_PATH / name).read_bytes() for name in GENERATED}
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in result.items():
@@ -47,7 +59,9 @@ def generate(out_dir: Path) -> dict[str, bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 when different")
+    parser.add_argument(
+        "--check", action="store_true", help="compare instead of writing; exit 1 when different"
+    )
     args = parser.parse_args(argv)
     if not args.check:
         generate(HERE)
@@ -55,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
-    stale = [name for name, data in fresh.items() if not (HERE / name).is_file() or (HERE / name).read_bytes() != data]
+    stale = [
+        name
+        for name, data in fresh.items()
+        if not (HERE / name).is_file() or (HERE / name).read_bytes() != data
+    ]
     if stale:
         print(f"out of date: {', '.join(stale)}; run `make proto`", file=sys.stderr)
         return 1
