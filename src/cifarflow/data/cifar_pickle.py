@@ -15,8 +15,8 @@ from __future__ import annotations
 import io
 import pickle
 import struct
-from collections.abc import Sequence
-from typing import Any, BinaryIO
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def _plain_dtype(*args: Any) -> np.dtype:
     return dtype
 
 
-_NUMPY_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]
+_NUMPY_RECONSTRUCT = cast(Callable[..., np.ndarray], np.ndarray.__reduce__(np.zeros(0))[0])
 
 
 def _empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:

@@ -110,6 +110,8 @@ def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -
     path = target.joinpath(*member.name.split("/"))
     path.parent.mkdir(parents=True, exist_ok=True)
     source = tar.extractfile(member)
+    if source is None:  # the caller passes regular files only; a link has no bytes
+        raise UnsafeArchiveError(f"{member.name} is not a regular file")
     digest = hashlib.md5()
     size = 0
     try:

@@ -115,7 +115,7 @@ def run_locally(
     run_dir = new_dirs[-1]
     shutil.move(log_name, run_dir / "run.log")
     tasks = run_record.task_outputs(run_dir, cache_dir=runs_dir / ".cache")
-    record = {
+    record: dict[str, Any] = {
         "run_id": run_dir.name,
         "pipeline": getattr(pipeline_func, "name", "cifarflow"),
         "status": "FAILED" if error else "SUCCEEDED",
@@ -158,8 +158,7 @@ def failure_cause(log: Path) -> str | None:
         if (m := _EXCEPTION_LINE.match(line))
     ]
     ours = [m for m in causes if m.group(1).startswith("cifarflow.")]
-    chosen = (ours or causes or [None])[-1]
-    if chosen is None:
+    if not (ours or causes):
         return None
-    kind, message = chosen.groups()
+    kind, message = (ours or causes)[-1].groups()
     return f"{kind.rsplit('.', 1)[-1]}: {message.strip()}"

@@ -142,7 +142,7 @@ def compare_html(runs: list[RunView]) -> str:
     """A self-contained page: the side-by-side table and every trial's validation curve."""
     from cifarflow.components.eda.charts import curves_svg
 
-    series = {
+    series: dict[str, list[tuple[float, float]]] = {
         f"{run.run_id} / {trial}": [
             (row.get("epoch", i + 1), row["val_accuracy"])
             for i, row in enumerate(history)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -37,8 +37,8 @@ def class_distribution_svg(class_names: Sequence[str], counts: dict[str, Sequenc
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(class_names) + 1))
     y = np.arange(len(class_names))
     height = 0.8 / max(len(counts), 1)
-    for i, (split, values) in enumerate(counts.items()):
-        values = np.asarray(values, dtype=float)
+    for i, (split, split_counts) in enumerate(counts.items()):
+        values = np.asarray(split_counts, dtype=float)
         share = 100 * values / max(values.sum(), 1)
         ax.barh(
             y + i * height,
@@ -81,7 +81,7 @@ def channel_histogram_svg(histogram: Sequence[Sequence[int]]) -> str:
     return _svg(fig)
 
 
-def curves_svg(series: dict[str, Sequence[tuple[float, float]]], ylabel: str) -> str:
+def curves_svg(series: Mapping[str, Sequence[tuple[float, float]]], ylabel: str) -> str:
     """One line per named series of (x, y) points, e.g. val accuracy per epoch."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))

@@ -160,8 +160,8 @@ def _http_chunks(resp) -> Iterator[bytes]:
 def _start_from_content_range(value: str | None) -> int:
     # "bytes 100-199/1000"
     try:
-        return int(value.split()[1].split("-")[0])
-    except (AttributeError, IndexError, ValueError):
+        return int((value or "").split()[1].split("-")[0])
+    except (IndexError, ValueError):
         raise RemoteError(f"server sent a malformed Content-Range: {value!r}") from None
 
 
@@ -186,6 +186,8 @@ def s3_opener(location: S3Location, settings: S3Settings) -> Opener:
     def open_at(offset: int) -> Iterator[Response]:
         try:
             total = client.stat_object(location.bucket, location.key).size
+            if total is None:
+                raise RemoteError(f"{location} has no size in its object metadata")
             if offset >= total:
                 yield Response(iter(()), total, offset if offset == total else 0)
                 return

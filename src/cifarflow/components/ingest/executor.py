@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from cifarflow.atomic_files import write_json_atomic
 from cifarflow.components.ingest import download
@@ -167,7 +167,9 @@ def _extract_verified(
     try:
         with open(archive, "rb") as raw:
             reader = _HashingReader(raw)
-            members = extract_members(reader, wanted, staging, archive_name=str(archive))
+            # tarfile reads the stream through `read` only, which is all the reader has.
+            stream = cast(BinaryIO, reader)
+            members = extract_members(stream, wanted, staging, archive_name=str(archive))
             reader.drain()  # tar stops at its end marker; the md5 covers the whole file
         archive_md5 = reader.md5.hexdigest()
         member_md5 = {wanted[name]: m.md5 for name, m in members.items()}
