@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cifarflow import __version__
+from cifarflow import __version__, step_logging
 from cifarflow.errors import CifarflowError, storage_error
 
 # (verb, one-line summary), in pipeline order.
@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cifarflow {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much the pipeline steps report on stderr (default: %(default)s)",
+    )
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb, summary in VERBS:
         importlib.import_module(_module_name(verb)).register(subparsers, summary)
@@ -68,6 +75,7 @@ def _output_location(args: argparse.Namespace) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    step_logging.configure(args.log_level)
     try:
         try:
             return int(args.func(args) or 0)

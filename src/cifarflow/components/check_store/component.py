@@ -20,12 +20,13 @@ def check_store_component(store: str, model_name: str) -> str:
     Returns:
         One line saying what was checked.
 
-    Example:
-        >>> check = check_store_component(store="s3://cifarflow/models", model_name="cifarflow")
-        >>> ingest_task.after(check)
+    Example::
+
+        check = check_store_component(store="s3://cifarflow/models", model_name="cifarflow")
+        ingest_task.after(check)
     """
+    from cifarflow import step_logging
     from cifarflow.components.check_store.executor import check_store
 
-    result = check_store(store, model_name)
-    print(f"store: {result.summary}", flush=True)
-    return result.summary
+    step_logging.configure()
+    return check_store(store, model_name).summary

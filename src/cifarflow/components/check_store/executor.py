@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import io
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -22,6 +23,8 @@ from cifarflow.errors import BadInputError, RemoteError, storage_error
 from cifarflow.s3 import S3Location, S3Settings, describe_s3_error, is_s3_uri
 from cifarflow.serving.store import check_model_name
 from cifarflow.serving.store.backends import S3Backend
+
+log = logging.getLogger(__name__)
 
 # Where the pipeline's tasks get the store's settings on a cluster (the
 # pipeline maps these names), named in the errors so the fix is one look away.
@@ -64,12 +67,15 @@ def check_store(
     """
     check_model_name(model_name)
     if is_s3_uri(store):
-        return _check_s3(S3Location.parse(store), s3_settings)
-    if "://" in store:
+        result = _check_s3(S3Location.parse(store), s3_settings)
+    elif "://" in store:
         raise BadInputError(
             f"unsupported store URI {store!r}: use a local folder or s3://bucket/prefix"
         )
-    return _check_folder(Path(store))
+    else:
+        result = _check_folder(Path(store))
+    log.info("%s", result.summary)
+    return result
 
 
 def _check_s3(location: S3Location, settings: S3Settings | None) -> StoreCheck:

@@ -21,16 +21,19 @@ def eda_component(
         summary: Markdown summary.
         metrics: scalar dataset metrics (counts, imbalance, duplicates, channel stats).
 
-    Example:
-        >>> eda_task = eda_component(splits=preprocess_task.outputs["splits"])
+    Example::
+
+        eda_task = eda_component(splits=preprocess_task.outputs["splits"])
     """
     import os
     import shutil
     import tempfile
 
+    from cifarflow import step_logging
     from cifarflow.components.eda.executor import REPORT_HTML, SUMMARY_MD, eda
     from cifarflow.components.metric_artifacts import log_metrics
 
+    step_logging.configure()
     workdir = tempfile.mkdtemp(prefix="eda-")
     result = eda(splits.path, workdir)
     os.makedirs(os.path.dirname(report.path), exist_ok=True)

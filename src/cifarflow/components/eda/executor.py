@@ -7,6 +7,7 @@ images it shows, thanks to memory-mapped arrays.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 from cifarflow.atomic_files import write_json_atomic, write_text_atomic
 from cifarflow.components.eda import charts, report
 from cifarflow.data.splits import SPLIT_NAMES, load_split, load_stats
+
+log = logging.getLogger(__name__)
 
 REPORT_HTML = "report.html"
 SUMMARY_MD = "summary.md"
@@ -109,9 +112,11 @@ def eda(
     write_text_atomic(out_dir / REPORT_HTML, report.render_html(view))
     write_text_atomic(out_dir / SUMMARY_MD, report.render_markdown(view, metrics))
     write_json_atomic(out_dir / METRICS_JSON, metrics)
-    print(
-        f"eda: report for {len(class_names)} classes ({time.monotonic() - started:.1f}s) -> {out_dir / REPORT_HTML}",
-        flush=True,
+    log.info(
+        "report for %d classes (%.1fs) -> %s",
+        len(class_names),
+        time.monotonic() - started,
+        out_dir / REPORT_HTML,
     )
     return EdaResult(out_dir, metrics)
 

@@ -18,10 +18,14 @@ def expand_grid_component(grid: str) -> list[dict]:
     Returns:
         One dict of hyper-parameters per trial.
 
-    Example:
-        >>> grid_task = expand_grid_component(grid="quick")
-        >>> with dsl.ParallelFor(grid_task.output) as trial: ...
+    Example::
+
+        grid_task = expand_grid_component(grid="quick")
+        with dsl.ParallelFor(grid_task.output) as trial:
+            ...
     """
+    from cifarflow import step_logging
     from cifarflow.components.expand_grid.executor import expand_grid
 
+    step_logging.configure()
     return expand_grid(grid).trials

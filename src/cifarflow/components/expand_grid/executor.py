@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import yaml
 
 from cifarflow.components.train.config import Grid, load_grid, parse_grid
 from cifarflow.errors import BadInputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +42,5 @@ def expand_grid(grid: str) -> ExpandedGrid:
     else:
         parsed = load_grid(configs.resolve(grid))
     trials = parsed.trial_dicts()
-    print(
-        f"grid: {parsed.name}: {len(trials)} trial(s), selected by {parsed.selection_metric}",
-        flush=True,
-    )
+    log.info("%s: %d trial(s), selected by %s", parsed.name, len(trials), parsed.selection_metric)
     return ExpandedGrid(parsed.name, parsed.selection_metric, trials)

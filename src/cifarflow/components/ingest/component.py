@@ -19,11 +19,14 @@ def ingest_component(source: str, dataset: Output[Dataset], expected_md5: str = 
     Returns:
         The archive's md5: the data checksum publish records with the model.
 
-    Example:
-        >>> ingest_task = ingest_component(source="sample")
+    Example::
+
+        ingest_task = ingest_component(source="sample")
     """
+    from cifarflow import step_logging
     from cifarflow.components.ingest.executor import ingest
 
+    step_logging.configure()
     result = ingest(source, dataset.path, expected_md5=expected_md5 or None)
     dataset.metadata.update(
         {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -20,6 +21,8 @@ from pathlib import Path
 from cifarflow.errors import RemoteError
 from cifarflow.progress import ByteProgress
 from cifarflow.s3 import S3Location, S3Settings, describe_s3_error
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
 
@@ -96,9 +99,8 @@ def fetch_resumable(
                 raise RemoteError(
                     f"{label}: giving up after {retry.attempts} attempts: {exc}"
                 ) from None
-            print(
-                f"{label}: {exc}; retrying in {delay:.1f}s (resuming at byte {_size(part)})",
-                flush=True,
+            log.warning(
+                "%s: %s; retrying in %.1fs (resuming at byte %d)", label, exc, delay, _size(part)
             )
             sleep(delay)
 

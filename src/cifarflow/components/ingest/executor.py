@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,8 @@ from cifarflow.data.safe_tar import extract_members
 from cifarflow.data.sample import SAMPLE_ARCHIVE, SAMPLE_MD5, SAMPLE_SOURCE
 from cifarflow.errors import BadInputError, IntegrityError
 from cifarflow.s3 import S3Location, S3Settings, is_s3_uri
+
+log = logging.getLogger(__name__)
 
 INGEST_RECORD = "ingest.json"
 
@@ -127,7 +130,7 @@ def _fetch_then_extract(
 ) -> IngestResult:
     cached = _cache_path(source, cache_dir)
     if cached.is_file():
-        print(f"ingest: using verified download {cached}", flush=True)
+        log.info("using verified download %s", cached)
         return _extract_verified(cached, source, out_dir, expected_md5)
     part = download.fetch_resumable(opener, cached, label=f"download {source}")
     try:
@@ -192,7 +195,7 @@ def _extract_verified(
         shutil.rmtree(staging, ignore_errors=True)
     result = IngestResult(out_dir, source, archive_md5, member_md5, verified_by)
     write_json_atomic(out_dir / INGEST_RECORD, result.to_json())
-    print(f"ingest: {source} verified ({verified_by}) -> {result.data_dir}", flush=True)
+    log.info("%s verified (%s) -> %s", source, verified_by, result.data_dir)
     return result
 
 

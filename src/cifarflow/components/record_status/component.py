@@ -26,8 +26,10 @@ def record_status_component(status: PipelineTaskFinalStatus, record: Output[Mark
     """
     import os
 
+    from cifarflow import step_logging
     from cifarflow.components.record_status.executor import record_status
 
+    step_logging.configure()
     result = record_status(
         status.state,
         status.pipeline_job_resource_name,
@@ -38,5 +40,4 @@ def record_status_component(status: PipelineTaskFinalStatus, record: Output[Mark
     os.makedirs(os.path.dirname(record.path), exist_ok=True)
     with open(record.path, "w") as out:
         out.write(result.markdown)
-    print(f"pipeline: run ended {result.outcome} ({result.state})", flush=True)
     return result.state

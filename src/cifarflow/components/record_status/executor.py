@@ -17,6 +17,9 @@ message, recorded as given.
 from __future__ import annotations
 
 import dataclasses
+import logging
+
+log = logging.getLogger(__name__)
 
 # State names, per engine, grouped by what they mean for the run.
 _SUCCEEDED = {"COMPLETE", "CACHED", "SUCCEEDED"}
@@ -91,4 +94,5 @@ def record_status(
             "backends before 2.17.0 report this for a ParallelFor inside an ExitHandler "
             "(kubeflow/pipelines#13321). Read the outcome from the run graph.",
         ]
+    log.info("run ended %s (%s)", outcome, state)
     return StatusRecord(outcome=outcome, state=state, markdown="\n".join(lines) + "\n")
