@@ -96,8 +96,10 @@ def run_locally(
         except RuntimeError as exc:  # kfp.local's way of saying a task failed
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else "a task failed"
         finally:
-            # kfp.local indents task output by swapping builtins.print per task;
-            # with two tasks at once the swaps interleave and can leave it swapped.
+            # Not our steps' doing (they log, and run in subprocesses): kfp.local
+            # indents each task's output by swapping builtins.print around it
+            # (kfp 2.17.3, kfp/local/logging_utils.py `indented_print`), and two
+            # ParallelFor tasks' swaps interleave and can leave it swapped.
             builtins.print = original_print
     wall = time.monotonic() - t0
     # kfp.local names the run folder <pipeline>-<timestamp>; other new folders
