@@ -86,3 +86,14 @@ def test_grids_are_named_by_their_shipped_name_or_a_path(tmp_path, capsys):
         == 0
     )
     assert capsys.readouterr().out == by_name and by_name.count("\n") == 2
+
+
+def test_help_shows_each_default_once_from_the_value_the_flag_really_has(capsys):
+    try:
+        main(["run", "--help"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert out.count("(default: quick)") == 1 and "(default quick)" not in out
+    assert "(default: 0.05)" in out and "(default: 2)" in out  # --alpha, --trial-parallelism
+    assert "(default: None)" not in out and "(default: False)" not in out

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from cifarflow import __version__
-from cifarflow.cli.main import main
+from cifarflow.cli.main import build_parser, main
+from cifarflow.defaults import CLUSTER_STORE
 from cifarflow.images import cpu_image, gpu_image
+from cifarflow.pipelines.parameters import DEFAULTS, PipelineParameters
 
 
 def _compile(path, *flags):
@@ -112,6 +116,25 @@ def test_pipeline_parameters(compiled):
     }
     assert params["source"].default_value.string_value == "sample"
     assert params["grid"].default_value.string_value == "quick"
+
+
+def test_the_compiled_defaults_are_the_run_and_submit_flags_defaults(compiled):
+    spec, _ = compiled
+    compiled_defaults = {
+        name: json_format.MessageToDict(parameter.default_value)
+        for name, parameter in spec.root.input_definitions.parameters.items()
+    }
+    assert set(compiled_defaults) == {f.name for f in dataclasses.fields(PipelineParameters)}
+    for command in (["run"], ["submit", "--host", "http://kfp.invalid"]):
+        flags = vars(build_parser().parse_args(command))
+        # The CLI picks these two per run: the store by where it runs, the metric from the grid.
+        assert flags["store"] is None and flags["gate_metric"] is None
+        cli_defaults = {"grid": flags["config"], "store": CLUSTER_STORE}
+        cli_defaults |= {
+            name: flags[name] for name in compiled_defaults if name not in ("grid", "store")
+        }
+        cli_defaults["gate_metric"] = DEFAULTS.gate_metric
+        assert compiled_defaults == cli_defaults, command[0]
 
 
 def test_gpu_request_images_and_resources(compiled):

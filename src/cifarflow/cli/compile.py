@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "-o",
         "--output",
         default="pipeline.yaml",
-        help="where to write the YAML (default pipeline.yaml)",
+        help="where to write the YAML",
     )
     add_compile_arguments(parser)
     parser.set_defaults(func=run)

@@ -22,11 +22,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "--samples-per-class",
         type=int,
         default=10,
-        help="sample images shown per class (default 10)",
+        help="sample images shown per class",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed that picks the samples (default 0)"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="seed that picks the samples")
     parser.set_defaults(func=run)
 
 

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument(
         "--source",
         default=OFFICIAL_URL,
-        help="'sample' (shipped with cifarflow), an http(s) URL, a local .tar.gz, or s3://bucket/key (default: the official URL)",
+        help="'sample' (shipped with cifarflow), an http(s) URL, a local .tar.gz, or s3://bucket/key",
     )
     parser.add_argument(
         "--out", required=True, help="output folder (gets cifar-100-python/ and ingest.json)"

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from cifarflow import __version__, step_logging
+from cifarflow.cli.help_format import CliParser
 from cifarflow.errors import CifarflowError, storage_error
 
 # (verb, one-line summary), in pipeline order.
@@ -40,7 +41,7 @@ def _module_name(verb: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="cifarflow",
         description=(
             "CIFAR-100 (20 coarse classes) from raw archive to served model, as a "
@@ -55,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="INFO",
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="how much the pipeline steps report on stderr (default: %(default)s)",
+        help="how much the pipeline steps report on stderr",
     )
-    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    subparsers = parser.add_subparsers(
+        dest="verb", metavar="VERB", required=True, parser_class=CliParser
+    )
     for verb, summary in VERBS:
         importlib.import_module(_module_name(verb)).register(subparsers, summary)
     return parser

@@ -6,36 +6,38 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-DEFAULT_LOCAL_STORE = "runs/model-store"
-DEFAULT_CLUSTER_STORE = "s3://cifarflow/models"
+from cifarflow.defaults import CLUSTER_STORE, LOCAL_STORE
+from cifarflow.pipelines.parameters import DEFAULTS
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pipeline parameters")
     group.add_argument(
         "--config",
-        default="quick",
-        help="grid: a shipped name (quick, cpu, gpu, reference) or a YAML file (default quick)",
+        default=DEFAULTS.grid,
+        help="grid: a shipped name (quick, cpu, gpu, reference) or a YAML file",
     )
     group.add_argument(
         "--source",
-        default="sample",
-        help="data: 'sample', a URL, a path or s3://bucket/key (default sample)",
+        default=DEFAULTS.source,
+        help="data: 'sample', a URL, a path or s3://bucket/key",
     )
-    group.add_argument("--expected-md5", default="", help="whole-archive md5 for your own archive")
+    group.add_argument(
+        "--expected-md5",
+        default=DEFAULTS.expected_md5,
+        help="whole-archive md5 for your own archive",
+    )
     group.add_argument(
         "--val-fraction",
         type=float,
-        default=0.1,
-        help="share of train held out as val (default 0.1)",
+        default=DEFAULTS.val_fraction,
+        help="share of train held out as val",
     )
-    group.add_argument("--seed", type=int, default=0, help="seed of the val split (default 0)")
-    group.add_argument(
-        "--model-name", default="cifarflow", help="model name in the store (default cifarflow)"
-    )
+    group.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the val split")
+    group.add_argument("--model-name", default=DEFAULTS.model_name, help="model name in the store")
     group.add_argument(
         "--store",
-        help=f"model store: a folder or s3://bucket/prefix (default {DEFAULT_LOCAL_STORE} locally, {DEFAULT_CLUSTER_STORE} on a cluster)",
+        help=f"model store: a folder or s3://bucket/prefix (default {LOCAL_STORE} locally, {CLUSTER_STORE} on a cluster)",
     )
     group.add_argument(
         "--gate-metric",
@@ -44,8 +46,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--alpha",
         type=float,
-        default=0.05,
-        help="significance of the McNemar gate against the champion (default 0.05)",
+        default=DEFAULTS.alpha,
+        help="significance of the McNemar gate against the champion",
     )
     group.add_argument(
         "--force-publish", action="store_true", help="publish even if the gate keeps the champion"
@@ -168,7 +170,7 @@ def pipeline_arguments(args: argparse.Namespace, for_cluster: bool) -> dict[str,
     if not 0.0 < args.alpha < 1.0:
         raise BadInputError(f"--alpha must be between 0 and 1, got {args.alpha}")
     grid, grid_metric = grid_parameter(args.config)
-    store = args.store or (DEFAULT_CLUSTER_STORE if for_cluster else DEFAULT_LOCAL_STORE)
+    store = args.store or (CLUSTER_STORE if for_cluster else LOCAL_STORE)
     source = args.source
     if not for_cluster:  # tasks run as subprocesses: make local paths independent of their cwd
         if not store.startswith("s3://"):

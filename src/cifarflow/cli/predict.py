@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import json
 
+from cifarflow.defaults import MODEL_NAME
+
 
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser(
@@ -27,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         help="call TensorFlow Serving's PredictionService directly",
     )
     parser.add_argument(
-        "--model-name", default="cifarflow", help="model name on TF Serving (with --tf-serving)"
+        "--model-name", default=MODEL_NAME, help="model name on TF Serving (with --tf-serving)"
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     )
     add_pipeline_arguments(parser)
     local = parser.add_argument_group("local run")
-    local.add_argument("--runs-dir", default="runs", help="where run folders go (default runs)")
+    local.add_argument("--runs-dir", default="runs", help="where run folders go")
     local.add_argument(
         "--artifacts", help="also upload the run to s3://bucket/prefix in KFP's layout"
     )
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "--trial-parallelism",
         type=int,
         default=2,
-        help="trials trained at once (default 2: while one trial starts up or is evaluated, the other trains)",
+        help="trials trained at once; with 2, one trains while the other starts up or is evaluated",
     )
     local.add_argument(
         "-v", "--verbose", action="store_true", help="show kfp's full task logs on the console"

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
             "--from",
             dest="source",
             default="runs",
-            help="runs folder or s3://bucket/prefix/<pipeline> (default runs)",
+            help="runs folder or s3://bucket/prefix/<pipeline>",
         )
     parser.set_defaults(func=run)
 

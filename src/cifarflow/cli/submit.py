@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument(
         "--service-account",
         default="cifarflow-pipeline",
-        help="service account the run's pods use (default cifarflow-pipeline, from k8s/kubeflow; '' for the namespace default)",
+        help="service account the run's pods use (k8s/kubeflow creates it; '' for the namespace's default)",
     )
     parser.add_argument(
         "--package", help="a compiled pipeline YAML to submit instead of compiling now"
@@ -62,9 +62,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         action="store_true",
         help="wait for the run to finish and exit non-zero unless it succeeded",
     )
-    parser.add_argument(
-        "--timeout", type=int, default=6 * 3600, help="seconds to wait with --wait (default 21600)"
-    )
+    parser.add_argument("--timeout", type=int, default=6 * 3600, help="seconds to wait with --wait")
     add_pipeline_arguments(parser)
     add_compile_arguments(parser)
     parser.set_defaults(func=run)

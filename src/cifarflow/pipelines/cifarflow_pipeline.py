@@ -46,9 +46,9 @@ from cifarflow.components.record_status.component import record_status_component
 from cifarflow.components.select_best.component import select_best_component
 from cifarflow.components.train.component import train_component
 from cifarflow.images import PipelineImages
+from cifarflow.pipelines.parameters import DEFAULTS
 
 PIPELINE_NAME = "cifarflow"
-DEFAULT_STORE = "s3://cifarflow/models"
 
 
 def _resources(
@@ -136,16 +136,16 @@ def build_pipeline(
         description="CIFAR-100 (20 coarse classes): ingest, preprocess, EDA, HP grid on GPU, evaluate, gated publish",
     )
     def cifarflow_pipeline(
-        source: str = "sample",
-        expected_md5: str = "",
-        grid: str = "quick",
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        model_name: str = "cifarflow",
-        store: str = DEFAULT_STORE,
-        gate_metric: str = "val_accuracy",
-        alpha: float = 0.05,
-        force_publish: bool = False,
+        source: str = DEFAULTS.source,
+        expected_md5: str = DEFAULTS.expected_md5,
+        grid: str = DEFAULTS.grid,
+        val_fraction: float = DEFAULTS.val_fraction,
+        seed: int = DEFAULTS.seed,
+        model_name: str = DEFAULTS.model_name,
+        store: str = DEFAULTS.store,
+        gate_metric: str = DEFAULTS.gate_metric,
+        alpha: float = DEFAULTS.alpha,
+        force_publish: bool = DEFAULTS.force_publish,
     ) -> None:
         status = record_status_component().set_display_name("record status")
         # Never cached: it describes this run, whatever an earlier one did.
