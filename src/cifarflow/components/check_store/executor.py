@@ -19,6 +19,7 @@ import os
 import uuid
 from pathlib import Path
 
+from cifarflow.defaults import MODEL_NAME
 from cifarflow.errors import BadInputError, RemoteError, storage_error
 from cifarflow.s3 import S3Location, S3Settings, describe_s3_error, is_s3_uri
 from cifarflow.serving.store import check_model_name
@@ -49,7 +50,7 @@ class StoreCheck:
 
 
 def check_store(
-    store: str, model_name: str = "cifarflow", s3_settings: S3Settings | None = None
+    store: str, model_name: str = MODEL_NAME, s3_settings: S3Settings | None = None
 ) -> StoreCheck:
     """Fails now if publishing `model_name` into `store` would fail later.
 
