@@ -32,8 +32,38 @@ def test_exact_binomial_p_values_by_hand():
     assert exact_binomial_p(10, 0) == pytest.approx(2 / 1024)
     # 2 * P(X <= 4), X ~ Bin(10, 1/2) = 2 * (1 + 10 + 45 + 120 + 210) / 1024
     assert exact_binomial_p(6, 4) == pytest.approx(2 * 386 / 1024)
+    assert exact_binomial_p(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
     assert exact_binomial_p(5, 5) == 1.0
     assert exact_binomial_p(0, 0) == 1.0
+
+
+# Reference values from an independent 60-digit Decimal sum of the Bin(n, 1/2)
+# probabilities, built by the recurrence p(i + 1) = p(i) (n - i) / (i + 1)
+# starting from p(0) = 2**-n (no binomial coefficients, no floats).
+@pytest.mark.parametrize(
+    ("b", "c", "expected"),
+    [
+        (530, 470, 6.202319509836e-2),  # 1,000 pairs
+        (600, 400, 2.728464156066e-10),  # 1,000 pairs, far in the tail
+        (600, 500, 2.819544991436e-3),  # 1,100 pairs: 2.0**n overflowed from 1,024
+        (2550, 2450, 1.614852223974e-1),  # 5,000 pairs
+        (2600, 2400, 4.883649737518e-3),  # 5,000 pairs
+        (700, 324, 2.015237221922e-32),  # 1,024 pairs, a p-value far below float's epsilon
+    ],
+)
+def test_exact_binomial_p_for_many_discordant_pairs(b, c, expected):
+    assert exact_binomial_p(b, c) == pytest.approx(expected, rel=1e-9)
+    assert exact_binomial_p(c, b) == exact_binomial_p(b, c)  # two-sided: symmetric
+
+
+def test_exact_test_runs_at_any_size_and_agrees_with_chi_square_when_large():
+    labels, new, old = _paired(b=2600, c=2400, both_right=3000, both_wrong=2000)
+    exact = mcnemar_test(labels, new, old, exact_below=10**9)
+    assert exact.method == "exact-binomial" and exact.discordant == 5000
+    approximate = mcnemar_test(labels, new, old)
+    assert approximate.method == "chi-square-corrected"
+    # At 5,000 pairs the continuity-corrected chi-square is within a few percent of exact.
+    assert approximate.p_value == pytest.approx(exact.p_value, rel=0.05)
 
 
 def test_chi_square_with_continuity_correction_by_hand():
