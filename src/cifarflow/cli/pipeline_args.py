@@ -29,7 +29,15 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.1,
         help="share of train held out as val (default 0.1)",
     )
-    group.add_argument("--seed", type=int, default=0, help="seed of the val split (default 0)")
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed of the val and gate splits (default 0)"
+    )
+    group.add_argument(
+        "--gate-fraction",
+        type=float,
+        default=0.1,
+        help="share of train held out for the champion gate (default 0.1)",
+    )
     group.add_argument(
         "--model-name", default="cifarflow", help="model name in the store (default cifarflow)"
     )
@@ -165,6 +173,10 @@ def pipeline_arguments(args: argparse.Namespace, for_cluster: bool) -> dict[str,
 
     if not 0.0 < args.val_fraction < 1.0:
         raise BadInputError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    if not 0.0 < args.gate_fraction < 1.0 or args.val_fraction + args.gate_fraction >= 1.0:
+        raise BadInputError(
+            f"--gate-fraction must be between 0 and 1 and leave train images with --val-fraction, got {args.gate_fraction}"
+        )
     if not 0.0 < args.alpha < 1.0:
         raise BadInputError(f"--alpha must be between 0 and 1, got {args.alpha}")
     grid, grid_metric = grid_parameter(args.config)
@@ -181,6 +193,7 @@ def pipeline_arguments(args: argparse.Namespace, for_cluster: bool) -> dict[str,
         "grid": grid,
         "val_fraction": args.val_fraction,
         "seed": args.seed,
+        "gate_fraction": args.gate_fraction,
         "model_name": args.model_name,
         "store": store,
         "gate_metric": args.gate_metric or grid_metric,
