@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from cifarflow.components.evaluate.executor import evaluate
 
     evaluation = evaluate(model_dir, data_dir, model_dir)
-    test = evaluation.metrics["splits"]["test"]
+    test = evaluation.metrics.splits["test"]
     record = {
         "config": grid.name,
         "trial": args.trial,
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "top5_accuracy": round(test["top5_accuracy"], 4),
         "ece": round(test["ece"], 4),
         "ece_uncalibrated": round(test["ece_uncalibrated"], 4),
-        "val_accuracy": round(evaluation.metrics["splits"]["val"]["accuracy"], 4),
+        "val_accuracy": round(evaluation.metrics.splits["val"]["accuracy"], 4),
         "train_seconds": round(result.train_seconds, 1),
         "epochs": result.epochs_run,
         "best_epoch": result.best_epoch,
@@ -121,7 +121,7 @@ def _apply_flip_tta(model_dir: Path, data_dir: Path) -> None:
     import numpy as np
 
     import cifarflow.components.train.models  # noqa: F401  (registers the custom layers)
-    from cifarflow.components.evaluate.calibration import fit_temperature
+    from cifarflow.calibration import fit_temperature
     from cifarflow.components.train.export import TFLITE_FILE, export_saved_model, export_tflite
     from cifarflow.components.train.models.build import with_flip_tta
     from cifarflow.data.splits import load_split

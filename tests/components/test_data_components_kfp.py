@@ -31,7 +31,7 @@ def test_components_run_locally_and_pass_artifacts(tmp_path):
     assert "aquatic_mammals" in report
     outputs = json.loads((run / "eda-component" / "executor_output.json").read_text())
     metrics = outputs["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert metrics["train_images"] == 1600.0
+    assert metrics["train_images"] == 1400.0  # 2,000 less 20 % val and 10 % gate
 
 
 def test_a_failing_step_fails_the_local_run(tmp_path):

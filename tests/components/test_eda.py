@@ -41,14 +41,15 @@ def test_metrics_and_summary(report, tmp_path_factory):
     result, _ = report
     metrics = json.loads((result.out_dir / "metrics.json").read_text())
     assert (
-        metrics["train_images"] == 1800
+        metrics["train_images"] == 1600
         and metrics["val_images"] == 200
+        and metrics["gate_images"] == 200
         and metrics["test_images"] == 500
     )
     assert metrics["classes"] == 20 and metrics["train_class_imbalance"] == 1.0
     assert 100 < metrics["train_mean_r"] < 160
     summary = (result.out_dir / "summary.md").read_text()
-    assert "| vehicles_2 | 90 | 10 | 25 |" in summary
+    assert "| vehicles_2 | 80 | 10 | 10 | 25 |" in summary  # train, val, gate, test
 
 
 def test_eda_on_a_folder_that_is_not_preprocessed(tmp_path):

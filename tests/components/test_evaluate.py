@@ -7,18 +7,19 @@ import json
 import numpy as np
 import pytest
 
-from cifarflow.components.evaluate.calibration import (
+from cifarflow.calibration import (
     expected_calibration_error,
     fit_temperature,
     softmax,
 )
+from cifarflow.components.candidate import Candidate, CandidateMetrics
 from cifarflow.components.evaluate.metrics import (
     classification_report,
     confusion_matrix,
     per_class_scores,
     top_k_accuracy,
 )
-from cifarflow.data.splits import load_split
+from cifarflow.data.splits import load_split, split_checksum
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -114,7 +115,10 @@ def test_evaluate_writes_a_complete_candidate(candidate, trained_model, sample_d
     )  # better than chance on real images
     assert metrics["splits"]["val"]["count"] == 200 and metrics["splits"]["test"]["count"] == 500
     assert len(metrics["splits"]["test"]["per_class"]) == 20 and len(metrics["class_names"]) == 20
-    assert len(metrics["test_data_sha256"]) == 64
+    assert metrics["test_data_sha256"] == split_checksum(test)
+    # sample_data predates the gate split: no gate predictions, and the record says so.
+    assert not (candidate / "gate_predictions.npy").exists() and "gate_accuracy" not in metrics
+    assert Candidate.open(candidate).predictions("gate") is None
     # The candidate carries the model too: it is what select and publish take.
     assert (candidate / "saved_model.pb").is_file() and (candidate / "model.keras").is_file()
     report = (candidate / "evaluation.html").read_text()
@@ -168,3 +172,48 @@ def test_evaluate_cli_in_place_and_its_errors(trained_model, sample_data, tmp_pa
         )
         == 2
     )
+
+
+@pytest.fixture(scope="module")
+def gated_data(tmp_path_factory):
+    """The sample through the pipeline's own ingest and preprocess: train, val, gate, test."""
+    from cifarflow.components.ingest.executor import ingest
+    from cifarflow.components.preprocess.executor import preprocess
+
+    root = tmp_path_factory.mktemp("gated")
+    ingest("sample", root / "raw")
+    return preprocess(root / "raw", root / "splits").out_dir
+
+
+def test_evaluate_records_paired_gate_predictions(trained_model, gated_data, sample_data, tmp_path):
+    from cifarflow.components.evaluate.executor import evaluate
+
+    result = evaluate(trained_model, gated_data, tmp_path / "c")
+    gate = load_split(gated_data, "gate")
+    recorded = Candidate.open(tmp_path / "c").predictions("gate")
+    assert recorded is not None and len(recorded) == len(gate) == 200
+    np.testing.assert_array_equal(recorded.labels, gate.coarse_labels.astype(np.int64))
+    assert (
+        recorded.checksum == split_checksum(gate) != split_checksum(load_split(gated_data, "test"))
+    )
+    metrics = CandidateMetrics.read(tmp_path / "c")
+    assert metrics == result.metrics  # what was written is what was returned
+    assert metrics.value("gate_accuracy") == pytest.approx(recorded.accuracy)
+    assert metrics.counts == {"val": 200, "gate": 200, "test": 500}
+    assert (tmp_path / "c" / "evaluation.html").read_text().count("data:image/png;base64,") == 3
+    # Re-evaluated in place on data without a gate split: no stale gate predictions stay behind.
+    evaluate(tmp_path / "c", sample_data, tmp_path / "c")
+    assert not (tmp_path / "c" / "gate_predictions.npy").exists()
+    assert Candidate.open(tmp_path / "c").predictions("gate") is None
+
+
+def test_metrics_json_round_trips_and_names_what_is_missing(candidate, tmp_path):
+    from cifarflow.errors import BadInputError
+
+    metrics = CandidateMetrics.read(candidate)
+    assert CandidateMetrics.from_json(metrics.to_json()) == metrics
+    values = metrics.to_json()
+    del values["confusion_matrix"], values["class_names"]
+    (tmp_path / "metrics.json").write_text(json.dumps(values))
+    with pytest.raises(BadInputError, match="lacks confusion_matrix, class_names"):
+        CandidateMetrics.read(tmp_path)

@@ -43,10 +43,12 @@ def test_full_dataset_gives_the_exact_split_sizes(tmp_path_factory, full_archive
     ingest(str(full_archive), raw)
     out = tmp_path_factory.mktemp("full-splits")
     result = preprocess(raw, out)
-    assert result.counts == {"train": 45_000, "val": 5_000, "test": 10_000}
+    assert result.counts == {"train": 40_000, "val": 5_000, "gate": 5_000, "test": 10_000}
     stats = load_stats(out)
-    assert stats["splits"]["train"]["class_counts"] == [2250] * 20
+    assert stats["splits"]["train"]["class_counts"] == [2000] * 20
     assert stats["splits"]["val"]["class_counts"] == [250] * 20
+    assert stats["splits"]["gate"]["class_counts"] == [250] * 20
+    assert stats["splits"]["gate"]["fine_class_counts"] == [50] * 100
     assert stats["splits"]["test"]["class_counts"] == [500] * 20
     assert stats["splits"]["val"]["fine_class_counts"] == [50] * 100  # stratified by fine label too
     # the official set has a few exact duplicates across train and test: reported, not fatal
@@ -57,7 +59,7 @@ def test_full_dataset_gives_the_exact_split_sizes(tmp_path_factory, full_archive
 
 def test_sample_splits_stats_and_untouched_test_set(tmp_path, sample_raw, sample_batches):
     result = preprocess(sample_raw, tmp_path)
-    assert result.counts == {"train": 1800, "val": 200, "test": 500}
+    assert result.counts == {"train": 1600, "val": 200, "gate": 200, "test": 500}
     stats = json.loads((tmp_path / "stats.json").read_text())
     for name in SPLIT_NAMES:  # the DESIGN.md contract
         assert set(stats["splits"][name]) >= {"count", "class_counts"}
@@ -66,20 +68,57 @@ def test_sample_splits_stats_and_untouched_test_set(tmp_path, sample_raw, sample
     images, labels = _official_arrays(sample_batches["test"])
     test = load_split(tmp_path, "test")
     assert np.array_equal(test.images, images) and np.array_equal(test.coarse_labels, labels)
-    train, val = load_split(tmp_path, "train"), load_split(tmp_path, "val")
+    train, val, gate = (load_split(tmp_path, n) for n in ("train", "val", "gate"))
     all_train, _ = _official_arrays(sample_batches["train"])
-    # val and train partition the official train set
-    merged = np.concatenate([train.images, val.images]).reshape(2000, -1)
+    # train, val and gate partition the official train set
+    merged = np.concatenate([train.images, val.images, gate.images]).reshape(2000, -1)
     assert sorted(map(bytes, merged)) == sorted(map(bytes, all_train.reshape(2000, -1)))
+    # the gate is stratified by fine label: 2 of each fine class's 20 images
+    assert stats["splits"]["gate"]["fine_class_counts"] == [2] * 100
+    assert stats["gate_fraction"] == 0.1
     assert stats["checks"] and all(c["status"] == "pass" for c in stats["checks"])
 
 
-def test_val_split_is_seeded(tmp_path, sample_raw):
+def test_val_and_gate_splits_are_seeded(tmp_path, sample_raw):
     preprocess(sample_raw, tmp_path / "a", PreprocessConfig(seed=1))
     preprocess(sample_raw, tmp_path / "b", PreprocessConfig(seed=1))
     preprocess(sample_raw, tmp_path / "c", PreprocessConfig(seed=2))
-    a, b, c = (load_split(tmp_path / n, "val").images for n in "abc")
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    for split in ("val", "gate"):
+        a, b, c = (load_split(tmp_path / n, split).images for n in "abc")
+        assert np.array_equal(a, b) and not np.array_equal(a, c), split
+
+
+def test_training_never_sees_the_gate_split(tmp_path, sample_raw):
+    """Train reads its splits by name: exactly train and val, no gate image among them."""
+    from cifarflow.components.preprocess.checks import image_hashes
+    from cifarflow.components.train.data import load_training_data
+
+    preprocess(sample_raw, tmp_path)
+    data = load_training_data(tmp_path)
+    train, val, gate = (load_split(tmp_path, n) for n in ("train", "val", "gate"))
+    assert np.array_equal(data.train_images, train.images)
+    assert np.array_equal(data.val_images, val.images)
+    seen = set(image_hashes(data.train_images)) | set(image_hashes(data.val_images))
+    assert len(gate) == 200 and not seen & set(image_hashes(gate.images))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--gate-fraction", "0"], "gate-fraction must be between 0 and 1"),
+        (
+            ["--val-fraction", "0.5", "--gate-fraction", "0.5"],
+            "val-fraction + gate-fraction must be below 1",
+        ),
+    ],
+)
+def test_cli_refuses_gate_fractions_that_leave_nothing(
+    tmp_path, sample_raw, capsys, flags, message
+):
+    args = ["preprocess", "--raw", str(sample_raw), "--out", str(tmp_path / "out"), *flags]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
 
 
 def _write_raw(folder, sample_batches, train_batch):

@@ -1,17 +1,26 @@
 """The publish step: executor on the real S3 server, component under kfp.local."""
 
-import json
 import subprocess
 import sys
 
+import pytest
+
+from cifarflow.components.candidate import CandidateMetrics
 from cifarflow.components.publish.executor import publish
+from cifarflow.errors import BadInputError
 from cifarflow.serving.store import open_store
 from tests.serving.fakes import fake_export
 
 
 def test_publish_records_metrics_and_run_id_on_s3(s3_server, s3_bucket, tmp_path):
     model = fake_export(tmp_path / "model")
-    (model / "metrics.json").write_text(json.dumps({"accuracy": 0.61, "macro_f1": 0.58}))
+    CandidateMetrics(
+        test={"accuracy": 0.61, "top5_accuracy": 0.88, "macro_f1": 0.58},
+        confusion_matrix=[[3, 1], [1, 3]],
+        class_names=["cats", "dogs"],
+        gate={"accuracy": 0.6},
+        checksums={"gate": "ab" * 32},
+    ).write(model)
     uri = f"s3://{s3_bucket}/store"
     outcome = publish(
         model,
@@ -24,9 +33,27 @@ def test_publish_records_metrics_and_run_id_on_s3(s3_server, s3_bucket, tmp_path
     )
     assert outcome.published and outcome.version == 1 and outcome.uri == f"{uri}/cifar/1"
     manifest = open_store(uri, s3_server.settings).manifest("cifar", 1)
-    assert manifest["metrics"] == {"accuracy": 0.61, "macro_f1": 0.58, "top5_accuracy": 0.9}
+    metrics = manifest["metrics"]
+    assert (metrics["accuracy"], metrics["macro_f1"], metrics["gate_accuracy"]) == (0.61, 0.58, 0.6)
+    assert metrics["top5_accuracy"] == 0.88  # the file wins over the artifact's metadata
+    assert metrics["gate_data_sha256"] == "ab" * 32
+    assert manifest["class_names"] == ["cats", "dogs"]  # not the store's CIFAR-100 default
     assert manifest["run_id"] == "run-7" and manifest["data_checksum"] == "md5:1"
     assert "metrics.json" in manifest["files"]  # the folder is copied verbatim
+
+
+def test_a_metrics_file_evaluate_did_not_write_is_refused(tmp_path, capsys):
+    from cifarflow.cli.main import main
+
+    model = fake_export(tmp_path / "model")
+    (model / "metrics.json").write_text('{"accuracy": 0.61}')
+    with pytest.raises(BadInputError, match="lacks top5_accuracy, macro_f1"):
+        publish(model, str(tmp_path / "store"), "cifar")
+    args = ["publish", "--model", str(model), "--store", str(tmp_path / "store")]
+    assert main([*args, "--model-name", "cifar"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not written by evaluate" in err[0]
+    assert not (tmp_path / "store" / "cifar").exists()
 
 
 def test_kept_champion_writes_nothing(tmp_path):

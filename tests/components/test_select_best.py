@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cifarflow.components.candidate import CandidateMetrics
 from cifarflow.components.select_best.champion import find_champion
 from cifarflow.components.select_best.executor import SelectConfig, select_best
-from cifarflow.components.select_best.leaderboard import Candidate, rank
+from cifarflow.components.select_best.leaderboard import Entry, rank
 from cifarflow.components.select_best.mcnemar import (
     challenger_wins,
     chi_square_p,
     exact_binomial_p,
     mcnemar_test,
 )
-from cifarflow.errors import BadInputError
+from cifarflow.errors import BadInputError, DataAnomalyError
 from cifarflow.serving.store import local_store
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -32,8 +33,38 @@ def test_exact_binomial_p_values_by_hand():
     assert exact_binomial_p(10, 0) == pytest.approx(2 / 1024)
     # 2 * P(X <= 4), X ~ Bin(10, 1/2) = 2 * (1 + 10 + 45 + 120 + 210) / 1024
     assert exact_binomial_p(6, 4) == pytest.approx(2 * 386 / 1024)
+    assert exact_binomial_p(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
     assert exact_binomial_p(5, 5) == 1.0
     assert exact_binomial_p(0, 0) == 1.0
+
+
+# Reference values from an independent 60-digit Decimal sum of the Bin(n, 1/2)
+# probabilities, built by the recurrence p(i + 1) = p(i) (n - i) / (i + 1)
+# starting from p(0) = 2**-n (no binomial coefficients, no floats).
+@pytest.mark.parametrize(
+    ("b", "c", "expected"),
+    [
+        (530, 470, 6.202319509836e-2),  # 1,000 pairs
+        (600, 400, 2.728464156066e-10),  # 1,000 pairs, far in the tail
+        (600, 500, 2.819544991436e-3),  # 1,100 pairs: 2.0**n overflowed from 1,024
+        (2550, 2450, 1.614852223974e-1),  # 5,000 pairs
+        (2600, 2400, 4.883649737518e-3),  # 5,000 pairs
+        (700, 324, 2.015237221922e-32),  # 1,024 pairs, a p-value far below float's epsilon
+    ],
+)
+def test_exact_binomial_p_for_many_discordant_pairs(b, c, expected):
+    assert exact_binomial_p(b, c) == pytest.approx(expected, rel=1e-9)
+    assert exact_binomial_p(c, b) == exact_binomial_p(b, c)  # two-sided: symmetric
+
+
+def test_exact_test_runs_at_any_size_and_agrees_with_chi_square_when_large():
+    labels, new, old = _paired(b=2600, c=2400, both_right=3000, both_wrong=2000)
+    exact = mcnemar_test(labels, new, old, exact_below=10**9)
+    assert exact.method == "exact-binomial" and exact.discordant == 5000
+    approximate = mcnemar_test(labels, new, old)
+    assert approximate.method == "chi-square-corrected"
+    # At 5,000 pairs the continuity-corrected chi-square is within a few percent of exact.
+    assert approximate.p_value == pytest.approx(exact.p_value, rel=0.05)
 
 
 def test_chi_square_with_continuity_correction_by_hand():
@@ -98,14 +129,19 @@ def test_mcnemar_counts_and_method_on_constructed_predictions():
         mcnemar_test(labels, new[:-1], old)
 
 
+def _entry(index: int, **values: float) -> Entry:
+    metrics = {"accuracy": 0.5, "top5_accuracy": 0.9, "macro_f1": 0.5, "confusion_matrix": [[1]]}
+    parsed = CandidateMetrics.from_json({**metrics, "class_names": ["a"], **values})
+    return Entry(index=index, path=Path(f"c{index}"), metrics=parsed)
+
+
 def test_ranking_is_deterministic_with_tie_breaks():
-    make = lambda i, **m: Candidate(index=i, path=f"c{i}", metrics=m)  # noqa: E731
     candidates = [
-        make(0, val_accuracy=0.80, val_macro_f1=0.70, val_loss=0.9),
-        make(1, val_accuracy=0.82, val_macro_f1=0.60, val_loss=1.0),
-        make(2, val_accuracy=0.80, val_macro_f1=0.75, val_loss=0.9),
-        make(3, val_accuracy=0.80, val_macro_f1=0.75, val_loss=0.9),
-        make(4, val_macro_f1=0.99),  # no val_accuracy: ranked last
+        _entry(0, val_accuracy=0.80, val_macro_f1=0.70, val_loss=0.9),
+        _entry(1, val_accuracy=0.82, val_macro_f1=0.60, val_loss=1.0),
+        _entry(2, val_accuracy=0.80, val_macro_f1=0.75, val_loss=0.9),
+        _entry(3, val_accuracy=0.80, val_macro_f1=0.75, val_loss=0.9),
+        _entry(4, val_macro_f1=0.99),  # no val_accuracy: ranked last
     ]
     assert [c.index for c in rank(candidates, "val_accuracy")] == [1, 2, 3, 0, 4]
     assert [c.index for c in rank(list(reversed(candidates)), "val_accuracy")] == [1, 2, 3, 0, 4]
@@ -113,6 +149,32 @@ def test_ranking_is_deterministic_with_tie_breaks():
 
 
 # --- the step on real candidates --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gated_data(tmp_path_factory) -> Path:
+    """The sample through the pipeline's own ingest and preprocess: train, val, gate, test."""
+    from cifarflow.components.ingest.executor import ingest
+    from cifarflow.components.preprocess.executor import preprocess
+
+    root = tmp_path_factory.mktemp("gated")
+    ingest("sample", root / "raw")
+    return preprocess(root / "raw", root / "splits").out_dir
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory, trained_model, gated_data) -> Path:
+    """`trained_model` evaluated on `gated_data`: a candidate with gate predictions.
+
+    The model was trained on the test helper's split, so some gate images were
+    among its training images; these tests check the gate's pairing and
+    decisions, which that does not touch.
+    """
+    from cifarflow.components.evaluate.executor import evaluate
+
+    out = tmp_path_factory.mktemp("gated-candidate") / "candidate"
+    evaluate(trained_model, gated_data, out)
+    return out
 
 
 def _clone(candidate: Path, folder: Path, **metric_overrides) -> Path:
@@ -127,24 +189,26 @@ def _publish_version(
     store: Path,
     version: int,
     source: Path,
-    predictions: np.ndarray | None = None,
+    gate_predictions: np.ndarray | None = None,
     complete: bool = True,
 ) -> Path:
     """A store version the way publish lays it out (files copied verbatim, cifarflow.json last)."""
     folder = store / "cifarflow" / str(version)
     shutil.copytree(source, folder)
-    if predictions is not None:
-        np.save(folder / "test_predictions.npy", predictions.astype(np.int64))
+    if gate_predictions is not None:
+        np.save(folder / "gate_predictions.npy", gate_predictions.astype(np.int64))
     if complete:
         (folder / "cifarflow.json").write_text(json.dumps({"version": version}))
     return folder
 
 
-def _champion_predictions(candidate: Path, better_by: int, worse_by: int) -> np.ndarray:
+def _champion_predictions(
+    candidate: Path, better_by: int, worse_by: int, split: str = "gate"
+) -> np.ndarray:
     """Champion predictions relative to the candidate's: wrong on `better_by` images the
     candidate gets right, right on `worse_by` images the candidate gets wrong."""
-    labels = np.load(candidate / "test_labels.npy")
-    own = np.load(candidate / "test_predictions.npy")
+    labels = np.load(candidate / f"{split}_labels.npy")
+    own = np.load(candidate / f"{split}_predictions.npy")
     champion = own.copy()
     right = np.flatnonzero(own == labels)
     wrong = np.flatnonzero(own != labels)
@@ -181,39 +245,38 @@ def test_best_candidate_wins_and_no_store_means_publish(candidate, tmp_path):
     assert [r["index"] for r in selection["ranking"]] == [1, 0]
 
 
-def test_gate_against_a_local_champion(candidate, tmp_path):
+def test_gate_against_a_local_champion_on_the_gate_split(gated, tmp_path):
     store = tmp_path / "store"
     assert find_champion(str(store), "cifarflow") is None
-    no_champion = select_best([candidate], tmp_path / "first", SelectConfig(store=str(store)))
+    no_champion = select_best([gated], tmp_path / "first", SelectConfig(store=str(store)))
     assert no_champion.publish and "no champion" in no_champion.record["gate"]["reason"]
 
-    _publish_version(
-        store, 1, candidate, _champion_predictions(candidate, better_by=40, worse_by=0)
-    )
+    _publish_version(store, 1, gated, _champion_predictions(gated, better_by=30, worse_by=0))
     champion_folder = _publish_version(
-        store, 2, candidate, _champion_predictions(candidate, better_by=30, worse_by=0)
+        store, 2, gated, _champion_predictions(gated, better_by=25, worse_by=0)
     )
-    _publish_version(store, 3, candidate, complete=False)  # being written: never the champion
+    _publish_version(store, 3, gated, complete=False)  # being written: never the champion
     champion = find_champion(str(store), "cifarflow")
     assert champion.version == 2 and champion.location == str(champion_folder)
 
-    clearly_better = select_best([candidate], tmp_path / "s1", SelectConfig(store=str(store)))
+    clearly_better = select_best([gated], tmp_path / "s1", SelectConfig(store=str(store)))
     gate = clearly_better.record["gate"]
-    assert clearly_better.publish and gate["decision"] == "publish"
-    assert gate["mcnemar"]["challenger_only"] == 30 and gate["mcnemar"]["champion_only"] == 0
-    assert gate["mcnemar"]["method"] == "chi-square-corrected" and gate["mcnemar"]["p_value"] < 1e-6
+    assert clearly_better.publish and gate["decision"] == "publish" and gate["split"] == "gate"
+    assert gate["mcnemar"]["challenger_only"] == 25 and gate["mcnemar"]["champion_only"] == 0
+    assert gate["mcnemar"]["images"] == 200  # the gate split, not the 500 test images
+    assert gate["mcnemar"]["method"] == "chi-square-corrected" and gate["mcnemar"]["p_value"] < 1e-4
     assert gate["champion"]["version"] == 2
 
     # Two more right, one fewer: noise. The champion stays unless forced.
     np.save(
-        champion_folder / "test_predictions.npy",
-        _champion_predictions(candidate, better_by=2, worse_by=1),
+        champion_folder / "gate_predictions.npy",
+        _champion_predictions(gated, better_by=2, worse_by=1),
     )
-    noise = select_best([candidate], tmp_path / "s2", SelectConfig(store=str(store)))
+    noise = select_best([gated], tmp_path / "s2", SelectConfig(store=str(store)))
     assert not noise.publish and noise.decision == "keep_champion"
     assert noise.record["gate"]["mcnemar"]["method"] == "exact-binomial"
     assert noise.record["gate"]["mcnemar"]["p_value"] == pytest.approx(1.0)
-    forced = select_best([candidate], tmp_path / "s3", SelectConfig(store=str(store), force=True))
+    forced = select_best([gated], tmp_path / "s3", SelectConfig(store=str(store), force=True))
     assert (
         forced.publish
         and forced.record["gate"]["forced"]
@@ -221,25 +284,35 @@ def test_gate_against_a_local_champion(candidate, tmp_path):
     )
     # A looser alpha does not turn noise into a win.
     assert not select_best(
-        [candidate], tmp_path / "s4", SelectConfig(store=str(store), alpha=0.5)
+        [gated], tmp_path / "s4", SelectConfig(store=str(store), alpha=0.5)
     ).publish
 
 
-def test_the_champion_is_the_version_labelled_stable_when_there_is_one(candidate, tmp_path):
+def test_the_official_test_set_never_decides(gated, tmp_path):
+    """A champion far worse on test but identical on the gate split is kept."""
     store = tmp_path / "store"
-    _publish_version(
-        store, 1, candidate, _champion_predictions(candidate, better_by=40, worse_by=0)
+    folder = _publish_version(store, 1, gated)
+    np.save(
+        folder / "test_predictions.npy",
+        _champion_predictions(gated, better_by=60, worse_by=0, split="test"),
     )
-    _publish_version(store, 2, candidate, _champion_predictions(candidate, better_by=0, worse_by=0))
+    result = select_best([gated], tmp_path / "out", SelectConfig(store=str(store)))
+    assert not result.publish and result.record["gate"]["mcnemar"]["discordant"] == 0
+
+
+def test_the_champion_is_the_version_labelled_stable_when_there_is_one(gated, tmp_path):
+    store = tmp_path / "store"
+    _publish_version(store, 1, gated, _champion_predictions(gated, better_by=30, worse_by=0))
+    _publish_version(store, 2, gated, _champion_predictions(gated, better_by=0, worse_by=0))
     # Version 2 was published but rolled back: 1 is what serves, so 1 is what the gate must beat.
     local_store(store).promote("cifarflow", 1, "stable")
     champion = find_champion(str(store), "cifarflow")
     assert (champion.version, champion.label) == (1, "stable")
-    result = select_best([candidate], tmp_path / "out", SelectConfig(store=str(store)))
+    result = select_best([gated], tmp_path / "out", SelectConfig(store=str(store)))
     recorded = result.record["gate"]["champion"]
     assert result.publish and (recorded["version"], recorded["label"]) == (1, "stable")
     assert recorded["location"] == str(store / "cifarflow" / "1")
-    assert result.record["gate"]["mcnemar"]["challenger_only"] == 40
+    assert result.record["gate"]["mcnemar"]["challenger_only"] == 30
     # A label pointing at a version that is gone falls back to the newest complete one.
     (store / "cifarflow" / "1" / "cifarflow.json").unlink()
     assert (
@@ -248,29 +321,34 @@ def test_the_champion_is_the_version_labelled_stable_when_there_is_one(candidate
     ) == (2, None)
 
 
-def test_champion_without_usable_predictions_is_rerun_on_the_test_set(
-    candidate, sample_data, tmp_path
-):
+def test_a_champion_from_other_gate_data_is_rescored_not_trusted(gated, gated_data, tmp_path):
     store = tmp_path / "store"
-    folder = _publish_version(store, 1, candidate)
-    (folder / "test_predictions.npy").unlink()
-    blind = select_best([candidate], tmp_path / "s1", SelectConfig(store=str(store)))
+    folder = _publish_version(
+        store, 1, gated, _champion_predictions(gated, better_by=30, worse_by=0)
+    )
+    # Its recorded predictions say it is far worse, but they were made on another gate split.
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["gate_data_sha256"] = "0" * 64
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    blind = select_best([gated], tmp_path / "s1", SelectConfig(store=str(store)))
     assert not blind.publish and "pass --data" in blind.record["gate"]["reason"]
     rerun = select_best(
-        [candidate], tmp_path / "s2", SelectConfig(store=str(store), data_dir=str(sample_data))
+        [gated], tmp_path / "s2", SelectConfig(store=str(store), data_dir=str(gated_data))
     )
     gate = rerun.record["gate"]
-    # The champion is the same model: no discordant pair, so no reason to replace it.
-    assert gate["mcnemar"]["champion_predictions"].endswith("re-run on the test set")
+    # Re-scored, it is the same model as the winner: no discordant pair, nothing to replace.
+    assert gate["mcnemar"]["champion_predictions"].endswith("re-scored on the gate split")
     assert gate["mcnemar"]["discordant"] == 0 and not rerun.publish
 
 
-def test_gate_against_a_champion_in_s3(candidate, tmp_path, s3_server, s3_bucket):
+def test_a_champion_without_gate_predictions_is_rescored_from_s3(
+    gated, gated_data, tmp_path, s3_server, s3_bucket
+):
     client = s3_server.settings.client()
-    champion_predictions = _champion_predictions(candidate, better_by=25, worse_by=0)
     source = tmp_path / "v7"
-    shutil.copytree(candidate, source)
-    np.save(source / "test_predictions.npy", champion_predictions)
+    shutil.copytree(gated, source)
+    for name in ("gate_predictions.npy", "gate_labels.npy"):  # published before the gate split
+        (source / name).unlink()
     (source / "cifarflow.json").write_text("{}")
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         client.fput_object(s3_bucket, f"prod/cifarflow/7/{path.relative_to(source)}", str(path))
@@ -279,24 +357,71 @@ def test_gate_against_a_champion_in_s3(candidate, tmp_path, s3_server, s3_bucket
     )  # incomplete
     champion = find_champion(f"s3://{s3_bucket}/prod", "cifarflow", s3_server.settings)
     assert champion.version == 7 and champion.location == f"s3://{s3_bucket}/prod/cifarflow/7"
-    np.testing.assert_array_equal(champion.test_predictions, champion_predictions)
-    result = select_best(
-        [candidate],
-        tmp_path / "out",
-        SelectConfig(store=f"s3://{s3_bucket}/prod", s3=s3_server.settings),
+    assert (
+        champion.gate is None
+        and champion.class_names == json.loads((gated / "metrics.json").read_text())["class_names"]
     )
-    assert result.publish and result.record["gate"]["mcnemar"]["challenger_only"] == 25
+    config = SelectConfig(
+        store=f"s3://{s3_bucket}/prod", s3=s3_server.settings, data_dir=str(gated_data)
+    )
+    result = select_best([gated], tmp_path / "out", config)
+    gate = result.record["gate"]
+    assert (
+        gate["mcnemar"]["champion_predictions"] == "champion version 7 re-scored on the gate split"
+    )
+    assert gate["mcnemar"]["images"] == 200 and gate["mcnemar"]["discordant"] == 0
 
 
-def test_select_cli(candidate, tmp_path, capsys):
+def test_the_gate_refuses_other_data_and_other_classes(gated, tmp_path, sample_raw_for_seed):
+    store = tmp_path / "store"
+    folder = _publish_version(store, 1, gated)
+    (folder / "gate_predictions.npy").unlink()
+    with pytest.raises(DataAnomalyError, match="evaluated on another gate split"):
+        select_best(
+            [gated],
+            tmp_path / "o1",
+            SelectConfig(store=str(store), data_dir=str(sample_raw_for_seed)),
+        )
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["class_names"] = list(reversed(metrics["class_names"]))
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(DataAnomalyError, match="champion version 1 has other classes"):
+        select_best([gated], tmp_path / "o2", SelectConfig(store=str(store)))
+    forced = select_best([gated], tmp_path / "o3", SelectConfig(store=str(store), force=True))
+    assert (
+        forced.publish
+        and "forced (--force) without a comparison" in forced.record["gate"]["reason"]
+    )
+
+
+@pytest.fixture
+def sample_raw_for_seed(tmp_path):
+    """The sample preprocessed with another seed: other gate images."""
+    from cifarflow.components.ingest.executor import ingest
+    from cifarflow.components.preprocess.executor import PreprocessConfig, preprocess
+
+    ingest("sample", tmp_path / "raw")
+    return preprocess(tmp_path / "raw", tmp_path / "seed1", PreprocessConfig(seed=1)).out_dir
+
+
+def test_a_winner_without_gate_predictions_keeps_the_champion(candidate, gated, tmp_path):
+    store = tmp_path / "store"
+    _publish_version(store, 1, gated)
+    kept = select_best([candidate], tmp_path / "o1", SelectConfig(store=str(store)))
+    assert not kept.publish and "has no gate predictions" in kept.record["gate"]["reason"]
+    forced = select_best([candidate], tmp_path / "o2", SelectConfig(store=str(store), force=True))
+    assert forced.publish
+
+
+def test_select_cli(gated, tmp_path, capsys):
     from cifarflow.cli.main import main
 
     store = tmp_path / "store"
-    _publish_version(store, 1, candidate, _champion_predictions(candidate, better_by=3, worse_by=0))
+    _publish_version(store, 1, gated, _champion_predictions(gated, better_by=3, worse_by=0))
     args = [
         "select",
         "--candidates",
-        str(candidate),
+        str(gated),
         "--out",
         str(tmp_path / "out"),
         "--store",
@@ -314,7 +439,7 @@ def test_select_cli(candidate, tmp_path, capsys):
             [
                 "select",
                 "--candidates",
-                str(candidate),
+                str(gated),
                 "--out",
                 str(tmp_path / "o3"),
                 "--alpha",
@@ -323,3 +448,13 @@ def test_select_cli(candidate, tmp_path, capsys):
         )
         == 2
     )
+    capsys.readouterr()
+    # A champion with other classes: one line and the data-anomaly exit code, nothing published.
+    metrics = json.loads((store / "cifarflow" / "1" / "metrics.json").read_text())
+    metrics["class_names"][0] = "whales"
+    (store / "cifarflow" / "1" / "metrics.json").write_text(json.dumps(metrics))
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        code == DataAnomalyError.exit_code and len(err) == 1 and "label 0 is 'whales'" in err[0]
+    ), err

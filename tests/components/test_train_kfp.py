@@ -42,7 +42,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
         (
             select_best_component,
             cpu_image(),
-            {"candidates", "metric", "store", "model_name", "alpha", "force"},
+            {"candidates", "data", "metric", "store", "model_name", "alpha", "force"},
             {"best", "leaderboard", "summary", "selection", "publish", "decision"},
         ),
     ],

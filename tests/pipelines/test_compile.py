@@ -113,6 +113,7 @@ def test_pipeline_parameters(compiled):
         "gate_metric",
         "alpha",
         "force_publish",
+        "gate_fraction",
     }
     assert params["source"].default_value.string_value == "sample"
     assert params["grid"].default_value.string_value == "quick"

@@ -1,4 +1,4 @@
-"""`cifarflow evaluate`: score a trained model on val and test."""
+"""`cifarflow evaluate`: score a trained model on val, gate and test."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "evaluate",
         help=summary,
         description=(
-            f"{summary}. Runs the SavedModel's predict_pixels signature on the val and test splits and "
-            "writes metrics.json, test_predictions.npy, test_labels.npy and evaluation.html to --out. "
+            f"{summary}. Runs the SavedModel's predict_pixels signature on the val, gate and test "
+            "splits and writes metrics.json, {gate,test}_predictions.npy, {gate,test}_labels.npy "
+            "and evaluation.html to --out. "
             "--out becomes a candidate for 'cifarflow select': if it is not --model, the model is copied in."
         ),
         epilog="example: cifarflow evaluate --model work/trial-1 --data work/data --out work/trial-1",
@@ -33,10 +34,11 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("--batch-size must be >= 1")
     result = evaluate(args.model, args.data, args.out, EvaluateConfig(batch_size=args.batch_size))
     m = result.metrics
+    gate = f"; gate accuracy {m.value('gate_accuracy'):.4f}" if m.gate else "; no gate split"
+    val = f"; val accuracy {m.value('val_accuracy'):.4f}" if m.val else ""
     print(
-        f"test: accuracy {m['accuracy']:.4f}  top-5 {m['top5_accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  "
-        f"ECE {m['ece_uncalibrated']:.4f} -> {m['ece']:.4f}"
-        + (f"; val accuracy {m['val_accuracy']:.4f}" if "val_accuracy" in m else "")
-        + f" -> {args.out}"
+        f"test: accuracy {m.accuracy:.4f}  top-5 {m.value('top5_accuracy'):.4f}  "
+        f"macro F1 {m.value('macro_f1'):.4f}  "
+        f"ECE {m.value('ece_uncalibrated'):.4f} -> {m.value('ece'):.4f}{val}{gate} -> {args.out}"
     )
     return 0

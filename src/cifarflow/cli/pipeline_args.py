@@ -33,7 +33,15 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.val_fraction,
         help="share of train held out as val",
     )
-    group.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the val split")
+    group.add_argument(
+        "--gate-fraction",
+        type=float,
+        default=DEFAULTS.gate_fraction,
+        help="share of train held out for the champion gate",
+    )
+    group.add_argument(
+        "--seed", type=int, default=DEFAULTS.seed, help="seed of the val and gate splits"
+    )
     group.add_argument("--model-name", default=DEFAULTS.model_name, help="model name in the store")
     group.add_argument(
         "--store",
@@ -167,6 +175,10 @@ def pipeline_arguments(args: argparse.Namespace, for_cluster: bool) -> dict[str,
 
     if not 0.0 < args.val_fraction < 1.0:
         raise BadInputError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    if not 0.0 < args.gate_fraction < 1.0 or args.val_fraction + args.gate_fraction >= 1.0:
+        raise BadInputError(
+            f"--gate-fraction must be between 0 and 1 and leave train images with --val-fraction, got {args.gate_fraction}"
+        )
     if not 0.0 < args.alpha < 1.0:
         raise BadInputError(f"--alpha must be between 0 and 1, got {args.alpha}")
     grid, grid_metric = grid_parameter(args.config)
@@ -183,6 +195,7 @@ def pipeline_arguments(args: argparse.Namespace, for_cluster: bool) -> dict[str,
         "grid": grid,
         "val_fraction": args.val_fraction,
         "seed": args.seed,
+        "gate_fraction": args.gate_fraction,
         "model_name": args.model_name,
         "store": store,
         "gate_metric": args.gate_metric or grid_metric,

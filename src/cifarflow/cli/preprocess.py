@@ -10,9 +10,10 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "preprocess",
         help=summary,
         description=(
-            "Turn raw data into train/val/test uint8 arrays (memory-mapped .npy) and stats.json. "
-            "The official test set is kept; val is a seeded, stratified share of the official "
-            "train set. Schema and statistics checks stop the step on anomalies. --raw may also "
+            "Turn raw data into train/val/gate/test uint8 arrays (memory-mapped .npy) and stats.json. "
+            "The official test set is kept (and only reported on); val and gate are seeded, "
+            "stratified shares of the official train set, never trained on: val picks the epoch, "
+            "the temperature and the best trial, gate is where the champion gate compares. Schema and statistics checks stop the step on anomalies. --raw may also "
             "be an image folder (root/<class_name>/*.jpg|png, any size); its folder names become "
             "the class names."
         ),
@@ -30,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         type=float,
         default=0.1,
         help="share of train held out as val (default 0.1)",
+    )
+    parser.add_argument(
+        "--gate-fraction",
+        type=float,
+        default=0.1,
+        help="share of train held out as the champion gate's split (default 0.1: 5,000 of 50,000)",
     )
     parser.add_argument(
         "--test-fraction",
@@ -61,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = PreprocessConfig(
         val_fraction=args.val_fraction,
+        gate_fraction=args.gate_fraction,
         test_fraction=args.test_fraction,
         seed=args.seed,
         limits=CheckLimits(args.max_class_imbalance, args.max_cross_split_duplicates),

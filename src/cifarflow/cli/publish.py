@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+from typing import Any
 
 from cifarflow.errors import BadInputError
 
@@ -42,16 +42,17 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.set_defaults(func=run)
 
 
-def _metrics(args: argparse.Namespace) -> dict:
-    path = args.metrics or (args.model / "metrics.json")
+def _metadata(args: argparse.Namespace) -> dict[str, Any]:
+    """metrics (and the class names they name) from the candidate's metrics.json."""
+    from cifarflow.components.candidate import METRICS_FILE, CandidateMetrics
+
+    path = args.metrics or (args.model / METRICS_FILE)
     if not path.is_file():
         if args.metrics:
             raise BadInputError(f"--metrics {path} does not exist")
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise BadInputError(f"{path} is not JSON: {exc}") from exc
+        return {"metrics": {}}
+    metrics = CandidateMetrics.read(path)
+    return {"metrics": metrics.to_json(), "class_names": metrics.class_names}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = s3_settings(args, args.store)
     metadata = {
-        "metrics": _metrics(args),
+        **_metadata(args),
         "run_id": args.run_id,
         "data_checksum": args.data_checksum,
     }

@@ -6,8 +6,8 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    from cifarflow.components.candidate import SELECTION_METRICS
     from cifarflow.components.select_best.mcnemar import EXACT_BELOW
-    from cifarflow.components.train.config import SELECTION_METRICS
     from cifarflow.serving.store.cli_flags import add_s3_flags
 
     parser = subparsers.add_parser(
@@ -16,8 +16,10 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         description=(
             f"{summary}. Ranks evaluated candidates by a validation metric, copies the winner to "
             "OUT/model, writes OUT/leaderboard.md and OUT/selection.json. With --store, the winner is "
-            "published only if McNemar's test on paired test-set predictions says it beats the "
-            "champion (the version labelled stable, else the newest complete version in the store). Exit code 0 either way; "
+            "published only if McNemar's test on paired predictions on the gate split (held out of "
+            "training; the official test set is only reported) says it beats the champion (the "
+            "version labelled stable, else the newest complete version in the store). A champion "
+            "with other class names is refused. Exit code 0 either way; "
             'selection.json\'s "publish" says what to do.'
         ),
         epilog=(
@@ -62,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     )
     parser.add_argument(
         "--data",
-        help="preprocessed dataset; needed only if the champion has no recorded test predictions",
+        help="preprocessed dataset the candidates were evaluated on; needed only to re-score a "
+        "champion without recorded predictions on its gate split",
     )
     add_s3_flags(parser)
     parser.set_defaults(func=run)

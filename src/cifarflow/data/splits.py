@@ -2,6 +2,7 @@
 
 ```
 <root>/stats.json                      counts per split and class, class names
+<root>/<split>/...                     split: train, val, gate, test
 <root>/<split>/images.npy              uint8 [N, 32, 32, 3]
 <root>/<split>/coarse_labels.npy       uint8 [N]
 <root>/<split>/fine_labels.npy         uint8 [N]
@@ -15,6 +16,7 @@ that slice alone, and no step needs TensorFlow to read the data.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,7 +27,8 @@ import numpy as np
 from cifarflow.atomic_files import partial_file, write_json_atomic
 from cifarflow.errors import BadInputError
 
-SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+# gate: held out of training like val, used only by the champion gate (docs/training.md).
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "gate", "test")
 IMAGE_SHAPE: tuple[int, int, int] = (32, 32, 3)
 STATS_FILE = "stats.json"
 
@@ -81,6 +84,23 @@ def load_split(root: str | os.PathLike, name: str, mmap: bool = True) -> Split:
         coarse_labels=np.load(folder / "coarse_labels.npy", mmap_mode=mode, allow_pickle=False),
         fine_labels=np.load(folder / "fine_labels.npy", mmap_mode=mode, allow_pickle=False),
     )
+
+
+def has_split(root: str | os.PathLike, name: str) -> bool:
+    """Whether the dataset holds split `name` (folders written before the gate split lack `gate`)."""
+    return (Path(root) / name / "images.npy").is_file()
+
+
+def split_checksum(split: Split) -> str:
+    """sha256 of a split's pixels and coarse labels, in order.
+
+    Paired predictions (the McNemar gate) are comparable only when made on
+    the same images in the same order: equal checksums say they were.
+    """
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(split.images).tobytes())
+    digest.update(np.ascontiguousarray(split.coarse_labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def write_stats(root: str | os.PathLike, stats: dict[str, Any]) -> None:

@@ -3,12 +3,12 @@
 ```
 check_store (model store reachable, bucket there, credentials may write)
      |
-ingest -> preprocess -> eda
+ingest -> preprocess -> eda      (splits: train, val, gate, test)
               |
               +-> expand_grid -> ParallelFor(trial): train (GPU) -> evaluate
                                                                       |
                           select_best  <------- dsl.Collected --------+
-                               |  (McNemar gate against the store's champion)
+                               |  (McNemar gate against the store's champion, on the gate split)
                                v
                             publish -> model store
 exit handler: record_status (runs whatever happened, failures included)
@@ -146,6 +146,7 @@ def build_pipeline(
         gate_metric: str = DEFAULTS.gate_metric,
         alpha: float = DEFAULTS.alpha,
         force_publish: bool = DEFAULTS.force_publish,
+        gate_fraction: float = DEFAULTS.gate_fraction,
     ) -> None:
         status = record_status_component().set_display_name("record status")
         # Never cached: it describes this run, whatever an earlier one did.
@@ -171,7 +172,10 @@ def build_pipeline(
             _with_store_credentials(ingest)
 
             preprocess = preprocess_component(
-                raw=ingest.outputs["dataset"], val_fraction=val_fraction, seed=seed
+                raw=ingest.outputs["dataset"],
+                val_fraction=val_fraction,
+                seed=seed,
+                gate_fraction=gate_fraction,
             ).set_display_name("preprocess")
             _resources(preprocess, "2", "3Gi", "2", "6Gi").set_caching_options(True)
 
@@ -216,6 +220,8 @@ def build_pipeline(
 
             select = select_best_component(
                 candidates=dsl.Collected(evaluate.outputs["candidate"]),
+                # The gate split, to re-score a champion whose recorded predictions are from other data.
+                data=preprocess.outputs["splits"],
                 metric=gate_metric,
                 store=store,
                 model_name=model_name,

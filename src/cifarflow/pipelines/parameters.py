@@ -31,6 +31,8 @@ class PipelineParameters:
             passes the grid's own `selection_metric`).
         alpha: significance level of the McNemar gate.
         force_publish: publish even when the gate keeps the champion.
+        gate_fraction: share of the official train set held out for the
+            champion gate (never trained on, never used for early stopping).
     """
 
     source: str = "sample"
@@ -43,6 +45,7 @@ class PipelineParameters:
     gate_metric: str = "val_accuracy"
     alpha: float = defaults.GATE_ALPHA
     force_publish: bool = False
+    gate_fraction: float = 0.1
 
 
 DEFAULTS = PipelineParameters()

@@ -15,51 +15,38 @@ def evaluate_component(
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
 ) -> None:
-    """Scores a trained model on val and test.
+    """Scores a trained model on val, gate and test.
 
     Args:
         data: the preprocessed dataset.
         model: a train_component output.
-        candidate: the model plus its evaluation (metrics.json,
-            test_predictions.npy, test_labels.npy): what select_best ranks and
-            publish copies verbatim.
-        metrics: test accuracy, top-5, macro precision/recall/F1, ECE; val_* for selection.
+        candidate: the model plus its evaluation (metrics.json, gate and test
+            predictions and labels): what select_best ranks and publish copies verbatim.
+        metrics: test accuracy, top-5, macro precision/recall/F1, ECE; val_* for
+            ranking; gate_* (the split the champion gate compares on).
         confusion: the test confusion matrix with the class names.
         report: per-class tables and confusion heat-maps.
 
-    Example:
-        >>> eval_task = evaluate_component(data=preprocess_task.outputs["dataset"],
-        ...                                model=train_task.outputs["model"])
+    Example (inside a pipeline)::
+
+        eval_task = evaluate_component(
+            data=preprocess_task.outputs["splits"], model=train_task.outputs["model"]
+        )
     """
     import shutil
     from pathlib import Path
 
-    from cifarflow.components.evaluate.executor import REPORT_FILE, evaluate
+    from cifarflow.components.evaluate.executor import (
+        REPORT_FILE,
+        candidate_metadata,
+        evaluate,
+        logged_metrics,
+    )
     from cifarflow.components.metric_artifacts import log_metrics, write_metadata_file
 
     result = evaluate(model.path, data.path, candidate.path)
-    m = result.metrics
-    names = (
-        "accuracy",
-        "top5_accuracy",
-        "macro_precision",
-        "macro_recall",
-        "macro_f1",
-        "ece",
-        "ece_uncalibrated",
-        "val_accuracy",
-        "val_top5_accuracy",
-        "val_macro_f1",
-        "val_loss",
-    )
-    log_metrics(metrics, {name: m[name] for name in names if name in m})
-    confusion.log_confusion_matrix(list(m["class_names"]), m["confusion_matrix"])
+    log_metrics(metrics, logged_metrics(result.metrics))
+    confusion.log_confusion_matrix(result.metrics.class_names, result.metrics.confusion_matrix)
     write_metadata_file(confusion)
-    candidate.metadata.update(
-        {
-            "accuracy": m["accuracy"],
-            "val_accuracy": m.get("val_accuracy", 0.0),
-            "trial": m.get("trial", {}),
-        }
-    )
+    candidate.metadata.update(candidate_metadata(result.metrics))
     shutil.copyfile(Path(candidate.path) / REPORT_FILE, report.path)

@@ -1,49 +1,68 @@
 """The evaluate step: a trained model and the data in, metrics and a report out.
 
 `evaluate(model_dir, data_dir, out_dir)` scores the exported SavedModel's
-`predict_pixels` signature on the val and the official test split.
+`predict_pixels` signature on the val, gate and official test splits.
 
-The output folder becomes a *candidate*: if it is not the model folder
-itself, the model's files are copied in first, so one folder holds the model
-and its evaluation (what select_best ranks and publish copies verbatim).
-Files it adds:
+The output folder becomes a *candidate* (`cifarflow.components.candidate`):
+if it is not the model folder itself, the model's files are copied in first,
+so one folder holds the model and its evaluation. Files it adds:
 
     metrics.json            test metrics at the top level (accuracy, top5_accuracy,
                             macro_f1, confusion_matrix, ...), flat val_* keys for
-                            selection, every split under "splits"; written last
-    test_predictions.npy    int64 [N] test-set class ids, in test-set order: the
-                            paired predictions the McNemar gate compares
-    test_labels.npy         int64 [N] the test labels they are scored against
+                            ranking, gate_* keys, every split under "splits"; written last
+    gate_predictions.npy    int64 [N] gate-split class ids, in its order: the
+    gate_labels.npy         paired predictions the McNemar gate compares
+    test_predictions.npy    the same on the official test set, which is only
+    test_labels.npy         reported
     evaluation.html         per-class tables and confusion heat-maps
+
+A dataset preprocessed before the gate split existed has no `gate` split: the
+candidate then has no gate predictions, and select_best cannot gate it
+against a champion (it keeps the champion unless forced).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cifarflow.atomic_files import write_json_atomic
-from cifarflow.components.evaluate.calibration import softmax
+from cifarflow.calibration import softmax
+from cifarflow.components import candidate as contract
 from cifarflow.components.evaluate.metrics import classification_report
-from cifarflow.components.evaluate.predict import has_saved_model, load_signature, predict_arrays
+from cifarflow.components.pixel_predictions import has_saved_model, load_signature, predict_arrays
 from cifarflow.data.splits import class_names as dataset_class_names
-from cifarflow.data.splits import load_split
+from cifarflow.data.splits import has_split, load_split, split_checksum
 from cifarflow.errors import BadInputError, DataAnomalyError
 
-METRICS_FILE = "metrics.json"
-TEST_PREDICTIONS_FILE = "test_predictions.npy"
-TEST_LABELS_FILE = "test_labels.npy"
-REPORT_FILE = "evaluation.html"
-TRAIN_SUMMARY_FILE = "train_summary.json"
+# Kept for callers of the step (the KFP component, bench): the names live in the contract.
+METRICS_FILE = contract.METRICS_FILE
+REPORT_FILE = contract.REPORT_FILE
 # Files that are training work state, never part of a candidate.
 _NOT_COPIED = {"checkpoint"}
+# Splits whose predictions are saved for pairing: the gate's, and test's for reporting.
+_PAIRED = (contract.GATE_SPLIT, contract.TEST_SPLIT)
+# Numbers logged to the KFP Metrics artifact (the UI draws these).
+LOGGED_METRICS = (
+    "accuracy",
+    "top5_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "ece",
+    "ece_uncalibrated",
+    "val_accuracy",
+    "val_top5_accuracy",
+    "val_macro_f1",
+    "val_loss",
+    "gate_accuracy",
+    "gate_macro_f1",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +70,13 @@ class EvaluateConfig:
     """How to evaluate.
 
     Attributes:
-        splits: which splits to score; "test" is required for the gate.
+        splits: which splits to score; "test" is required (the top-level
+            metrics), "gate" is skipped when the data has no gate split.
         batch_size: images per signature call.
         ece_bins: bins of the expected calibration error.
     """
 
-    splits: tuple[str, ...] = ("val", "test")
+    splits: tuple[str, ...] = ("val", contract.GATE_SPLIT, contract.TEST_SPLIT)
     batch_size: int = 500
     ece_bins: int = 15
 
@@ -64,15 +84,7 @@ class EvaluateConfig:
 @dataclasses.dataclass(frozen=True)
 class EvaluationResult:
     out_dir: str
-    metrics: dict[str, Any]
-
-
-def data_checksum(images: np.ndarray, labels: np.ndarray) -> str:
-    """sha256 of a split's pixels and labels: paired predictions need the same test set."""
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(images).tobytes())
-    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    return digest.hexdigest()
+    metrics: contract.CandidateMetrics
 
 
 def copy_model(model_dir: Path, out_dir: Path) -> None:
@@ -94,7 +106,7 @@ def evaluate(
     out_dir: str | os.PathLike,
     config: EvaluateConfig = EvaluateConfig(),
 ) -> EvaluationResult:
-    """Scores a trained model on val and test and writes a candidate folder.
+    """Scores a trained model on val, gate and test and writes a candidate folder.
 
     Args:
         model_dir: a `cifarflow train` output folder (SavedModel inside).
@@ -114,22 +126,25 @@ def evaluate(
         raise BadInputError(
             f"{model_dir} has no saved_model.pb; pass the output folder of 'cifarflow train'"
         )
-    if "test" not in config.splits:
-        raise BadInputError("evaluate needs the test split: the gate compares test-set predictions")
+    if contract.TEST_SPLIT not in config.splits:
+        raise BadInputError("evaluate needs the test split: its metrics are the reported ones")
     names = dataset_class_names(data_dir)
-    summary_path = model_dir / TRAIN_SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    if summary.get("class_names") and summary["class_names"] != names:
+    summary = contract.TrainSummary.read(model_dir) or contract.TrainSummary({}, [], 1.0)
+    if summary.class_names and summary.class_names != names:
         raise DataAnomalyError(f"{model_dir} was trained on other classes than {data_dir} has")
-    temperature = float(summary.get("temperature", 1.0))
     if out.resolve() != model_dir.resolve():
         copy_model(model_dir, out)
-    (out / METRICS_FILE).unlink(missing_ok=True)  # absent until the new one is complete
+    (out / contract.METRICS_FILE).unlink(missing_ok=True)  # absent until the new one is complete
+    for split_name in _PAIRED:  # never leave another data set's predictions behind
+        (out / contract.predictions_file(split_name)).unlink(missing_ok=True)
+        (out / contract.labels_file(split_name)).unlink(missing_ok=True)
 
     signature = load_signature(model_dir)
-    splits: dict[str, dict[str, Any]] = {}
-    checksum = ""
+    reports: dict[str, dict[str, Any]] = {}
+    checksums: dict[str, str] = {}
     for split_name in config.splits:
+        if split_name == contract.GATE_SPLIT and not has_split(data_dir, split_name):
+            continue  # data preprocessed before the gate split: no gate predictions
         split = load_split(data_dir, split_name)
         labels = np.asarray(split.coarse_labels, dtype=np.int64)
         predictions = predict_arrays(signature, split.images, config.batch_size)
@@ -138,8 +153,8 @@ def evaluate(
                 f"{model_dir} predicts {predictions.logits.shape[1]} classes, the data has {len(names)}"
             )
         # The served logits are divided by T; multiplying back gives the raw ones.
-        uncalibrated = softmax(predictions.logits.astype(np.float64) * temperature)
-        splits[split_name] = classification_report(
+        uncalibrated = softmax(predictions.logits.astype(np.float64) * summary.temperature)
+        reports[split_name] = classification_report(
             labels,
             predictions.logits,
             predictions.probabilities,
@@ -147,56 +162,60 @@ def evaluate(
             names,
             config.ece_bins,
         )
-        if split_name == "test":
-            checksum = data_checksum(split.images, labels)
-            np.save(
-                out / TEST_PREDICTIONS_FILE,
-                predictions.class_ids.astype(np.int64),
-                allow_pickle=False,
-            )
-            np.save(out / TEST_LABELS_FILE, labels, allow_pickle=False)
+        if split_name in _PAIRED:
+            checksums[split_name] = split_checksum(split)
+            contract.write_predictions(out, split_name, predictions.class_ids, labels)
 
     from cifarflow.components.evaluate.report import render_report
 
-    title = (
-        f"Evaluation of {summary.get('trial', {}).get('architecture', 'model')} ({model_dir.name})"
+    title = f"Evaluation of {summary.trial.get('architecture', 'model')} ({model_dir.name})"
+    (out / contract.REPORT_FILE).write_text(
+        render_report(reports, names, title, summary.temperature)
     )
-    (out / REPORT_FILE).write_text(render_report(splits, names, title, temperature))
-    test = splits["test"]
-    metrics: dict[str, Any] = {
-        "split": "test",
-        **{
-            k: test[k]
-            for k in (
-                "accuracy",
-                "top5_accuracy",
-                "macro_precision",
-                "macro_recall",
-                "macro_f1",
-                "loss",
-                "ece",
-                "ece_uncalibrated",
-            )
-        },
-        "confusion_matrix": test["confusion_matrix"],
-    }
-    if "val" in splits:
-        metrics.update(
-            {
-                f"val_{k}": splits["val"][k]
-                for k in ("accuracy", "top5_accuracy", "macro_f1", "loss", "ece")
-            }
-        )
-    metrics.update(
-        {
-            "class_names": names,
-            "temperature": temperature,
-            "test_count": test["count"],
-            "test_data_sha256": checksum,
-            "test_predictions_file": TEST_PREDICTIONS_FILE,
-            "trial": summary.get("trial", {}),
-            "splits": splits,
-        }
-    )
-    write_json_atomic(out / METRICS_FILE, metrics, indent=1)
+    metrics = candidate_metrics(reports, names, checksums, summary)
+    metrics.write(out)
     return EvaluationResult(out_dir=str(out), metrics=metrics)
+
+
+def candidate_metrics(
+    reports: Mapping[str, dict[str, Any]],
+    class_names: list[str],
+    checksums: Mapping[str, str],
+    summary: contract.TrainSummary,
+) -> contract.CandidateMetrics:
+    """The metrics.json record from each split's `classification_report`."""
+    test = reports[contract.TEST_SPLIT]
+
+    def pick(split: str, names: tuple[str, ...]) -> dict[str, float]:
+        return {k: reports[split][k] for k in names} if split in reports else {}
+
+    return contract.CandidateMetrics(
+        test=pick(contract.TEST_SPLIT, contract.TEST_METRICS),
+        confusion_matrix=test["confusion_matrix"],
+        class_names=list(class_names),
+        val=pick("val", contract.VAL_METRICS),
+        gate=pick(contract.GATE_SPLIT, contract.GATE_METRICS),
+        checksums=dict(checksums),
+        counts={split: report["count"] for split, report in reports.items()},
+        temperature=summary.temperature,
+        trial=summary.trial,
+        splits=dict(reports),
+    )
+
+
+def logged_metrics(metrics: contract.CandidateMetrics) -> dict[str, float]:
+    """The numbers the KFP component logs to its Metrics artifact (those present)."""
+    values = {name: metrics.value(name) for name in LOGGED_METRICS}
+    return {name: value for name, value in values.items() if not np.isnan(value)}
+
+
+def candidate_metadata(metrics: contract.CandidateMetrics) -> dict[str, Any]:
+    """Metadata of the KFP candidate artifact: what select_best's summary reads first."""
+    metadata: dict[str, Any] = {
+        "accuracy": metrics.accuracy,
+        "val_accuracy": metrics.value("val_accuracy"),
+        "trial": metrics.trial,
+    }
+    if metrics.gate:
+        metadata["gate_accuracy"] = metrics.value("gate_accuracy")
+    return {k: v for k, v in metadata.items() if not (isinstance(v, float) and np.isnan(v))}

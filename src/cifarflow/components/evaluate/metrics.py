@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarflow.components.evaluate.calibration import (
+from cifarflow.calibration import (
     expected_calibration_error,
     negative_log_likelihood,
 )

@@ -8,23 +8,32 @@ from cifarflow.images import cpu_image
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
 def preprocess_component(
-    raw: Input[Dataset], splits: Output[Dataset], val_fraction: float = 0.1, seed: int = 0
+    raw: Input[Dataset],
+    splits: Output[Dataset],
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    gate_fraction: float = 0.1,
 ) -> None:
-    """Splits the raw data into checked train/val/test arrays.
+    """Splits the raw data into checked train/val/gate/test arrays.
 
     Args:
         raw: ingest output (or an image folder dataset).
-        splits: `{train,val,test}/*.npy` and `stats.json`.
+        splits: `{train,val,gate,test}/*.npy` and `stats.json`.
         val_fraction: share of the official train set held out for validation.
-        seed: seeds the stratified val selection.
+        seed: seeds the stratified val and gate selection.
+        gate_fraction: share of the official train set held out for the
+            champion gate (never trained on, never used for val).
 
-    Example:
-        >>> preprocess_task = preprocess_component(raw=ingest_task.outputs["dataset"])
+    Example (inside a pipeline)::
+
+        preprocess_task = preprocess_component(raw=ingest_task.outputs["dataset"])
     """
     from cifarflow.components.preprocess.executor import PreprocessConfig, preprocess
 
     result = preprocess(
-        raw.path, splits.path, PreprocessConfig(val_fraction=val_fraction, seed=int(seed))
+        raw.path,
+        splits.path,
+        PreprocessConfig(val_fraction=val_fraction, gate_fraction=gate_fraction, seed=int(seed)),
     )
     splits.metadata.update({f"{name}_count": count for name, count in result.counts.items()})
     splits.metadata["class_names"] = result.stats["class_names"]

@@ -1,7 +1,10 @@
-"""Preprocess: raw dataset -> checked train / val / test arrays + stats.json.
+"""Preprocess: raw dataset -> checked train / val / gate / test arrays + stats.json.
 
-The official test set is kept as it is; val is a seeded, stratified fraction
-of the official train set. Every check runs on the arrays in memory before
+The official test set is kept as it is, and is only reported on. Two seeded,
+stratified fractions of the official train set are held out of training:
+`val` (best epoch, early stopping, temperature, ranking the trials) and
+`gate` (only the McNemar gate against the deployed champion uses it, so the
+published model is never chosen on the images it is reported on). Every check runs on the arrays in memory before
 anything is written, and `stats.json` is written last, so an output folder
 with `stats.json` is always complete and checked.
 """
@@ -17,7 +20,7 @@ from typing import Any
 
 from cifarflow.components.ingest.executor import INGEST_RECORD
 from cifarflow.components.preprocess import checks, sources, statistics
-from cifarflow.components.preprocess.split import stratified_split
+from cifarflow.components.preprocess.split import hold_out, stratified_split, stratum_counts
 from cifarflow.data.splits import STATS_FILE, Split, write_split, write_stats
 from cifarflow.errors import BadInputError
 
@@ -28,24 +31,33 @@ class PreprocessConfig:
 
     Attributes:
         val_fraction: share of the train set held out for validation.
+        gate_fraction: share of the train set held out as the gate split, on
+            which the McNemar gate compares the winner with the champion
+            (0.1: 5,000 of the official 50,000 train images).
         test_fraction: share held out as test when the source has no test set
             (image folders without a test/ subfolder).
-        seed: seeds the val (and test) selection.
+        seed: seeds the val, gate (and test) selection.
         limits: thresholds that make the data an anomaly.
     """
 
     val_fraction: float = 0.1
+    gate_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
     limits: checks.CheckLimits = checks.CheckLimits()
 
     def __post_init__(self) -> None:
-        for name in ("val_fraction", "test_fraction"):
+        for name in ("val_fraction", "gate_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise BadInputError(
                     f"{name.replace('_', '-')} must be between 0 and 1 (exclusive), got {value}"
                 )
+        if self.val_fraction + self.gate_fraction >= 1.0:
+            raise BadInputError(
+                f"val-fraction + gate-fraction must be below 1 (something must be left to train on), "
+                f"got {self.val_fraction} + {self.gate_fraction}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +108,12 @@ def preprocess(
         )
         strata = train_pool.fine_labels.astype(int) * 256 + train_pool.coarse_labels
     train, val = stratified_split(train_pool, config.val_fraction, config.seed, strata)
-    splits: dict[str, Split] = {"train": train, "val": val, "test": test}
+    # The gate's share is of the whole pool, like val's; drawn after val so a
+    # seed's val split is what it was before the gate split existed.
+    gate_counts = stratum_counts(strata, config.gate_fraction)
+    train_strata = train.fine_labels.astype(int) * 256 + train.coarse_labels
+    train, gate = hold_out(train, train_strata, gate_counts, config.seed + 2)
+    splits: dict[str, Split] = {"train": train, "val": val, "gate": gate, "test": test}
 
     num_classes, num_fine = len(raw.class_names), len(raw.fine_class_names)
     duplicates = checks.find_duplicates(splits)
@@ -119,6 +136,7 @@ def preprocess(
         "fine_class_names": raw.fine_class_names,
         "source": {"kind": raw.kind, "raw_dir": str(raw_dir), "ingest": _ingest_record(raw_dir)},
         "val_fraction": config.val_fraction,
+        "gate_fraction": config.gate_fraction,
         "seed": config.seed,
         "duplicates": duplicates,
         "checks": [r.to_json() for r in results],

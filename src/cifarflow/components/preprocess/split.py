@@ -1,10 +1,18 @@
-"""Seeded, stratified train/val splitting."""
+"""Seeded, stratified hold-out splits (val and gate from the official train set)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
 from cifarflow.data.splits import Split
+
+
+def stratum_counts(strata: np.ndarray, fraction: float) -> dict[int, int]:
+    """`round(fraction * size)` of every stratum: how many of each to hold out."""
+    values, sizes = np.unique(strata, return_counts=True)
+    return {int(v): int(round(fraction * s)) for v, s in zip(values, sizes, strict=True)}
 
 
 def stratified_split(
@@ -22,14 +30,25 @@ def stratified_split(
     Returns:
         (kept, held_out), both in the original order of `data`.
     """
+    return hold_out(data, strata, stratum_counts(strata, fraction), seed)
+
+
+def hold_out(
+    data: Split, strata: np.ndarray, counts: Mapping[int, int], seed: int
+) -> tuple[Split, Split]:
+    """Moves `counts[v]` randomly chosen items of each stratum `v` into a held-out split.
+
+    A stratum with fewer members than asked gives all it has.
+
+    Returns:
+        (kept, held_out), both in the original order of `data`.
+    """
     rng = np.random.default_rng(seed)
-    held = []
+    held_mask = np.zeros(len(data), dtype=bool)
     for value in np.unique(strata):
         members = np.flatnonzero(strata == value)
-        count = int(round(fraction * members.size))
-        held.append(rng.choice(members, size=count, replace=False))
-    held_mask = np.zeros(len(data), dtype=bool)
-    held_mask[np.concatenate(held)] = True
+        count = min(counts.get(int(value), 0), members.size)
+        held_mask[rng.choice(members, size=count, replace=False)] = True
     return _take(data, ~held_mask), _take(data, held_mask)
 
 

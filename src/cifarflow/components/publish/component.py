@@ -32,10 +32,16 @@ def publish_component(
     Returns:
         The new version number, or 0 when the champion was kept.
 
-    Example:
-        >>> publish_task = publish_component(model=select_task.outputs["model"],
-        ...     store="s3://models/cifarflow", model_name="cifarflow",
-        ...     approved=select_task.outputs["approved"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    Example (inside a pipeline)::
+
+        publish_task = publish_component(
+            model=select_task.outputs["best"],
+            store="s3://models/cifarflow",
+            model_name="cifarflow",
+            approved=select_task.outputs["publish"],
+            reason=select_task.outputs["decision"],
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
     """
     import os
 

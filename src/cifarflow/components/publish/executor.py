@@ -9,11 +9,11 @@ select_best; this step only acts on its verdict.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cifarflow.components.candidate import METRICS_FILE, CandidateMetrics
 from cifarflow.s3 import S3Settings
 from cifarflow.serving.store import publish_model
 
@@ -33,16 +33,22 @@ class PublishOutcome:
 
 def model_metrics(
     model_dir: Path, artifact_metadata: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Metrics to record: `metrics.json` in the model folder, then numeric artifact metadata."""
+) -> tuple[dict[str, Any], list[str] | None]:
+    """(metrics to record, class names or None): the folder's metrics.json, then numeric metadata.
+
+    Raises:
+        BadInputError: the folder's metrics.json is not one evaluate writes.
+    """
     metrics: dict[str, Any] = {}
-    path = Path(model_dir) / "metrics.json"
-    if path.is_file():
-        metrics.update(json.loads(path.read_text()))
+    class_names = None
+    if (Path(model_dir) / METRICS_FILE).is_file():
+        evaluation = CandidateMetrics.read(model_dir)
+        metrics.update(evaluation.to_json())
+        class_names = evaluation.class_names
     for key, value in (artifact_metadata or {}).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.setdefault(key, value)
-    return metrics
+    return metrics, class_names
 
 
 def publish(
@@ -74,11 +80,16 @@ def publish(
     if not approved:
         why = f": {reason}" if reason else ""
         return PublishOutcome(False, 0, "", f"Kept the champion; nothing published{why}.")
-    metadata = {
-        "metrics": model_metrics(Path(model_dir), artifact_metadata),
+    metrics, class_names = model_metrics(Path(model_dir), artifact_metadata)
+    metadata: dict[str, Any] = {
+        "metrics": metrics,
         "run_id": run_id,
         "data_checksum": data_checksum,
     }
+    if (
+        class_names
+    ):  # the store's default is the 20 CIFAR-100 names; an image-folder model has others
+        metadata["class_names"] = class_names
     result = publish_model(model_dir, store, model_name, metadata, s3_settings)
     return PublishOutcome(
         True,

@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from cifarflow.images import cpu_image
 
@@ -15,21 +15,25 @@ def select_best_component(
     leaderboard: Output[Markdown],
     summary: Output[Metrics],
     selection: Output[Artifact],
+    data: Input[Dataset] = None,
     metric: str = "val_accuracy",
     store: str = "",
     model_name: str = "cifarflow",
     alpha: float = 0.05,
     force: bool = False,
 ) -> NamedTuple("SelectOutputs", [("publish", bool), ("decision", str)]):
-    """Picks the best trial and gates it against the store's champion.
+    """Picks the best trial and gates it against the store's champion on the gate split.
 
     Args:
         candidates: evaluate_component `candidate` outputs (`dsl.Collected`).
-        best: the winner, copied verbatim (SavedModel, metrics.json,
-            test_predictions.npy, ...): the folder publish copies.
+        best: the winner, copied verbatim (SavedModel, metrics.json, gate and
+            test predictions, ...): the folder publish copies.
         leaderboard: every trial, best first.
         summary: one run-summary Metrics (the KFP UI compares runs by it).
         selection: selection.json: ranking and the gate's decision with its statistics.
+        data: the preprocessed dataset the candidates were evaluated on: the
+            champion is re-scored on its gate split when its recorded
+            predictions are missing or from another gate split.
         metric: validation metric to rank by.
         store: model store (folder or s3://bucket/prefix); empty: no gate.
         model_name: the model's name in the store.
@@ -39,11 +43,15 @@ def select_best_component(
     Returns:
         publish: whether to publish `best`; decision: "publish" or "keep_champion".
 
-    Example:
-        >>> select_task = select_best_component(
-        ...     candidates=dsl.Collected(eval_task.outputs["candidate"]), store="s3://models/prod")
-        >>> with dsl.If(select_task.outputs["publish"] == True):
-        ...     publish_component(model=select_task.outputs["best"], ...)
+    Example (inside a pipeline)::
+
+        select_task = select_best_component(
+            candidates=dsl.Collected(eval_task.outputs["candidate"]),
+            data=preprocess_task.outputs["splits"],
+            store="s3://models/prod",
+        )
+        with dsl.If(select_task.outputs["publish"] == True):
+            publish_component(model=select_task.outputs["best"], ...)
     """
     import shutil
     import tempfile
@@ -55,35 +63,27 @@ def select_best_component(
         LEADERBOARD_FILE,
         SELECTION_FILE,
         SelectConfig,
+        best_metadata,
         select_best,
+        summary_metrics,
     )
 
+    config = SelectConfig(
+        metric=metric,
+        store=store or None,
+        model_name=model_name,
+        alpha=alpha,
+        force=force,
+        data_dir=data.path if data is not None else None,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        config = SelectConfig(
-            metric=metric, store=store or None, model_name=model_name, alpha=alpha, force=force
-        )
         result = select_best([c.path for c in candidates], tmp, config)
         shutil.copytree(result.model_dir, best.path, dirs_exist_ok=True)
         shutil.copyfile(Path(tmp) / LEADERBOARD_FILE, leaderboard.path)
         shutil.copyfile(Path(tmp) / SELECTION_FILE, selection.path)
-    winner = candidates[result.winner]
-    m = result.record
-    gate = m["gate"]
-    best.metadata.update(
-        {"candidate": result.winner, "trial": m["winner"]["trial"], "publish": result.publish}
-    )
-    for name in ("val_accuracy", "val_macro_f1", "accuracy", "top5_accuracy", "macro_f1", "ece"):
-        value = winner.metadata.get(name)
-        if value is None:
-            import json
-
-            value = json.loads((Path(best.path) / "metrics.json").read_text()).get(name)
-        if isinstance(value, (int, float)):
-            summary.log_metric(f"best_{name}", float(value))
-    summary.log_metric("trials", float(len(candidates)))
-    summary.log_metric("publish", 1.0 if result.publish else 0.0)
-    if "mcnemar" in gate:
-        summary.log_metric("gate_p_value", float(gate["mcnemar"]["p_value"]))
+    best.metadata.update(best_metadata(result))
+    for name, value in summary_metrics(result).items():
+        summary.log_metric(name, value)
     write_metadata_file(summary)
     outputs = namedtuple("SelectOutputs", ["publish", "decision"])
     return outputs(result.publish, result.decision)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from cifarflow.components.candidate import CandidateMetrics
 
 # Metrics where smaller is better; every other selection metric is maximised.
 _LOWER_IS_BETTER = {"val_loss"}
@@ -14,16 +17,15 @@ _TIE_BREAKS = ("val_accuracy", "val_macro_f1", "val_loss")
 
 
 @dataclasses.dataclass(frozen=True)
-class Candidate:
-    """One evaluated trial: its folder, its position in the input and its metrics.json."""
+class Entry:
+    """One evaluated trial: its position in the input, its folder and its metrics.json."""
 
     index: int
-    path: str
-    metrics: dict[str, Any]
+    path: Path
+    metrics: CandidateMetrics
 
     def value(self, metric: str) -> float:
-        value = self.metrics.get(metric)
-        return float(value) if isinstance(value, (int, float)) else math.nan
+        return self.metrics.value(metric)
 
 
 def _oriented(value: float, metric: str) -> float:
@@ -33,7 +35,7 @@ def _oriented(value: float, metric: str) -> float:
     return value if metric in _LOWER_IS_BETTER else -value
 
 
-def rank(candidates: Sequence[Candidate], metric: str) -> list[Candidate]:
+def rank(candidates: Sequence[Entry], metric: str) -> list[Entry]:
     """Best first by `metric`; ties broken by val accuracy, val macro F1, val loss, then input order."""
     keys = (metric,) + tuple(m for m in _TIE_BREAKS if m != metric)
     return sorted(
@@ -61,23 +63,32 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def markdown_leaderboard(ranked: Sequence[Candidate], metric: str) -> str:
+def markdown_leaderboard(ranked: Sequence[Entry], metric: str) -> str:
     """All trials, best first: the selection metric, other metrics and the distinguishing hyper-parameters."""
-    trials = [c.metrics.get("trial", {}) for c in ranked]
+    trials = [c.metrics.trial for c in ranked]
     # Show only hyper-parameters that differ between trials (all of them for one trial).
     varying = [k for k in _HYPER_PARAMETERS if len({repr(t.get(k)) for t in trials}) > 1] or [
         k for k in _HYPER_PARAMETERS[:5] if any(k in t for t in trials)
     ]
     columns = ["rank", "candidate", metric] + [
         m
-        for m in ("val_accuracy", "val_macro_f1", "val_loss", "accuracy", "macro_f1", "ece")
+        for m in (
+            "val_accuracy",
+            "val_macro_f1",
+            "val_loss",
+            "gate_accuracy",
+            "accuracy",
+            "macro_f1",
+            "ece",
+        )
         if m != metric
     ]
     header = columns + varying
     lines = [
         f"# Leaderboard ({len(ranked)} trials, ranked by `{metric}`)",
         "",
-        "Test columns (`accuracy`, `macro_f1`, `ece`) are on the official test set and are shown, not used, for ranking.",
+        "Ranked on val. `gate_accuracy` is on the gate split, the one the champion gate compares on. "
+        "Test columns (`accuracy`, `macro_f1`, `ece`) are on the official test set: reported, never used to decide.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",

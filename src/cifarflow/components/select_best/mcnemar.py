@@ -5,6 +5,11 @@ those the challenger gets right and the champion wrong, `c` the reverse.
 Under "equally good", each discordant image is a fair coin, so `b ~
 Binomial(b + c, 1/2)`. For few discordant images the exact binomial tail is
 used; for many, the chi-square approximation with continuity correction.
+
+Effective level: the gate publishes only when the challenger is ahead
+(`b > c`) *and* the two-sided p-value is below `alpha`. Half of the
+two-sided rejection region is on the champion's side, so this is a
+one-sided test at `alpha / 2` (0.025 for the default 0.05).
 """
 
 from __future__ import annotations
@@ -47,13 +52,22 @@ class McNemarResult:
 
 
 def exact_binomial_p(b: int, c: int) -> float:
-    """Two-sided exact p-value of b successes in b + c fair coin flips."""
+    """Two-sided exact p-value of b successes in b + c fair coin flips, for any b + c.
+
+    The tail is summed in exact integers and divided once, so nothing
+    overflows (`2.0**n` does from n = 1,024) and the only rounding is the
+    final division, which Python rounds correctly for integers of any size.
+    A p-value under about 1e-308 comes out as 0.0.
+    """
     n = b + c
     if n == 0:
         return 1.0
     k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
+    term, tail = 1, 0  # term = comb(n, i), updated exactly
+    for i in range(k + 1):
+        tail += term
+        term = term * (n - i) // (i + 1)
+    return min(1.0, 2 * tail / (1 << n))
 
 
 def chi_square_p(b: int, c: int) -> tuple[float, float]:
@@ -108,5 +122,9 @@ def mcnemar_test(
 
 
 def challenger_wins(result: McNemarResult, alpha: float) -> bool:
-    """True when the challenger is right more often and the difference is significant at `alpha`."""
+    """True when the challenger is right more often and the two-sided p-value is under `alpha`.
+
+    Being ahead is required too, so the false-publish rate of an equally good
+    challenger is `alpha / 2`: a one-sided test at half the level.
+    """
     return result.challenger_only > result.champion_only and result.p_value < alpha

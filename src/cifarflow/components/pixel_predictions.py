@@ -1,7 +1,7 @@
 """Runs a SavedModel's `predict_pixels` signature over arrays of images.
 
-Evaluation scores the exported graph, the exact thing that is served, not
-the Keras object it came from.
+Evaluate, and the gate when it re-scores a champion, run the exported graph,
+the exact thing that is served, not the Keras object it came from.
 """
 
 from __future__ import annotations
