@@ -1,3 +1,3 @@
-"""The serving tests' exported test model, shared with the benchmark tests."""
+"""The serving tests' exported test models, shared with the benchmark tests."""
 
-from tests.serving.conftest import exported_model  # noqa: F401  (a session fixture)
+from tests.serving.conftest import exported_model, favour7_model  # noqa: F401  (session fixtures)
