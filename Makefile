@@ -27,14 +27,18 @@ run: $(STAMP)  ## run the pipeline end to end on the shipped sample (no cluster,
 test: $(STAMP) test-system-deps  ## run the test suite (starts its own S3 and HTTP servers)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The web page tests drive a real headless Chromium (Debian's package). As
-# root with apt it is installed; otherwise those tests skip and say why.
+# The web page tests drive a real headless Chromium, and the monitoring tests
+# a real Prometheus and promtool (Debian's packages). As root with apt they are
+# installed; otherwise those tests skip and say why.
+SYSTEM_TEST_PACKAGES := chromium:chromium prometheus:prometheus promtool:prometheus
 test-system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=""; for pair in $(SYSTEM_TEST_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium for the web page tests"; \
-	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "note: chromium is not installed; the web page tests will skip"; fi; }
+	    echo "installing$$missing for the web page and monitoring tests"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note:$$missing not installed; the tests that need it will skip"; fi; fi
 
 bench-data: $(STAMP)  ## benchmark ingest + preprocess of the full archive
 	$(BIN)/python bench/ingest_preprocess.py
