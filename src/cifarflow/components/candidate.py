@@ -304,6 +304,15 @@ class Candidate:
         return read_predictions(self.path, split, self.metrics)
 
 
+def recorded_number(metrics: Mapping[str, Any] | None, name: str) -> float | None:
+    """One flat metric of a metrics.json as a store version records it; None when absent.
+
+    Lenient on purpose: versions published by hand record whatever they were given.
+    """
+    value = (metrics or {}).get(name)
+    return float(value) if _is_number(value) else None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
