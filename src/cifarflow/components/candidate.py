@@ -51,7 +51,7 @@ TEST_SPLIT = "test"  # the official test set: reported only
 
 # Validation metrics a candidate can be ranked by (flat `val_*` keys of metrics.json).
 SELECTION_METRICS = ("val_accuracy", "val_top5_accuracy", "val_macro_f1", "val_loss")
-# Test metrics at the top level of metrics.json; the first four are required.
+# Test metrics at the top level of metrics.json (with _REQUIRED, what every reader may rely on).
 TEST_METRICS = (
     "accuracy",
     "top5_accuracy",
