@@ -1,28 +1,38 @@
-"""Accuracy benchmark: one grid trial on the full CIFAR-100, scored on the official test set.
+"""Accuracy benchmark: one grid trial on the full CIFAR-100, scored on val, gate and test.
 
     .venv/bin/python bench/accuracy.py --config cpu [--trial 0] [--work DIR]
+    .venv/bin/python bench/accuracy.py --smoke        # the code path in about a minute
 
 Steps (each resumable: re-running the same command continues a killed run):
-1. preprocess the full archive (../shared/data/cifar-100-python.tar.gz by
-   default) into `<work>/data` (stratified 10 % val split of the official
-   train set, the official 10,000-image test set);
+1. `ingest` and `preprocess` the archive (../shared/data/cifar-100-python.tar.gz
+   by default) into `<work>/data` with the pipeline's own steps: stratified
+   val and gate splits of the official train set, the official 10,000-image
+   test set, the pipeline's schema and duplicate checks;
 2. `train` the trial into `<work>/model`;
 3. `evaluate` it into `<work>/model` (metrics.json, report);
 4. append a record to `bench/results/accuracy.json`:
-   `{"config", "trial", "split": "test", "accuracy", "macro_f1", "train_seconds",
-   "epochs", "device", "backend", "date", ...}`.
+   `{"config", "trial", "split": "test", "accuracy", "macro_f1", "val_accuracy",
+   "gate_accuracy", "train_seconds", "epochs", "device", "backend", "date", ...}`.
+   The headline is test; val (what chose the epoch and temperature) and gate
+   (what the champion gate compares on) are reported beside it.
 
-A trained model from elsewhere (e.g. a GPU machine's model.keras exported
-here) can be scored with `--skip-train`.
+`--smoke` runs the same code on the shipped sample with one epoch of the
+trial and writes its record to `<work>/accuracy.json`, never to the recorded
+results. A trained model from elsewhere (e.g. a GPU machine's model.keras
+exported here) can be scored with `--skip-train`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+from cifarflow.components.candidate import CandidateMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "accuracy.json"
@@ -32,7 +42,7 @@ DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar-100-python.tar.gz"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--config", required=True, help="grid: a shipped name (cpu, gpu, ...) or a YAML file"
+        "--config", default="cpu", help="grid: a shipped name (cpu, gpu, ...) or a YAML file"
     )
     parser.add_argument("--trial", type=int, default=0)
     parser.add_argument(
@@ -43,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--skip-train", action="store_true", help="score the model already in <work>/model"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the shipped sample, one epoch, a small model; the record goes to <work>/accuracy.json",
     )
     parser.add_argument(
         "--apply-flip-tta",
@@ -60,17 +75,25 @@ def main(argv: list[str] | None = None) -> int:
 
     grid = load_grid(configs.resolve(args.config))
     trial = grid.trial(args.trial)
-    work = Path(args.work or f"/tmp/cifarflow-bench/{grid.name}-t{args.trial}")
+    if args.smoke:  # every step, as little work as possible: one epoch of a ResNet-8
+        trial = dataclasses.replace(
+            trial,
+            architecture="resnet",
+            depth=8,
+            width=1,
+            epochs=1,
+            time_budget_minutes=0,
+            mixed_precision="off",
+        )
+    name = f"{grid.name}-t{args.trial}" + ("-smoke" if args.smoke else "")
+    work = Path(args.work or f"/tmp/cifarflow-bench/{name}")
     data_dir = work / "data"
     if not (data_dir / "stats.json").is_file():
-        archive = Path(args.archive)
-        if not archive.is_file():
-            print(f"no archive at {archive}; pass --archive", file=sys.stderr)
+        source = "sample" if args.smoke else args.archive
+        if source != "sample" and not Path(source).is_file():
+            print(f"no archive at {source}; pass --archive", file=sys.stderr)
             return 2
-        from tests.components.train_data import write_splits_from_archive
-
-        print(f"preprocessing {archive} -> {data_dir}", file=sys.stderr, flush=True)
-        write_splits_from_archive(archive, data_dir)
+        _preprocess(source, work)
     model_dir = work / "model"
     result = TrainResult.load(model_dir) if args.skip_train else train(data_dir, trial, model_dir)
     if args.apply_flip_tta:
@@ -79,17 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     from cifarflow.components.evaluate.executor import evaluate
 
     evaluation = evaluate(model_dir, data_dir, model_dir)
-    test = evaluation.metrics.splits["test"]
     record = {
         "config": grid.name,
         "trial": args.trial,
-        "split": "test",
-        "accuracy": round(test["accuracy"], 4),
-        "macro_f1": round(test["macro_f1"], 4),
-        "top5_accuracy": round(test["top5_accuracy"], 4),
-        "ece": round(test["ece"], 4),
-        "ece_uncalibrated": round(test["ece_uncalibrated"], 4),
-        "val_accuracy": round(evaluation.metrics.splits["val"]["accuracy"], 4),
+        **accuracy_record(evaluation.metrics),
         "train_seconds": round(result.train_seconds, 1),
         "epochs": result.epochs_run,
         "best_epoch": result.best_epoch,
@@ -98,17 +114,47 @@ def main(argv: list[str] | None = None) -> int:
         "backend": result.backend,
         "dtype_policy": result.dtype_policy,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "tta_flip": bool(
-            json.loads((model_dir / "train_summary.json").read_text())["trial"].get("tta_flip")
-        ),
+        "tta_flip": bool(evaluation.metrics.trial.get("tta_flip")),
+        "smoke": args.smoke,
         "note": args.note,
     }
-    records = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    results = work / "accuracy.json" if args.smoke else RESULTS
+    records = json.loads(results.read_text()) if results.is_file() else []
     records.append(record)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(records, indent=2) + "\n")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(records, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return 0
+
+
+def _preprocess(source: str, work: Path) -> None:
+    """The pipeline's own ingest and preprocess, with their defaults (val and gate 10 % each)."""
+    from cifarflow.components.ingest.executor import ingest
+    from cifarflow.components.preprocess.executor import preprocess
+
+    print(f"preprocessing {source} -> {work / 'data'}", file=sys.stderr, flush=True)
+    ingest(source, work / "raw")
+    preprocess(work / "raw", work / "data")
+
+
+def accuracy_record(metrics: CandidateMetrics) -> dict[str, Any]:
+    """The scores of one evaluated model: test (the headline), val and gate beside it."""
+    test = metrics.splits["test"]
+    record: dict[str, Any] = {
+        "split": "test",
+        "accuracy": round(test["accuracy"], 4),
+        "macro_f1": round(test["macro_f1"], 4),
+        "top5_accuracy": round(test["top5_accuracy"], 4),
+        "ece": round(test["ece"], 4),
+        "ece_uncalibrated": round(test["ece_uncalibrated"], 4),
+    }
+    for split in ("val", "gate"):
+        if split in metrics.splits:
+            record[f"{split}_accuracy"] = round(metrics.splits[split]["accuracy"], 4)
+            record[f"{split}_macro_f1"] = round(metrics.splits[split]["macro_f1"], 4)
+            record[f"{split}_count"] = metrics.splits[split]["count"]
+    record["test_count"] = test["count"]
+    return record
 
 
 def _apply_flip_tta(model_dir: Path, data_dir: Path) -> None:

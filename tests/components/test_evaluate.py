@@ -217,3 +217,14 @@ def test_metrics_json_round_trips_and_names_what_is_missing(candidate, tmp_path)
     (tmp_path / "metrics.json").write_text(json.dumps(values))
     with pytest.raises(BadInputError, match="lacks confusion_matrix, class_names"):
         CandidateMetrics.read(tmp_path)
+
+
+def test_the_train_summary_contract_reads_what_train_writes(trained_model, tmp_path):
+    from cifarflow.components.candidate import TrainSummary, write_train_summary
+
+    summary = TrainSummary.read(trained_model)  # written by the real train step
+    written = json.loads((trained_model / "train_summary.json").read_text())
+    assert summary == TrainSummary(written["trial"], written["class_names"], written["temperature"])
+    assert TrainSummary.read(tmp_path) is None  # a model from elsewhere has none
+    write_train_summary(tmp_path, written)  # what train can switch to
+    assert TrainSummary.read(tmp_path) == summary

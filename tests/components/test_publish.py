@@ -42,6 +42,26 @@ def test_publish_records_metrics_and_run_id_on_s3(s3_server, s3_bucket, tmp_path
     assert "metrics.json" in manifest["files"]  # the folder is copied verbatim
 
 
+def test_cli_publish_records_the_candidate_and_models_list_shows_test_and_gate(tmp_path, capsys):
+    from cifarflow.cli.main import main
+
+    model = fake_export(tmp_path / "model")
+    CandidateMetrics(
+        test={"accuracy": 0.61, "top5_accuracy": 0.88, "macro_f1": 0.58},
+        confusion_matrix=[[1]],
+        class_names=["cats"],
+        gate={"accuracy": 0.625},
+    ).write(model)
+    store = ["--store", str(tmp_path / "store"), "--model-name", "cifar"]
+    assert main(["publish", "--model", str(model), *store, "--run-id", "r9"]) == 0
+    assert open_store(str(tmp_path / "store")).manifest("cifar", 1)["class_names"] == ["cats"]
+    capsys.readouterr()
+    assert main(["models", "list", *store]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split()[-3:] == ["ACCURACY", "GATE", "RUN"]
+    assert row.split()[0] == "1" and row.split()[-3:] == ["0.6100", "0.6250", "r9"]
+
+
 def test_a_metrics_file_evaluate_did_not_write_is_refused(tmp_path, capsys):
     from cifarflow.cli.main import main
 

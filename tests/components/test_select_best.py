@@ -12,7 +12,7 @@ import pytest
 
 from cifarflow.components.candidate import CandidateMetrics
 from cifarflow.components.select_best.champion import find_champion
-from cifarflow.components.select_best.executor import SelectConfig, select_best
+from cifarflow.components.select_best.executor import SelectConfig, select_best, summary_metrics
 from cifarflow.components.select_best.leaderboard import Entry, rank
 from cifarflow.components.select_best.mcnemar import (
     challenger_wins,
@@ -266,6 +266,12 @@ def test_gate_against_a_local_champion_on_the_gate_split(gated, tmp_path):
     assert gate["mcnemar"]["images"] == 200  # the gate split, not the 500 test images
     assert gate["mcnemar"]["method"] == "chi-square-corrected" and gate["mcnemar"]["p_value"] < 1e-4
     assert gate["champion"]["version"] == 2
+    # The run-summary Metrics the KFP component logs, from the same result.
+    summary = summary_metrics(clearly_better)
+    assert summary["best_gate_accuracy"] == pytest.approx(gate["mcnemar"]["challenger_accuracy"])
+    assert summary["best_accuracy"] == json.loads((gated / "metrics.json").read_text())["accuracy"]
+    assert (summary["trials"], summary["publish"]) == (1.0, 1.0)
+    assert summary["gate_p_value"] == gate["mcnemar"]["p_value"]
 
     # Two more right, one fewer: noise. The champion stays unless forced.
     np.save(

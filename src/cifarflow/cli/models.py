@@ -44,19 +44,26 @@ def _store(args: argparse.Namespace):
 
 
 def list_versions(args: argparse.Namespace) -> int:
+    from cifarflow.components.candidate import recorded_number
+
     store = _store(args)
     labels = store.labels(args.model_name)
-    print(f"{'VERSION':<8} {'CREATED':<26} {'LABELS':<16} {'ACCURACY':<9} RUN")
+    # ACCURACY: on the official test set (reported); GATE: on the gate split it was published on.
+    print(f"{'VERSION':<8} {'CREATED':<26} {'LABELS':<16} {'ACCURACY':<9} {'GATE':<7} RUN")
     versions = store.versions(args.model_name)
     if not versions:
         print(f"(no complete versions of {args.model_name} in {store.uri})")
     for version in versions:
         manifest = store.manifest(args.model_name, version)
         names = ",".join(sorted(k for k, v in labels.items() if v == version)) or "-"
-        accuracy = (manifest.get("metrics") or {}).get("accuracy")
-        acc = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "-"
+        test, gate = (
+            recorded_number(manifest.get("metrics"), k) for k in ("accuracy", "gate_accuracy")
+        )
+        acc = "-" if test is None else f"{test:.4f}"
+        gate_acc = "-" if gate is None else f"{gate:.4f}"
         print(
-            f"{version:<8} {manifest.get('created_at', '-'):<26} {names:<16} {acc:<9} {manifest.get('run_id') or '-'}"
+            f"{version:<8} {manifest.get('created_at', '-'):<26} {names:<16} {acc:<9} {gate_acc:<7} "
+            f"{manifest.get('run_id') or '-'}"
         )
     return 0
 

@@ -51,7 +51,7 @@ TEST_SPLIT = "test"  # the official test set: reported only
 
 # Validation metrics a candidate can be ranked by (flat `val_*` keys of metrics.json).
 SELECTION_METRICS = ("val_accuracy", "val_top5_accuracy", "val_macro_f1", "val_loss")
-# Test metrics at the top level of metrics.json; the first four are required.
+# Test metrics at the top level of metrics.json (with _REQUIRED, what every reader may rely on).
 TEST_METRICS = (
     "accuracy",
     "top5_accuracy",
@@ -302,6 +302,15 @@ class Candidate:
     def predictions(self, split: str) -> PairedPredictions | None:
         """Recorded predictions on `split` (None: e.g. no gate split in its data)."""
         return read_predictions(self.path, split, self.metrics)
+
+
+def recorded_number(metrics: Mapping[str, Any] | None, name: str) -> float | None:
+    """One flat metric of a metrics.json as a store version records it; None when absent.
+
+    Lenient on purpose: versions published by hand record whatever they were given.
+    """
+    value = (metrics or {}).get(name)
+    return float(value) if _is_number(value) else None
 
 
 def _is_number(value: Any) -> bool:

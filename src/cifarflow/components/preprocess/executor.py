@@ -4,9 +4,11 @@ The official test set is kept as it is, and is only reported on. Two seeded,
 stratified fractions of the official train set are held out of training:
 `val` (best epoch, early stopping, temperature, ranking the trials) and
 `gate` (only the McNemar gate against the deployed champion uses it, so the
-published model is never chosen on the images it is reported on). Every check runs on the arrays in memory before
-anything is written, and `stats.json` is written last, so an output folder
-with `stats.json` is always complete and checked.
+published model is never chosen on the images it is reported on).
+
+Every check runs on the arrays in memory before anything is written, and
+`stats.json` is written last, so an output folder with `stats.json` is always
+complete and checked.
 """
 
 from __future__ import annotations
