@@ -45,7 +45,8 @@ def test_warnings_say_so_and_configure_twice_keeps_one_handler(steps_logger, cap
         "ingest: started",
         "ingest: warning: connection dropped; retrying in 0.5s",
     ]
-    assert len(steps_logger.handlers) == 1
+    ours = [h for h in steps_logger.handlers if isinstance(h, step_logging.StepHandler)]
+    assert len(ours) == 1
 
 
 def test_the_cli_log_level_decides_what_a_step_reports(tmp_path):

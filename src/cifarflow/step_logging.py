@@ -59,11 +59,12 @@ class StepFormatter(logging.Formatter):
         return f"{step_label(record.name)}: {text}"
 
 
-class _StderrHandler(logging.StreamHandler):
+class StepHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time, so redirections and test capture see it."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
+        # Not setStream(): it flushes the previous stream, which may be closed by now.
+        self.stream = sys.stderr
         super().emit(record)
 
 
@@ -75,8 +76,8 @@ def configure(level: str | int = logging.INFO) -> None:
     """
     logger = logging.getLogger(STEPS_LOGGER)
     logger.setLevel(level.upper() if isinstance(level, str) else level)
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
+    if not any(isinstance(h, StepHandler) for h in logger.handlers):
+        handler = StepHandler()
         handler.setFormatter(StepFormatter("%(message)s"))
         logger.addHandler(handler)
     # kfp.local puts its own handler on the root logger; one copy of each line is enough.
