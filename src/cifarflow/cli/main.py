@@ -20,10 +20,10 @@ from cifarflow.errors import CifarflowError, storage_error
 # (verb, one-line summary), in pipeline order.
 VERBS: tuple[tuple[str, str], ...] = (
     ("ingest", "fetch and verify the CIFAR-100 archive (URL, file or s3://)"),
-    ("preprocess", "split into train/val/test arrays with schema checks"),
+    ("preprocess", "split into train/val/gate/test arrays with schema checks"),
     ("eda", "write the exploratory data analysis report"),
     ("train", "train one trial of a hyper-parameter grid"),
-    ("evaluate", "score a trained model on val and test"),
+    ("evaluate", "score a trained model on val, the gate split and test"),
     ("select", "pick the best trial and gate it against the champion"),
     ("publish", "publish a model version to the model store"),
     ("run", "run the whole pipeline on this machine (kfp.local)"),

@@ -6,6 +6,10 @@ OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE_DIR = "cifar-100-python"
 MEMBERS: tuple[str, ...] = ("train", "test", "meta")
 
+# What ingest writes beside the extracted folder (source, md5s, how verified),
+# and preprocess copies into its statistics: the record of where the data came from.
+INGEST_RECORD = "ingest.json"
+
 # Published md5 of each member (torchvision publishes train and test; meta's
 # is that of the official file).
 MEMBER_MD5: dict[str, str] = {

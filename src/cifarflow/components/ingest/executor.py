@@ -28,8 +28,6 @@ from cifarflow.s3 import S3Location, S3Settings, is_s3_uri
 
 log = logging.getLogger(__name__)
 
-INGEST_RECORD = "ingest.json"
-
 
 @dataclasses.dataclass(frozen=True)
 class IngestResult:
@@ -194,14 +192,14 @@ def _extract_verified(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result = IngestResult(out_dir, source, archive_md5, member_md5, verified_by)
-    write_json_atomic(out_dir / INGEST_RECORD, result.to_json())
+    write_json_atomic(out_dir / official.INGEST_RECORD, result.to_json())
     log.info("%s verified (%s) -> %s", source, verified_by, result.data_dir)
     return result
 
 
 def _move_into_place(new: Path, final: Path) -> None:
     """Swaps `new` in for `final` so a reader never sees a mix of two ingests."""
-    (final.parent / INGEST_RECORD).unlink(missing_ok=True)
+    (final.parent / official.INGEST_RECORD).unlink(missing_ok=True)
     if final.exists():
         old = final.with_name(f".{final.name}.old")
         shutil.rmtree(old, ignore_errors=True)

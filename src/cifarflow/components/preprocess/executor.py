@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cifarflow.components.ingest.executor import INGEST_RECORD
 from cifarflow.components.preprocess import checks, sources, statistics
 from cifarflow.components.preprocess.split import hold_out, stratified_split, stratum_counts
+from cifarflow.data import official
 from cifarflow.data.splits import STATS_FILE, Split, write_split, write_stats
 from cifarflow.errors import BadInputError
 
@@ -155,5 +155,5 @@ def preprocess(
 
 
 def _ingest_record(raw_dir: Path) -> dict[str, Any] | None:
-    record = raw_dir / INGEST_RECORD
+    record = raw_dir / official.INGEST_RECORD
     return json.loads(record.read_text()) if record.is_file() else None
