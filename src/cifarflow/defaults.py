@@ -14,6 +14,15 @@ MODEL_NAME = "cifarflow"
 GATE_ALPHA = 0.05
 """Significance level of the McNemar gate against the champion."""
 
+VAL_FRACTION = 0.1
+"""Share of the official train set held out as val (epoch, temperature and trial choice)."""
+
+GATE_FRACTION = 0.1
+"""Share of the official train set held out for the champion gate: 5,000 of 50,000."""
+
+SPLIT_SEED = 0
+"""Seed of the held-out splits."""
+
 LOCAL_STORE = "runs/model-store"
 """Model store of a run on this machine (relative to the working directory)."""
 

@@ -13,7 +13,9 @@ from cifarflow.components.preprocess.component import preprocess_component
 @dsl.pipeline(name="data-steps")
 def data_steps(source: str = "sample", val_fraction: float = 0.2):
     raw = ingest_component(source=source)
-    splits = preprocess_component(raw=raw.outputs["dataset"], val_fraction=val_fraction, seed=3)
+    splits = preprocess_component(
+        raw=raw.outputs["dataset"], val_fraction=val_fraction, seed=3, gate_fraction=0.1
+    )
     eda_component(splits=splits.outputs["splits"])
 
 

@@ -139,6 +139,7 @@ def test_component_bodies_chain_train_evaluate_select(sample_data, tmp_path, mon
         selection=selection,
         store=str(tmp_path / "store"),
         model_name="cifarflow",
+        alpha=0.05,
     )
     assert outputs.publish is True and outputs.decision == "publish"
     assert (Path(best.path) / "saved_model.pb").is_file() and (

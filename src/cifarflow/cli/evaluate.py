@@ -20,9 +20,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument("--model", required=True, help="a 'cifarflow train' output folder")
     parser.add_argument("--data", required=True, help="preprocessed dataset folder")
     parser.add_argument("--out", required=True, help="output folder (may equal --model)")
-    parser.add_argument(
-        "--batch-size", type=int, default=500, help="images per prediction call (default 500)"
-    )
+    parser.add_argument("--batch-size", type=int, default=500, help="images per prediction call")
     parser.set_defaults(func=run)
 
 

@@ -6,6 +6,9 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    from cifarflow.components.preprocess.executor import PreprocessConfig
+
+    defaults = PreprocessConfig()
     parser = subparsers.add_parser(
         "preprocess",
         help=summary,
@@ -29,35 +32,35 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument(
         "--val-fraction",
         type=float,
-        default=0.1,
-        help="share of train held out as val (default 0.1)",
+        default=defaults.val_fraction,
+        help="share of train held out as val",
     )
     parser.add_argument(
         "--gate-fraction",
         type=float,
-        default=0.1,
-        help="share of train held out as the champion gate's split (default 0.1: 5,000 of 50,000)",
+        default=defaults.gate_fraction,
+        help="share of train held out as the champion gate's split (0.1 is 5,000 of 50,000)",
     )
     parser.add_argument(
         "--test-fraction",
         type=float,
-        default=0.1,
-        help="share held out as test when the source has none (image folders; default 0.1)",
+        default=defaults.test_fraction,
+        help="share held out as test when the source has none (image folders)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the stratified selection (default 0)"
+        "--seed", type=int, default=defaults.seed, help="seed of the stratified selection"
     )
     parser.add_argument(
         "--max-class-imbalance",
         type=float,
-        default=10.0,
-        help="fail when largest/smallest class count exceeds this (default 10)",
+        default=defaults.limits.max_class_imbalance,
+        help="fail when largest/smallest class count exceeds this",
     )
     parser.add_argument(
         "--max-cross-split-duplicates",
         type=float,
-        default=0.01,
-        help="fail when duplicates between two splits exceed this share of the smaller one (default 0.01)",
+        default=defaults.limits.max_cross_split_duplicates,
+        help="fail when duplicates between two splits exceed this share of the smaller one",
     )
     parser.set_defaults(func=run)
 

@@ -8,6 +8,7 @@ import argparse
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     from cifarflow.components.candidate import SELECTION_METRICS
     from cifarflow.components.select_best.mcnemar import EXACT_BELOW
+    from cifarflow.defaults import GATE_ALPHA, MODEL_NAME
     from cifarflow.serving.store.cli_flags import add_s3_flags
 
     parser = subparsers.add_parser(
@@ -44,20 +45,18 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument(
         "--store", help="model store: a folder or s3://bucket/prefix (omit: no gate)"
     )
-    parser.add_argument(
-        "--model-name", default="cifarflow", help="model name in the store (default cifarflow)"
-    )
+    parser.add_argument("--model-name", default=MODEL_NAME, help="model name in the store")
     parser.add_argument(
         "--alpha",
         type=float,
-        default=0.05,
-        help="significance level of the McNemar gate (default 0.05)",
+        default=GATE_ALPHA,
+        help="significance level of the McNemar gate",
     )
     parser.add_argument(
         "--exact-below",
         type=int,
         default=EXACT_BELOW,
-        help=f"use the exact binomial test below this many discordant pairs (default {EXACT_BELOW})",
+        help="use the exact binomial test below this many discordant pairs",
     )
     parser.add_argument(
         "--force", action="store_true", help="publish even if the winner does not beat the champion"

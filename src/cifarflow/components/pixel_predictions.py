@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def predict_arrays(
     """
     import tensorflow as tf
 
-    fn = load_signature(model) if isinstance(model, (str, os.PathLike)) else model
+    fn: Any = load_signature(model) if isinstance(model, (str, os.PathLike)) else model
     logits, probabilities = [], []
     # The serving contract leaves empty batches to the caller: never send one.
     for start in range(0, len(images), batch_size):

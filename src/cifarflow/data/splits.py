@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -78,7 +78,7 @@ def load_split(root: str | os.PathLike, name: str, mmap: bool = True) -> Split:
         raise BadInputError(
             f"{folder} is not a preprocessed split (no images.npy); run 'cifarflow preprocess' first"
         )
-    mode = "r" if mmap else None
+    mode: Literal["r"] | None = "r" if mmap else None
     return Split(
         images=np.load(folder / "images.npy", mmap_mode=mode, allow_pickle=False),
         coarse_labels=np.load(folder / "coarse_labels.npy", mmap_mode=mode, allow_pickle=False),

@@ -38,14 +38,14 @@ class PipelineParameters:
     source: str = "sample"
     expected_md5: str = ""
     grid: str = "quick"
-    val_fraction: float = 0.1
-    seed: int = 0
+    val_fraction: float = defaults.VAL_FRACTION
+    seed: int = defaults.SPLIT_SEED
     model_name: str = defaults.MODEL_NAME
     store: str = defaults.CLUSTER_STORE
     gate_metric: str = "val_accuracy"
     alpha: float = defaults.GATE_ALPHA
     force_publish: bool = False
-    gate_fraction: float = 0.1
+    gate_fraction: float = defaults.GATE_FRACTION
 
 
 DEFAULTS = PipelineParameters()

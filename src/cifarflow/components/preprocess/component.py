@@ -10,9 +10,9 @@ from cifarflow.images import cpu_image
 def preprocess_component(
     raw: Input[Dataset],
     splits: Output[Dataset],
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    gate_fraction: float = 0.1,
+    val_fraction: float,
+    seed: int,
+    gate_fraction: float,
 ) -> None:
     """Splits the raw data into checked train/val/gate/test arrays.
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cifarflow import defaults
 from cifarflow.components.preprocess import checks, sources, statistics
 from cifarflow.components.preprocess.split import hold_out, stratified_split, stratum_counts
 from cifarflow.data import official
@@ -42,10 +43,10 @@ class PreprocessConfig:
         limits: thresholds that make the data an anomaly.
     """
 
-    val_fraction: float = 0.1
-    gate_fraction: float = 0.1
+    val_fraction: float = defaults.VAL_FRACTION
+    gate_fraction: float = defaults.GATE_FRACTION
     test_fraction: float = 0.1
-    seed: int = 0
+    seed: int = defaults.SPLIT_SEED
     limits: checks.CheckLimits = checks.CheckLimits()
 
     def __post_init__(self) -> None:

@@ -80,8 +80,10 @@ def find_champion(store: str, model_name: str, s3: S3Settings | None = None) -> 
     if not versions:
         return None
     labelled = model_store.labels(model_name).get(CHAMPION_LABEL)
-    label = CHAMPION_LABEL if labelled in versions else None
-    version = labelled if label else versions[-1]
+    if labelled is not None and labelled in versions:
+        version, label = labelled, CHAMPION_LABEL
+    else:
+        version, label = versions[-1], None
 
     def read(name: str) -> bytes | None:
         return model_store.backend.read_bytes(f"{model_name}/{version}/{name}")

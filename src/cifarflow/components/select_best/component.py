@@ -15,13 +15,13 @@ def select_best_component(
     leaderboard: Output[Markdown],
     summary: Output[Metrics],
     selection: Output[Artifact],
+    model_name: str,
+    alpha: float,
     data: Input[Dataset] = None,
     metric: str = "val_accuracy",
     store: str = "",
-    model_name: str = "cifarflow",
-    alpha: float = 0.05,
     force: bool = False,
-) -> NamedTuple("SelectOutputs", [("publish", bool), ("decision", str)]):
+) -> NamedTuple("SelectOutputs", [("publish", bool), ("decision", str)]):  # type: ignore[valid-type]
     """Picks the best trial and gates it against the store's champion on the gate split.
 
     Args:
@@ -85,5 +85,5 @@ def select_best_component(
     for name, value in summary_metrics(result).items():
         summary.log_metric(name, value)
     write_metadata_file(summary)
-    outputs = namedtuple("SelectOutputs", ["publish", "decision"])
-    return outputs(result.publish, result.decision)
+    SelectOutputs = namedtuple("SelectOutputs", ["publish", "decision"])
+    return SelectOutputs(result.publish, result.decision)

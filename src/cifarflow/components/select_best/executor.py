@@ -31,6 +31,7 @@ from cifarflow.components import candidate as contract
 from cifarflow.components.select_best import champion as champion_store
 from cifarflow.components.select_best.leaderboard import Entry, markdown_leaderboard, rank
 from cifarflow.components.select_best.mcnemar import EXACT_BELOW, challenger_wins, mcnemar_test
+from cifarflow.defaults import GATE_ALPHA, MODEL_NAME
 from cifarflow.errors import BadInputError, DataAnomalyError
 from cifarflow.s3 import S3Settings
 
@@ -69,8 +70,8 @@ class SelectConfig:
 
     metric: str = "val_accuracy"
     store: str | None = None
-    model_name: str = "cifarflow"
-    alpha: float = 0.05
+    model_name: str = MODEL_NAME
+    alpha: float = GATE_ALPHA
     force: bool = False
     exact_below: int = EXACT_BELOW
     data_dir: str | None = None
