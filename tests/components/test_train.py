@@ -143,64 +143,6 @@ def test_schedules_warm_up_then_decay_to_zero():
     assert WarmupSchedule(**cosine.get_config()).get_config() == cosine.get_config()
 
 
-def test_time_budget_shortens_the_plan_and_the_schedule():
-    from cifarflow.components.train.executor import _replan
-
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    schedule = WarmupSchedule(0.1, total_steps=10 * 5, warmup_steps=5)
-    model.compile(optimizer=keras.optimizers.SGD(schedule), loss="mse")
-    state = checkpointing.TrainingState(epochs_done=2, planned_epochs=10, train_seconds=60.0)
-    lines: list[str] = []
-    _replan(
-        state,
-        budget=150.0,
-        epoch_seconds=30.0,
-        schedule=schedule,
-        steps_per_epoch=5,
-        model=model,
-        log=lines.append,
-    )
-    assert state.planned_epochs == 5 and schedule.total_steps == 25  # 2 done + 90 s left / 30 s
-    assert "room for 5 epochs" in lines[0]
-    # One more epoch fits again: not worth a recompile.
-    _replan(
-        state,
-        budget=180.0,
-        epoch_seconds=30.0,
-        schedule=schedule,
-        steps_per_epoch=5,
-        model=model,
-        log=lines.append,
-        max_epochs=10,
-    )
-    assert state.planned_epochs == 5 and len(lines) == 1
-    # The machine got faster: grow back, but never past the configured epochs.
-    _replan(
-        state,
-        budget=1000.0,
-        epoch_seconds=30.0,
-        schedule=schedule,
-        steps_per_epoch=5,
-        model=model,
-        log=lines.append,
-        max_epochs=10,
-    )
-    assert state.planned_epochs == 10 and schedule.total_steps == 50
-    # Past half of the plan the learning rate is decaying: no more growing.
-    state.planned_epochs, state.epochs_done, schedule.total_steps = 8, 5, 40
-    _replan(
-        state,
-        budget=1000.0,
-        epoch_seconds=30.0,
-        schedule=schedule,
-        steps_per_epoch=5,
-        model=model,
-        log=lines.append,
-        max_epochs=10,
-    )
-    assert state.planned_epochs == 8 and schedule.total_steps == 40
-
-
 def test_augmentation_is_active_only_in_training():
     model = build_model(TrialConfig.from_dict({**TINY_TRIAL, "cutout": 8})).inference
     rng = np.random.default_rng(0)

@@ -92,6 +92,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"trial {args.trial} of {grid.name}: val accuracy {result.best_val_accuracy:.4f} (epoch {result.best_epoch} "
-        f"of {result.epochs_run}), {result.train_seconds / 60:.1f} min of training -> {args.out}"
+        f"of {result.epochs_run}), {result.train_seconds / 60:.1f} min of training ({result.train_step}) -> {args.out}"
     )
     return 0

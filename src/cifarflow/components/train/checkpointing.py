@@ -37,6 +37,12 @@ class TrainingState:
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     trial: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The time budget's one-time plan is made; epoch times without and with a compile.
+    budget_planned: bool = False
+    steady_seconds: list[float] = dataclasses.field(default_factory=list)
+    compiling_seconds: list[float] = dataclasses.field(default_factory=list)
+    # The best weights are the weight average's (see ema.py), not the live ones.
+    best_is_ema: bool = False
 
 
 def _replace(partial: Path, final: Path) -> None:
@@ -50,9 +56,7 @@ def save_checkpoint(folder: Path, model: keras.Model, state: TrainingState, impr
     model.save_weights(partial)
     _replace(partial, folder / _LAST_WEIGHTS)
     if improved:
-        partial = folder / f".partial.{BEST_WEIGHTS}"
-        model.save_weights(partial)
-        _replace(partial, folder / BEST_WEIGHTS)
+        save_best_weights(folder, model)
     partial = folder / f".partial.{_OPTIMIZER}"
     with open(partial, "wb") as f:
         np.savez(f, *[np.asarray(v.numpy()) for v in model.optimizer.variables])
@@ -60,6 +64,14 @@ def save_checkpoint(folder: Path, model: keras.Model, state: TrainingState, impr
     partial = folder / f".partial.{STATE_FILE}"
     partial.write_text(json.dumps(dataclasses.asdict(state), indent=1))
     _replace(partial, folder / STATE_FILE)
+
+
+def save_best_weights(folder: Path, model: keras.Model) -> None:
+    """Writes the model's current weights as the best so far."""
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".partial.{BEST_WEIGHTS}"
+    model.save_weights(partial)
+    _replace(partial, folder / BEST_WEIGHTS)
 
 
 def load_state(folder: Path) -> TrainingState | None:

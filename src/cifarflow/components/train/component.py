@@ -34,59 +34,29 @@ def train_component(
             which the pipeline fills from the pod's `pipeline/runid` label.
             Without either, checkpoints stay local (kfp.local).
 
-    Example:
-        >>> grid = load_grid(cifarflow.configs.resolve("quick"))
-        >>> with dsl.ParallelFor(grid.trial_dicts()) as trial:
-        ...     train_task = train_component(data=preprocess_task.outputs["dataset"], trial=trial,
-        ...         checkpoint_store="s3://models/cifarflow")
+    Example (inside a pipeline function)::
+
+        grid = load_grid(cifarflow.configs.resolve("quick"))
+        with dsl.ParallelFor(grid.trial_dicts()) as trial:
+            train_task = train_component(
+                data=preprocess_task.outputs["dataset"],
+                trial=trial,
+                checkpoint_store="s3://models/cifarflow",
+            )
     """
-    import base64
-    import html
     import os
     from pathlib import Path
 
     from cifarflow.components.metric_artifacts import log_metrics
+    from cifarflow.components.train import executor
     from cifarflow.components.train.config import TrialConfig
-    from cifarflow.components.train.executor import CURVES_FILE, train
 
     config = TrialConfig.from_dict(trial)
-    # The pipeline hands the run id over in the environment, not as `run_id`:
-    # KFP's cache key holds every input, so a run id there would retrain
-    # unchanged trials in every run.
-    run_id = run_id or os.environ.get("CIFARFLOW_RUN_ID", "")
-    store = checkpoint_store if run_id else ""
-    if checkpoint_store and not run_id:
+    store, run = executor.checkpoint_target(checkpoint_store, run_id, os.environ)
+    if checkpoint_store and not store:
         print("train: no run id (kfp.local): checkpoints stay in the output folder", flush=True)
-    result = train(
-        data.path, config, model.path, checkpoint_store=store or None, run_id=run_id or None
-    )
-    model.metadata.update(
-        {
-            "framework": "keras",
-            "architecture": config.architecture,
-            "params": result.params,
-            "best_epoch": result.best_epoch,
-            "val_accuracy": result.best_val_accuracy,
-            "temperature": result.temperature,
-            "backend": result.backend,
-            "device": result.device,
-        }
-    )
-    log_metrics(
-        metrics,
-        {
-            "val_accuracy": result.best_val_accuracy,
-            "val_loss": result.val_loss,
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "train_seconds": result.train_seconds,
-            "temperature": result.temperature,
-            "val_ece_before": result.val_ece_before,
-            "val_ece_after": result.val_ece_after,
-        },
-    )
-    png = base64.b64encode((Path(model.path) / CURVES_FILE).read_bytes()).decode()
-    Path(curves.path).write_text(
-        f"<!doctype html><html><body><h1>Training curves</h1><pre>{html.escape(str(config.to_dict()))}</pre>"
-        f"<img alt='training curves' src='data:image/png;base64,{png}'></body></html>"
-    )
+    result = executor.train(data.path, config, model.path, checkpoint_store=store, run_id=run)
+    model.metadata.update(executor.model_metadata(config, result))
+    log_metrics(metrics, executor.summary_metrics(result))
+    png = (Path(model.path) / executor.CURVES_FILE).read_bytes()
+    Path(curves.path).write_text(executor.curves_html(config.to_dict(), png))

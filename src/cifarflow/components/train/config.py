@@ -41,6 +41,7 @@ ARCHITECTURES = ("resnet", "densenet121", "resnet50", "xception")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
 MIXED_PRECISION = ("auto", "on", "off")
+JIT_COMPILE = ("auto", "on", "off")
 SELECTION_METRICS = ("val_accuracy", "val_top5_accuracy", "val_macro_f1", "val_loss")
 
 
@@ -76,10 +77,18 @@ class TrialConfig:
         tta_flip: the inference model (and so the served graph) averages the
             logits of each image and its mirror image; twice the inference cost.
         early_stopping_patience: epochs without val-accuracy gain before stopping (0: never).
-        time_budget_minutes: wall-clock budget of the training loop (0: none). After
-            each epoch the remaining epochs are re-planned to fit it, and the
-            learning-rate schedule is shortened to end on time.
+        time_budget_minutes: wall-clock budget of the training loop (0: none). The
+            epochs are planned once from the first measured epochs (never more than
+            `epochs`), then only shortened when the forecast overshoots, and the
+            learning-rate schedule is shortened with them to end on time.
         mixed_precision: "auto" (on with a GPU or a CPU with native bfloat16), "on" or "off".
+        jit_compile: compile the train step (XLA on TensorFlow, jax.jit on JAX):
+            "auto" (on a GPU always; on a CPU whichever was measured faster for
+            the backend, see `device.CPU_COMPILED_IS_FASTER`), "on" or "off".
+        ema_momentum: momentum of an exponential moving average of the weights,
+            updated every step (0: off; 0.999 averages over ~1,000 steps). Each
+            epoch scores both the live and the averaged weights on val; the
+            better one is kept and exported.
         seed: seed of initialisation, shuffling and augmentation.
     """
 
@@ -108,6 +117,8 @@ class TrialConfig:
     early_stopping_patience: int = 0
     time_budget_minutes: float = 0.0
     mixed_precision: str = "auto"
+    jit_compile: str = "auto"
+    ema_momentum: float = 0.0
     seed: int = 0
 
     @classmethod
@@ -159,6 +170,14 @@ class TrialConfig:
         check(
             self.mixed_precision in MIXED_PRECISION,
             f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}",
+        )
+        check(
+            self.jit_compile in JIT_COMPILE,
+            f"jit_compile must be one of {', '.join(JIT_COMPILE)}, got {self.jit_compile!r}",
+        )
+        check(
+            0.0 <= self.ema_momentum < 1.0,
+            f"ema_momentum must be in [0, 1), got {self.ema_momentum}",
         )
         check(
             self.depth >= 8 and (self.depth - 2) % 6 == 0,

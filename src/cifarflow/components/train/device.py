@@ -158,3 +158,36 @@ def dtype_policy(mixed_precision: str) -> str:
     found = gpus()
     cpu_native = not found and backend() == "tensorflow" and cpu_has_native_bfloat16()
     return choose_dtype_policy(mixed_precision, found, cpu_native)
+
+
+# Whether the compiled train step beat the uncompiled one on a CPU, per
+# backend, measured side by side with `bench/gpu_probe.py --config cpu`
+# (bench/results/jit_compile_cpu.json). On a GPU compiling always wins.
+CPU_COMPILED_IS_FASTER = {"tensorflow": False, "jax": True}
+
+
+def choose_jit_compile(jit_compile: str, on_gpu: bool, backend_name: str) -> bool:
+    """The decision of `use_jit_compile`, on device details given to it.
+
+    Args:
+        jit_compile: "on", "off" or "auto".
+        on_gpu: whether training runs on a GPU.
+        backend_name: the Keras backend ("tensorflow", "jax", "torch").
+
+    Returns:
+        True to compile the train step (XLA on TensorFlow, jax.jit on JAX):
+        when asked, or ("auto") on a GPU, or on a CPU where compiling was
+        measured faster for this backend.
+    """
+    if jit_compile != "auto":
+        return jit_compile == "on"
+    if on_gpu:
+        return True
+    return CPU_COMPILED_IS_FASTER.get(backend_name, False)
+
+
+def use_jit_compile(jit_compile: str) -> bool:
+    """Whether this machine compiles the train step (see `choose_jit_compile`)."""
+    if jit_compile != "auto":
+        return choose_jit_compile(jit_compile, False, backend())
+    return choose_jit_compile(jit_compile, bool(gpus()), backend())

@@ -22,29 +22,27 @@ there (`durable_checkpoints`), so a new pod with an empty folder resumes too.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import html
 import json
-import math
 import os
 import shutil
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from cifarflow.atomic_files import write_json_atomic
-from cifarflow.classes import NUM_FINE_CLASSES
 from cifarflow.components.evaluate.calibration import (
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
     softmax,
 )
-from cifarflow.components.train import checkpointing, device
+from cifarflow.components.train import device
 from cifarflow.components.train.config import TrialConfig
 from cifarflow.components.train.data import TrainingData, load_training_data
 from cifarflow.components.train.durable_checkpoints import (
@@ -53,9 +51,7 @@ from cifarflow.components.train.durable_checkpoints import (
     open_durable,
 )
 from cifarflow.components.train.models import build_model
-from cifarflow.components.train.models.build import FINE_LOGITS_LAYER, LOGITS_LAYER
-from cifarflow.components.train.schedules import WarmupSchedule
-from cifarflow.errors import BadInputError
+from cifarflow.components.train.run import TrainingRun, compiled_words, predict_logits
 from cifarflow.s3 import S3Settings
 
 SUMMARY_FILE = "train_summary.json"
@@ -86,6 +82,11 @@ class TrainResult:
     device: str
     dtype_policy: str
     tflite: bool
+    # Defaults: summaries written before these fields existed still load.
+    jit_compile: bool = False
+    train_step: str = ""
+    best_is_ema: bool = False
+    planned_epochs: int = 0
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> TrainResult:
@@ -96,32 +97,6 @@ class TrainResult:
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
     return (Path(out_dir) / SUMMARY_FILE).is_file()
-
-
-def _optimizer(config: TrialConfig, schedule: WarmupSchedule) -> keras.optimizers.Optimizer:
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True)
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(schedule)
-    return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
-
-
-def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
-    out = np.zeros((len(labels), classes), dtype=np.float32)
-    out[np.arange(len(labels)), labels] = 1.0
-    return out
-
-
-def _predict_logits(model: keras.Model, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
-
-
-def _epoch_line(epoch: int, planned: int, row: dict[str, Any], best_epoch: int, best: float) -> str:
-    return (
-        f"epoch {epoch}/{planned}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
-        f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  lr {row['learning_rate']:.5f}  "
-        f"{row['seconds']:.0f}s  (best {best:.4f} @ {best_epoch})"
-    )
 
 
 def train(
@@ -187,149 +162,32 @@ def _train(
     export_tflite: bool,
     durable: DurableCheckpoints | Disabled,
 ) -> TrainResult:
-    ckpt_dir = out / checkpointing.CHECKPOINT_DIR
-    durable.restore(ckpt_dir)
-    state = checkpointing.load_state(ckpt_dir)
-    resumed = state is not None
-    if state is not None and state.trial != config.to_dict():
-        # Resuming someone else's trial would silently mix two experiments.
-        raise BadInputError(
-            f"{out} holds a checkpoint of a different trial; use a fresh --out or delete {ckpt_dir}"
-        )
-    state = state or checkpointing.TrainingState(
-        planned_epochs=config.epochs, trial=config.to_dict()
-    )
+    jit_compile = device.use_jit_compile(config.jit_compile)
+    run = TrainingRun(data, config, out, log, durable, jit_compile)
+    log(run.header(policy))
+    stopped_early = run.run()
+    state = run.state
 
-    built = build_model(config, data.pixel_mean, data.pixel_std, num_classes=len(data.class_names))
-    model, inference = built.training, built.inference
-    steps_per_epoch = math.ceil(len(data.train_images) / config.batch_size)
-    schedule = WarmupSchedule(
-        config.learning_rate,
-        total_steps=state.planned_epochs * steps_per_epoch,
-        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
-        kind=config.schedule,
-    )
-    loss = keras.losses.CategoricalCrossentropy(
-        from_logits=True, label_smoothing=config.label_smoothing
-    )
-    y_train: Any = _one_hot(data.train_coarse, len(data.class_names))
-    if not built.has_fine_head:
-        model.compile(optimizer=_optimizer(config, schedule), loss=loss, metrics=["accuracy"])
-    else:
-        model.compile(
-            optimizer=_optimizer(config, schedule),
-            loss={LOGITS_LAYER: loss, FINE_LOGITS_LAYER: loss},
-            loss_weights={LOGITS_LAYER: 1.0, FINE_LOGITS_LAYER: config.fine_label_weight},
-            metrics={LOGITS_LAYER: ["accuracy"]},
-        )
-        y_train = {
-            LOGITS_LAYER: y_train,
-            FINE_LOGITS_LAYER: _one_hot(data.train_fine, NUM_FINE_CLASSES),
-        }
-    if resumed:
-        checkpointing.restore_checkpoint(ckpt_dir, model)
-        log(
-            f"train: resuming from {ckpt_dir}: {state.epochs_done} of {state.planned_epochs} epochs done"
-        )
-    log(
-        f"train: {model.name}, {model.count_params():,} parameters, {len(data.train_images):,} train / "
-        f"{len(data.val_images):,} val images, {policy} on {device.backend()} ({device.describe_device()})"
-    )
-
-    budget = config.time_budget_minutes * 60.0
-    run_seconds: list[float] = []
-    stopped_early = False
-    while state.epochs_done < state.planned_epochs:
-        epoch = state.epochs_done
-        started = time.monotonic()
-        fit = model.fit(
-            data.train_images,
-            y_train,
-            batch_size=config.batch_size,
-            initial_epoch=epoch,
-            epochs=epoch + 1,
-            shuffle=True,
-            verbose=0,
-        )
-        val_logits = _predict_logits(inference, data.val_images)
-        seconds = time.monotonic() - started
-        logs = {k: float(v[-1]) for k, v in fit.history.items()}
-        accuracy_key = next(k for k in logs if k.endswith("accuracy"))
-        row = {
-            "epoch": epoch + 1,
-            "loss": logs["loss"],
-            "accuracy": logs[accuracy_key],
-            "val_loss": negative_log_likelihood(val_logits, data.val_coarse),
-            "val_accuracy": float((val_logits.argmax(axis=1) == data.val_coarse).mean()),
-            "learning_rate": float(
-                keras.ops.convert_to_numpy(
-                    schedule(
-                        max(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) - 1, 0)
-                    )
-                )
-            ),
-            "seconds": seconds,
-        }
-        improved = row["val_accuracy"] > state.best_val_accuracy
-        if improved:
-            state.best_val_accuracy, state.best_epoch, state.epochs_without_gain = (
-                row["val_accuracy"],
-                epoch + 1,
-                0,
-            )
-        else:
-            state.epochs_without_gain += 1
-        state.history.append(row)
-        state.epochs_done = epoch + 1
-        state.train_seconds += seconds
-        run_seconds.append(seconds)
-        log(
-            _epoch_line(
-                epoch + 1, state.planned_epochs, row, state.best_epoch, state.best_val_accuracy
-            )
-        )
-        if budget > 0:
-            # The median resists one slow epoch (a neighbour's burst) but follows a lasting change.
-            _replan(
-                state,
-                budget,
-                float(np.median(run_seconds)),
-                schedule,
-                steps_per_epoch,
-                model,
-                log,
-                config.epochs,
-            )
-        checkpointing.save_checkpoint(ckpt_dir, model, state, improved)
-        durable.save(ckpt_dir, state.epochs_done)
-        patience = config.early_stopping_patience
-        if (
-            patience
-            and state.epochs_without_gain >= patience
-            and state.epochs_done < state.planned_epochs
-        ):
-            log(f"train: stopping early, no val-accuracy gain for {patience} epochs")
-            stopped_early = True
-            break
-
-    model.load_weights(ckpt_dir / checkpointing.BEST_WEIGHTS)
-    val_logits = _predict_logits(inference, data.val_images)
+    run.load_best()
+    val_logits = predict_logits(run.inference, data.val_images)
     temperature = fit_temperature(val_logits, data.val_coarse)
     ece_before = expected_calibration_error(softmax(val_logits), data.val_coarse)
     ece_after = expected_calibration_error(softmax(val_logits / temperature), data.val_coarse)
+    weights = "weight average" if state.best_is_ema else "live weights"
     log(
-        f"train: best epoch {state.best_epoch}: val_acc {state.best_val_accuracy:.4f}; temperature {temperature:.3f} (val ECE {ece_before:.4f} -> {ece_after:.4f})"
+        f"train: best epoch {state.best_epoch} ({weights}): val_acc {state.best_val_accuracy:.4f}; "
+        f"temperature {temperature:.3f} (val ECE {ece_before:.4f} -> {ece_after:.4f})"
     )
 
     # Exported in float32 (see _write_outputs): the served graph should not depend on the training policy.
-    _write_outputs(out, inference, data, config, temperature, export_tflite, log)
+    _write_outputs(out, run.inference, data, config, temperature, export_tflite, log)
     (out / HISTORY_FILE).write_text(json.dumps(state.history, indent=1) + "\n")
     from cifarflow.components.train.plots import plot_curves
 
     plot_curves(
         state.history,
         out / CURVES_FILE,
-        title=f"{inference.name} ({config.optimizer}, lr {config.learning_rate})",
+        title=f"{run.inference.name} ({config.optimizer}, lr {config.learning_rate})",
     )
     result = TrainResult(
         out_dir=str(out),
@@ -344,52 +202,86 @@ def _train(
         val_ece_after=ece_after,
         train_seconds=state.train_seconds,
         stopped_early=stopped_early,
-        resumed=resumed,
-        params=int(inference.count_params()),
+        resumed=run.resumed,
+        params=int(run.inference.count_params()),
         backend=device.backend(),
         device=device.describe_device(),
         dtype_policy=policy,
         tflite=(out / "model.tflite").is_file(),
+        jit_compile=jit_compile,
+        train_step=compiled_words(jit_compile),
+        best_is_ema=state.best_is_ema,
+        planned_epochs=state.planned_epochs,
     )
     write_json_atomic(out / SUMMARY_FILE, dataclasses.asdict(result), indent=1)
     durable.remove()  # first: it stops uploads that still read from ckpt_dir
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    shutil.rmtree(run.ckpt_dir, ignore_errors=True)
     return result
 
 
-def _replan(
-    state: checkpointing.TrainingState,
-    budget: float,
-    epoch_seconds: float,
-    schedule: WarmupSchedule,
-    steps_per_epoch: int,
-    model: keras.Model,
-    log: Callable[[str], None],
-    max_epochs: int | None = None,
-) -> None:
-    """Re-plans the epochs (and the schedule's length) so training ends within the budget.
+def checkpoint_target(
+    checkpoint_store: str, run_id: str, environ: Mapping[str, str]
+) -> tuple[str | None, str | None]:
+    """The (store, run id) a KFP train task keeps durable checkpoints under, or (None, None).
 
-    On a shared machine the epoch time moves with the neighbours' load. The
-    plan shrinks as soon as it no longer fits. It grows back (never past
-    `max_epochs`) only in the first half of the plan and only when at least
-    two more epochs fit: growing late would raise a learning rate that is
-    already decaying, and every change recompiles the training step.
+    The pipeline hands the run id over in the environment (CIFARFLOW_RUN_ID),
+    not as a parameter: KFP's cache key holds every input, so a run id there
+    would retrain unchanged trials in every run. Without a run id (kfp.local)
+    checkpoints stay local.
+
+    >>> checkpoint_target("s3://models/cifarflow", "", {"CIFARFLOW_RUN_ID": "run-7"})
+    ('s3://models/cifarflow', 'run-7')
+    >>> checkpoint_target("s3://models/cifarflow", "", {})
+    (None, None)
     """
-    affordable = state.epochs_done + int(max(budget - state.train_seconds, 0.0) // epoch_seconds)
-    ceiling = max_epochs or state.planned_epochs
-    planned = state.planned_epochs
-    if affordable < planned:
-        planned = max(state.epochs_done, affordable)
-    elif affordable >= planned + 2 and planned < ceiling and state.epochs_done * 2 <= planned:
-        planned = min(ceiling, affordable - 1)
-    if planned != state.planned_epochs:
-        log(
-            f"train: time budget, {epoch_seconds:.0f}s per epoch leaves room for {planned} epochs (planned {state.planned_epochs})"
-        )
-        state.planned_epochs = planned
-        schedule.total_steps = max(planned * steps_per_epoch, 1)
-        # The schedule's constants are baked into the compiled step: rebuild it.
-        model.make_train_function(force=True)
+    run_id = run_id or environ.get("CIFARFLOW_RUN_ID", "")
+    if not checkpoint_store or not run_id:
+        return None, None
+    return checkpoint_store, run_id
+
+
+def model_metadata(config: TrialConfig, result: TrainResult) -> dict[str, Any]:
+    """What the KFP `Model` artifact's metadata says about the trained model."""
+    return {
+        "framework": "keras",
+        "architecture": config.architecture,
+        "params": result.params,
+        "best_epoch": result.best_epoch,
+        "val_accuracy": result.best_val_accuracy,
+        "temperature": result.temperature,
+        "backend": result.backend,
+        "device": result.device,
+        "jit_compile": result.jit_compile,
+        "best_is_ema": result.best_is_ema,
+    }
+
+
+def summary_metrics(result: TrainResult) -> dict[str, float]:
+    """The numbers the KFP `Metrics` artifact shows for a trial."""
+    return {
+        "val_accuracy": result.best_val_accuracy,
+        "val_loss": result.val_loss,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_seconds": result.train_seconds,
+        "temperature": result.temperature,
+        "val_ece_before": result.val_ece_before,
+        "val_ece_after": result.val_ece_after,
+    }
+
+
+def curves_html(trial: Mapping[str, Any], png: bytes) -> str:
+    """A self-contained page with the trial's hyper-parameters and its curves (PNG inlined).
+
+    >>> curves_html({"depth": 8}, b"png").startswith("<!doctype html>")
+    True
+    """
+    encoded = base64.b64encode(png).decode()
+    return (
+        "<!doctype html><html><body><h1>Training curves</h1>"
+        f"<pre>{html.escape(str(dict(trial)))}</pre>"
+        f"<img alt='training curves' src='data:image/png;base64,{encoded}'></body></html>"
+    )
 
 
 def _write_outputs(
