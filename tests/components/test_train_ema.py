@@ -72,6 +72,7 @@ def test_a_model_without_an_average_says_so():
         ema.averages(tiny_model(momentum=0.0))
 
 
+@pytest.mark.slow
 def test_training_with_an_average_scores_both_and_exports_the_better(tmp_path, sample_data):
     trial = TrialConfig.from_dict({**TINY_TRIAL, "epochs": 2, "ema_momentum": 0.9})
     out = tmp_path / "ema"

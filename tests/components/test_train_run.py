@@ -112,3 +112,25 @@ def test_component_outputs_come_from_the_summary(trained_model):
     page = executor.curves_html(result.trial, (trained_model / executor.CURVES_FILE).read_bytes())
     assert "data:image/png;base64,iVBORw0KGgo" in page
     assert result.train_step.startswith("train step") and result.planned_epochs == 4
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_whole_batches_end_to_end(sample_data, tmp_path):
+    import keras
+
+    from cifarflow.components.train.schedules import WarmupSchedule
+
+    trial = TrialConfig.from_dict(
+        {**TINY_TRIAL, "epochs": 2, "fine_label_weight": 0.0, "jit_compile": "on"}
+    )
+    lines: list[str] = []
+    result = executor.train(sample_data, trial, tmp_path, log=lines.append, export_tflite=False)
+    assert result.jit_compile and result.train_step == "train step compiled (XLA)"
+    assert any("train step compiled (XLA)" in line for line in lines if line.startswith("train:"))
+    # 1,800 images at batch 64: 28 whole batches per epoch, not 29.
+    schedule = WarmupSchedule(0.05, total_steps=2 * 28, warmup_steps=28)
+    history = json.loads((tmp_path / "history.json").read_text())
+    for row in history:
+        expected = float(keras.ops.convert_to_numpy(schedule(row["epoch"] * 28 - 1)))
+        assert row["learning_rate"] == pytest.approx(expected, rel=1e-4)
+    assert (tmp_path / "saved_model.pb").is_file()
