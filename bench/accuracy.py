@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     import cifarflow.configs as configs
-    from cifarflow.components.train.config import load_grid
     from cifarflow.components.train.executor import TrainResult, train
+    from cifarflow.grid import load_grid
 
     grid = load_grid(configs.resolve(args.config))
     trial = grid.trial(args.trial)

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import cifarflow.configs as configs
     from cifarflow.components.train import device
-    from cifarflow.components.train.config import TrialConfig, load_grid
+    from cifarflow.components.train.config import TrialConfig
+    from cifarflow.grid import load_grid
 
     grid = load_grid(configs.resolve(args.config))
     indices = [int(i) for i in args.trials.split(",")] if args.trials else range(len(grid.trials))

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from cifarflow.components.train.config import Grid, TrialConfig, load_grid, parse_grid
+from cifarflow.components.train.config import TrialConfig
 from cifarflow.configs import CONFIG_DIR
 from cifarflow.errors import BadInputError
+from cifarflow.grid import Grid, load_grid, parse_grid
 
 CONFIGS = CONFIG_DIR  # the grids as installed, not the checkout's copy
 

@@ -250,7 +250,7 @@ def _resource(package: str, name: str) -> bytes:
 
 def _check_grids() -> None:
     import cifarflow.configs as configs
-    from cifarflow.components.train.config import load_grid
+    from cifarflow.grid import load_grid
 
     names = configs.available()
     if "quick" not in names:  # the default of `cifarflow run`

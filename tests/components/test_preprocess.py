@@ -61,7 +61,7 @@ def test_sample_splits_stats_and_untouched_test_set(tmp_path, sample_raw, sample
     result = preprocess(sample_raw, tmp_path)
     assert result.counts == {"train": 1600, "val": 200, "gate": 200, "test": 500}
     stats = json.loads((tmp_path / "stats.json").read_text())
-    for name in SPLIT_NAMES:  # the DESIGN.md contract
+    for name in SPLIT_NAMES:  # the split layout of data/splits.py
         assert set(stats["splits"][name]) >= {"count", "class_counts"}
         assert len(stats["splits"][name]["class_counts"]) == 20
     assert stats["class_names"][19] == "vehicles_2"

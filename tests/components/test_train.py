@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from cifarflow.components.train import checkpointing
-from cifarflow.components.train.config import TrialConfig, load_grid
+from cifarflow.components.train.config import TrialConfig
 from cifarflow.components.train.executor import SUMMARY_FILE, TrainResult, train
 from cifarflow.components.train.models import build_model
 from cifarflow.components.train.schedules import WarmupSchedule
 from cifarflow.configs import CONFIG_DIR
+from cifarflow.grid import load_grid
 from tests.components.train_data import TINY_TRIAL
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

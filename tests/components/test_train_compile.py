@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 
 from cifarflow.components.train import device
-from cifarflow.components.train.config import TrialConfig, load_grid
+from cifarflow.components.train.config import TrialConfig
 from cifarflow.components.train.models import build_model
 from cifarflow.components.train.models.layers import RandomPadCrop, pad_and_crop
 from cifarflow.components.train.run import compile_for_training
 from cifarflow.components.train.schedules import WarmupSchedule
 from cifarflow.configs import CONFIG_DIR
+from cifarflow.grid import load_grid
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 REPO = Path(__file__).resolve().parents[2]

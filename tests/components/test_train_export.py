@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cifarflow.calibration import softmax
 from cifarflow.classes import COARSE_CLASS_NAMES
-from cifarflow.components.evaluate.calibration import softmax
 from cifarflow.data.splits import load_split
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

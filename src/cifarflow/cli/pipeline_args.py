@@ -163,7 +163,7 @@ def grid_parameter(config: str) -> tuple[str, str]:
     so a pod without this checkout can still read it.
     """
     import cifarflow.configs as configs
-    from cifarflow.components.train.config import load_grid
+    from cifarflow.grid import load_grid
 
     path = configs.resolve(config)
     metric = load_grid(path).selection_metric  # a bad grid fails now, not in a pod

@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     import cifarflow.configs as configs
-    from cifarflow.components.train.config import load_grid
     from cifarflow.errors import BadInputError
+    from cifarflow.grid import load_grid
 
     if args.export_only:
         from cifarflow.components.train.export import export_model_folder
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("--config is required (a shipped grid such as quick, or a YAML file)")
     grid = load_grid(configs.resolve(args.config))
     if args.list_trials:
-        for index, trial in enumerate(grid.trial_dicts()):
-            print(index, json.dumps(trial, sort_keys=True))
+        for index, values in enumerate(grid.trial_dicts()):
+            print(index, json.dumps(values, sort_keys=True))
         return 0
     if not args.data:
         raise BadInputError("--data is required (the preprocessed dataset folder)")

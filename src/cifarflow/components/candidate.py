@@ -150,7 +150,7 @@ class CandidateMetrics:
         return self.checksums.get(split, "")
 
     def to_json(self) -> dict[str, Any]:
-        """The flat layout of metrics.json (DESIGN.md: accuracy, top5_accuracy, macro_f1, ...)."""
+        """The flat layout of metrics.json: accuracy, top5_accuracy, macro_f1, ... (the module docstring)."""
         out: dict[str, Any] = {"split": TEST_SPLIT, **self.test}
         out["confusion_matrix"] = self.confusion_matrix
         out.update({f"val_{k}": v for k, v in self.val.items()})

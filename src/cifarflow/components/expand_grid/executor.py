@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from cifarflow.components.train.config import Grid, load_grid, parse_grid
 from cifarflow.errors import BadInputError
+from cifarflow.grid import Grid, load_grid, parse_grid
 
 log = logging.getLogger(__name__)
 

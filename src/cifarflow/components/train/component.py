@@ -39,7 +39,7 @@ def train_component(
         grid = load_grid(cifarflow.configs.resolve("quick"))
         with dsl.ParallelFor(grid.trial_dicts()) as trial:
             train_task = train_component(
-                data=preprocess_task.outputs["dataset"],
+                data=preprocess_task.outputs["splits"],
                 trial=trial,
                 checkpoint_store="s3://models/cifarflow",
             )
@@ -47,14 +47,14 @@ def train_component(
     import os
     from pathlib import Path
 
+    from cifarflow import step_logging
     from cifarflow.components.metric_artifacts import log_metrics
     from cifarflow.components.train import executor
     from cifarflow.components.train.config import TrialConfig
 
+    step_logging.configure()
     config = TrialConfig.from_dict(trial)
     store, run = executor.checkpoint_target(checkpoint_store, run_id, os.environ)
-    if checkpoint_store and not store:
-        print("train: no run id (kfp.local): checkpoints stay in the output folder", flush=True)
     result = executor.train(data.path, config, model.path, checkpoint_store=store, run_id=run)
     model.metadata.update(executor.model_metadata(config, result))
     log_metrics(metrics, executor.summary_metrics(result))

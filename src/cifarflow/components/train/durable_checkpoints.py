@@ -164,16 +164,14 @@ class DurableCheckpoints:
         if raw is None:
             if any(n.startswith(_GENERATION) for n in self.backend.list_children(self.rel)):
                 self.log(
-                    f"train: ignoring the durable checkpoint files under {self.uri}: no manifest names them (an upload cut short)"
+                    f"ignoring the durable checkpoint files under {self.uri}: no manifest names them (an upload cut short)"
                 )
             return False
         try:
             manifest = json.loads(raw)
             generation, files = str(manifest["generation"]), dict(manifest["files"])
         except (ValueError, KeyError, TypeError) as exc:
-            self.log(
-                f"train: ignoring the durable checkpoint at {self.uri}: unreadable manifest ({exc})"
-            )
+            self.log(f"ignoring the durable checkpoint at {self.uri}: unreadable manifest ({exc})")
             return False
         local.mkdir(parents=True, exist_ok=True)
         download = local / f"{_DOWNLOAD}{uuid.uuid4().hex[:8]}"
@@ -186,7 +184,7 @@ class DurableCheckpoints:
                 download.mkdir(exist_ok=True)
             problem = _check_files(download, files)
             if problem:
-                self.log(f"train: ignoring the durable checkpoint at {self.uri}: {problem}")
+                self.log(f"ignoring the durable checkpoint at {self.uri}: {problem}")
                 return False
             # state.json last: until it is in place the folder holds no checkpoint.
             for name in sorted(files, key=lambda n: n == checkpointing.STATE_FILE):
@@ -194,7 +192,7 @@ class DurableCheckpoints:
         finally:
             shutil.rmtree(download, ignore_errors=True)
         self.log(
-            f"train: restored the durable checkpoint of epoch {manifest.get('epochs_done', '?')} from {self.uri}"
+            f"restored the durable checkpoint of epoch {manifest.get('epochs_done', '?')} from {self.uri}"
         )
         return True
 
@@ -239,7 +237,7 @@ class DurableCheckpoints:
         try:
             self.backend.delete_tree(self.rel)
         except Exception as exc:  # noqa: BLE001 - leftover files cost storage, not correctness
-            self.log(f"train: warning: could not delete the durable checkpoint {self.uri}: {exc}")
+            self.log(f"warning: could not delete the durable checkpoint {self.uri}: {exc}")
             return
         if isinstance(self.backend, LocalBackend):
             # Empty parents of a folder store; rmdir refuses a non-empty folder,
@@ -263,7 +261,7 @@ class DurableCheckpoints:
                 self._upload(snapshot, epochs_done)
             except Exception as exc:  # noqa: BLE001 - an upload must never stop training
                 self.log(
-                    f"train: warning: could not upload the checkpoint of epoch {epochs_done} to {self.uri}: {exc}"
+                    f"warning: could not upload the checkpoint of epoch {epochs_done} to {self.uri}: {exc}"
                 )
             finally:
                 shutil.rmtree(snapshot, ignore_errors=True)
@@ -286,7 +284,7 @@ class DurableCheckpoints:
         for name in self.backend.list_children(self.rel):
             if name.startswith(_GENERATION) and name != generation:
                 self.backend.delete_tree(f"{self.rel}/{name}")
-        self.log(f"train: checkpoint of epoch {epochs_done} uploaded to {self.uri}")
+        self.log(f"checkpoint of epoch {epochs_done} uploaded to {self.uri}")
 
 
 def _snapshot(local: Path, epochs_done: int) -> Path:

@@ -26,22 +26,22 @@ import base64
 import dataclasses
 import html
 import json
+import logging
 import os
 import shutil
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from cifarflow.atomic_files import write_json_atomic
-from cifarflow.components.evaluate.calibration import (
+from cifarflow.calibration import (
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
     softmax,
 )
+from cifarflow.components import candidate as contract
 from cifarflow.components.train import device
 from cifarflow.components.train.config import TrialConfig
 from cifarflow.components.train.data import TrainingData, load_training_data
@@ -54,10 +54,13 @@ from cifarflow.components.train.models import build_model
 from cifarflow.components.train.run import TrainingRun, compiled_words, predict_logits
 from cifarflow.s3 import S3Settings
 
-SUMMARY_FILE = "train_summary.json"
-HISTORY_FILE = "history.json"
-KERAS_FILE = "model.keras"
-CURVES_FILE = "curves.png"
+# The candidate folder's file names are the contract's (components/candidate.py).
+SUMMARY_FILE = contract.TRAIN_SUMMARY_FILE
+HISTORY_FILE = contract.HISTORY_FILE
+KERAS_FILE = contract.KERAS_FILE
+CURVES_FILE = contract.CURVES_FILE
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,11 +137,11 @@ def train(
         DataAnomalyError: the data breaks the schema.
         RemoteError: the checkpoint store cannot be read at the start.
     """
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    log = log or _log.info
     out = Path(out_dir)
     durable = open_durable(checkpoint_store, run_id, config, log, s3_settings)
     if is_complete(out):
-        log(f"train: {out} already holds a finished trial; nothing to do")
+        log(f"{out} already holds a finished trial; nothing to do")
         durable.remove()  # in case the last run died between its summary and this
         return TrainResult.load(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +178,7 @@ def _train(
     ece_after = expected_calibration_error(softmax(val_logits / temperature), data.val_coarse)
     weights = "weight average" if state.best_is_ema else "live weights"
     log(
-        f"train: best epoch {state.best_epoch} ({weights}): val_acc {state.best_val_accuracy:.4f}; "
+        f"best epoch {state.best_epoch} ({weights}): val_acc {state.best_val_accuracy:.4f}; "
         f"temperature {temperature:.3f} (val ECE {ece_before:.4f} -> {ece_after:.4f})"
     )
 
@@ -213,7 +216,7 @@ def _train(
         best_is_ema=state.best_is_ema,
         planned_epochs=state.planned_epochs,
     )
-    write_json_atomic(out / SUMMARY_FILE, dataclasses.asdict(result), indent=1)
+    contract.write_train_summary(out, dataclasses.asdict(result))
     durable.remove()  # first: it stops uploads that still read from ckpt_dir
     shutil.rmtree(run.ckpt_dir, ignore_errors=True)
     return result
@@ -236,6 +239,8 @@ def checkpoint_target(
     """
     run_id = run_id or environ.get("CIFARFLOW_RUN_ID", "")
     if not checkpoint_store or not run_id:
+        if checkpoint_store:
+            _log.info("no run id (kfp.local): checkpoints stay in the output folder")
         return None, None
     return checkpoint_store, run_id
 
@@ -302,7 +307,7 @@ def _write_outputs(
     os.replace(partial, out / KERAS_FILE)
     if device.backend() != "tensorflow":
         log(
-            f"train: SavedModel export skipped on {device.backend()}: run `cifarflow train --export-only --out {out}` with KERAS_BACKEND=tensorflow"
+            f"SavedModel export skipped on {device.backend()}: run `cifarflow train --export-only --out {out}` with KERAS_BACKEND=tensorflow"
         )
         return
     export.export_saved_model(inference, out, data.class_names, temperature)
@@ -310,7 +315,7 @@ def _write_outputs(
         try:
             export.export_tflite(out, out / export.TFLITE_FILE)
         except Exception as exc:  # TFLite is a bonus; the SavedModel is the contract
-            log(f"train: TFLite export skipped: {type(exc).__name__}: {exc}")
+            log(f"TFLite export skipped: {type(exc).__name__}: {exc}")
 
 
 def _float32_copy(trained: keras.Model, config: TrialConfig, data: TrainingData) -> keras.Model:

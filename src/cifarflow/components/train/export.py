@@ -1,7 +1,7 @@
 """Writes the servable SavedModel (and TFLite) of a trained Keras model.
 
 This is the one training module that uses TensorFlow: the signatures of the
-model contract (../shared/DESIGN.md) are TensorFlow graphs.
+model contract (docs/training.md, "Signatures") are TensorFlow graphs.
 
 - `serving_default(image_bytes: string[None])`: decodes JPEG/PNG/GIF/BMP to
   RGB (grayscale is replicated, alpha is dropped, a GIF gives its first
@@ -154,22 +154,20 @@ def export_model_folder(out_dir: str | os.PathLike, tflite: bool = True) -> None
     with KERAS_BACKEND=tensorflow. Class names and temperature come from the
     folder's `train_summary.json`.
     """
-    import json
-
+    from cifarflow.components import candidate as contract
     from cifarflow.errors import BadInputError
 
     out = Path(out_dir)
-    summary_path = out / "train_summary.json"
-    if not (out / "model.keras").is_file() or not summary_path.is_file():
+    summary = contract.TrainSummary.read(out)
+    if not (out / contract.KERAS_FILE).is_file() or summary is None:
         raise BadInputError(
-            f"{out} has no model.keras and train_summary.json: it is not a finished trial"
+            f"{out} has no {contract.KERAS_FILE} and {contract.TRAIN_SUMMARY_FILE}: it is not a finished trial"
         )
     _require_tensorflow_backend()
     # Importing the training package registers the custom layers for loading.
     import cifarflow.components.train.models  # noqa: F401
 
-    summary = json.loads(summary_path.read_text())
-    model = keras.saving.load_model(out / "model.keras", compile=False)
-    export_saved_model(model, out, summary["class_names"], summary.get("temperature", 1.0))
+    model = keras.saving.load_model(out / contract.KERAS_FILE, compile=False)
+    export_saved_model(model, out, summary.class_names, summary.temperature)
     if tflite:
         export_tflite(out, out / TFLITE_FILE)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from cifarflow.calibration import negative_log_likelihood
 from cifarflow.classes import NUM_FINE_CLASSES
-from cifarflow.components.evaluate.calibration import negative_log_likelihood
 from cifarflow.components.train import budget, checkpointing, device, ema
 from cifarflow.components.train.config import TrialConfig
 from cifarflow.components.train.data import TrainingData
@@ -217,7 +217,7 @@ class TrainingRun:
         if self.resumed:
             checkpointing.restore_checkpoint(self.ckpt_dir, self.model)
             log(
-                f"train: resuming from {self.ckpt_dir}: {self.state.epochs_done} of "
+                f"resuming from {self.ckpt_dir}: {self.state.epochs_done} of "
                 f"{self.state.planned_epochs} epochs done"
             )
 
@@ -237,7 +237,7 @@ class TrainingRun:
         """The run's first line: model, data, precision, device and whether the step is compiled."""
         data = self.data
         return (
-            f"train: {self.model.name}, {self.model.count_params():,} parameters, "
+            f"{self.model.name}, {self.model.count_params():,} parameters, "
             f"{len(data.train_images):,} train / {len(data.val_images):,} val images, {policy} on "
             f"{device.backend()} ({device.describe_device()}), {compiled_words(self.jit_compile)}"
         )
@@ -319,12 +319,12 @@ class TrainingRun:
         )
         if plan.planned and not state.budget_planned:
             self.log(
-                f"train: time budget planned: {plan.epoch_seconds:.1f}s per epoch, "
+                f"time budget planned: {plan.epoch_seconds:.1f}s per epoch, "
                 f"{plan.planned_epochs} epochs (configured {state.planned_epochs})"
             )
         elif plan.changed:
             self.log(
-                f"train: time budget, {plan.epoch_seconds:.1f}s per epoch leaves room for "
+                f"time budget, {plan.epoch_seconds:.1f}s per epoch leaves room for "
                 f"{plan.planned_epochs} epochs (planned {state.planned_epochs})"
             )
         state.budget_planned = plan.planned
@@ -374,7 +374,7 @@ class TrainingRun:
             row = self.train_epoch()
             reason = self.after_epoch(row, self.record(row))
             if reason:
-                self.log(f"train: stopping early: {reason}")
+                self.log(f"stopping early: {reason}")
                 return True
         return False
 

@@ -8,13 +8,15 @@ initialisation with a warning), a local weights file, or none.
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import keras
 from keras import layers
 
 from cifarflow.errors import BadInputError
+
+_log = logging.getLogger(__name__)
 
 # Each base's own input scaling, applied to raw 0..255 pixels.
 _BASES = {
@@ -77,11 +79,10 @@ def transfer_features(
         try:
             base = constructor(include_top=False, weights="imagenet", input_shape=shape)
         except Exception as exc:  # offline: "imagenet when reachable", else random init
-            print(
-                f"train: ImageNet weights for {architecture} unreachable ({type(exc).__name__}); "
-                "training the base from random initialisation",
-                file=sys.stderr,
-                flush=True,
+            _log.warning(
+                "ImageNet weights for %s unreachable (%s); training the base from random initialisation",
+                architecture,
+                type(exc).__name__,
             )
             base = constructor(include_top=False, weights=None, input_shape=shape)
     else:
