@@ -157,6 +157,7 @@ def evaluate(
     reports: dict[str, dict[str, Any]] = {}
     checksums: dict[str, str] = {}
     val_logits: np.ndarray | None = None
+    val_checksum = ""
     for split_name in config.splits:
         if split_name == contract.GATE_SPLIT and not has_split(data_dir, split_name):
             continue  # data preprocessed before the gate split: no gate predictions
@@ -181,8 +182,7 @@ def evaluate(
             checksums[split_name] = split_checksum(split)
             contract.write_predictions(out, split_name, predictions.class_ids, labels)
         if split_name == _SCORE_REFERENCE_SPLIT:
-            val_logits = predictions.logits
-            checksums[split_name] = split_checksum(split)
+            val_logits, val_checksum = predictions.logits, split_checksum(split)
 
     from cifarflow.components.evaluate.report import render_report
 
@@ -190,14 +190,11 @@ def evaluate(
     (out / contract.REPORT_FILE).write_text(
         render_report(reports, names, title, summary.temperature)
     )
-    if val_logits is not None and has_split(data_dir, _DATA_REFERENCE_SPLIT):
-        reference = build_reference(
-            data_dir, names, val_logits, summary.temperature, checksums[_SCORE_REFERENCE_SPLIT]
-        )
+    # No reference without images on both sides (a dataset with an empty val split).
+    if val_logits is not None and len(val_logits) and has_split(data_dir, _DATA_REFERENCE_SPLIT):
+        reference = build_reference(data_dir, names, val_logits, summary.temperature, val_checksum)
         contract.write_reference(out, reference)
-    metrics = candidate_metrics(
-        reports, names, {k: v for k, v in checksums.items() if k in _PAIRED}, summary
-    )
+    metrics = candidate_metrics(reports, names, checksums, summary)
     metrics.write(out)
     return EvaluationResult(out_dir=str(out), metrics=metrics)
 
