@@ -35,6 +35,8 @@ def test_report_is_self_contained(report):
     assert len(images) >= 40 and all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r"(src|href)=['\"]https?://", html)
     assert html.count("<svg") == 2  # class distribution and pixel histogram
+    section = html.split("<h2>Image statistics</h2>")[1].split("<h2>")[0]
+    assert section.count("<tr><td>") == 4  # train, val, gate, test
 
 
 def test_metrics_and_summary(report, tmp_path_factory):
@@ -48,6 +50,15 @@ def test_metrics_and_summary(report, tmp_path_factory):
     )
     assert metrics["classes"] == 20 and metrics["train_class_imbalance"] == 1.0
     assert 100 < metrics["train_mean_r"] < 160
+    # The data side of the training reference, computed by the shared functions on train.
+    from cifarflow import image_statistics
+    from cifarflow.data.splits import load_split
+
+    train = load_split(result.out_dir.parent / "splits", "train")
+    assert metrics["train_brightness_mean"] == pytest.approx(
+        image_statistics.brightness(train.images).mean(), abs=1e-4
+    )
+    assert 0 < metrics["train_saturation_mean"] < 1 and metrics["train_contrast_mean"] > 0
     summary = (result.out_dir / "summary.md").read_text()
     assert "| vehicles_2 | 80 | 10 | 10 | 25 |" in summary  # train, val, gate, test
 

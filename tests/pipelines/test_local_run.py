@@ -71,6 +71,12 @@ def test_every_task_succeeds_and_the_model_lands_in_the_store(two_runs):
     manifest = json.loads((version / "cifarflow.json").read_text())
     assert manifest["data_checksum"] == SAMPLE_MD5  # the ingested archive's md5
     assert manifest["run_id"]  # the KFP job id placeholder, filled in by the runner
+    # The training reference rode along from evaluate through select_best into the store.
+    from cifarflow.components.candidate import read_reference
+
+    reference = read_reference(version)
+    assert reference is not None and reference.data.split == "train"
+    assert reference.scores.images == manifest["metrics"]["val_count"]
     leaderboard = Path(
         tasks["select-best-component"]["artifacts"]["leaderboard"]["uri"]
     ).read_text()
@@ -174,7 +180,11 @@ def test_a_run_publishes_to_an_s3_store(two_runs, s3_server, s3_bucket, monkeypa
             s3_bucket, prefix="models/", recursive=True
         )
     }
-    assert {"models/cifarflow/1/saved_model.pb", "models/cifarflow/1/cifarflow.json"} <= names
+    assert {
+        "models/cifarflow/1/saved_model.pb",
+        "models/cifarflow/1/cifarflow.json",
+        "models/cifarflow/1/reference.json",
+    } <= names
     assert not any(n.startswith("models/cifarflow/2/") for n in names)
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cifarflow.serving.store.model_store import ModelStore
 
 
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
@@ -72,18 +76,32 @@ def show_version(args: argparse.Namespace) -> int:
     store = _store(args)
     version = store.resolve(args.model_name, args.version, args.label)
     info = store.info(args.model_name, version)
-    print(
-        json.dumps(
-            {
-                "model": info.model,
-                "version": info.version,
-                "labels": list(info.labels),
-                "manifest": info.manifest,
-            },
-            indent=2,
-        )
-    )
+    shown: dict[str, Any] = {
+        "model": info.model,
+        "version": info.version,
+        "labels": list(info.labels),
+        "manifest": info.manifest,
+    }
+    reference = _reference_brief(store, args.model_name, version)
+    if reference is not None:
+        shown["reference"] = reference
+    print(json.dumps(shown, indent=2))
     return 0
+
+
+def _reference_brief(store: ModelStore, model: str, version: int) -> dict[str, Any] | None:
+    """The version's training reference in brief; None for a version published without one."""
+    from cifarflow.components.candidate import REFERENCE_FILE
+    from cifarflow.errors import BadInputError
+    from cifarflow.training_reference import TrainingReference
+
+    data = store.backend.read_bytes(f"{model}/{version}/{REFERENCE_FILE}")
+    if data is None:
+        return None
+    try:
+        return TrainingReference.from_json(json.loads(data), REFERENCE_FILE).brief()
+    except (ValueError, BadInputError) as exc:  # a newer schema must not hide the manifest
+        return {"error": str(exc)}
 
 
 def promote_version(args: argparse.Namespace) -> int:

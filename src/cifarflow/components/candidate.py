@@ -20,6 +20,10 @@ and reads them through this module, never through another step's code.
     test_predictions.npy, test_labels.npy evaluate: the same on the official test
                                           set: reported, never used to decide
     evaluation.html                       evaluate: per-class tables, heat-maps
+    reference.json                        evaluate: the training reference the monitors
+                                          compare live traffic with (data side from
+                                          train, OOD scores from val); see
+                                          cifarflow.training_reference
 ```
 """
 
@@ -37,6 +41,7 @@ import numpy as np
 
 from cifarflow.atomic_files import write_json_atomic
 from cifarflow.errors import BadInputError
+from cifarflow.training_reference import TrainingReference
 
 SAVED_MODEL_FILE = "saved_model.pb"
 TRAIN_SUMMARY_FILE = "train_summary.json"
@@ -45,6 +50,7 @@ KERAS_FILE = "model.keras"
 CURVES_FILE = "curves.png"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "evaluation.html"
+REFERENCE_FILE = "reference.json"
 
 GATE_SPLIT = "gate"  # the split the champion gate compares on
 TEST_SPLIT = "test"  # the official test set: reported only
@@ -222,6 +228,22 @@ class CandidateMetrics:
     def write(self, folder: str | os.PathLike) -> None:
         """Writes metrics.json atomically; its presence marks a complete candidate."""
         write_json_atomic(Path(folder) / METRICS_FILE, self.to_json(), indent=1)
+
+
+def write_reference(folder: str | os.PathLike, reference: TrainingReference) -> None:
+    """Writes `reference.json` atomically (before metrics.json, which marks completeness)."""
+    write_json_atomic(Path(folder) / REFERENCE_FILE, reference.to_json(), indent=1)
+
+
+def read_reference(folder: str | os.PathLike) -> TrainingReference | None:
+    """A candidate's (or store version's) training reference; None when it has none.
+
+    Raises:
+        BadInputError: the file is not JSON, or not a reference this version reads.
+    """
+    path = Path(folder) / REFERENCE_FILE
+    values = _read_json(path)
+    return None if values is None else TrainingReference.from_json(values, str(path))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import numpy as np
 from cifarflow.atomic_files import write_json_atomic, write_text_atomic
 from cifarflow.components.eda import charts, report
 from cifarflow.data.splits import SPLIT_NAMES, load_split, load_stats
+from cifarflow.training_reference import DataReference, data_reference
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,12 @@ def eda(
         pair = np.stack([splits[split_a].images[index_a], splits[split_b].images[index_b]])
         duplicate_pairs.append({**example, "image": charts.png_data_uri(charts.image_strip(pair))})
 
+    # The same function evaluate records the training reference with: one implementation.
+    image_statistics: dict[str, DataReference] = {
+        name: data_reference(split.images, split.coarse_labels, len(class_names), split=name)
+        for name, split in splits.items()
+        if len(split)
+    }
     view = report.ReportView(
         stats=stats,
         class_names=class_names,
@@ -106,8 +113,13 @@ def eda(
         ),
         histogram_svg=charts.channel_histogram_svg(stats["splits"]["train"]["channel_histogram"]),
         duplicate_pairs=duplicate_pairs,
+        image_statistics=image_statistics,
     )
     metrics = summary_metrics(stats)
+    if "train" in image_statistics:
+        train_reference = image_statistics["train"]
+        for feature in ("brightness", "contrast", "saturation"):
+            metrics[f"train_{feature}_mean"] = round(getattr(train_reference, feature).mean, 4)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / REPORT_HTML, report.render_html(view))
     write_text_atomic(out_dir / SUMMARY_MD, report.render_markdown(view, metrics))

@@ -7,6 +7,7 @@ from html import escape
 from typing import Any
 
 from cifarflow.data.splits import SPLIT_NAMES
+from cifarflow.training_reference import DataReference
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0; color: #1d232a; background: #f6f7f9; }
@@ -40,6 +41,8 @@ class ReportView:
     distribution_svg: str
     histogram_svg: str
     duplicate_pairs: list[dict[str, Any]]
+    # Per split, the data side of the training reference (train's is what evaluate records).
+    image_statistics: dict[str, DataReference] = dataclasses.field(default_factory=dict)
 
 
 def _cards(view: ReportView) -> str:
@@ -94,6 +97,31 @@ def _pixel_table(view: ReportView) -> str:
             + f"<td class='num'>{s['constant_images']}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table><p class='sub'>Pixel values 0–255, per RGB channel.</p>"
+
+
+def _image_statistics_table(view: ReportView) -> str:
+    features = ("brightness", "contrast", "saturation")
+    head = "<tr><th>split</th>" + "".join(
+        f'<th class="num">{f} {q}</th>' for f in features for q in ("mean", "p5", "p95")
+    )
+    rows = []
+    for name, ref in view.image_statistics.items():
+        cells = []
+        for feature in features:
+            d = getattr(ref, feature)
+            cells += [d.mean, d.quantile(0.05), d.quantile(0.95)]
+        rows.append(
+            f"<tr><td>{name}</td>"
+            + "".join(f"<td class='num'>{v:.3f}</td>" for v in cells)
+            + "</tr>"
+        )
+    return (
+        f"<table>{head}</tr>{''.join(rows)}</table><p class='sub'>Per image: brightness = mean luma "
+        "(0.299 R + 0.587 G + 0.114 B, 0–255), contrast = std of luma, saturation = mean HSV "
+        "saturation (0–1); p5/p95: 5th/95th percentiles over the split's images. The train row is "
+        "the data side of the training reference (<code>reference.json</code>) that travels with "
+        "the model.</p>"
+    )
 
 
 def _duplicates_section(view: ReportView) -> str:
@@ -158,6 +186,8 @@ def render_html(view: ReportView) -> str:
 <h2>Pixel statistics</h2>
 {_pixel_table(view)}
 <figure>{view.histogram_svg}</figure>
+<h2>Image statistics</h2>
+{_image_statistics_table(view)}
 <h2>Duplicates</h2>
 {_duplicates_section(view)}
 <h2>Data checks</h2>

@@ -15,6 +15,10 @@ so one folder holds the model and its evaluation. Files it adds:
     test_predictions.npy    the same on the official test set, which is only
     test_labels.npy         reported
     evaluation.html         per-class tables and confusion heat-maps
+    reference.json          the training reference: pixel and image statistics of
+                            the train split, class prior, and the val distribution
+                            of the energy and max-softmax OOD scores with their
+                            95 %-pass thresholds (cifarflow.training_reference)
 
 A dataset preprocessed before the gate split existed has no `gate` split: the
 candidate then has no gate predictions, and select_best cannot gate it
@@ -39,6 +43,12 @@ from cifarflow.components.pixel_predictions import has_saved_model, load_signatu
 from cifarflow.data.splits import class_names as dataset_class_names
 from cifarflow.data.splits import has_split, load_split, split_checksum
 from cifarflow.errors import BadInputError, DataAnomalyError
+from cifarflow.training_reference import (
+    TrainingReference,
+    data_reference,
+    score_reference,
+    training_reference,
+)
 
 # Kept for callers of the step (the KFP component, bench): the names live in the contract.
 METRICS_FILE = contract.METRICS_FILE
@@ -47,6 +57,9 @@ REPORT_FILE = contract.REPORT_FILE
 _NOT_COPIED = {"checkpoint"}
 # Splits whose predictions are saved for pairing: the gate's, and test's for reporting.
 _PAIRED = (contract.GATE_SPLIT, contract.TEST_SPLIT)
+# The training reference: data from what the model learned from, scores on held-out val.
+_DATA_REFERENCE_SPLIT = "train"
+_SCORE_REFERENCE_SPLIT = "val"
 # Numbers logged to the KFP Metrics artifact (the UI draws these).
 LOGGED_METRICS = (
     "accuracy",
@@ -135,6 +148,7 @@ def evaluate(
     if out.resolve() != model_dir.resolve():
         copy_model(model_dir, out)
     (out / contract.METRICS_FILE).unlink(missing_ok=True)  # absent until the new one is complete
+    (out / contract.REFERENCE_FILE).unlink(missing_ok=True)  # never another data set's reference
     for split_name in _PAIRED:  # never leave another data set's predictions behind
         (out / contract.predictions_file(split_name)).unlink(missing_ok=True)
         (out / contract.labels_file(split_name)).unlink(missing_ok=True)
@@ -142,6 +156,8 @@ def evaluate(
     signature = load_signature(model_dir)
     reports: dict[str, dict[str, Any]] = {}
     checksums: dict[str, str] = {}
+    val_logits: np.ndarray | None = None
+    val_checksum = ""
     for split_name in config.splits:
         if split_name == contract.GATE_SPLIT and not has_split(data_dir, split_name):
             continue  # data preprocessed before the gate split: no gate predictions
@@ -165,6 +181,8 @@ def evaluate(
         if split_name in _PAIRED:
             checksums[split_name] = split_checksum(split)
             contract.write_predictions(out, split_name, predictions.class_ids, labels)
+        if split_name == _SCORE_REFERENCE_SPLIT:
+            val_logits, val_checksum = predictions.logits, split_checksum(split)
 
     from cifarflow.components.evaluate.report import render_report
 
@@ -172,9 +190,35 @@ def evaluate(
     (out / contract.REPORT_FILE).write_text(
         render_report(reports, names, title, summary.temperature)
     )
+    # No reference without images on both sides (a dataset with an empty val split).
+    if val_logits is not None and len(val_logits) and has_split(data_dir, _DATA_REFERENCE_SPLIT):
+        reference = build_reference(data_dir, names, val_logits, summary.temperature, val_checksum)
+        contract.write_reference(out, reference)
     metrics = candidate_metrics(reports, names, checksums, summary)
     metrics.write(out)
     return EvaluationResult(out_dir=str(out), metrics=metrics)
+
+
+def build_reference(
+    data_dir: str | os.PathLike,
+    class_names: list[str],
+    val_logits: np.ndarray,
+    temperature: float,
+    val_sha256: str,
+) -> TrainingReference:
+    """The training reference: data side from the train split, OOD scores from val's logits."""
+    train = load_split(data_dir, _DATA_REFERENCE_SPLIT)
+    data = data_reference(
+        train.images,
+        train.coarse_labels,
+        len(class_names),
+        split=_DATA_REFERENCE_SPLIT,
+        data_sha256=split_checksum(train),
+    )
+    scores = score_reference(
+        val_logits, temperature, split=_SCORE_REFERENCE_SPLIT, data_sha256=val_sha256
+    )
+    return training_reference(class_names, data, scores)
 
 
 def candidate_metrics(
