@@ -14,12 +14,12 @@ from concurrent import futures
 
 import grpc
 
+from cifarflow.serving.asgi import Answered, HttpConfig, RequestContext, ServerState, UvicornServer
 from cifarflow.serving.gateway.auth import BearerAuth
 from cifarflow.serving.gateway.backend import Backend
 from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.metrics import GatewayMetrics
 from cifarflow.serving.gateway.service import Classifier
-from cifarflow.serving.http import HttpConfig, HttpServer, Request, Response
 
 access_log = logging.getLogger("cifarflow.gateway.access")
 log = logging.getLogger(__name__)
@@ -52,10 +52,17 @@ class Gateway:
         from cifarflow.serving.gateway.rest import GatewayApi
 
         self.api = GatewayApi(self.classifier, self.auth, self._draining.is_set)
-        self.http = HttpServer(
-            HttpConfig(config.host, config.port, max_body_bytes=config.max_body_bytes),
-            self.api,
+        self.http_state = ServerState()
+        self.api.app.add_middleware(
+            RequestContext,
+            state=self.http_state,
+            max_body_bytes=config.max_body_bytes,
             on_done=self._log_request,
+        )
+        self.http = UvicornServer(
+            self.api.app,
+            HttpConfig(config.host, config.port, max_body_bytes=config.max_body_bytes),
+            self.http_state,
             listen_socket=http_socket,
         )
         self.grpc_server: grpc.Server | None = None
@@ -65,25 +72,25 @@ class Gateway:
     def port(self) -> int:
         return self.http.port
 
-    def _log_request(self, request: Request, response: Response, seconds: float) -> None:
-        endpoint = self.api.endpoint_name(request)
+    def _log_request(self, answer: Answered) -> None:
+        endpoint = self.api.endpoint_name(answer.path)
         # The cause comes from the error itself, as on gRPC, so both count a failure alike.
-        cause = response.cause or ("other" if response.status >= 400 else None)
-        self.metrics.observe("http", endpoint, str(response.status), seconds, cause)
+        cause = answer.cause or ("other" if answer.status >= 400 else None)
+        self.metrics.observe("http", endpoint, str(answer.status), answer.seconds, cause)
         if self.worker_id:  # this hook sees every answer, errors included, before it is sent
-            response.headers["X-Gateway-Worker"] = self.worker_id
+            answer.headers.append((b"x-gateway-worker", self.worker_id.encode()))
         # One JSON line per request: greppable by request id, no bodies, no tokens.
         access_log.info(
             json.dumps(
                 {
                     "event": "request",
                     "protocol": "http",
-                    "request_id": request.request_id,
-                    "method": request.method,
+                    "request_id": answer.request_id,
+                    "method": answer.method,
                     "path": endpoint,
-                    "status": response.status,
-                    "ms": round(seconds * 1000, 2),
-                    "client": request.client,
+                    "status": answer.status,
+                    "ms": round(answer.seconds * 1000, 2),
+                    "client": answer.client,
                 }
             )
         )
