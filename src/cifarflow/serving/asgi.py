@@ -43,6 +43,7 @@ from cifarflow.serving.errors import (
     Unavailable,
     as_serving_error,
 )
+from cifarflow.serving.slow_clients import DEFAULT_HEADER_TIMEOUT_S, HeaderTimeoutProtocol
 
 log = logging.getLogger(__name__)
 
@@ -300,12 +301,35 @@ class HttpConfig:
     host / port: where to listen; port 0 picks a free one.
     max_body_bytes: the body limit (413 above).
     idle_timeout_s: an idle keep-alive connection is closed after this long.
+    header_timeout_s: a connection must send a request's complete headers
+        this soon after connecting or after its previous answer, or it is
+        closed (slow clients).
     """
 
     host: str = "0.0.0.0"
     port: int = 0
     max_body_bytes: int = 16 * 1024 * 1024
     idle_timeout_s: float = 30.0
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+
+
+def uvicorn_config(app: ASGIApp | str, config: HttpConfig, **options: Any) -> uvicorn.Config:
+    """uvicorn with httptools (and its header deadline) and uvloop, logging left to us."""
+    uv_config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http=HeaderTimeoutProtocol,
+        lifespan="off",
+        access_log=False,  # ours is one JSON line per request, from on_done
+        log_config=None,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=max(1, int(config.idle_timeout_s)),
+        backlog=1024,
+        **options,
+    )
+    uv_config.header_timeout_s = config.header_timeout_s  # read by HeaderTimeoutProtocol
+    return uv_config
 
 
 def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -339,20 +363,7 @@ class UvicornServer:
     ) -> None:
         self.state = state
         self.socket = listen_socket or bind(config.host, config.port)
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                loop="uvloop",
-                http="httptools",
-                lifespan="off",
-                access_log=False,  # ours is one JSON line per request, from on_done
-                log_config=None,
-                server_header=False,
-                date_header=False,
-                timeout_keep_alive=max(1, int(config.idle_timeout_s)),
-                backlog=1024,
-            )
-        )
+        self.server = uvicorn.Server(uvicorn_config(app, config))
         self._thread: threading.Thread | None = None
 
     @property

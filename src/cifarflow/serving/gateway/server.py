@@ -61,7 +61,13 @@ class Gateway:
         )
         self.http = UvicornServer(
             self.api.app,
-            HttpConfig(config.host, config.port, max_body_bytes=config.max_body_bytes),
+            HttpConfig(
+                config.host,
+                config.port,
+                max_body_bytes=config.max_body_bytes,
+                idle_timeout_s=config.idle_timeout_s,
+                header_timeout_s=config.header_timeout_s,
+            ),
             self.http_state,
             listen_socket=http_socket,
         )
