@@ -169,8 +169,8 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "--workers",
         type=int,
         default=1,
-        help="gateway processes sharing the HTTP and gRPC ports, under a supervisor that restarts "
-        "any that dies (each has its own /metrics)",
+        help="gateway processes sharing the HTTP and gRPC ports, under uvicorn's supervisor, which "
+        "restarts any that dies (/metrics sums them all)",
     )
     gateway.set_defaults(func=serve_gateway)
 
@@ -334,7 +334,7 @@ def serve_gateway(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout,
     )
     if args.workers > 1:
-        from cifarflow.serving.gateway.workers import run_workers
+        from cifarflow.serving.gateway.multiworker import run_workers
 
         return run_workers(config, args.workers, args.log_level)
     return run_gateway(config)

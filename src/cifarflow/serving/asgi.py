@@ -313,21 +313,23 @@ class HttpConfig:
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
 
 
-def uvicorn_config(app: ASGIApp | str, config: HttpConfig, **options: Any) -> uvicorn.Config:
-    """uvicorn with httptools (and its header deadline) and uvloop, logging left to us."""
-    uv_config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http=HeaderTimeoutProtocol,
-        lifespan="off",
-        access_log=False,  # ours is one JSON line per request, from on_done
-        log_config=None,
-        server_header=False,
-        date_header=False,
-        timeout_keep_alive=max(1, int(config.idle_timeout_s)),
-        backlog=1024,
-        **options,
-    )
+def uvicorn_config(app: Any, config: HttpConfig, **options: Any) -> uvicorn.Config:
+    """uvicorn with httptools (and its header deadline) and uvloop, logging left to us.
+
+    `options` are more uvicorn.Config arguments (workers, lifespan, ...).
+    """
+    settings: dict[str, Any] = {
+        "loop": "uvloop",
+        "http": HeaderTimeoutProtocol,
+        "lifespan": "off",
+        "access_log": False,  # ours is one JSON line per request, from on_done
+        "log_config": None,
+        "server_header": False,
+        "date_header": False,
+        "timeout_keep_alive": max(1, int(config.idle_timeout_s)),
+        "backlog": 1024,
+    }
+    uv_config = uvicorn.Config(app, **{**settings, **options})
     uv_config.header_timeout_s = config.header_timeout_s  # read by HeaderTimeoutProtocol
     return uv_config
 

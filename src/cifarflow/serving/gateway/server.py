@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,14 +27,13 @@ log = logging.getLogger(__name__)
 class Gateway:
     """A running gateway: `start()`, `port`/`grpc_port`, `stop()` (graceful).
 
-    As one of several workers (workers.py), it accepts HTTP on
-    the supervisor's `http_socket`, binds its gRPC port with SO_REUSEPORT, and
-    names itself in an `X-Gateway-Worker: <pid>` header on every answer.
+    As one of several workers (`worker=True`, multiworker.py), uvicorn's
+    supervisor serves its `app` on the shared HTTP socket; it binds its gRPC
+    port with SO_REUSEPORT and names itself in an `X-Gateway-Worker: <pid>`
+    header on every answer.
     """
 
-    def __init__(
-        self, config: GatewayConfig, http_socket: socket.socket | None = None, worker: bool = False
-    ) -> None:
+    def __init__(self, config: GatewayConfig, worker: bool = False) -> None:
         self.config = config
         self.worker_id = str(os.getpid()) if worker else None
         self.metrics = GatewayMetrics()
@@ -59,24 +57,29 @@ class Gateway:
             max_body_bytes=config.max_body_bytes,
             on_done=self._log_request,
         )
-        self.http = UvicornServer(
-            self.api.app,
-            HttpConfig(
-                config.host,
-                config.port,
-                max_body_bytes=config.max_body_bytes,
-                idle_timeout_s=config.idle_timeout_s,
-                header_timeout_s=config.header_timeout_s,
-            ),
-            self.http_state,
-            listen_socket=http_socket,
+        # One of several workers: uvicorn's supervisor runs `app`, this runs only gRPC.
+        self.app = self.api.app
+        self.http = (
+            None
+            if worker
+            else UvicornServer(
+                self.api.app,
+                HttpConfig(
+                    config.host,
+                    config.port,
+                    max_body_bytes=config.max_body_bytes,
+                    idle_timeout_s=config.idle_timeout_s,
+                    header_timeout_s=config.header_timeout_s,
+                ),
+                self.http_state,
+            )
         )
         self.grpc_server: grpc.Server | None = None
         self.grpc_port: int | None = None
 
     @property
-    def port(self) -> int:
-        return self.http.port
+    def port(self) -> int | None:
+        return self.http.port if self.http else self.config.port
 
     def _log_request(self, answer: Answered) -> None:
         endpoint = self.api.endpoint_name(answer.path)
@@ -102,7 +105,8 @@ class Gateway:
         )
 
     def start(self) -> Gateway:
-        self.http.start()
+        if self.http is not None:
+            self.http.start()
         if self.config.grpc_port >= 0:
             from cifarflow.serving.gateway.grpc_service import ClassifierServicer
             from cifarflow.serving.gateway.proto import classifier_pb2_grpc
@@ -148,12 +152,11 @@ class Gateway:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         self._draining.set()
         finished = True
-        if self.grpc_server is not None:
-            stopped = self.grpc_server.stop(grace)
-            finished = self.http.stop(grace) and finished
-            stopped.wait()
-        else:
+        stopped = self.grpc_server.stop(grace) if self.grpc_server is not None else None
+        if self.http is not None:
             finished = self.http.stop(grace)
+        if stopped is not None:
+            stopped.wait()
         self.backend.close()
         log.info(json.dumps({"event": "stopped", "drained": finished}))
         return finished
