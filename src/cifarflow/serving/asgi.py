@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -46,6 +46,7 @@ from cifarflow.serving.errors import (
 from cifarflow.serving.slow_clients import DEFAULT_HEADER_TIMEOUT_S, HeaderTimeoutProtocol
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -366,6 +367,7 @@ class UvicornServer:
         self.state = state
         self.socket = listen_socket or bind(config.host, config.port)
         self.server = uvicorn.Server(uvicorn_config(app, config))
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -386,8 +388,17 @@ class UvicornServer:
         # Off the main thread uvicorn installs no signal handlers: the owner handles them.
         import uvloop
 
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve(sockets=[self.socket])
+
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(self.server.serve(sockets=[self.socket]))
+            runner.run(serve())
+
+    def call(self, coroutine: Awaitable[T], timeout_s: float | None = None) -> T:
+        """Runs `coroutine` on the server's event loop (from another thread) and returns its result."""
+        assert self.loop is not None, "the server is not running"
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
 
     def stop(self, grace_s: float = 10.0) -> bool:
         """Refuses new requests, stops accepting, waits up to `grace_s` for in-flight ones.

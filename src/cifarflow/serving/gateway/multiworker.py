@@ -76,17 +76,18 @@ class WorkerApp:
     async def _lifespan(self, receive: Any, send: Any) -> None:
         await receive()  # lifespan.startup
         try:
-            self.gateway = await asyncio.to_thread(self._start)
+            gateway = await asyncio.to_thread(self._build)
+            self.gateway = await gateway.start_async()  # gRPC on this worker's loop
         except Exception as exc:
             log.error("gateway worker %d cannot start: %s", os.getpid(), exc)
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown: uvicorn has drained HTTP by now
-        await asyncio.to_thread(self.gateway.stop)
+        await self.gateway.stop_async()
         await send({"type": "lifespan.shutdown.complete"})
 
-    def _start(self) -> Any:
+    def _build(self) -> Any:
         logging.basicConfig(level=self.log_level.upper(), format="%(message)s")
         _die_with_parent()
         from cifarflow.serving.protos import use_protos_only
@@ -94,7 +95,7 @@ class WorkerApp:
         use_protos_only()  # as the parent: TF Serving's messages without TensorFlow
         from cifarflow.serving.gateway.server import Gateway
 
-        return Gateway(self.config, worker=True).start()
+        return Gateway(self.config, worker=True)
 
 
 def _die_with_parent() -> None:

@@ -12,8 +12,9 @@ GET  /openapi.json  this API, generated from the models in schemas.py; `/docs` s
 Bodies are read and parsed here (inputs.py), not by FastAPI's validation, so
 a bad request is a 4xx naming what is wrong in the `{"error": ...}` shape
 every other failure has; the models describe the bodies for the OpenAPI
-description. Blocking work (the backend call, URL fetches, image checks)
-runs on the threadpool, off the event loop.
+description. The backend call is asynchronous (grpc.aio, backend.py); the
+blocking work (parsing, URL fetches, image checks) runs on the threadpool,
+off the event loop.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ async def readyz(request: Request) -> Response:
     if api.is_draining():
         raise Unavailable("shutting down")
     backend = api.classifier.backend
-    ready, reason, version = await run_in_threadpool(backend.status)
+    ready, reason, version = await backend.status()
     if not ready:
         raise Unavailable(f"not ready: backend {backend.target}: {reason}")
     return _json({"status": "ready", "model": backend.model_name, "version": version})
@@ -242,7 +243,7 @@ async def classify(request: Request) -> Response:
     raw = _raw(request, await request.body())
     api = _api(request)
     request_id = request.scope["state"]["request_id"]
-    result, top_k = await run_in_threadpool(api.classify_one, raw, request_id)
+    result, top_k = await api.classify_one(raw, request_id)
     return _json(
         {
             "model": result.model,
@@ -270,7 +271,7 @@ async def predict(request: Request) -> Response:
     raw = _raw(request, await request.body())
     api = _api(request)
     request_id = request.scope["state"]["request_id"]
-    result = await run_in_threadpool(api.predict_url, raw, request_id)
+    result = await api.predict_url(raw, request_id)
     return _json(result.scores())
 
 
@@ -311,19 +312,29 @@ class GatewayApi:
         """The image bytes and top_k of a /v1/classify request, whichever way it was sent."""
         return classify_input(request, self.classifier.fetch, self.classifier.config.default_top_k)
 
-    def classify_one(self, request: RawRequest, request_id: str):
-        """Parses and classifies one /v1/classify request (blocking: run it off the event loop)."""
+    async def classify_one(self, request: RawRequest, request_id: str):
+        """Parses, checks and classifies one /v1/classify request."""
         with self.classifier.metrics.in_flight.track_inprogress():
-            data, top_k = self.classify_input(request)
-            deadline = request_deadline(request)
-            return self.classifier.classify([data], request_id, deadline)[0], top_k
+            # Parsing, a URL fetch and the image checks block: one trip to the threadpool.
+            prepared, top_k, deadline = await run_in_threadpool(self._prepare_classify, request)
+            result = await self.classifier.classify_prepared(prepared, request_id, deadline)
+            return result[0], top_k
 
-    def predict_url(self, request: RawRequest, request_id: str):
-        """Fetches and classifies the URL of a /predict request (blocking)."""
+    def _prepare_classify(self, request: RawRequest) -> tuple[list[bytes], int, float | None]:
+        data, top_k = self.classify_input(request)
+        deadline = request_deadline(request)
+        return self.classifier.prepare([data]), top_k, deadline
+
+    async def predict_url(self, request: RawRequest, request_id: str):
+        """Fetches and classifies the URL of a /predict request."""
         with self.classifier.metrics.in_flight.track_inprogress():
-            url = predict_url(request)
-            deadline = request_deadline(request)
-            return self.classifier.classify([self.classifier.fetch(url)], request_id, deadline)[0]
+            prepared, deadline = await run_in_threadpool(self._prepare_predict, request)
+            return (await self.classifier.classify_prepared(prepared, request_id, deadline))[0]
+
+    def _prepare_predict(self, request: RawRequest) -> tuple[list[bytes], float | None]:
+        url = predict_url(request)
+        deadline = request_deadline(request)
+        return self.classifier.prepare([self.classifier.fetch(url)]), deadline
 
 
 def create_app() -> FastAPI:

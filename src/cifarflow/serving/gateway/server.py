@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -9,7 +10,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 
 import grpc
 
@@ -74,7 +74,7 @@ class Gateway:
                 self.http_state,
             )
         )
-        self.grpc_server: grpc.Server | None = None
+        self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
 
     @property
@@ -105,15 +105,20 @@ class Gateway:
         )
 
     def start(self) -> Gateway:
-        if self.http is not None:
-            self.http.start()
+        """Serves HTTP on a thread of its own, and gRPC on the same event loop."""
+        assert self.http is not None, "a worker's gateway starts with start_async()"
+        self.http.start()
+        self.http.call(self.start_async(), timeout_s=30)
+        return self
+
+    async def start_async(self) -> Gateway:
+        """Starts the gRPC service on the running event loop (a worker's: uvicorn's own)."""
         if self.config.grpc_port >= 0:
             from cifarflow.serving.gateway.grpc_service import ClassifierServicer
             from cifarflow.serving.gateway.proto import classifier_pb2_grpc
 
             limit = self.config.max_body_bytes
-            self.grpc_server = grpc.server(
-                futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="gw-grpc"),
+            self.grpc_server = grpc.aio.server(
                 options=[
                     ("grpc.max_receive_message_length", limit),
                     # Alone, a port already in use must fail the start; workers share theirs.
@@ -127,7 +132,7 @@ class Gateway:
             self.grpc_port = self.grpc_server.add_insecure_port(
                 f"{self.config.host}:{self.config.grpc_port}"
             )
-            self.grpc_server.start()
+            await self.grpc_server.start()
         log.info(
             json.dumps(
                 {
@@ -149,16 +154,41 @@ class Gateway:
         Returns:
             True when every in-flight request finished within the grace period.
         """
+        assert self.http is not None, "a worker's gateway stops with stop_async()"
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        self.http_state.draining = True
+        finished = self.http.call(
+            self.stop_async(grace, http_idle=self.http_state.wait_idle), grace + 10
+        )
+        self.http.stop(0)  # nothing is in flight any more (or the grace is spent)
+        log.info(json.dumps({"event": "stopped", "drained": finished}))
+        return finished
+
+    async def stop_async(
+        self, grace_s: float | None = None, http_idle: Callable[[float], bool] | None = None
+    ) -> bool:
+        """Stops gRPC and waits for HTTP, on the gateway's loop.
+
+        gRPC stops taking calls and finishes its own (up to the grace), HTTP
+        requests in flight finish (`http_idle`, waited for off the loop), then
+        the backend channel closes.
+
+        Returns:
+            True when the HTTP requests in flight finished within the grace.
+        """
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         self._draining.set()
+        stopping = (
+            asyncio.ensure_future(self.grpc_server.stop(grace))
+            if self.grpc_server is not None
+            else None
+        )
         finished = True
-        stopped = self.grpc_server.stop(grace) if self.grpc_server is not None else None
-        if self.http is not None:
-            finished = self.http.stop(grace)
-        if stopped is not None:
-            stopped.wait()
-        self.backend.close()
-        log.info(json.dumps({"event": "stopped", "drained": finished}))
+        if http_idle is not None:
+            finished = await asyncio.to_thread(http_idle, grace)
+        if stopping is not None:
+            await stopping
+        await self.backend.close()
         return finished
 
 
