@@ -80,18 +80,19 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             self.classifier.metrics.observe(
                 "grpc", endpoint, code, seconds, error.cause if error else None
             )
-            access_log.info(
-                json.dumps(
-                    {
-                        "event": "request",
-                        "protocol": "grpc",
-                        "request_id": request_id,
-                        "method": endpoint,
-                        "code": code,
-                        "ms": round(seconds * 1000, 2),
-                    }
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    json.dumps(
+                        {
+                            "event": "request",
+                            "protocol": "grpc",
+                            "request_id": request_id,
+                            "method": endpoint,
+                            "code": code,
+                            "ms": round(seconds * 1000, 2),
+                        }
+                    )
                 )
-            )
         await context.abort(error.grpc_code, error.message)
 
     async def Classify(self, request, context):

@@ -88,6 +88,8 @@ class Gateway:
         self.metrics.observe("http", endpoint, str(answer.status), answer.seconds, cause)
         if self.worker_id:  # this hook sees every answer, errors included, before it is sent
             answer.headers.append((b"x-gateway-worker", self.worker_id.encode()))
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         # One JSON line per request: greppable by request id, no bodies, no tokens.
         access_log.info(
             json.dumps(

@@ -21,6 +21,7 @@ from cifarflow.serving.gateway.metrics import GatewayMetrics
 from cifarflow.serving.gateway.url_fetch import UrlPolicy, fetch_image
 
 MAX_BATCH_IMAGES = 64
+INLINE_IMAGE_BYTES = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +97,15 @@ class Classifier:
     async def classify(
         self, images: list[bytes], request_id: str = "", deadline: float | None = None
     ) -> list[Classification]:
-        """Checks the images off the event loop, then one (possibly shared) backend call."""
-        prepared = await asyncio.to_thread(self.prepare, images)
+        """Checks the images, then one (possibly shared) backend call.
+
+        Small images are checked on the event loop (a trip to a thread costs
+        more than the check); large ones, which may be decoded, on a thread.
+        """
+        if sum(map(len, images)) <= INLINE_IMAGE_BYTES:
+            prepared = self.prepare(images)
+        else:
+            prepared = await asyncio.to_thread(self.prepare, images)
         return await self.classify_prepared(prepared, request_id, deadline)
 
     async def classify_prepared(
