@@ -24,8 +24,12 @@ process. All three share this machine's cores, so the rates are the whole
 stack's on this machine, load generator included. Results, the machine and
 the load average before/after: bench/results/load.{json,md}.
 
+3. With `--baseline REF`: the same search for the gateway of commit REF
+   (checked out into a temporary git worktree, run from its src/), against
+   the same model server, after this tree's: the two side by side.
+
 Usage:
-    python bench/load.py [--model DIR | --model-kind resnet20|tiny]
+    python bench/load.py [--model DIR | --model-kind resnet20|tiny] [--baseline REF]
     python bench/load.py --quick          # seconds per step: a smoke run
 """
 
@@ -517,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="results JSON (default bench/results/load.json; --quick: a temp file)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also search the gateway of this commit (a temporary git worktree), side by side",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
     if args.soak_seconds is not None:
@@ -578,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         "--rest-port",
         "-1",
     ]
+
+    baseline_tree = workdir / "baseline"
 
     def gateway_args(workers: int, http_port: int) -> list[str]:
         return [
@@ -668,12 +679,56 @@ def main(argv: list[str] | None = None) -> int:
             gateway.send_signal(
                 signal.SIGTERM
             )  # drains while the next one starts; waited for below
+        if args.baseline:
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(REPO),
+                    "worktree",
+                    "add",
+                    "--detach",
+                    str(baseline_tree),
+                    args.baseline,
+                ],
+                check=True,
+                capture_output=True,
+            )
+            commit = subprocess.run(
+                ["git", "-C", str(baseline_tree), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            results["baseline"] = {"ref": args.baseline, "commit": commit}
+            for workers in args.workers:
+                http_port = free_port()
+                gateway = start(
+                    gateway_args(workers, http_port), "gateway: HTTP", source=baseline_tree
+                )
+                stopped.append(gateway)
+                url = f"http://127.0.0.1:{http_port}/v1/classify"
+                meter = CpuMeter(
+                    {
+                        "gateway": gateway.pid,
+                        "model_server": model_server.pid,
+                        "load_generator": os.getpid(),
+                    }
+                )
+                open_loop(url, images, 20.0, plan.warmup_s, plan.connections)
+                label = f"{workers} (baseline {commit})"
+                results["searches"].append(search(url, images, plan, meter, start_rate, label))
+                gateway.send_signal(signal.SIGTERM)
     finally:
         for process in stopped:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process in stopped:
             _stop(process)
+        if args.baseline:
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline_tree)],
+                capture_output=True,
+            )
     results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

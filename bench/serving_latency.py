@@ -84,15 +84,19 @@ def free_port() -> int:
 
 
 def start(
-    args: list[str], ready_text: str, timeout: float = 120, cpus: str | None = None
+    args: list[str],
+    ready_text: str,
+    timeout: float = 120,
+    cpus: str | None = None,
+    source: Path | None = None,
 ) -> subprocess.Popen:
+    """`cifarflow ARGS` once it prints `ready_text`; from the `source` tree's src/ when given."""
     pin = ["taskset", "-c", cpus] if cpus else []
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if source is not None:  # ahead of the editable install's path entry
+        env["PYTHONPATH"] = str(source / "src")
     process = subprocess.Popen(
-        [*pin, *CLI, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        [*pin, *CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(
@@ -275,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS_JSON)
     parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run the gateway of this commit (checked out into a temporary git worktree) "
+        "side by side, e.g. the last commit before a change to the gateway",
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="model server and clients on CPU 0, the gateway on CPU 1: the gateway gets its own "
@@ -312,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "image": f"CIFAR-100 test image as {len(image)}-byte 64x64 JPEG, one per request",
         "seconds_per_scenario": args.seconds,
         "pinned": args.pin,
+        "baseline": None,
         "load_average_before": open("/proc/loadavg").read().split()[:3],
         "scenarios": [],
     }
@@ -372,11 +383,53 @@ def main(argv: list[str] | None = None) -> int:
             "gateway-grpc": gateway_grpc_call(f"127.0.0.1:{gw_grpc_port}", image),
             "gateway-rest": gateway_rest_call(f"http://127.0.0.1:{http_port}/v1/classify", image),
         }
+        gateway_pids = {"gateway-grpc": gateway.pid, "gateway-rest": gateway.pid}
+        if args.baseline:
+            source = workdir / "baseline"
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(source), args.baseline],
+                check=True,
+                capture_output=True,
+            )
+            commit = subprocess.run(
+                ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            results["baseline"] = {"ref": args.baseline, "commit": commit}
+            old_http, old_grpc = free_port(), free_port()
+            baseline = start(
+                [
+                    "serve",
+                    "--log-level",
+                    "WARNING",
+                    "gateway",
+                    "--backend",
+                    f"127.0.0.1:{model_port}",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(old_http),
+                    "--grpc-port",
+                    str(old_grpc),
+                ],
+                "gateway: HTTP",
+                cpus="1" if args.pin else None,
+                source=source,
+            )
+            processes.append(baseline)
+            paths["baseline-gateway-grpc"] = gateway_grpc_call(f"127.0.0.1:{old_grpc}", image)
+            paths["baseline-gateway-rest"] = gateway_rest_call(
+                f"http://127.0.0.1:{old_http}/v1/classify", image
+            )
+            gateway_pids["baseline-gateway-grpc"] = gateway_pids["baseline-gateway-rest"] = (
+                baseline.pid
+            )
         for clients in CLIENTS:
             for name, make in paths.items():
                 watched = {"model_server": model_pid, "clients": None}
                 if name != "direct":
-                    watched["gateway"] = gateway.pid
+                    watched["gateway"] = gateway_pids[name]
                 row = {
                     "path": name,
                     "batching": True,
@@ -439,6 +492,19 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if args.baseline:
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(REPO),
+                    "worktree",
+                    "remove",
+                    "--force",
+                    str(workdir / "baseline"),
+                ],
+                capture_output=True,
+            )
     results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
     results["summary"] = summarise(results["scenarios"])
     try:
@@ -468,12 +534,12 @@ def _row(scenarios, path, clients, batching=True):
     )
 
 
-# summary key -> (goal text, test on the value); the targets of issue #6.
+# summary key -> (goal text, test on the value); the targets of issues #6 and #17.
 TARGETS = {
-    "gateway_grpc_added_p50_ms_at_1": ("<= 1.5 ms", lambda v: v <= 1.5),
-    "gateway_rest_added_p50_ms_at_1": ("<= 1.5 ms", lambda v: v <= 1.5),
-    "gateway_grpc_throughput_share_at_32": (">= 0.8", lambda v: v >= 0.8),
-    "gateway_rest_throughput_share_at_32": (">= 0.8", lambda v: v >= 0.8),
+    "gateway_grpc_added_p50_ms_at_1": ("<= 1.0 ms", lambda v: v <= 1.0),
+    "gateway_rest_added_p50_ms_at_1": ("<= 1.0 ms", lambda v: v <= 1.0),
+    "gateway_grpc_throughput_share_at_32": (">= 0.90", lambda v: v >= 0.90),
+    "gateway_rest_throughput_share_at_32": (">= 0.96", lambda v: v >= 0.96),
     "batching_speedup_at_32": (">= 3", lambda v: v >= 3),
 }
 
@@ -505,12 +571,26 @@ def summarise(scenarios: list[dict]) -> dict[str, object]:
         ),
         "batching_speedup_at_32": ratio(direct32, off32, 2),
     }
+    if any(s["path"].startswith("baseline-") for s in scenarios):
+        for kind in ("grpc", "rest"):
+            path = f"baseline-gateway-{kind}"
+            summary[f"baseline_gateway_{kind}_added_p50_ms_at_1"] = added(
+                _row(scenarios, path, 1), direct1
+            )
+            summary[f"baseline_gateway_{kind}_throughput_share_at_32"] = ratio(
+                _row(scenarios, path, 32), direct32, 3
+            )
     # Where the time goes at 32 clients: CPU per request of each process (all share the cores).
     for name, row in (
         ("direct_on", direct32),
         ("direct_off", off32),
         ("gateway_grpc", _row(scenarios, "gateway-grpc", 32)),
         ("gateway_rest", _row(scenarios, "gateway-rest", 32)),
+        *(
+            (name.replace("-", "_"), _row(scenarios, name, 32))
+            for name in ("baseline-gateway-grpc", "baseline-gateway-rest")
+            if any(s["path"] == name for s in scenarios)
+        ),
     ):
         if "cpu_ms_per_request" in row:
             summary[f"cpu_ms_per_request_at_32_{name}"] = row["cpu_ms_per_request"]
@@ -563,17 +643,24 @@ def markdown(results: dict) -> str:
             f" | previous run ({previous['date'][:16]}, commit {previous['commit']}) | met |",
         )
         rule = "|---|---|---:|---:|---|"
+    baseline = results.get("baseline")
+    if baseline:
+        head = head.replace(
+            " | this run |", f" | this run | baseline (commit {baseline['commit']}) |"
+        )
+        rule = rule.replace("|---:|", "|---:|---:|", 1)
     lines += ["", head, rule]
     for key, (goal, met) in TARGETS.items():
         value = results["summary"][key]
         before = f" {previous['summary'].get(key, '-')} |" if previous else ""
+        side = f" {results['summary'].get('baseline_' + key, '-')} |" if baseline else ""
         lines.append(
-            f"| {key} | {goal} | {value} |{before} {'yes' if value is not None and met(value) else 'no'} |"
+            f"| {key} | {goal} | {value} |{side}{before} {'yes' if value is not None and met(value) else 'no'} |"
         )
     if "soak" in results:
         soak = results["soak"]
         growth = soak["rss_mb_last_third_max"] - soak["rss_mb_first_third_max"]
-        before = " - |" if previous else ""
+        before = (" - |" if previous else "") + (" - |" if baseline else "")
         lines.append(
             f"| gateway RSS growth over the soak (MB) | flat (< 5 %) | {growth:+.1f} |{before} "
             f"{'yes' if growth < 0.05 * soak['rss_mb_first_third_max'] else 'no'} |"

@@ -227,10 +227,6 @@ def check_data(report: Report) -> None:
         ("shipped grids", _check_grids),
         ("sample archive", _check_sample),
         ("gateway web page", lambda: _resource("cifarflow.serving.gateway", "static/index.html")),
-        (
-            "gateway openapi.json",
-            lambda: json.loads(_resource("cifarflow.serving.gateway", "openapi.json")),
-        ),
         ("gateway proto", lambda: _resource("cifarflow.serving.gateway.proto", "classifier.proto")),
     )
     for what, check in checks:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
-from importlib import resources
 from unittest import mock
 
 import grpc
@@ -15,15 +13,13 @@ import requests
 from cifarflow.serving.errors import Unauthenticated
 from cifarflow.serving.gateway.auth import BearerAuth
 from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
-from cifarflow.serving.gateway.rest import PUBLIC
+from cifarflow.serving.gateway.rest import PUBLIC, openapi_description
 from tests.serving.images import cifar_test_images, encode
 
 
 def _operations() -> list[tuple[str, str, bool]]:
     """(method, path, public) for every operation the OpenAPI description lists."""
-    spec = json.loads(
-        resources.files("cifarflow.serving.gateway").joinpath("openapi.json").read_text()
-    )
+    spec = openapi_description()
     return [
         (method.upper(), path, op.get("security", spec["security"]) == [])
         for path, item in spec["paths"].items()

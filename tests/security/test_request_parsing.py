@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cifarflow.serving.errors import ServingError
-from cifarflow.serving.gateway.rest import MAX_MULTIPART_PARTS, GatewayApi, _deadline
-from cifarflow.serving.http import Request
+from cifarflow.serving.gateway.inputs import MAX_MULTIPART_PARTS, RawRequest
+from cifarflow.serving.gateway.inputs import request_deadline as _deadline
+from cifarflow.serving.gateway.rest import GatewayApi
 from tests.security.conftest import MODEL
 from tests.serving.images import cifar_test_images, encode
 
@@ -34,20 +35,12 @@ FUZZ = settings(
 )
 
 
-def _request(header_lines: list[str], body: bytes, query: dict | None = None) -> Request:
+def _request(header_lines: list[str], body: bytes, query: dict | None = None) -> RawRequest:
     raw = "".join(f"{line}\r\n" for line in header_lines).encode("latin-1") + b"\r\n"
-    return Request(
-        "POST",
-        "/v1/classify",
-        query or {},
-        parse_headers(io.BytesIO(raw)),
-        body,
-        "req",
-        "127.0.0.1",
-    )
+    return RawRequest(parse_headers(io.BytesIO(raw)), query or {}, body)
 
 
-def parse(api: GatewayApi, request: Request):
+def parse(api: GatewayApi, request: RawRequest):
     """classify_input + the deadline header, asserting only quick 4xx ServingErrors come out."""
     started = time.monotonic()
     try:

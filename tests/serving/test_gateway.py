@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 import logging
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -488,10 +488,10 @@ def test_graceful_shutdown_finishes_in_flight_requests(model_server, cifar):
     real = gw.backend.classify
     entered = threading.Event()
 
-    def slow_classify(*args, **kwargs):
+    async def slow_classify(*args, **kwargs):  # the backend client is asynchronous
         entered.set()
-        time.sleep(0.6)  # a request that is still running when the stop comes
-        return real(*args, **kwargs)
+        await asyncio.sleep(0.6)  # a request that is still running when the stop comes
+        return await real(*args, **kwargs)
 
     gw.backend.classify = slow_classify
     url = f"http://127.0.0.1:{gw.port}"

@@ -11,12 +11,14 @@ from concurrent import futures
 import grpc
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from cifarflow.serving.gateway.config import GatewayConfig
+from cifarflow.serving.asgi import HttpConfig, bind, uvicorn_config
+from cifarflow.serving.gateway.multiworker import GatewaySupervisor
 from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
-from cifarflow.serving.gateway.workers import Supervisor, WorkersFailed
 from tests.serving.conftest import free_port, model_server_for
+from tests.serving.failing_app import FailingApp
 from tests.serving.images import encode
 from tests.serving.test_cli import start
 
@@ -55,7 +57,15 @@ def start_workers(backend_port: int, workers: int = 2):
 
 
 def worker_pids(process) -> set[int]:
-    return {child.pid for child in psutil.Process(process.pid).children()}
+    """The worker processes (uvicorn spawns them; multiprocessing's resource tracker is no worker)."""
+    pids = set()
+    for child in psutil.Process(process.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
 
 
 def classify(port: int, image: bytes) -> tuple[int, str]:
@@ -72,15 +82,30 @@ def classify(port: int, image: bytes) -> tuple[int, str]:
         connection.close()
 
 
-def workers_answering(port: int, image: bytes, want: set[str], attempts: int = 200) -> set[str]:
+def workers_answering(
+    port: int, image: bytes, want: set[str], attempts: int = 200, answers: list | None = None
+) -> set[str]:
     seen: set[str] = set()
     for _ in range(attempts):
         status, pid = classify(port, image)
         assert status == 200
         seen.add(pid)
+        if answers is not None:
+            answers.append(pid)
         if want <= seen:
             break
     return seen
+
+
+def classified_ok(metrics_text: str) -> float:
+    """requests_total{protocol=http, endpoint=/v1/classify, code=200} in a /metrics answer."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "cifarflow_gateway_requests_total"
+        and sample.labels == {"protocol": "http", "endpoint": "/v1/classify", "code": "200"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +122,19 @@ def test_two_workers_share_the_ports_and_both_serve(two_workers, cifar):
     pids = worker_pids(process)
     assert len(pids) == 2
     image = encode(cifar[0][0], "JPEG", size=64)
-    assert workers_answering(port, image, {str(p) for p in pids}) == {str(p) for p in pids}
-    # /metrics answers too, from whichever worker took the connection, and says so.
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request("GET", "/metrics")
-    response = connection.getresponse()
-    assert b"cifarflow_gateway_requests_total" in response.read()
-    assert int(response.getheader("X-Gateway-Worker")) in pids
+    answers: list[str] = []
+    assert workers_answering(port, image, {str(p) for p in pids}, answers=answers) == {
+        str(p) for p in pids
+    }
+    # /metrics answers from whichever worker took the connection, and says so, with every
+    # worker's counts summed (Prometheus multiprocess mode), not only its own.
+    for _ in range(4):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert classified_ok(response.read().decode()) == len(answers)
+        assert int(response.getheader("X-Gateway-Worker")) in pids
+        connection.close()
     # The gateway's gRPC service on the shared gRPC port.
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         reply = classifier_pb2_grpc.ClassifierStub(channel).Classify(
@@ -129,7 +160,8 @@ def test_a_killed_worker_is_replaced(two_workers, cifar):
     now = worker_pids(process)
     assert victim not in now and len(now) == 2
     replacement = (now - before).pop()
-    assert str(replacement) in workers_answering(port, image, {str(replacement)})
+    # A fresh interpreter takes a few seconds to import and start serving.
+    assert str(replacement) in workers_answering(port, image, {str(replacement)}, attempts=2000)
 
 
 class SlowBackend(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -186,17 +218,26 @@ def test_sigterm_drains_every_worker(model_server, cifar):
         server.stop(0)
 
 
-def test_workers_that_cannot_start_fail_the_start_in_one_message(model_server):
-    config = GatewayConfig(
-        backend=f"127.0.0.1:{model_server.grpc_port}", host="127.0.0.1", port=0, grpc_port=0
-    )
-    supervisor = Supervisor(config, workers=2)
-    supervisor.worker_command = ("python3", "-c", "import sys; sys.exit(3)")
-    with pytest.raises(
-        WorkersFailed, match=r"gateway worker 1 of 2 did not start: exited with code 3"
-    ):
-        supervisor.start()
-    assert supervisor.http_socket is None and supervisor.grpc_socket is None
+def test_workers_that_cannot_start_fail_the_start_in_one_message(tmp_path):
+    handlers = {sig: signal.getsignal(sig) for sig in signal.valid_signals()}
+    sock = bind("127.0.0.1", 0)
+    try:
+        config = uvicorn_config(FailingApp(), HttpConfig(), workers=2, lifespan="on")
+        supervisor = GatewaySupervisor(config, [sock], str(tmp_path))
+        started = []
+        supervisor.on_started = started.append
+        supervisor.run()
+    finally:
+        sock.close()
+        for sig, handler in handlers.items():  # uvicorn's supervisor took the signals
+            if handler is not None:
+                try:
+                    signal.signal(sig, handler)
+                except (OSError, ValueError):
+                    pass
+    assert supervisor.failure == "gateway worker 1 of 2 did not start: exited with code 3"
+    assert not started
+    assert not any(process.process.is_alive() for process in supervisor.processes)
 
 
 def test_a_port_in_use_is_one_line_and_a_non_zero_exit(model_server, tmp_path):

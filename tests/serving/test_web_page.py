@@ -12,7 +12,7 @@ from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.server import Gateway
 from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
 from cifarflow.serving.store import publish_model
-from tests.serving.cdp import Browser, find_chromium
+from tests.serving.browser import Browser, find_chromium
 from tests.serving.gateway_support import ImageSite
 from tests.serving.images import encode
 from tests.serving.web_page_scripts import BARS, DROP_FILE

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from cifarflow.classes import COARSE_CLASS_NAMES
-from tests.serving.cdp import Browser, find_chromium
+from tests.serving.browser import Browser, find_chromium
 from tests.serving.gateway_support import ImageSite
 from tests.serving.images import cifar_test_images, encode
 from tests.serving.web_page_scripts import BARS, DROP_FILE

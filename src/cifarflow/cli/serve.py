@@ -153,11 +153,24 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         help="seconds to finish in-flight requests on SIGTERM",
     )
     gateway.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection has to send a request's complete headers (slow clients are "
+        "closed)",
+    )
+    gateway.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        help="seconds an idle keep-alive connection stays open",
+    )
+    gateway.add_argument(
         "--workers",
         type=int,
         default=1,
-        help="gateway processes sharing the HTTP and gRPC ports, under a supervisor that restarts "
-        "any that dies (each has its own /metrics)",
+        help="gateway processes sharing the HTTP and gRPC ports, under uvicorn's supervisor, which "
+        "restarts any that dies (/metrics sums them all)",
     )
     gateway.set_defaults(func=serve_gateway)
 
@@ -317,9 +330,11 @@ def serve_gateway(args: argparse.Namespace) -> int:
         url_timeout_s=args.url_timeout,
         token=load_token(os.environ, args.token_file),
         shutdown_grace_s=args.shutdown_grace,
+        header_timeout_s=args.header_timeout,
+        idle_timeout_s=args.idle_timeout,
     )
     if args.workers > 1:
-        from cifarflow.serving.gateway.workers import run_workers
+        from cifarflow.serving.gateway.multiworker import run_workers
 
         return run_workers(config, args.workers, args.log_level)
     return run_gateway(config)

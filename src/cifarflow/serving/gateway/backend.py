@@ -16,6 +16,10 @@ at once. Every request keeps its own deadline; when a shared call fails
 because of one image, its requests are re-sent one by one so only that one
 fails.
 
+It is asynchronous (grpc.aio), on the event loop that serves the gateway's
+REST and gRPC: a request waiting for the backend holds no thread. The
+channel is opened on first use, on that loop.
+
 How calls spread over several model servers is the target's business
 (target.py): `dns:///` and `ipv4:` targets get round robin per call, plain
 HOST:PORT one connection.
@@ -23,9 +27,9 @@ HOST:PORT one connection.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
-import threading
 import time
 from collections.abc import Callable
 
@@ -63,20 +67,23 @@ class BackendResult:
 class _Waiting:
     """One request queued for a shared backend call."""
 
-    __slots__ = ("images", "request_id", "deadline", "alone", "done", "result", "error")
+    __slots__ = ("images", "request_id", "deadline", "alone", "future")
 
-    def __init__(self, images: list[bytes], request_id: str, deadline: float) -> None:
+    def __init__(
+        self, images: list[bytes], request_id: str, deadline: float, future: asyncio.Future
+    ) -> None:
         self.images = images
         self.request_id = request_id
         self.deadline = deadline
         self.alone = False  # re-sent on its own after a shared call failed
-        self.done = threading.Event()
-        self.result: BackendResult | None = None
-        self.error: ServingError | None = None
+        self.future = future
 
 
 class Backend:
-    """Calls `serving_default` with encoded images; checks model status for /readyz."""
+    """Calls `serving_default` with encoded images; checks model status for /readyz.
+
+    Every method is a coroutine for the one event loop the gateway serves on.
+    """
 
     def __init__(
         self,
@@ -91,26 +98,31 @@ class Backend:
         self.target = target
         self.model_name = model_name
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-                # Reconnect quickly after a backend restart, so 503s stop soon.
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-                ("grpc.enable_retries", 1),
-                *channel_options(target),
-            ],
-        )
-        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self.channel).Predict
-        self._status = model_service_pb2_grpc.ModelServiceStub(self.channel).GetModelStatus
+        self._options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # Reconnect quickly after a backend restart, so 503s stop soon.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.enable_retries", 1),
+            *channel_options(target),
+        ]
+        self.channel: grpc.aio.Channel | None = None
+        self._predict = None
+        self._status = None
         self.max_in_flight = max_in_flight  # 0: every request makes its own call
         self.max_images = max_images
         self._on_call = on_call or (lambda images: None)  # told the size of every call sent
-        self._lock = threading.Lock()
         self._queued: collections.deque[_Waiting] = collections.deque()
         self._in_flight = 0
+        self._calls: set[asyncio.Task] = set()  # shared calls under way (kept from the GC)
+
+    def _open(self) -> None:
+        """The channel, opened on the running loop (an aio channel belongs to one loop)."""
+        if self.channel is None:
+            self.channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self.channel).Predict
+            self._status = model_service_pb2_grpc.ModelServiceStub(self.channel).GetModelStatus
 
     def _deadline(self, caller_remaining: float | None) -> float:
         return (
@@ -119,38 +131,40 @@ class Backend:
             else max(0.001, min(self.timeout_s, caller_remaining))
         )
 
-    def classify(
+    async def classify(
         self, images: list[bytes], request_id: str = "", caller_remaining: float | None = None
     ) -> BackendResult:
         """Probabilities for `images`, from a call of their own or one shared with concurrent requests."""
+        self._open()
         timeout = self._deadline(caller_remaining)
-        with self._lock:
-            alone = self.max_in_flight <= 0 or len(images) >= self.max_images
-            inline = self._in_flight < self.max_in_flight and not self._queued
-            if alone or inline:
-                self._in_flight += not alone
-            else:
-                waiting = _Waiting(images, request_id, time.monotonic() + timeout)
-                self._queued.append(waiting)
+        alone = self.max_in_flight <= 0 or len(images) >= self.max_images
         if alone:
-            return self._call(images, request_id, timeout)
-        if inline:
+            return await self._call(images, request_id, timeout)
+        if self._in_flight < self.max_in_flight and not self._queued:
+            self._in_flight += 1
             try:
-                return self._call(images, request_id, timeout)
+                return await self._call(images, request_id, timeout)
             finally:
                 self._send_queued()
-        if not waiting.done.wait(timeout):
-            with self._lock:
-                try:
-                    self._queued.remove(waiting)
-                except ValueError:  # already on its way: the shared call goes on for the others
-                    pass
+        waiting = _Waiting(
+            images,
+            request_id,
+            time.monotonic() + timeout,
+            asyncio.get_running_loop().create_future(),
+        )
+        self._queued.append(waiting)
+        try:
+            # shield: a caller that gives up must not cancel the shared call's future.
+            return await asyncio.wait_for(asyncio.shield(waiting.future), timeout)
+        except TimeoutError:
+            try:
+                self._queued.remove(waiting)
+            except ValueError:  # already on its way: the shared call goes on for the others
+                # Its outcome is nobody's now: retrieve it so asyncio does not report it.
+                waiting.future.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise DeadlineExceeded(
                 f"model backend {self.target} did not answer in time: deadline exceeded"
-            )
-        if waiting.error is not None:
-            raise waiting.error
-        return waiting.result
+            ) from None
 
     def _request(self, images: list[bytes]) -> predict_pb2.PredictRequest:
         request = predict_pb2.PredictRequest()
@@ -176,10 +190,10 @@ class Backend:
             response.model_spec.name, int(response.model_spec.version.value), probabilities
         )
 
-    def _call(self, images: list[bytes], request_id: str, timeout: float) -> BackendResult:
+    async def _call(self, images: list[bytes], request_id: str, timeout: float) -> BackendResult:
         self._on_call(len(images))
         try:
-            response = self._predict(
+            response = await self._predict(
                 self._request(images),
                 timeout=timeout,
                 metadata=(("x-request-id", request_id),) if request_id else None,
@@ -190,80 +204,70 @@ class Backend:
 
     def _send_queued(self) -> None:
         """A call finished: send what queued meanwhile as one call, or free the slot."""
-        with self._lock:
-            group: list[_Waiting] = []
-            images = 0
-            while self._queued:
-                head = self._queued[0]
-                if group and (
-                    head.alone or group[0].alone or images + len(head.images) > self.max_images
-                ):
-                    break
-                group.append(self._queued.popleft())
-                images += len(head.images)
-            if not group:
-                self._in_flight -= 1
-                return
+        group: list[_Waiting] = []
+        images = 0
+        while self._queued:
+            head = self._queued[0]
+            if group and (
+                head.alone or group[0].alone or images + len(head.images) > self.max_images
+            ):
+                break
+            group.append(self._queued.popleft())
+            images += len(head.images)
+        if not group:
+            self._in_flight -= 1
+            return
+        task = asyncio.get_running_loop().create_task(self._shared_call(group, images))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _shared_call(self, group: list[_Waiting], images: int) -> None:
         remaining = max(w.deadline for w in group) - time.monotonic()
         ids = ",".join(w.request_id for w in group if w.request_id)
         self._on_call(images)
         try:
-            future = self._predict.future(
-                self._request([image for w in group for image in w.images]),
-                timeout=max(0.001, remaining),
-                metadata=(("x-request-id", ids[:1024]),) if ids else None,
-            )
-        except Exception as exc:  # the channel is closed
-            self._finish(
-                group, error=Unavailable(f"model backend {self.target} unavailable: {exc}")
-            )
-            self._send_queued()
-            return
-        future.add_done_callback(lambda done: self._shared_call_done(group, done))
-
-    def _shared_call_done(self, group: list[_Waiting], future) -> None:
-        # Runs on gRPC's channel thread: no blocking work here.
-        try:
             try:
-                result = self._result(future.result())
+                response = await self._predict(
+                    self._request([image for w in group for image in w.images]),
+                    timeout=max(0.001, remaining),
+                    metadata=(("x-request-id", ids[:1024]),) if ids else None,
+                )
             except grpc.RpcError as exc:
                 error = self._error(exc)
                 if isinstance(error, InvalidInput) and len(group) > 1:
-                    for waiting in group:
+                    for waiting in group:  # one bad image: each request again on its own
                         waiting.alone = True
-                    with self._lock:
-                        self._queued.extendleft(reversed(group))
+                    self._queued.extendleft(reversed(group))
                 else:
-                    self._finish(group, error=error)
+                    self._finish(group, error)
                 return
+            result = self._result(response)
             start = 0
             for waiting in group:
                 end = start + len(waiting.images)
-                waiting.result = BackendResult(
-                    result.model, result.version, result.probabilities[start:end]
-                )
-                waiting.done.set()
+                if not waiting.future.done():
+                    waiting.future.set_result(
+                        BackendResult(result.model, result.version, result.probabilities[start:end])
+                    )
                 start = end
-        except Exception as exc:  # never leave a request waiting
-            self._finish(
-                [w for w in group if not w.done.is_set()],
-                error=Internal(f"{type(exc).__name__}: {exc}"),
-            )
+        except Exception as exc:  # never leave a request waiting (a closed channel, a bug)
+            self._finish(group, Internal(f"{type(exc).__name__}: {exc}"))
         finally:
             self._send_queued()
 
     @staticmethod
     def _finish(group: list[_Waiting], error: ServingError) -> None:
         for waiting in group:
-            waiting.error = error
-            waiting.done.set()
+            if not waiting.future.done():
+                waiting.future.set_exception(error)
 
-    def status(self, timeout_s: float = 1.0) -> tuple[bool, str, int | None]:
+    async def status(self, timeout_s: float = 1.0) -> tuple[bool, str, int | None]:
         """(ready, reason, serving version) from GetModelStatus."""
+        self._open()
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = self.model_name
         try:
-            response = self._status(request, timeout=timeout_s)
+            response = await self._status(request, timeout=timeout_s)
         except grpc.RpcError as exc:
             return False, f"{exc.code().name}: {exc.details()}", None
         available = [s.version for s in response.model_version_status if s.state == _AVAILABLE]
@@ -271,5 +275,6 @@ class Backend:
             return False, f"no version of {self.model_name} is AVAILABLE", None
         return True, "ok", max(available)
 
-    def close(self) -> None:
-        self.channel.close()
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()

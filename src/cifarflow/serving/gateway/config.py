@@ -30,6 +30,10 @@ class GatewayConfig:
     url_timeout_s: total time for one URL fetch.
     token: bearer token clients must send; None turns auth off.
     shutdown_grace_s: how long a stop waits for in-flight requests.
+    header_timeout_s: an HTTP connection that has not sent a request's complete
+        headers this long after connecting (or after its previous answer) is
+        closed, so slow clients hold nothing for long.
+    idle_timeout_s: an idle keep-alive HTTP connection is closed after this long.
     """
 
     backend: str
@@ -46,11 +50,15 @@ class GatewayConfig:
     token: str | None = dataclasses.field(default=None, repr=False)
     shutdown_grace_s: float = 10.0
     default_top_k: int = 5
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         validate_target(self.backend)
         if self.max_image_bytes <= 0 or self.max_pixels <= 0:
             raise BadInputError("image limits must be positive")
+        if not (self.header_timeout_s > 0 and self.idle_timeout_s > 0):
+            raise BadInputError("--header-timeout and --idle-timeout must be positive")
 
     @property
     def max_body_bytes(self) -> int:

@@ -1,21 +1,24 @@
-"""The gateway's own gRPC service (classifier.proto): Classify and ClassifyBatch.
+"""The gateway's own gRPC service (classifier.proto): Classify and ClassifyBatch, on grpc.aio.
 
 Auth (the `authorization` metadata), request ids (`x-request-id` in, or
 generated; sent back as trailing metadata and in the response), the caller's deadline (passed on
-to the backend call) and metrics are handled once in `_call`.
+to the backend call) and metrics are handled once in `_call`. The service runs
+on the gateway's event loop beside its REST API: a call waiting for the
+backend holds no thread; the image checks (and URL fetches) run on threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
-from cifarflow.serving.errors import InvalidInput, ServingError, as_serving_error
+from cifarflow.serving.errors import InvalidInput, ServingError, Unavailable, as_serving_error
 from cifarflow.serving.gateway.auth import BearerAuth
 from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
 from cifarflow.serving.gateway.service import Classification, Classifier, check_top_k
@@ -43,14 +46,14 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         self.auth = auth
         self.is_draining = is_draining
 
-    def _call(
+    async def _call(
         self,
         endpoint: str,
-        context: grpc.ServicerContext,
-        work: Callable[[str, float | None], object],
+        context: grpc.aio.ServicerContext,
+        work: Callable[[str, float | None], Awaitable[object]],
     ):
         started = time.perf_counter()
-        metadata = dict(context.invocation_metadata())
+        metadata = {key: value for key, value in (context.invocation_metadata() or ())}
         request_id = str(metadata.get("x-request-id") or "")[:64] or uuid.uuid4().hex
         # Trailing, not initial, metadata: it rides with the status in the last
         # message, while initial metadata would cost a write of its own.
@@ -60,12 +63,13 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         code, error = "OK", None
         try:
             if self.is_draining():
-                from cifarflow.serving.errors import Unavailable
-
                 raise Unavailable("the gateway is shutting down")
             self.auth.check(metadata.get("authorization"))
             with self.classifier.metrics.in_flight.track_inprogress():
-                return work(request_id, deadline)
+                return await work(request_id, deadline)
+        except asyncio.CancelledError:  # the client went away or the server is stopping
+            code = "CANCELLED"
+            raise
         except Exception as exc:
             error = as_serving_error(exc)
             if not isinstance(exc, ServingError):
@@ -76,38 +80,42 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             self.classifier.metrics.observe(
                 "grpc", endpoint, code, seconds, error.cause if error else None
             )
-            access_log.info(
-                json.dumps(
-                    {
-                        "event": "request",
-                        "protocol": "grpc",
-                        "request_id": request_id,
-                        "method": endpoint,
-                        "code": code,
-                        "ms": round(seconds * 1000, 2),
-                    }
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    json.dumps(
+                        {
+                            "event": "request",
+                            "protocol": "grpc",
+                            "request_id": request_id,
+                            "method": endpoint,
+                            "code": code,
+                            "ms": round(seconds * 1000, 2),
+                        }
+                    )
                 )
-            )
-        context.abort(error.grpc_code, error.message)
+        await context.abort(error.grpc_code, error.message)
 
-    def Classify(self, request, context):
-        def work(request_id: str, deadline: float | None):
+    async def Classify(self, request, context):
+        async def work(request_id: str, deadline: float | None):
             top_k = check_top_k(request.top_k, self.classifier.config.default_top_k)
             source = request.WhichOneof("source")
             if source is None:
                 raise InvalidInput("set 'image' (bytes) or 'url'")
-            data = request.image if source == "image" else self.classifier.fetch(request.url)
-            result = self.classifier.classify([data], request_id, deadline)[0]
-            return _response(result, top_k, request_id)
+            if source == "image":
+                data = request.image
+            else:
+                data = await self.classifier.fetch_async(request.url)
+            result = await self.classifier.classify([data], request_id, deadline)
+            return _response(result[0], top_k, request_id)
 
-        return self._call("Classify", context, work)
+        return await self._call("Classify", context, work)
 
-    def ClassifyBatch(self, request, context):
-        def work(request_id: str, deadline: float | None):
+    async def ClassifyBatch(self, request, context):
+        async def work(request_id: str, deadline: float | None):
             top_k = check_top_k(request.top_k, self.classifier.config.default_top_k)
-            results = self.classifier.classify(list(request.images), request_id, deadline)
+            results = await self.classifier.classify(list(request.images), request_id, deadline)
             return classifier_pb2.ClassifyBatchResponse(
                 results=[_response(r, top_k, request_id) for r in results]
             )
 
-        return self._call("ClassifyBatch", context, work)
+        return await self._call("ClassifyBatch", context, work)

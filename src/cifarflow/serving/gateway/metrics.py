@@ -1,9 +1,21 @@
-"""The gateway's Prometheus metrics, on a registry of its own (several gateways per test process)."""
+"""The gateway's Prometheus metrics, on a registry of its own (several gateways per test process).
+
+With several worker processes (`--workers N`), PROMETHEUS_MULTIPROC_DIR is
+set before any worker imports prometheus_client: every worker then writes
+its values to files there and `/metrics`, whichever worker answers, sums
+them all (prometheus_client's multiprocess mode), so a scrape sees the whole
+gateway, not one worker.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -62,7 +74,10 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "cifarflow_gateway_in_flight", "Requests being handled now.", registry=self.registry
+            "cifarflow_gateway_in_flight",
+            "Requests being handled now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",  # the live workers' sum (ignored in one process)
         )
 
     def observe(
@@ -74,4 +89,8 @@ class GatewayMetrics:
             self.errors.labels(cause).inc()
 
     def render(self) -> bytes:
+        if os.environ.get(MULTIPROC_ENV):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)

@@ -1,232 +1,381 @@
-"""The gateway's HTTP endpoints.
+"""The gateway's HTTP endpoints, on FastAPI.
 
 GET  /              the web page
 GET  /healthz       the process is up
 GET  /readyz        the backend answers and has the model AVAILABLE
 GET  /metrics       Prometheus
 GET  /v1/info       what the page needs to know (URL fetching on? auth on?)
-GET  /openapi.json  this API described for clients and fuzzers (openapi.json beside this file)
 POST /v1/classify   multipart field `file`, JSON {"image_b64" | "url", "top_k"}, or a raw image/* body
 POST /predict       {"url": ...} -> {"<class name>": score, ...} (the 2023 contract)
+GET  /openapi.json  this API, generated from the models in schemas.py; `/docs` shows it
+
+Bodies are read and parsed here (inputs.py), not by FastAPI's validation, so
+a bad request is a 4xx naming what is wrong in the `{"error": ...}` shape
+every other failure has; the models describe the bodies for the OpenAPI
+description. The backend call is asynchronous (grpc.aio, backend.py); the
+blocking work (parsing, URL fetches, image checks) runs on the threadpool,
+off the event loop.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import email.parser
-import email.policy
 import importlib.resources
-import math
-import re
-import time
+import json
+from collections.abc import Callable
 from typing import Any
 
-from cifarflow.serving.errors import (
-    InvalidInput,
-    MethodNotAllowed,
-    NotFound,
-    Unavailable,
-    UnsupportedMediaType,
-)
-from cifarflow.serving.gateway.auth import BearerAuth
-from cifarflow.serving.gateway.service import Classifier, check_top_k
-from cifarflow.serving.http import Request, Response
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
 
-PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/v1/info", "/favicon.ico", "/openapi.json"}
-# The form has two fields (file, top_k). The email parser costs ~0.1 ms per
-# part, so a body of 100,000 empty parts would hold a core for seconds.
-MAX_MULTIPART_PARTS = 16
-_BOUNDARY = re.compile(r'boundary=(?:"([^"]+)"|([^;\s"]+))', re.IGNORECASE)
+from cifarflow.serving.asgi import install_error_handlers
+from cifarflow.serving.errors import Unavailable
+from cifarflow.serving.gateway import schemas
+from cifarflow.serving.gateway.auth import BearerAuth
+from cifarflow.serving.gateway.inputs import (
+    RawRequest,
+    classify_input,
+    predict_url,
+    request_deadline,
+)
+from cifarflow.serving.gateway.service import Classifier
+
+# Paths open without a token (probes, scraping, the page and what it needs).
+PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/v1/info"}
+TITLE = "cifarflow gateway"
+DESCRIPTION = (
+    "Classifies an image into one of CIFAR-100's 20 coarse classes. Errors are "
+    '{"error": message, "request_id": id} with the status naming the cause. With auth on '
+    "(CIFARFLOW_GATEWAY_TOKEN or --token-file), /v1/classify and /predict need "
+    "'Authorization: Bearer <token>'; the other endpoints stay public."
+)
+
+_REQUEST_ID = {
+    "X-Request-ID": {
+        "description": "the client's X-Request-ID (first 64 characters), or a generated one",
+        "schema": {"type": "string", "maxLength": 64},
+    }
+}
+_UNAVAILABLE = {
+    "model": schemas.Error,
+    "description": "no model ready, backend down, or shutting down; retry after Retry-After seconds",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+}
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"model": schemas.Error, "description": "malformed request, or not an image"},
+    401: {
+        "model": schemas.Error,
+        "description": "missing or wrong bearer token",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    403: {"model": schemas.Error, "description": "a URL the policy refuses"},
+    413: {"model": schemas.Error, "description": "too many bytes or pixels"},
+    415: {"model": schemas.Error, "description": "unsupported Content-Type or image format"},
+    502: {"model": schemas.Error, "description": "a fetched URL answered something unusable"},
+    503: _UNAVAILABLE,
+    504: {"model": schemas.Error, "description": "the backend or a URL fetch ran out of time"},
+}
+_TIMEOUT_HEADER = {
+    "name": "X-Request-Timeout",
+    "in": "header",
+    "required": False,
+    "description": "seconds the client will wait; shortens the backend deadline",
+    "schema": {"type": "number", "exclusiveMinimum": 0},
+}
+_OPEN = {"security": []}  # public: no token asked, whatever the global setting
+
+# The bearer scheme, as the OpenAPI description names it.
+_BEARER_SCHEME = {"bearer": {"type": "http", "scheme": "bearer"}}
+# A body this small is parsed and checked on the event loop: a trip to the
+# threadpool costs more than the work. Larger ones (and URL fetches) go there.
+INLINE_BODY_BYTES = 64 * 1024
+
+
+def _api(request: Request) -> GatewayApi:
+    return request.app.state.api
+
+
+def _require_token(request: Request) -> None:
+    """BearerAuth's check (constant-time compare, its messages), first thing in a protected endpoint.
+
+    Called directly rather than as a FastAPI dependency: the dependency
+    machinery costs more per request than the check.
+    """
+    _api(request).auth.check(request.headers.get("authorization"))
+
+
+def _raw(request: Request, body: bytes) -> RawRequest:
+    return RawRequest(request.headers, request.query_params, body)
+
+
+def _json(payload: Any) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
 
 
 def _resource(name: str) -> bytes:
     return importlib.resources.files("cifarflow.serving.gateway").joinpath(name).read_bytes()
 
 
-def _media_type(request: Request) -> str:
-    return (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+_ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
 
 
-def _multipart_file(request: Request) -> tuple[bytes, dict[str, str]]:
-    """The `file` field and the other (text) fields of a multipart/form-data body."""
-    content_type = request.headers.get("Content-Type", "")
-    boundary = _BOUNDARY.search(content_type)
-    if not boundary:
-        raise InvalidInput("multipart body without a boundary parameter")
-    delimiter = b"--" + (boundary[1] or boundary[2]).encode("latin-1")
-    if request.body.count(delimiter) > MAX_MULTIPART_PARTS + 1:
-        raise InvalidInput(f"multipart body has more than {MAX_MULTIPART_PARTS} parts")
-    file_bytes, fields, multipart = None, {}, False
-    try:
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + request.body
-        )
-        multipart = message.is_multipart()
-        for part in message.iter_parts() if multipart else ():
-            name = part.get_param("name", header="content-disposition")
-            payload = part.get_payload(decode=True) or b""
-            if name == "file":
-                file_bytes = payload
-            elif name:
-                fields[str(name)] = payload.decode("utf-8", "replace")
-    except (
-        Exception
-    ) as exc:  # the stdlib parser has raised IndexError and others on malformed headers
-        raise InvalidInput(f"malformed multipart body ({type(exc).__name__})") from None
-    if not multipart:
-        raise InvalidInput("malformed multipart body")
-    if file_bytes is None:
-        raise InvalidInput("multipart body has no 'file' field")
-    return file_bytes, fields
+def _route(method: str, path: str, protect: bool = False, **options: Any) -> Callable:
+    """Registers an endpoint for create_app; `protect` asks for the bearer token."""
+
+    def register(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        if protect:  # the endpoint calls _require_token; the description says so
+            options["responses"] = {**_REFUSALS, **options.get("responses", {})}
+            options["openapi_extra"] = {
+                **options.get("openapi_extra", {}),
+                "security": [{"bearer": []}],
+            }
+        _ROUTES.append((method, path, endpoint, options))
+        return endpoint
+
+    return register
 
 
-def _b64(value: Any) -> bytes:
-    if not isinstance(value, str):
-        raise InvalidInput("'image_b64' must be a base64 string")
-    if value.startswith("data:"):  # a data URL from a browser
-        value = value.partition(",")[2]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"malformed base64 in 'image_b64': {exc}") from None
+@_route(
+    "GET",
+    "/",
+    response_class=HTMLResponse,
+    summary="the web page",
+    openapi_extra=_OPEN,
+    responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
+)
+async def index() -> Response:
+    return HTMLResponse(_resource("static/index.html"), headers={"Cache-Control": "no-cache"})
+
+
+@_route(
+    "GET",
+    "/healthz",
+    response_model=schemas.Health,
+    summary="the process is up",
+    openapi_extra=_OPEN,
+    responses={200: {"headers": _REQUEST_ID}},
+)
+async def healthz() -> Response:
+    return _json({"status": "ok"})
+
+
+@_route(
+    "GET",
+    "/readyz",
+    response_model=schemas.Ready,
+    summary="the backend answers and has the model AVAILABLE",
+    openapi_extra=_OPEN,
+    responses={503: _UNAVAILABLE},
+)
+async def readyz(request: Request) -> Response:
+    api = _api(request)
+    if api.is_draining():
+        raise Unavailable("shutting down")
+    backend = api.classifier.backend
+    ready, reason, version = await backend.status()
+    if not ready:
+        raise Unavailable(f"not ready: backend {backend.target}: {reason}")
+    return _json({"status": "ready", "model": backend.model_name, "version": version})
+
+
+@_route(
+    "GET",
+    "/metrics",
+    response_class=PlainTextResponse,
+    summary="Prometheus metrics",
+    openapi_extra=_OPEN,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    metrics = _api(request).classifier.metrics
+    return Response(metrics.render(), media_type=metrics.content_type)
+
+
+@_route(
+    "GET",
+    "/v1/info",
+    response_model=schemas.Info,
+    summary="what the web page needs to know",
+    openapi_extra=_OPEN,
+)
+async def info(request: Request) -> Response:
+    api = _api(request)
+    config = api.classifier.config
+    return _json(
+        {
+            "model": config.model_name,
+            "url_fetching": api.classifier.url_policy.enabled,
+            "auth": api.auth.enabled,
+            "max_image_bytes": config.max_image_bytes,
+            "default_top_k": config.default_top_k,
+        }
+    )
+
+
+def _body_schema(model: type) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    return schema
+
+
+@_route(
+    "POST",
+    "/v1/classify",
+    protect=True,
+    response_model=schemas.Classification,
+    summary="classify one image: a multipart upload, base64 in JSON, a URL in JSON, or a raw image body",
+    responses={200: {"headers": _REQUEST_ID}},
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "top_k",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 20},
+                "description": schemas.TOP_K,
+            },
+            _TIMEOUT_HEADER,
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": _body_schema(schemas.ClassifyForm)},
+                "application/json": {"schema": _body_schema(schemas.ClassifyJson)},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+    },
+)
+async def classify(request: Request) -> Response:
+    _require_token(request)
+    raw = _raw(request, await request.body())
+    api = _api(request)
+    request_id = request.scope["state"]["request_id"]
+    result, top_k = await api.classify_one(raw, request_id)
+    return _json(
+        {
+            "model": result.model,
+            "version": result.version,
+            "predictions": [{"class": name, "probability": p} for _, name, p in result.top(top_k)],
+        }
+    )
+
+
+@_route(
+    "POST",
+    "/predict",
+    protect=True,
+    response_model=schemas.ClassScores,
+    summary="the 2023 contract: fetch an image by URL (allow-listed hosts only) and score all 20 classes",
+    openapi_extra={
+        "parameters": [_TIMEOUT_HEADER],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _body_schema(schemas.PredictUrl)}},
+        },
+    },
+)
+async def predict(request: Request) -> Response:
+    _require_token(request)
+    raw = _raw(request, await request.body())
+    api = _api(request)
+    request_id = request.scope["state"]["request_id"]
+    result = await api.predict_url(raw, request_id)
+    return _json(result.scores())
 
 
 class GatewayApi:
-    """`__call__(request) -> Response` for serving.http.HttpServer."""
+    """The gateway's REST API: FastAPI app (`app`) over a Classifier.
 
-    def __init__(self, classifier: Classifier, auth: BearerAuth, is_draining) -> None:
+    Args:
+        classifier: what classifies (shared with the gRPC service).
+        auth: the bearer token check.
+        is_draining: True once a stop began (readyz turns 503).
+    """
+
+    def __init__(
+        self, classifier: Classifier, auth: BearerAuth, is_draining: Callable[[], bool]
+    ) -> None:
         self.classifier = classifier
         self.auth = auth
         self.is_draining = is_draining
-        self.routes = {
-            ("GET", "/"): self.index,
-            ("GET", "/healthz"): self.healthz,
-            ("GET", "/readyz"): self.readyz,
-            ("GET", "/metrics"): self.metrics,
-            ("GET", "/v1/info"): self.info,
-            ("GET", "/openapi.json"): self.openapi,
-            ("POST", "/v1/classify"): self.classify,
-            ("POST", "/predict"): self.predict,
+        self.app = create_app()
+        self.app.state.api = self
+        self._paths = {route.path for route in self.app.routes}
+
+    @property
+    def routes(self) -> set[tuple[str, str]]:
+        """(method, path) of every operation the OpenAPI description lists."""
+        return {
+            (method, route.path)
+            for route in self.app.routes
+            if getattr(route, "include_in_schema", False)
+            for method in route.methods
         }
 
-    def __call__(self, request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        handler = self.routes.get((method, request.path))
-        if handler is None:
-            if any(path == request.path for _, path in self.routes):
-                raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-            raise NotFound(f"no such endpoint: {request.path}")
-        if request.path in PUBLIC:
-            return handler(request)
-        self.auth.check(request.headers.get("Authorization"))
-        with self.classifier.metrics.in_flight.track_inprogress():
-            return handler(request)
-
-    def endpoint_name(self, request: Request) -> str:
+    def endpoint_name(self, path: str) -> str:
         """A bounded label for metrics (unknown paths would explode cardinality)."""
-        return request.path if any(p == request.path for _, p in self.routes) else "other"
+        return path if path in self._paths else "other"
 
-    # -- endpoints ----------------------------------------------------------------
-
-    def index(self, request: Request) -> Response:
-        return Response(
-            200,
-            _resource("static/index.html"),
-            "text/html; charset=utf-8",
-            {"Cache-Control": "no-cache"},
-        )
-
-    def openapi(self, request: Request) -> Response:
-        return Response(200, _resource("openapi.json"), "application/json")
-
-    def healthz(self, request: Request) -> Response:
-        return Response.json({"status": "ok"})
-
-    def readyz(self, request: Request) -> Response:
-        if self.is_draining():
-            raise Unavailable("shutting down")
-        ready, reason, version = self.classifier.backend.status()
-        if not ready:
-            raise Unavailable(f"not ready: backend {self.classifier.backend.target}: {reason}")
-        return Response.json(
-            {"status": "ready", "model": self.classifier.backend.model_name, "version": version}
-        )
-
-    def metrics(self, request: Request) -> Response:
-        return Response(200, self.classifier.metrics.render(), self.classifier.metrics.content_type)
-
-    def info(self, request: Request) -> Response:
-        config = self.classifier.config
-        return Response.json(
-            {
-                "model": config.model_name,
-                "url_fetching": self.classifier.url_policy.enabled,
-                "auth": self.auth.enabled,
-                "max_image_bytes": config.max_image_bytes,
-                "default_top_k": config.default_top_k,
-            }
-        )
-
-    def classify(self, request: Request) -> Response:
-        data, top_k = self.classify_input(request)
-        result = self.classifier.classify([data], request.request_id, _deadline(request))[0]
-        return Response.json(
-            {
-                "model": result.model,
-                "version": result.version,
-                "predictions": [
-                    {"class": name, "probability": p} for _, name, p in result.top(top_k)
-                ],
-            }
-        )
-
-    def classify_input(self, request: Request) -> tuple[bytes, int]:
+    def classify_input(self, request: RawRequest) -> tuple[bytes, int]:
         """The image bytes and top_k of a /v1/classify request, whichever way it was sent."""
-        media_type = _media_type(request)
-        top_k_value: Any = (request.query.get("top_k") or [None])[0]
-        if media_type == "multipart/form-data":
-            data, fields = _multipart_file(request)
-            top_k_value = fields.get("top_k", top_k_value)
-        elif media_type == "application/json":
-            body = request.json()
-            if not isinstance(body, dict):
-                raise InvalidInput("JSON body must be an object with 'image_b64' (or 'url')")
-            if "image_b64" in body:
-                data = _b64(body["image_b64"])
-            elif "url" in body:
-                data = self.classifier.fetch(body["url"])
-            else:
-                raise InvalidInput("JSON body needs 'image_b64' (or 'url')")
-            top_k_value = body.get("top_k", top_k_value)
-        elif media_type.startswith("image/"):
-            data = request.body
-        else:
-            raise UnsupportedMediaType(
-                f"unsupported Content-Type {media_type or '(none)'!r}: send multipart/form-data, application/json or image/*"
-            )
-        return data, check_top_k(top_k_value, self.classifier.config.default_top_k)
+        return classify_input(request, self.classifier.fetch, self.classifier.config.default_top_k)
 
-    def predict(self, request: Request) -> Response:
-        if _media_type(request) != "application/json":
-            raise UnsupportedMediaType('POST /predict takes application/json: {"url": "..."}')
-        body = request.json()
-        if not isinstance(body, dict) or "url" not in body:
-            raise InvalidInput('JSON body must be {"url": "..."}')
-        data = self.classifier.fetch(body["url"])
-        result = self.classifier.classify([data], request.request_id, _deadline(request))[0]
-        return Response.json(result.scores())
+    async def classify_one(self, request: RawRequest, request_id: str):
+        """Parses, checks and classifies one /v1/classify request."""
+        with self.classifier.metrics.in_flight.track_inprogress():
+            if len(request.body) <= INLINE_BODY_BYTES and b'"url"' not in request.body:
+                prepared, top_k, deadline = self._prepare_classify(request)
+            else:  # big images and URL fetches block: one trip to the threadpool
+                prepared, top_k, deadline = await run_in_threadpool(self._prepare_classify, request)
+            result = await self.classifier.classify_prepared(prepared, request_id, deadline)
+            return result[0], top_k
+
+    def _prepare_classify(self, request: RawRequest) -> tuple[list[bytes], int, float | None]:
+        data, top_k = self.classify_input(request)
+        deadline = request_deadline(request)
+        return self.classifier.prepare([data]), top_k, deadline
+
+    async def predict_url(self, request: RawRequest, request_id: str):
+        """Fetches and classifies the URL of a /predict request."""
+        with self.classifier.metrics.in_flight.track_inprogress():
+            prepared, deadline = await run_in_threadpool(self._prepare_predict, request)
+            return (await self.classifier.classify_prepared(prepared, request_id, deadline))[0]
+
+    def _prepare_predict(self, request: RawRequest) -> tuple[list[bytes], float | None]:
+        url = predict_url(request)
+        deadline = request_deadline(request)
+        return self.classifier.prepare([self.classifier.fetch(url)]), deadline
 
 
-def _deadline(request: Request) -> float | None:
-    """A client may shorten the backend deadline with `X-Request-Timeout: <seconds>`."""
-    value = request.headers.get("X-Request-Timeout")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds < math.inf:  # also false for NaN
-        raise InvalidInput(f"X-Request-Timeout must be a positive number of seconds, got {value!r}")
-    return time.monotonic() + seconds
+def create_app() -> FastAPI:
+    """The FastAPI application with every route; `app.state.api` is set by GatewayApi."""
+    app = FastAPI(
+        title=TITLE,
+        version="1",
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    for method, path, endpoint, options in _ROUTES:
+        app.add_api_route(path, endpoint, methods=[method], **options)
+        if method == "GET":  # HEAD answers as GET does (probes, curl -I)
+            app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+    install_error_handlers(app)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # Protected unless an operation says otherwise (the public ones say `security: []`).
+        description = generate()
+        description.setdefault("security", [{"bearer": []}])
+        description.setdefault("components", {}).setdefault("securitySchemes", _BEARER_SCHEME)
+        return description
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def openapi_description() -> dict[str, Any]:
+    """The OpenAPI description the gateway serves at /openapi.json (no gateway needed)."""
+    return create_app().openapi()

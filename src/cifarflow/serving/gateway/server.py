@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 
 import grpc
 
+from cifarflow.serving.asgi import Answered, HttpConfig, RequestContext, ServerState, UvicornServer
 from cifarflow.serving.gateway.auth import BearerAuth
 from cifarflow.serving.gateway.backend import Backend
 from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.metrics import GatewayMetrics
 from cifarflow.serving.gateway.service import Classifier
-from cifarflow.serving.http import HttpConfig, HttpServer, Request, Response
 
 access_log = logging.getLogger("cifarflow.gateway.access")
 log = logging.getLogger(__name__)
@@ -28,14 +27,13 @@ log = logging.getLogger(__name__)
 class Gateway:
     """A running gateway: `start()`, `port`/`grpc_port`, `stop()` (graceful).
 
-    As one of several workers (workers.py), it accepts HTTP on
-    the supervisor's `http_socket`, binds its gRPC port with SO_REUSEPORT, and
-    names itself in an `X-Gateway-Worker: <pid>` header on every answer.
+    As one of several workers (`worker=True`, multiworker.py), uvicorn's
+    supervisor serves its `app` on the shared HTTP socket; it binds its gRPC
+    port with SO_REUSEPORT and names itself in an `X-Gateway-Worker: <pid>`
+    header on every answer.
     """
 
-    def __init__(
-        self, config: GatewayConfig, http_socket: socket.socket | None = None, worker: bool = False
-    ) -> None:
+    def __init__(self, config: GatewayConfig, worker: bool = False) -> None:
         self.config = config
         self.worker_id = str(os.getpid()) if worker else None
         self.metrics = GatewayMetrics()
@@ -52,51 +50,77 @@ class Gateway:
         from cifarflow.serving.gateway.rest import GatewayApi
 
         self.api = GatewayApi(self.classifier, self.auth, self._draining.is_set)
-        self.http = HttpServer(
-            HttpConfig(config.host, config.port, max_body_bytes=config.max_body_bytes),
-            self.api,
+        self.http_state = ServerState()
+        self.api.app.add_middleware(
+            RequestContext,
+            state=self.http_state,
+            max_body_bytes=config.max_body_bytes,
             on_done=self._log_request,
-            listen_socket=http_socket,
         )
-        self.grpc_server: grpc.Server | None = None
+        # One of several workers: uvicorn's supervisor runs `app`, this runs only gRPC.
+        self.app = self.api.app
+        self.http = (
+            None
+            if worker
+            else UvicornServer(
+                self.api.app,
+                HttpConfig(
+                    config.host,
+                    config.port,
+                    max_body_bytes=config.max_body_bytes,
+                    idle_timeout_s=config.idle_timeout_s,
+                    header_timeout_s=config.header_timeout_s,
+                ),
+                self.http_state,
+            )
+        )
+        self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
 
     @property
-    def port(self) -> int:
-        return self.http.port
+    def port(self) -> int | None:
+        return self.http.port if self.http else self.config.port
 
-    def _log_request(self, request: Request, response: Response, seconds: float) -> None:
-        endpoint = self.api.endpoint_name(request)
+    def _log_request(self, answer: Answered) -> None:
+        endpoint = self.api.endpoint_name(answer.path)
         # The cause comes from the error itself, as on gRPC, so both count a failure alike.
-        cause = response.cause or ("other" if response.status >= 400 else None)
-        self.metrics.observe("http", endpoint, str(response.status), seconds, cause)
+        cause = answer.cause or ("other" if answer.status >= 400 else None)
+        self.metrics.observe("http", endpoint, str(answer.status), answer.seconds, cause)
         if self.worker_id:  # this hook sees every answer, errors included, before it is sent
-            response.headers["X-Gateway-Worker"] = self.worker_id
+            answer.headers.append((b"x-gateway-worker", self.worker_id.encode()))
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         # One JSON line per request: greppable by request id, no bodies, no tokens.
         access_log.info(
             json.dumps(
                 {
                     "event": "request",
                     "protocol": "http",
-                    "request_id": request.request_id,
-                    "method": request.method,
+                    "request_id": answer.request_id,
+                    "method": answer.method,
                     "path": endpoint,
-                    "status": response.status,
-                    "ms": round(seconds * 1000, 2),
-                    "client": request.client,
+                    "status": answer.status,
+                    "ms": round(answer.seconds * 1000, 2),
+                    "client": answer.client,
                 }
             )
         )
 
     def start(self) -> Gateway:
+        """Serves HTTP on a thread of its own, and gRPC on the same event loop."""
+        assert self.http is not None, "a worker's gateway starts with start_async()"
         self.http.start()
+        self.http.call(self.start_async(), timeout_s=30)
+        return self
+
+    async def start_async(self) -> Gateway:
+        """Starts the gRPC service on the running event loop (a worker's: uvicorn's own)."""
         if self.config.grpc_port >= 0:
             from cifarflow.serving.gateway.grpc_service import ClassifierServicer
             from cifarflow.serving.gateway.proto import classifier_pb2_grpc
 
             limit = self.config.max_body_bytes
-            self.grpc_server = grpc.server(
-                futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="gw-grpc"),
+            self.grpc_server = grpc.aio.server(
                 options=[
                     ("grpc.max_receive_message_length", limit),
                     # Alone, a port already in use must fail the start; workers share theirs.
@@ -110,7 +134,7 @@ class Gateway:
             self.grpc_port = self.grpc_server.add_insecure_port(
                 f"{self.config.host}:{self.config.grpc_port}"
             )
-            self.grpc_server.start()
+            await self.grpc_server.start()
         log.info(
             json.dumps(
                 {
@@ -132,17 +156,41 @@ class Gateway:
         Returns:
             True when every in-flight request finished within the grace period.
         """
+        assert self.http is not None, "a worker's gateway stops with stop_async()"
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        self.http_state.draining = True
+        finished = self.http.call(
+            self.stop_async(grace, http_idle=self.http_state.wait_idle), grace + 10
+        )
+        self.http.stop(0)  # nothing is in flight any more (or the grace is spent)
+        log.info(json.dumps({"event": "stopped", "drained": finished}))
+        return finished
+
+    async def stop_async(
+        self, grace_s: float | None = None, http_idle: Callable[[float], bool] | None = None
+    ) -> bool:
+        """Stops gRPC and waits for HTTP, on the gateway's loop.
+
+        gRPC stops taking calls and finishes its own (up to the grace), HTTP
+        requests in flight finish (`http_idle`, waited for off the loop), then
+        the backend channel closes.
+
+        Returns:
+            True when the HTTP requests in flight finished within the grace.
+        """
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         self._draining.set()
+        stopping = (
+            asyncio.ensure_future(self.grpc_server.stop(grace))
+            if self.grpc_server is not None
+            else None
+        )
         finished = True
-        if self.grpc_server is not None:
-            stopped = self.grpc_server.stop(grace)
-            finished = self.http.stop(grace) and finished
-            stopped.wait()
-        else:
-            finished = self.http.stop(grace)
-        self.backend.close()
-        log.info(json.dumps({"event": "stopped", "drained": finished}))
+        if http_idle is not None:
+            finished = await asyncio.to_thread(http_idle, grace)
+        if stopping is not None:
+            await stopping
+        await self.backend.close()
         return finished
 
 

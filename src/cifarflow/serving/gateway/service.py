@@ -6,6 +6,7 @@ image is validated, normalised, sent and ranked the same way on both.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
@@ -20,6 +21,7 @@ from cifarflow.serving.gateway.metrics import GatewayMetrics
 from cifarflow.serving.gateway.url_fetch import UrlPolicy, fetch_image
 
 MAX_BATCH_IMAGES = 64
+INLINE_IMAGE_BYTES = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +72,14 @@ class Classifier:
         )
 
     def fetch(self, url: str) -> bytes:
+        """Blocking: call it off the event loop (`fetch_async`)."""
         return fetch_image(url, self.url_policy)
 
-    def classify(
-        self, images: list[bytes], request_id: str = "", deadline: float | None = None
-    ) -> list[Classification]:
-        """Validates every image first (one bad image must not fail the backend batch), then one backend call."""
+    async def fetch_async(self, url: str) -> bytes:
+        return await asyncio.to_thread(fetch_image, url, self.url_policy)
+
+    def prepare(self, images: list[bytes]) -> list[bytes]:
+        """Validates every image (one bad image must not fail a backend batch); CPU work."""
         if not images:
             raise InvalidInput("no images in the request")
         if len(images) > MAX_BATCH_IMAGES:
@@ -88,10 +92,30 @@ class Classifier:
                 if len(images) == 1:
                     raise
                 raise type(exc)(f"image {index}: {exc.message}") from None
+        return prepared
+
+    async def classify(
+        self, images: list[bytes], request_id: str = "", deadline: float | None = None
+    ) -> list[Classification]:
+        """Checks the images, then one (possibly shared) backend call.
+
+        Small images are checked on the event loop (a trip to a thread costs
+        more than the check); large ones, which may be decoded, on a thread.
+        """
+        if sum(map(len, images)) <= INLINE_IMAGE_BYTES:
+            prepared = self.prepare(images)
+        else:
+            prepared = await asyncio.to_thread(self.prepare, images)
+        return await self.classify_prepared(prepared, request_id, deadline)
+
+    async def classify_prepared(
+        self, prepared: list[bytes], request_id: str = "", deadline: float | None = None
+    ) -> list[Classification]:
+        """One (possibly shared) backend call for images `prepare` has checked."""
         started = time.perf_counter()
         remaining = None if deadline is None else deadline - time.monotonic()
         try:
-            result = self.backend.classify(prepared, request_id, remaining)
+            result = await self.backend.classify(prepared, request_id, remaining)
         finally:
             self.metrics.backend_latency.observe(time.perf_counter() - started)
         return [Classification(result.model, result.version, row) for row in result.probabilities]

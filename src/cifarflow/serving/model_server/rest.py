@@ -16,30 +16,72 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
+import json
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from google.protobuf import json_format
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
+from cifarflow.serving.asgi import install_error_handlers
 from cifarflow.serving.errors import InvalidInput, MethodNotAllowed, NotFound
-from cifarflow.serving.http import Request, Response
 from cifarflow.serving.model_server.grpc_servicer import model_metadata, model_status
 from cifarflow.serving.model_server.metrics import ModelServerMetrics
 from cifarflow.serving.model_server.model import ModelManager, Signature
 from cifarflow.serving.tensors import DT_STRING
 
-_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?:(?P<metadata>/metadata)|:(?P<verb>[a-z]+))?$"
-)
 # TensorFlow Serving's default monitoring path, and the usual one.
 METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
+# A model is addressed by name, by name and version, or by name and label.
+_MODEL_PATHS = (
+    "/v1/models/{name}",
+    "/v1/models/{name}/versions/{version}",
+    "/v1/models/{name}/labels/{label}",
+)
+
+
+class PredictBody(BaseModel):
+    """A predict request: row format (`instances`) or columnar (`inputs`), not both."""
+
+    signature_name: str = Field("", description="default: serving_default")
+    instances: list[Any] | None = Field(None, description='rows; binary strings as {"b64": ...}')
+    inputs: Any = Field(None, description="columns: a tensor, or {input name: tensor}")
+
+
+class Predictions(BaseModel):
+    """`predictions` answers `instances`, `outputs` answers `inputs`."""
+
+    predictions: Any = None
+    outputs: Any = None
+
+
+class ModelStatus(BaseModel):
+    model_version_status: list[dict[str, Any]]
+
+
+class ModelMetadata(BaseModel):
+    model_spec: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+def _json(payload: Any) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+
+
+def _version(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InvalidInput(f"Failed to convert version: {value} to numeric.")
+    return int(value)
 
 
 class RestApi:
-    """`__call__(request) -> Response`, for serving.http.HttpServer.
+    """TensorFlow Serving's REST API over a ModelManager, as a FastAPI app (`app`).
 
     Args:
         manager: the model served.
@@ -51,73 +93,130 @@ class RestApi:
         self.manager = manager
         self.metrics = ModelServerMetrics(manager)
         self.metrics_paths = METRICS_PATHS + ((prometheus_path,) if prometheus_path else ())
+        self.app = self._create_app()
 
-    def __call__(self, request: Request) -> Response:
-        if request.path in self.metrics_paths:
-            if request.method not in ("GET", "HEAD"):
-                raise MethodNotAllowed(f"use GET for {request.path}")
-            return Response(200, self.metrics.render(), self.metrics.content_type)
-        match = _PATH.match(request.path)
-        if not match:
-            raise NotFound(f"Malformed request: {request.method} {request.path}")
-        name, label, verb = match["name"], match["label"], match["verb"]
-        version = None
-        if match["version"] is not None:
-            if not match["version"].isdigit():
-                raise InvalidInput(f"Failed to convert version: {match['version']} to numeric.")
-            version = int(match["version"])
-        if verb is not None:
+    def _create_app(self) -> FastAPI:
+        app = FastAPI(
+            title="cifarflow model server (TensorFlow Serving REST API)",
+            version="1",
+            docs_url="/docs",
+            redoc_url=None,
+        )
+        for path in dict.fromkeys(self.metrics_paths):
+            app.add_api_route(
+                path,
+                self._metrics,
+                methods=["GET", "HEAD"],
+                summary="Prometheus metrics",
+                response_class=Response,
+                responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+            )
+        for path in _MODEL_PATHS:
+            app.add_api_route(
+                path,
+                self._status,
+                methods=["GET"],
+                response_model=ModelStatus,
+                summary="model status (a label is ignored, as TF Serving does)",
+            )
+            app.add_api_route(
+                path + "/metadata",
+                self._metadata,
+                methods=["GET"],
+                response_model=ModelMetadata,
+                summary="signature defs",
+            )
+            app.add_api_route(
+                path + ":predict",
+                self._predict,
+                methods=["POST"],
+                response_model=Predictions,
+                summary="predict, row or columnar format",
+                openapi_extra={
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": PredictBody.model_json_schema()}
+                        },
+                    }
+                },
+            )
+        for path in _MODEL_PATHS:  # any other verb: TF Serving's "Malformed request"
+            app.add_api_route(
+                path + ":{verb}", self._other_verb, methods=["GET", "POST"], include_in_schema=False
+            )
+        install_error_handlers(app)
+        return app
+
+    async def _other_verb(self, request: Request, verb: str) -> Response:
+        raise NotFound(
+            f"Malformed request: {request.method} {request.url.path} (only :predict is served)"
+        )
+
+    async def _metrics(self) -> Response:
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+    async def _status(
+        self, name: str, version: str | None = None, label: str | None = None
+    ) -> Response:
+        if ":" in name:  # /v1/models/M:verb reached with GET
+            verb = name.partition(":")[2]
             if verb != "predict":
                 raise NotFound(
-                    f"Malformed request: {request.method} {request.path} (only :predict is served)"
+                    f"Malformed request: GET /v1/models/{name} (only :predict is served)"
                 )
-            if request.method != "POST":
-                raise MethodNotAllowed(f"use POST for :{verb}")
-            return self.predict(name, version, label, request)
-        if request.method not in ("GET", "HEAD"):
-            raise MethodNotAllowed(f"use GET for {request.path}")
-        if match["metadata"]:
-            return self.metadata(name, version, label)
-        return self.status(name, version, label)
+            raise MethodNotAllowed(f"use POST for :{verb}")
+        return _json(await run_in_threadpool(self.status, name, _version(version), label))
 
-    def status(self, name: str, version: int | None, label: str | None) -> Response:
+    async def _metadata(
+        self, name: str, version: str | None = None, label: str | None = None
+    ) -> Response:
+        return _json(await run_in_threadpool(self.metadata, name, _version(version), label))
+
+    async def _predict(
+        self, request: Request, name: str, version: str | None = None, label: str | None = None
+    ) -> Response:
+        body = await request.body()
+        return _json(await run_in_threadpool(self.predict, name, _version(version), label, body))
+
+    def status(self, name: str, version: int | None, label: str | None) -> dict[str, Any]:
         request = get_model_status_pb2.GetModelStatusRequest()
         _spec(request.model_spec, name, version, label)
         response = model_status(self.manager, request)
-        return Response.json(
-            json_format.MessageToDict(
-                response,
-                preserving_proto_field_name=True,
-                always_print_fields_with_no_presence=True,
-            )
+        return json_format.MessageToDict(
+            response,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
         )
 
-    def metadata(self, name: str, version: int | None, label: str | None) -> Response:
+    def metadata(self, name: str, version: int | None, label: str | None) -> dict[str, Any]:
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         _spec(request.model_spec, name, version, label)
         response = model_metadata(self.manager, request)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_map)
-        return Response.json(
-            {
-                "model_spec": json_format.MessageToDict(
-                    response.model_spec,
-                    preserving_proto_field_name=True,
-                    always_print_fields_with_no_presence=True,
-                ),
-                "metadata": {
-                    "signature_def": json_format.MessageToDict(
-                        signature_map, preserving_proto_field_name=True
-                    )
-                },
-            }
-        )
+        return {
+            "model_spec": json_format.MessageToDict(
+                response.model_spec,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            ),
+            "metadata": {
+                "signature_def": json_format.MessageToDict(
+                    signature_map, preserving_proto_field_name=True
+                )
+            },
+        }
 
     def predict(
-        self, name: str, version: int | None, label: str | None, request: Request
-    ) -> Response:
+        self, name: str, version: int | None, label: str | None, raw_body: bytes
+    ) -> dict[str, Any]:
         served = self.manager.get(name, version, label)
-        body = request.json()
+        try:
+            body = json.loads(raw_body)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: [[[[... nested too deep
+            raise InvalidInput(f"malformed JSON body: {exc}") from None
         if not isinstance(body, dict):
             raise InvalidInput("JSON body must be an object with 'instances' or 'inputs'")
         signature_name = body.get("signature_name") or ""
@@ -144,10 +243,8 @@ class RestApi:
                 predictions: Any = next(iter(encoded.values()))
             else:
                 predictions = [{k: v[i] for k, v in encoded.items()} for i in range(rows)]
-            return Response.json({"predictions": predictions})
-        return Response.json(
-            {"outputs": next(iter(encoded.values())) if len(encoded) == 1 else encoded}
-        )
+            return {"predictions": predictions}
+        return {"outputs": next(iter(encoded.values())) if len(encoded) == 1 else encoded}
 
 
 def _spec(spec, name: str, version: int | None, label: str | None) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from cifarflow.s3 import S3Settings
-from cifarflow.serving.http import HttpConfig, HttpServer
+from cifarflow.serving.asgi import HttpConfig, RequestContext, ServerState, UvicornServer
 from cifarflow.serving.model_server.batching import BatchingConfig
 from cifarflow.serving.model_server.model import ManagerConfig, ModelManager
 from cifarflow.serving.model_server.tf_serving_config import TfServingOptions
@@ -125,7 +125,7 @@ class ModelServer:
 
             self.reloader = ConfigReloader(tf_serving, self.manager, self.labels)
         self.grpc_server: grpc.Server | None = None
-        self.rest: HttpServer | None = None
+        self.rest: UvicornServer | None = None
         self.grpc_port = 0
 
     def _record_batch(self, rows: int) -> None:
@@ -184,9 +184,13 @@ class ModelServer:
             raise OSError(f"cannot bind gRPC to {self.config.host}:{self.config.grpc_port}")
         self.grpc_server.start()
         if self.config.rest_port >= 0:
-            self.rest = HttpServer(
-                HttpConfig(self.config.host, self.config.rest_port, max_body_bytes=limit),
-                RestApi(self.manager, self.config.metrics_path),
+            api = RestApi(self.manager, self.config.metrics_path)
+            state = ServerState()
+            api.app.add_middleware(
+                RequestContext, state=state, max_body_bytes=limit, on_done=lambda answer: None
+            )
+            self.rest = UvicornServer(
+                api.app, HttpConfig(self.config.host, self.config.rest_port), state
             ).start()
         if self.reloader:
             self.reloader.start()
