@@ -1,6 +1,6 @@
-"""A tiny model exported to the DESIGN.md SavedModel contract, for serving tests.
+"""A tiny model exported to the SavedModel contract (docs/training.md, "Signatures"), for serving tests.
 
-Until the trainer's export lands, tests build this: a deterministic linear
+Faster to build than a trained one: a deterministic linear
 layer over the 32x32x3 pixels (its answers depend on every pixel, so a
 rotated or wrongly decoded image changes them), with the two signatures of
 the contract. `serving_default` decodes and antialias-resizes in the graph.

@@ -17,7 +17,8 @@ import pytest
 
 from cifarflow.errors import BadInputError
 from cifarflow.serving.store import MANIFEST, open_store, publish_model
-from cifarflow.serving.sync import SyncConfig, complete_versions, sync_once
+from cifarflow.serving.store.model_store import complete_versions
+from cifarflow.serving.sync import SyncConfig, sync_once
 from tests.serving.fakes import fake_export
 
 REPO = Path(__file__).resolve().parents[2]

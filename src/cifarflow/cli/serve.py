@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -53,10 +54,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         help="server-side batching",
     )
     model.add_argument("--max-batch-size", type=int, default=32)
-    # Defaults measured on 2 cores (bench/results/serving_latency.md): with one
-    # TensorFlow thread per op, one batch per core (TF Serving's advice for CPUs;
-    # 1670 req/s direct at 32 clients against 1330 with one batch thread, 4 threads
-    # no better), no added wait: requests that arrive while batches run form the next.
+    # Defaults chosen by measurement (docs/serving.md, "Why the model server's
+    # defaults"): one batch per core (TF Serving's advice for CPUs) and no added
+    # wait: requests that arrive while batches run form the next.
     model.add_argument(
         "--batch-timeout-ms",
         type=float,
@@ -91,6 +91,10 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     add_tf_serving_flags(model)
     model.set_defaults(func=serve_model)
 
+    # The gateway's flags default to GatewayConfig's own values (a light import).
+    from cifarflow.serving.gateway.config import GatewayConfig
+
+    gw = _field_defaults(GatewayConfig)
     gateway = parts.add_parser(
         "gateway",
         help="REST + gRPC + web page in front of a model server",
@@ -106,26 +110,32 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "headless Service's name)",
     )
     gateway.add_argument(
-        "--port", type=int, default=8080, help="HTTP port (0: a free port, printed at start)"
+        "--port", type=int, default=gw.port, help="HTTP port (0: a free port, printed at start)"
     )
     gateway.add_argument(
         "--grpc-port",
         type=int,
-        default=8081,
+        default=gw.grpc_port,
         help="gRPC port (0: a free port; -1: no gRPC service)",
     )
-    gateway.add_argument("--host", default="0.0.0.0")
-    gateway.add_argument("--model-name", default="cifarflow", help="model name on the backend")
+    gateway.add_argument("--host", default=gw.host)
+    gateway.add_argument("--model-name", default=gw.model_name, help="model name on the backend")
     gateway.add_argument(
-        "--backend-timeout", type=float, default=5.0, help="deadline of each backend call, seconds"
+        "--backend-timeout",
+        type=float,
+        default=gw.backend_timeout_s,
+        help="deadline of each backend call, seconds",
     )
     gateway.add_argument(
-        "--max-image-mb", type=float, default=8.0, help="largest upload (413 above)"
+        "--max-image-mb",
+        type=float,
+        default=gw.max_image_bytes / 2**20,
+        help="largest upload (413 above)",
     )
     gateway.add_argument(
         "--max-pixels",
         type=int,
-        default=40_000_000,
+        default=gw.max_pixels,
         help="largest width*height (decompression bombs)",
     )
     gateway.add_argument(
@@ -141,7 +151,10 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         help="let /predict fetch private and loopback addresses",
     )
     gateway.add_argument(
-        "--url-timeout", type=float, default=5.0, help="total seconds for one URL fetch"
+        "--url-timeout",
+        type=float,
+        default=gw.url_timeout_s,
+        help="total seconds for one URL fetch",
     )
     gateway.add_argument(
         "--token-file", type=Path, help="file holding the bearer token (a mounted secret)"
@@ -149,20 +162,20 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     gateway.add_argument(
         "--shutdown-grace",
         type=float,
-        default=10.0,
+        default=gw.shutdown_grace_s,
         help="seconds to finish in-flight requests on SIGTERM",
     )
     gateway.add_argument(
         "--header-timeout",
         type=float,
-        default=10.0,
+        default=gw.header_timeout_s,
         help="seconds a connection has to send a request's complete headers (slow clients are "
         "closed)",
     )
     gateway.add_argument(
         "--idle-timeout",
         type=float,
-        default=30.0,
+        default=gw.idle_timeout_s,
         help="seconds an idle keep-alive connection stays open",
     )
     gateway.add_argument(
@@ -338,3 +351,14 @@ def serve_gateway(args: argparse.Namespace) -> int:
 
         return run_workers(config, args.workers, args.log_level)
     return run_gateway(config)
+
+
+def _field_defaults(config_class: type) -> argparse.Namespace:
+    """A dataclass's field defaults by name, without building (and validating) an instance."""
+    return argparse.Namespace(
+        **{
+            field.name: field.default
+            for field in dataclasses.fields(config_class)
+            if field.default is not dataclasses.MISSING
+        }
+    )

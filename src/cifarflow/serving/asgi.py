@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any, TypeVar
 
 import uvicorn
@@ -330,9 +330,15 @@ def uvicorn_config(app: Any, config: HttpConfig, **options: Any) -> uvicorn.Conf
         "timeout_keep_alive": max(1, int(config.idle_timeout_s)),
         "backlog": 1024,
     }
-    uv_config = uvicorn.Config(app, **{**settings, **options})
-    uv_config.header_timeout_s = config.header_timeout_s  # read by HeaderTimeoutProtocol
+    uv_config = _UvicornConfig(app, **{**settings, **options})
+    uv_config.header_timeout_s = config.header_timeout_s
     return uv_config
+
+
+class _UvicornConfig(uvicorn.Config):
+    """uvicorn's Config with the headers deadline HeaderTimeoutProtocol reads."""
+
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
 
 
 def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -392,10 +398,15 @@ class UvicornServer:
             self.loop = asyncio.get_running_loop()
             await self.server.serve(sockets=[self.socket])
 
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve())
+        # asyncio.Runner(loop_factory=...) would do this, but only from Python 3.11.
+        loop = uvloop.new_event_loop()
+        try:
+            loop.run_until_complete(serve())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
 
-    def call(self, coroutine: Awaitable[T], timeout_s: float | None = None) -> T:
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
         """Runs `coroutine` on the server's event loop (from another thread) and returns its result."""
         assert self.loop is not None, "the server is not running"
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)

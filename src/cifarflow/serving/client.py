@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 
 from cifarflow.classes import COARSE_CLASS_NAMES
+from cifarflow.defaults import MODEL_NAME
 from cifarflow.errors import BadInputError, RemoteError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}
@@ -38,7 +39,7 @@ class ClientConfig:
 
     server: str
     tf_serving: bool = False
-    model_name: str = "cifarflow"
+    model_name: str = MODEL_NAME
     top_k: int = 5
     timeout_s: float = 10.0
     max_image_bytes: int = 8 * 1024 * 1024

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cifarflow.errors import CifarflowError
-from cifarflow.serving.store.backends import MANIFEST, TRASH_PREFIX
-from cifarflow.serving.store.model_store import LABELS, ModelStore, local_store
+from cifarflow.serving.store.backends import TRASH_PREFIX
+from cifarflow.serving.store.model_store import LABELS, ModelStore, complete_versions, local_store
 
 log = logging.getLogger(__name__)
 
@@ -192,17 +192,3 @@ def write_tf_serving_config(
     tmp.write_text(text)
     os.replace(tmp, path)  # TF Serving never reads a half-written config
     return True
-
-
-def complete_versions(dest: str | Path, model: str) -> list[int]:
-    """Versions of `model` in a synced folder that have their manifest."""
-    model_dir = Path(dest) / model
-    return (
-        sorted(
-            int(p.name)
-            for p in model_dir.iterdir()
-            if p.name.isdigit() and (p / MANIFEST).is_file()
-        )
-        if model_dir.is_dir()
-        else []
-    )

@@ -32,6 +32,7 @@ import collections
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -108,8 +109,9 @@ class Backend:
             *channel_options(target),
         ]
         self.channel: grpc.aio.Channel | None = None
-        self._predict = None
-        self._status = None
+        # The channel's stubs, made on first use (grpc.aio's are not typed).
+        self._predict: Any = None
+        self._status: Any = None
         self.max_in_flight = max_in_flight  # 0: every request makes its own call
         self.max_images = max_images
         self._on_call = on_call or (lambda images: None)  # told the size of every call sent

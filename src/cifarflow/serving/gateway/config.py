@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from cifarflow.defaults import MODEL_NAME
 from cifarflow.errors import BadInputError
 from cifarflow.serving.gateway.target import validate_target
 
@@ -40,7 +41,7 @@ class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 8080
     grpc_port: int = 8081
-    model_name: str = "cifarflow"
+    model_name: str = MODEL_NAME
     backend_timeout_s: float = 5.0
     max_image_bytes: int = 8 * 1024 * 1024
     max_pixels: int = 40_000_000

@@ -132,7 +132,9 @@ def _normalise(image: Image.Image) -> bytes:
         image = Image.alpha_composite(background, image.convert("RGBA"))
     image = image.convert("RGB")
     if max(image.size) > _MAX_NORMALISED_SIDE:
-        image.thumbnail((_MAX_NORMALISED_SIDE, _MAX_NORMALISED_SIDE), Image.LANCZOS)  # antialiased
+        image.thumbnail(
+            (_MAX_NORMALISED_SIDE, _MAX_NORMALISED_SIDE), Image.Resampling.LANCZOS
+        )  # antialiased
     buffer = io.BytesIO()
     image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()

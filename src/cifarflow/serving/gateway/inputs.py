@@ -70,7 +70,8 @@ def multipart_file(request: RawRequest) -> tuple[bytes, dict[str, str]]:
         multipart = message.is_multipart()
         for part in message.iter_parts() if multipart else ():
             name = part.get_param("name", header="content-disposition")
-            payload = part.get_payload(decode=True) or b""
+            raw = part.get_payload(decode=True)
+            payload = raw if isinstance(raw, bytes) else b""
             if name == "file":
                 file_bytes = payload
             elif name:

@@ -26,7 +26,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
 
 from cifarflow.serving.asgi import install_error_handlers
 from cifarflow.serving.errors import Unavailable
@@ -82,7 +84,9 @@ _TIMEOUT_HEADER = {
     "description": "seconds the client will wait; shortens the backend deadline",
     "schema": {"type": "number", "exclusiveMinimum": 0},
 }
-_OPEN = {"security": []}  # public: no token asked, whatever the global setting
+_OPEN: dict[str, list[Any]] = {
+    "security": []
+}  # public: no token asked, whatever the global setting
 
 # The bearer scheme, as the OpenAPI description names it.
 _BEARER_SCHEME = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -212,7 +216,7 @@ async def info(request: Request) -> Response:
     )
 
 
-def _body_schema(model: type) -> dict[str, Any]:
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     schema.pop("title", None)
     return schema
@@ -302,7 +306,7 @@ class GatewayApi:
         self.is_draining = is_draining
         self.app = create_app()
         self.app.state.api = self
-        self._paths = {route.path for route in self.app.routes}
+        self._paths = {route.path for route in self.app.routes if isinstance(route, Route)}
 
     @property
     def routes(self) -> set[tuple[str, str]]:
@@ -310,8 +314,8 @@ class GatewayApi:
         return {
             (method, route.path)
             for route in self.app.routes
-            if getattr(route, "include_in_schema", False)
-            for method in route.methods
+            if isinstance(route, Route) and route.include_in_schema
+            for method in route.methods or ()
         }
 
     def endpoint_name(self, path: str) -> str:

@@ -23,7 +23,7 @@ class Error(BaseModel):
 class Prediction(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    class_: ClassName = Field(alias="class")
+    class_: ClassName = Field(alias="class")  # type: ignore[valid-type]
     probability: float = Probability
 
 
@@ -36,7 +36,7 @@ class Classification(BaseModel):
 
 
 # `/predict` answers every class by name; names such as "large_man-made_..." are no identifiers.
-ClassScores = create_model(
+ClassScores = create_model(  # type: ignore[call-overload]
     "ClassScores",
     __config__=ConfigDict(extra="forbid", populate_by_name=True),
     __doc__="class name -> probability, all 20 classes",

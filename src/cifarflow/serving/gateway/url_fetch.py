@@ -81,7 +81,7 @@ def _resolve(host: str, port: int, policy: UrlPolicy) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise InvalidInput(f"cannot resolve host {host!r}: {exc.strerror}") from None
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not policy.allow_private:
         for address in addresses:
             why = _refused_address(address)

@@ -37,13 +37,12 @@ class ModelServerConfig:
     grpc_workers: concurrent gRPC calls; more lets batches fill up.
     intra_op_threads / inter_op_threads: TensorFlow's thread pools, like TF
         Serving's --tensorflow_intra_op_parallelism / _inter_op_parallelism
-        (0: TensorFlow's choice, one per core). One thread per op measured
-        best on 2 cores for the ResNet-20 (bench/results/serving_latency.md):
-        a 32-image batch cost 0.54 CPU-ms per image with 1 against 0.80 with
-        TensorFlow's choice, one image 1.29 against 3.20 (its threads wait
-        for each other on ops this small); requests in parallel (batch
-        threads, or concurrent calls without batching) use the other cores.
-        Process-wide: the first server in a process sets them.
+        (0: TensorFlow's choice, one per core). One thread per op is the
+        default because its threads wait for each other on ops this small
+        (figures: docs/serving.md, "Why the model server's defaults");
+        requests in parallel (batch threads, or concurrent calls without
+        batching) use the other cores. Process-wide: the first server in a
+        process sets them.
     metrics_path: one more path for the Prometheus metrics (TF Serving's
         monitoring config), besides /monitoring/prometheus/metrics and /metrics.
     tf_serving: TF Serving's --model_config_file and the flags that go with
@@ -120,7 +119,7 @@ class ModelServer:
             labels=self.labels,
         )
         self.reloader = None
-        if tf_serving is not None:
+        if tf_serving is not None and self.labels is not None:
             from cifarflow.serving.model_server.config_reloader import ConfigReloader
 
             self.reloader = ConfigReloader(tf_serving, self.manager, self.labels)
@@ -139,9 +138,10 @@ class ModelServer:
         from cifarflow.serving.store import open_store
         from cifarflow.serving.sync import SyncConfig, sync_once
 
-        if self.config.cache_dir is None:
+        cache = self.config.cache_dir
+        if cache is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="cifarflow-model-cache-")
-        cache = self.config.cache_dir or Path(self._tmp.name)
+            cache = Path(self._tmp.name)
         source = open_store(self.config.store, s3_settings)
         sync_config = SyncConfig(models=(self.config.model_name,), keep=2)
         return cache, lambda: sync_once(source, cache, sync_config)

@@ -270,3 +270,17 @@ def open_store(uri: str | Path, s3_settings: S3Settings | None = None) -> ModelS
 
 def local_store(root: str | Path) -> ModelStore:
     return ModelStore(LocalBackend(root))
+
+
+def complete_versions(dest: str | Path, model: str) -> list[int]:
+    """Versions of `model` in a synced folder that have their manifest."""
+    model_dir = Path(dest) / model
+    return (
+        sorted(
+            int(p.name)
+            for p in model_dir.iterdir()
+            if p.name.isdigit() and (p / MANIFEST).is_file()
+        )
+        if model_dir.is_dir()
+        else []
+    )
