@@ -55,7 +55,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.machine import machine_info  # noqa: E402
-from bench.serving_latency import EXPORTERS, MODEL_DESCRIPTIONS, free_port, start  # noqa: E402
+from bench.serving_latency import (  # noqa: E402
+    EXPORTERS,
+    MODEL_DESCRIPTIONS,
+    check_out_baseline,
+    free_port,
+    remove_baseline,
+    start,
+)
 
 RESULTS_JSON = REPO / "bench" / "results" / "load.json"
 P99_LIMIT_MS = 100.0
@@ -680,25 +687,7 @@ def main(argv: list[str] | None = None) -> int:
                 signal.SIGTERM
             )  # drains while the next one starts; waited for below
         if args.baseline:
-            subprocess.run(
-                [
-                    "git",
-                    "-C",
-                    str(REPO),
-                    "worktree",
-                    "add",
-                    "--detach",
-                    str(baseline_tree),
-                    args.baseline,
-                ],
-                check=True,
-                capture_output=True,
-            )
-            commit = subprocess.run(
-                ["git", "-C", str(baseline_tree), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
+            commit = check_out_baseline(args.baseline, baseline_tree)
             results["baseline"] = {"ref": args.baseline, "commit": commit}
             for workers in args.workers:
                 http_port = free_port()
@@ -725,10 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         for process in stopped:
             _stop(process)
         if args.baseline:
-            subprocess.run(
-                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline_tree)],
-                capture_output=True,
-            )
+            remove_baseline(baseline_tree)
     results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -77,6 +77,28 @@ MODEL_DESCRIPTIONS = {
 }
 
 
+def check_out_baseline(ref: str, dest: Path) -> str:
+    """Checks commit `ref` out into a temporary git worktree at `dest`; returns its short id.
+
+    Its gateway then runs from `dest`/src, side by side with this tree's.
+    """
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(dest), ref],
+        check=True,
+        capture_output=True,
+    )
+    return subprocess.run(
+        ["git", "-C", str(dest), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def remove_baseline(dest: Path) -> None:
+    """Removes the worktree `check_out_baseline` made (a failed run leaves nothing behind)."""
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(dest)], capture_output=True
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -386,16 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         gateway_pids = {"gateway-grpc": gateway.pid, "gateway-rest": gateway.pid}
         if args.baseline:
             source = workdir / "baseline"
-            subprocess.run(
-                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(source), args.baseline],
-                check=True,
-                capture_output=True,
-            )
-            commit = subprocess.run(
-                ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
+            commit = check_out_baseline(args.baseline, source)
             results["baseline"] = {"ref": args.baseline, "commit": commit}
             old_http, old_grpc = free_port(), free_port()
             baseline = start(
@@ -493,18 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
         if args.baseline:
-            subprocess.run(
-                [
-                    "git",
-                    "-C",
-                    str(REPO),
-                    "worktree",
-                    "remove",
-                    "--force",
-                    str(workdir / "baseline"),
-                ],
-                capture_output=True,
-            )
+            remove_baseline(workdir / "baseline")
     results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
     results["summary"] = summarise(results["scenarios"])
     try:
