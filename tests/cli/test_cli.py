@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
 
-from cifarflow.cli.main import VERBS, main
+from cifarflow.cli.main import VERBS, build_parser, main
 
 DESIGN_VERBS = {
     "ingest",
@@ -97,3 +98,17 @@ def test_help_shows_each_default_once_from_the_value_the_flag_really_has(capsys)
     assert out.count("(default: quick)") == 1 and "(default quick)" not in out
     assert "(default: 0.05)" in out and "(default: 2)" in out  # --alpha, --trial-parallelism
     assert "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_the_servers_flags_default_to_their_configs_own_defaults():
+    from cifarflow.cli.serve import gateway_config, model_server_config
+    from cifarflow.serving.gateway.config import GatewayConfig
+    from cifarflow.serving.model_server.config import ModelServerConfig
+
+    parser = build_parser()
+    model = model_server_config(
+        parser.parse_args(["serve", "model", "--store", "/srv/models", "--model-name", "m"])
+    )
+    assert model == ModelServerConfig(store="/srv/models", model_name="m")
+    gateway = gateway_config(parser.parse_args(["serve", "gateway", "--backend", "tf:8500"]))
+    assert dataclasses.replace(gateway, token=None) == GatewayConfig(backend="tf:8500")

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cifarflow.serving.model_server.server import ModelServerConfig
+    from cifarflow.serving.gateway.config import GatewayConfig
+    from cifarflow.serving.model_server.config import ModelServerConfig
 
 
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
@@ -18,9 +19,20 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     from cifarflow.serving.store.cli_flags import add_s3_flags
 
     parser = subparsers.add_parser("serve", help=summary, description=summary + ".")
-    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    # The same flag as `cifarflow --log-level`, still taken here after the verb.
+    parser.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the servers' logging level (like cifarflow --log-level; default: INFO)",
+    )
     parts = parser.add_subparsers(dest="part", metavar="PART", required=True)
 
+    # The model server's flags default to ModelServerConfig's own values (a light import).
+    from cifarflow.serving.model_server.config import ModelServerConfig
+
+    ms = _field_defaults(ModelServerConfig)
     model = parts.add_parser(
         "model",
         help="TensorFlow-Serving-compatible model server (gRPC + REST)",
@@ -32,55 +44,67 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     model.add_argument("--store", help="local folder or s3://bucket/prefix (synced to --cache-dir)")
     model.add_argument("--model-name")
     model.add_argument(
-        "--grpc-port", type=int, default=8500, help="gRPC port (0: a free port, printed at start)"
+        "--grpc-port",
+        type=int,
+        default=ms.grpc_port,
+        help="gRPC port (0: a free port, printed at start)",
     )
     model.add_argument(
-        "--rest-port", type=int, default=8501, help="REST port (0: a free port; -1: no REST)"
+        "--rest-port",
+        type=int,
+        default=ms.rest_port,
+        help="REST port (0: a free port; -1: no REST)",
     )
-    model.add_argument("--host", default="0.0.0.0", help="address to bind")
+    model.add_argument("--host", default=ms.host, help="address to bind")
     model.add_argument(
         "--label", help="serve the version this label names (stable, canary) instead of the newest"
     )
     model.add_argument(
         "--poll-interval",
         type=float,
-        default=5.0,
+        default=ms.poll_interval_s,
         help="seconds between store checks for new versions",
     )
     model.add_argument(
         "--batching",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=ms.batching,
         help="server-side batching",
     )
-    model.add_argument("--max-batch-size", type=int, default=32)
+    model.add_argument("--max-batch-size", type=int, default=ms.max_batch_size)
     # Defaults chosen by measurement (docs/serving.md, "Why the model server's
     # defaults"): one batch per core (TF Serving's advice for CPUs) and no added
     # wait: requests that arrive while batches run form the next.
     model.add_argument(
         "--batch-timeout-ms",
         type=float,
-        default=0.0,
+        default=ms.batch_timeout_s * 1000.0,
         help="longest a request waits for others under load",
     )
     model.add_argument(
-        "--num-batch-threads", type=int, default=2, help="batches that may run at once"
+        "--num-batch-threads",
+        type=int,
+        default=ms.num_batch_threads,
+        help="batches that may run at once",
     )
     # TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism.
     model.add_argument(
         "--intra-op-threads",
         type=int,
-        default=1,
+        default=ms.intra_op_threads,
         help="TensorFlow threads per op (0: one per core; 1 measured best on 2 cores)",
     )
     model.add_argument(
         "--inter-op-threads",
         type=int,
-        default=0,
+        default=ms.inter_op_threads,
         help="TensorFlow ops run at once (0: one per core)",
     )
     model.add_argument(
-        "--max-message-mb", type=float, default=16.0, help="largest request, gRPC or REST"
+        "--max-message-mb",
+        type=float,
+        default=ms.max_message_bytes / 2**20,
+        help="largest request, gRPC or REST",
     )
     model.add_argument(
         "--cache-dir",
@@ -295,7 +319,7 @@ def serve_model(args: argparse.Namespace) -> int:
 
 def model_server_config(args: argparse.Namespace) -> ModelServerConfig:
     """The ModelServerConfig `serve model`'s flags ask for, TF Serving's flags and files applied."""
-    from cifarflow.serving.model_server.server import ModelServerConfig
+    from cifarflow.serving.model_server.config import ModelServerConfig
     from cifarflow.serving.model_server.tf_serving_flags import apply_tf_serving_flags
 
     config = ModelServerConfig(
@@ -323,13 +347,24 @@ def serve_gateway(args: argparse.Namespace) -> int:
 
     use_protos_only()  # the gateway needs TF Serving's messages, not TensorFlow (saves ~550 MB)
     from cifarflow.errors import BadInputError
-    from cifarflow.serving.gateway.config import GatewayConfig, load_token
     from cifarflow.serving.gateway.server import run_gateway
 
     _logging(args)
     if args.workers < 1:
         raise BadInputError(f"--workers must be 1 or more, got {args.workers}")
-    config = GatewayConfig(
+    config = gateway_config(args)
+    if args.workers > 1:
+        from cifarflow.serving.gateway.multiworker import run_workers
+
+        return run_workers(config, args.workers, args.log_level)
+    return run_gateway(config)
+
+
+def gateway_config(args: argparse.Namespace) -> GatewayConfig:
+    """The GatewayConfig `serve gateway`'s flags ask for, the token read from its file or env."""
+    from cifarflow.serving.gateway.config import GatewayConfig, load_token
+
+    return GatewayConfig(
         backend=args.backend,
         host=args.host,
         port=args.port,
@@ -346,11 +381,6 @@ def serve_gateway(args: argparse.Namespace) -> int:
         header_timeout_s=args.header_timeout,
         idle_timeout_s=args.idle_timeout,
     )
-    if args.workers > 1:
-        from cifarflow.serving.gateway.multiworker import run_workers
-
-        return run_workers(config, args.workers, args.log_level)
-    return run_gateway(config)
 
 
 def _field_defaults(config_class: type) -> argparse.Namespace:

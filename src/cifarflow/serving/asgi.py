@@ -298,13 +298,15 @@ class RequestContext:
 
 @dataclasses.dataclass(frozen=True)
 class HttpConfig:
-    """Attributes:
-    host / port: where to listen; port 0 picks a free one.
-    max_body_bytes: the body limit (413 above).
-    idle_timeout_s: an idle keep-alive connection is closed after this long.
-    header_timeout_s: a connection must send a request's complete headers
-        this soon after connecting or after its previous answer, or it is
-        closed (slow clients).
+    """Where an HTTP server listens and what it accepts.
+
+    Attributes:
+        host / port: where to listen; port 0 picks a free one.
+        max_body_bytes: the body limit (413 above).
+        idle_timeout_s: an idle keep-alive connection is closed after this long.
+        header_timeout_s: a connection must send a request's complete headers
+            this soon after connecting or after its previous answer, or it is
+            closed (slow clients).
     """
 
     host: str = "0.0.0.0"

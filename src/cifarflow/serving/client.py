@@ -27,14 +27,16 @@ TOKEN_ENV = "CIFARFLOW_GATEWAY_TOKEN"
 
 @dataclasses.dataclass(frozen=True)
 class ClientConfig:
-    """Attributes:
-    server: HOST:PORT of the gateway's gRPC port, or of TF Serving with tf_serving.
-    tf_serving: talk TensorFlow Serving's PredictionService instead of the gateway's service.
-    model_name: the model to ask TF Serving for.
-    top_k: classes to return per image.
-    timeout_s: deadline of each call (and of each URL fetch).
-    max_image_bytes: refuse larger files or URL bodies before sending.
-    token: bearer token for a gateway with auth on (default: CIFARFLOW_GATEWAY_TOKEN).
+    """Where and how `cifarflow predict` calls.
+
+    Attributes:
+        server: HOST:PORT of the gateway's gRPC port, or of TF Serving with tf_serving.
+        tf_serving: talk TensorFlow Serving's PredictionService instead of the gateway's service.
+        model_name: the model to ask TF Serving for.
+        top_k: classes to return per image.
+        timeout_s: deadline of each call (and of each URL fetch).
+        max_image_bytes: refuse larger files or URL bodies before sending.
+        token: bearer token for a gateway with auth on (default: CIFARFLOW_GATEWAY_TOKEN).
     """
 
     server: str

@@ -16,25 +16,27 @@ TOKEN_ENV = "CIFARFLOW_GATEWAY_TOKEN"
 
 @dataclasses.dataclass(frozen=True)
 class GatewayConfig:
-    """Attributes:
-    backend: model server (or TensorFlow Serving) gRPC target: HOST:PORT (one
-        connection), or dns:///NAME:PORT / ipv4:ADDR:PORT,... (calls spread
-        round robin over every address; target.py).
-    port / grpc_port: 0 picks a free port; grpc_port < 0 disables gRPC.
-    model_name: the model to ask the backend for.
-    backend_timeout_s: deadline of each backend call.
-    max_image_bytes: largest image (upload or fetched); 413 above.
-    max_pixels: largest width*height; refuses decompression bombs before decoding.
-    allowed_url_hosts: hosts `/predict` may fetch from ('*.example.com' for
-        subdomains); empty turns URL fetching off.
-    allow_private_urls: allow private, loopback and link-local addresses.
-    url_timeout_s: total time for one URL fetch.
-    token: bearer token clients must send; None turns auth off.
-    shutdown_grace_s: how long a stop waits for in-flight requests.
-    header_timeout_s: an HTTP connection that has not sent a request's complete
-        headers this long after connecting (or after its previous answer) is
-        closed, so slow clients hold nothing for long.
-    idle_timeout_s: an idle keep-alive HTTP connection is closed after this long.
+    """What `cifarflow serve gateway` runs with.
+
+    Attributes:
+        backend: model server (or TensorFlow Serving) gRPC target: HOST:PORT (one
+            connection), or dns:///NAME:PORT / ipv4:ADDR:PORT,... (calls spread
+            round robin over every address; target.py).
+        port / grpc_port: 0 picks a free port; grpc_port < 0 disables gRPC.
+        model_name: the model to ask the backend for.
+        backend_timeout_s: deadline of each backend call.
+        max_image_bytes: largest image (upload or fetched); 413 above.
+        max_pixels: largest width*height; refuses decompression bombs before decoding.
+        allowed_url_hosts: hosts `/predict` may fetch from ('*.example.com' for
+            subdomains); empty turns URL fetching off.
+        allow_private_urls: allow private, loopback and link-local addresses.
+        url_timeout_s: total time for one URL fetch.
+        token: bearer token clients must send; None turns auth off.
+        shutdown_grace_s: how long a stop waits for in-flight requests.
+        header_timeout_s: an HTTP connection that has not sent a request's complete
+            headers this long after connecting (or after its previous answer) is
+            closed, so slow clients hold nothing for long.
+        idle_timeout_s: an idle keep-alive HTTP connection is closed after this long.
     """
 
     backend: str

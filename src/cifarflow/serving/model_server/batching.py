@@ -30,11 +30,13 @@ Runner = Callable[[Tensors], dict[str, np.ndarray]]
 
 @dataclasses.dataclass(frozen=True)
 class BatchingConfig:
-    """Attributes:
-    max_batch_size: most rows in one model call (larger requests run alone).
-    timeout_s: longest a request waits for company.
-    num_threads: batches that may run at once.
-    max_queued: requests waiting beyond this are refused (backpressure).
+    """How concurrent requests are gathered into one model call.
+
+    Attributes:
+        max_batch_size: most rows in one model call (larger requests run alone).
+        timeout_s: longest a request waits for company.
+        num_threads: batches that may run at once.
+        max_queued: requests waiting beyond this are refused (backpressure).
     """
 
     max_batch_size: int = 32

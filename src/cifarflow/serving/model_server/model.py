@@ -352,18 +352,20 @@ class VersionStatus:
 
 @dataclasses.dataclass(frozen=True)
 class ManagerConfig:
-    """Attributes:
-    label: serve the version this label names instead of the newest
-        (the newest while the label is not set).
-    poll_interval_s: how often the folder is checked for new versions;
-        0 or less: only once, at start (TF Serving's
-        --file_system_poll_wait_seconds=0).
-    batching: None turns server-side batching off.
-    warm_up: run each signature once after loading, before serving.
-    policy: a TensorFlow Serving model_version_policy; when set it decides
-        which versions are served, requests naming no version get the
-        newest loaded one (TF Serving's Latest), and `label` and the
-        store's labels file play no part.
+    """How the model manager picks, loads and swaps versions.
+
+    Attributes:
+        label: serve the version this label names instead of the newest
+            (the newest while the label is not set).
+        poll_interval_s: how often the folder is checked for new versions;
+            0 or less: only once, at start (TF Serving's
+            --file_system_poll_wait_seconds=0).
+        batching: None turns server-side batching off.
+        warm_up: run each signature once after loading, before serving.
+        policy: a TensorFlow Serving model_version_policy; when set it decides
+            which versions are served, requests naming no version get the
+            newest loaded one (TF Serving's Latest), and `label` and the
+            store's labels file play no part.
     """
 
     label: str | None = None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the CLI registers these flags on every run: keep grpc and numpy out of that
-    from cifarflow.serving.model_server.server import ModelServerConfig
+    from cifarflow.serving.model_server.config import ModelServerConfig
 
 log = logging.getLogger(__name__)
 
