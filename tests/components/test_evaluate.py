@@ -186,7 +186,7 @@ def gated_data(tmp_path_factory):
 
 
 def test_evaluate_records_paired_gate_predictions(trained_model, gated_data, sample_data, tmp_path):
-    from cifarflow.components.evaluate.executor import evaluate
+    from cifarflow.components.evaluate.executor import candidate_metadata, evaluate, logged_metrics
 
     result = evaluate(trained_model, gated_data, tmp_path / "c")
     gate = load_split(gated_data, "gate")
@@ -200,6 +200,9 @@ def test_evaluate_records_paired_gate_predictions(trained_model, gated_data, sam
     assert metrics == result.metrics  # what was written is what was returned
     assert metrics.value("gate_accuracy") == pytest.approx(recorded.accuracy)
     assert metrics.counts == {"val": 200, "gate": 200, "test": 500}
+    # What the KFP component logs and attaches to its candidate artifact.
+    assert logged_metrics(metrics)["gate_accuracy"] == metrics.value("gate_accuracy")
+    assert candidate_metadata(metrics)["gate_accuracy"] == metrics.value("gate_accuracy")
     assert (tmp_path / "c" / "evaluation.html").read_text().count("data:image/png;base64,") == 3
     # Re-evaluated in place on data without a gate split: no stale gate predictions stay behind.
     evaluate(tmp_path / "c", sample_data, tmp_path / "c")

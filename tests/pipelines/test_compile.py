@@ -332,3 +332,14 @@ def test_make_builds_the_images_the_flags_name(retargeted):
     ).stdout.split()
     tags = {built[i + 1] for i, word in enumerate(built) if word == "-t"}
     assert tags == set(_executor_images(retargeted[0]).values())
+
+
+def test_the_gate_gets_the_gate_split_and_the_preprocess_step_its_size(compiled):
+    """select_best can re-score a champion on the run's own gate split, not trust stale predictions."""
+    spec, _ = compiled
+    tasks = _all_tasks(spec)
+    data = tasks["select-best-component"].inputs.artifacts["data"].task_output_artifact
+    assert (data.producer_task, data.output_artifact_key) == ("preprocess-component", "splits")
+    gate = tasks["preprocess-component"].inputs.parameters["gate_fraction"]
+    assert gate.component_input_parameter.endswith("gate_fraction")
+    assert spec.root.input_definitions.parameters["gate_fraction"].default_value.number_value == 0.1
