@@ -88,6 +88,7 @@ def test_ingest_onto_a_full_disk_leaves_no_record_and_no_staging(small_disk, cap
 def test_preprocess_onto_a_full_disk_writes_no_stats_marker(small_disk, tmp_path, capsys):
     raw = tmp_path / "raw"
     ingest("sample", raw)
+    capsys.readouterr()  # ingest's progress line; the step's error line is what is checked
     out = small_disk / "splits"
     out.mkdir()
     (out / STATS_FILE).write_text("{}")  # an earlier run's marker: must not survive a failed re-run

@@ -63,7 +63,11 @@ def test_drop_an_image_and_see_top_classes(page, cifar, tmp_path):
     assert browser.evaluate("document.title").startswith("cifarflow")
     photo = encode(cifar[0][42], "JPEG", 256, quality=92)
     browser.evaluate(DROP_FILE % (base64.b64encode(photo).decode(), "photo.jpg", "image/jpeg"))
-    bars = browser.wait_for(f"(() => {{ const b = {BARS}; return b.length === 5 ? b : null; }})()")
+    # The page sets each bar's width a frame after its text (so the bar animates).
+    bars = browser.wait_for(
+        f"(() => {{ const b = {BARS}; "
+        "return b.length === 5 && b.every((x) => Number.isFinite(x.width)) ? b : null; })()"
+    )
     assert [b["pct"] for b in bars] == sorted((b["pct"] for b in bars), reverse=True)
     assert all(0 < b["pct"] <= 100 for b in bars)
     assert abs(bars[0]["width"] - bars[0]["pct"]) < 0.2  # the bar is as long as its probability
