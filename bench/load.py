@@ -60,6 +60,8 @@ from bench.serving_latency import (  # noqa: E402
     MODEL_DESCRIPTIONS,
     check_out_baseline,
     free_port,
+    gateway_args,
+    model_server_args,
     remove_baseline,
     start,
 )
@@ -578,49 +580,19 @@ def main(argv: list[str] | None = None) -> int:
         "searches": [],
     }
     model_port = free_port()
-    model_args = [
-        "serve",
-        "--log-level",
-        "WARNING",
-        "model",
-        "--store",
-        str(store),
-        "--model-name",
-        "cifarflow",
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(model_port),
-        "--rest-port",
-        "-1",
-    ]
+    model_args = model_server_args(store, model_port)
 
     baseline_tree = workdir / "baseline"
 
-    def gateway_args(workers: int, http_port: int) -> list[str]:
-        return [
-            "serve",
-            "--log-level",
-            "WARNING",
-            "gateway",
-            "--backend",
-            f"127.0.0.1:{model_port}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(http_port),
-            "--grpc-port",
-            "-1",
-            "--workers",
-            str(workers),
-        ]
+    def gateway_command(workers: int, http_port: int) -> list[str]:
+        return gateway_args(model_port, http_port, -1, "--workers", str(workers))
 
     # The first gateway starts beside the model server (it connects to its backend lazily): seconds saved per run.
     first_port = free_port()
     with ThreadPoolExecutor(2) as pool:
         starting = [
             pool.submit(start, model_args, "model server:"),
-            pool.submit(start, gateway_args(args.workers[0], first_port), "gateway: HTTP"),
+            pool.submit(start, gateway_command(args.workers[0], first_port), "gateway: HTTP"),
         ]
         started = [future.exception() or future.result() for future in starting]
     stopped: list[subprocess.Popen] = [p for p in started if isinstance(p, subprocess.Popen)]
@@ -634,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             http_port = first_port
             if position:
                 http_port = free_port()
-                gateway = start(gateway_args(workers, http_port), "gateway: HTTP")
+                gateway = start(gateway_command(workers, http_port), "gateway: HTTP")
                 stopped.append(gateway)
             url = f"http://127.0.0.1:{http_port}/v1/classify"
             meter = CpuMeter(
@@ -692,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
             for workers in args.workers:
                 http_port = free_port()
                 gateway = start(
-                    gateway_args(workers, http_port), "gateway: HTTP", source=baseline_tree
+                    gateway_command(workers, http_port), "gateway: HTTP", source=baseline_tree
                 )
                 stopped.append(gateway)
                 url = f"http://127.0.0.1:{http_port}/v1/classify"

@@ -77,6 +77,46 @@ MODEL_DESCRIPTIONS = {
 }
 
 
+def model_server_args(store: Path, grpc_port: int, *extra: str) -> list[str]:
+    """`cifarflow serve model` on loopback, gRPC only, quiet: how every benchmark starts it."""
+    return [
+        "serve",
+        "--log-level",
+        "WARNING",
+        "model",
+        "--store",
+        str(store),
+        "--model-name",
+        "cifarflow",
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--rest-port",
+        "-1",
+        *extra,
+    ]
+
+
+def gateway_args(backend_port: int, http_port: int, grpc_port: int, *extra: str) -> list[str]:
+    """`cifarflow serve gateway` on loopback in front of the model server, quiet."""
+    return [
+        "serve",
+        "--log-level",
+        "WARNING",
+        "gateway",
+        "--backend",
+        f"127.0.0.1:{backend_port}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        *extra,
+    ]
+
+
 def check_out_baseline(ref: str, dest: Path) -> str:
     """Checks commit `ref` out into a temporary git worktree at `dest`; returns its short id.
 
@@ -354,23 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = ["--batching"] if batching else ["--no-batching"]
         processes.append(
             start(
-                [
-                    "serve",
-                    "--log-level",
-                    "WARNING",
-                    "model",
-                    "--store",
-                    str(store),
-                    "--model-name",
-                    "cifarflow",
-                    "--host",
-                    "127.0.0.1",
-                    "--grpc-port",
-                    str(port),
-                    "--rest-port",
-                    "-1",
-                    *flags,
-                ],
+                model_server_args(store, port, *flags),
                 "model server:",
                 cpus="0" if args.pin else None,
             )
@@ -382,20 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         model_pid = processes[-1].pid
         http_port, gw_grpc_port = free_port(), free_port()
         gateway = start(
-            [
-                "serve",
-                "--log-level",
-                "WARNING",
-                "gateway",
-                "--backend",
-                f"127.0.0.1:{model_port}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(http_port),
-                "--grpc-port",
-                str(gw_grpc_port),
-            ],
+            gateway_args(model_port, http_port, gw_grpc_port),
             "gateway: HTTP",
             cpus="1" if args.pin else None,
         )
@@ -412,20 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             results["baseline"] = {"ref": args.baseline, "commit": commit}
             old_http, old_grpc = free_port(), free_port()
             baseline = start(
-                [
-                    "serve",
-                    "--log-level",
-                    "WARNING",
-                    "gateway",
-                    "--backend",
-                    f"127.0.0.1:{model_port}",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(old_http),
-                    "--grpc-port",
-                    str(old_grpc),
-                ],
+                gateway_args(model_port, old_http, old_grpc),
                 "gateway: HTTP",
                 cpus="1" if args.pin else None,
                 source=source,
