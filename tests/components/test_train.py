@@ -14,9 +14,10 @@ import keras
 import numpy as np
 import pytest
 
+from cifarflow.components.candidate import TRAIN_SUMMARY_FILE
 from cifarflow.components.train import checkpointing
 from cifarflow.components.train.config import TrialConfig
-from cifarflow.components.train.executor import SUMMARY_FILE, TrainResult, train
+from cifarflow.components.train.executor import TrainResult, train
 from cifarflow.components.train.models import build_model
 from cifarflow.components.train.schedules import WarmupSchedule
 from cifarflow.configs import CONFIG_DIR
@@ -49,12 +50,12 @@ def test_a_finished_trial_holds_every_output_and_no_checkpoint(trained_model):
         "model.tflite",
         "history.json",
         "curves.png",
-        SUMMARY_FILE,
+        TRAIN_SUMMARY_FILE,
     ):
         assert (trained_model / name).exists(), name
     assert not (trained_model / checkpointing.CHECKPOINT_DIR).exists()
     assert (trained_model / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = json.loads((trained_model / SUMMARY_FILE).read_text())
+    summary = json.loads((trained_model / TRAIN_SUMMARY_FILE).read_text())
     assert summary["trial"] == TrialConfig.from_dict(TINY_TRIAL).to_dict()
     assert len(summary["class_names"]) == 20 and summary["backend"] == "tensorflow"
 
@@ -93,7 +94,7 @@ def test_a_killed_trial_resumes_from_its_last_checkpoint(tmp_path, sample_data):
     finally:
         if process.poll() is None:
             process.kill()
-    assert not (out / SUMMARY_FILE).exists()
+    assert not (out / TRAIN_SUMMARY_FILE).exists()
     done = json.loads(state_file.read_text())["epochs_done"]
     assert 1 <= done < 3
 

@@ -20,10 +20,11 @@ import keras
 import pytest
 import yaml
 
+from cifarflow.components.candidate import TRAIN_SUMMARY_FILE
 from cifarflow.components.train import checkpointing
 from cifarflow.components.train.config import TrialConfig
 from cifarflow.components.train.durable_checkpoints import MANIFEST, ROOT, trial_key
-from cifarflow.components.train.executor import SUMMARY_FILE, TrainResult, train
+from cifarflow.components.train.executor import TrainResult, train
 from cifarflow.components.train.schedules import WarmupSchedule
 from tests.components.train_data import TINY_TRIAL
 from tests.support.processes import ServiceProcess, cifarflow_command
@@ -101,7 +102,7 @@ def test_a_killed_train_process_resumes_from_the_store_in_a_new_empty_folder(
     finally:
         if first.process.poll() is None:
             first.process.kill()
-    assert not (tmp_path / "pod-1" / SUMMARY_FILE).exists(), (
+    assert not (tmp_path / "pod-1" / TRAIN_SUMMARY_FILE).exists(), (
         "the first process finished before it was killed"
     )
     durable = _objects(s3_server, s3_bucket, prefix)

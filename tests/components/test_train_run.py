@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from cifarflow.components import candidate as contract
 from cifarflow.components.train import checkpointing, executor
 from cifarflow.components.train.config import TrialConfig
 from cifarflow.components.train.data import load_training_data
@@ -104,7 +105,7 @@ def test_component_outputs_come_from_the_summary(trained_model):
     metadata = executor.model_metadata(config, result)
     assert metadata["params"] == result.params and metadata["jit_compile"] == result.jit_compile
     assert executor.summary_metrics(result)["val_accuracy"] == result.best_val_accuracy
-    page = executor.curves_html(result.trial, (trained_model / executor.CURVES_FILE).read_bytes())
+    page = executor.curves_html(result.trial, (trained_model / contract.CURVES_FILE).read_bytes())
     assert "data:image/png;base64,iVBORw0KGgo" in page
     assert result.train_step.startswith("train step") and result.planned_epochs == 4
 

@@ -48,6 +48,7 @@ def train_component(
     from pathlib import Path
 
     from cifarflow import step_logging
+    from cifarflow.components import candidate as contract
     from cifarflow.components.metric_artifacts import log_metrics
     from cifarflow.components.train import executor
     from cifarflow.components.train.config import TrialConfig
@@ -58,5 +59,5 @@ def train_component(
     result = executor.train(data.path, config, model.path, checkpoint_store=store, run_id=run)
     model.metadata.update(executor.model_metadata(config, result))
     log_metrics(metrics, executor.summary_metrics(result))
-    png = (Path(model.path) / executor.CURVES_FILE).read_bytes()
+    png = (Path(model.path) / contract.CURVES_FILE).read_bytes()
     Path(curves.path).write_text(executor.curves_html(config.to_dict(), png))

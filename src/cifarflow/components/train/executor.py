@@ -54,12 +54,6 @@ from cifarflow.components.train.models import build_model
 from cifarflow.components.train.run import TrainingRun, compiled_words, predict_logits
 from cifarflow.s3 import S3Settings
 
-# The candidate folder's file names are the contract's (components/candidate.py).
-SUMMARY_FILE = contract.TRAIN_SUMMARY_FILE
-HISTORY_FILE = contract.HISTORY_FILE
-KERAS_FILE = contract.KERAS_FILE
-CURVES_FILE = contract.CURVES_FILE
-
 _log = logging.getLogger(__name__)
 
 
@@ -93,13 +87,13 @@ class TrainResult:
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> TrainResult:
-        values = json.loads((Path(out_dir) / SUMMARY_FILE).read_text())
+        values = json.loads((Path(out_dir) / contract.TRAIN_SUMMARY_FILE).read_text())
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
-    return (Path(out_dir) / SUMMARY_FILE).is_file()
+    return (Path(out_dir) / contract.TRAIN_SUMMARY_FILE).is_file()
 
 
 def train(
@@ -184,12 +178,12 @@ def _train(
 
     # Exported in float32 (see _write_outputs): the served graph should not depend on the training policy.
     _write_outputs(out, run.inference, data, config, temperature, export_tflite, log)
-    (out / HISTORY_FILE).write_text(json.dumps(state.history, indent=1) + "\n")
+    (out / contract.HISTORY_FILE).write_text(json.dumps(state.history, indent=1) + "\n")
     from cifarflow.components.train.plots import plot_curves
 
     plot_curves(
         state.history,
-        out / CURVES_FILE,
+        out / contract.CURVES_FILE,
         title=f"{run.inference.name} ({config.optimizer}, lr {config.learning_rate})",
     )
     result = TrainResult(
@@ -302,9 +296,9 @@ def _write_outputs(
 
     if keras.mixed_precision.global_policy().name != "float32":
         inference = _float32_copy(inference, config, data)
-    partial = out / f".partial.{KERAS_FILE}"
+    partial = out / f".partial.{contract.KERAS_FILE}"
     inference.save(partial)
-    os.replace(partial, out / KERAS_FILE)
+    os.replace(partial, out / contract.KERAS_FILE)
     if device.backend() != "tensorflow":
         log(
             f"SavedModel export skipped on {device.backend()}: run `cifarflow train --export-only --out {out}` with KERAS_BACKEND=tensorflow"
