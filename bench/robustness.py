@@ -137,12 +137,10 @@ def jpeg_photos(images: np.ndarray, size: int, quality: int) -> list[bytes]:
     return photos
 
 
-def serving_default_class_ids(model_dir: str, photos: Sequence[bytes], batch: int) -> np.ndarray:
-    """Class ids from the SavedModel's `serving_default` (decode and resize in the graph)."""
+def serving_default_class_ids(serve, photos: Sequence[bytes], batch: int) -> np.ndarray:
+    """Class ids from `serving_default` (decode and resize in the graph)."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(model_dir)
-    serve = loaded.signatures["serving_default"]
     ids = []
     for start in range(0, len(photos), batch):
         chunk = tf.constant(list(photos[start : start + batch]), dtype=tf.string)
@@ -210,9 +208,10 @@ def score_model(
         by_corruption.setdefault(corruption, {})[severity] = accuracy(pixels, labels)
     every = [acc for severities in by_corruption.values() for acc in severities.values()]
     serving_truth = labels[serving_index]
+    serve = load_signature(model_dir, "serving_default") if serving else None
     serving_path = {
         case: round(
-            float(np.mean(serving_default_class_ids(model_dir, photos, batch) == serving_truth)), 4
+            float(np.mean(serving_default_class_ids(serve, photos, batch) == serving_truth)), 4
         )
         for case, photos in serving.items()
     }

@@ -29,8 +29,8 @@ def has_saved_model(model_dir: str | os.PathLike) -> bool:
     return (Path(model_dir) / "saved_model.pb").is_file()
 
 
-def load_signature(model_dir: str | os.PathLike):
-    """The loaded SavedModel's `predict_pixels` concrete function."""
+def load_signature(model_dir: str | os.PathLike, name: str = SIGNATURE):
+    """The loaded SavedModel's `name` signature (`predict_pixels` by default)."""
     if not has_saved_model(model_dir):
         raise BadInputError(
             f"{model_dir} has no saved_model.pb; pass the output folder of 'cifarflow train'"
@@ -38,9 +38,9 @@ def load_signature(model_dir: str | os.PathLike):
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(model_dir))
-    if SIGNATURE not in loaded.signatures:
-        raise BadInputError(f"{model_dir}: the SavedModel has no {SIGNATURE!r} signature")
-    fn = loaded.signatures[SIGNATURE]
+    if name not in loaded.signatures:
+        raise BadInputError(f"{model_dir}: the SavedModel has no {name!r} signature")
+    fn = loaded.signatures[name]
     fn._cifarflow_owner = loaded  # keep the variables alive as long as the function
     return fn
 
