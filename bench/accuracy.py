@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "--archive", default=str(DEFAULT_ARCHIVE), help="official-format CIFAR-100 archive"
     )
     parser.add_argument(
-        "--work", default=None, help="work folder (default /tmp/cifarflow-bench/<config>-t<trial>)"
+        "--work", default=None, help="work folder (default /tmp/cifarflow-bench/<config>-t<trial>-s<seed>)"
     )
     parser.add_argument(
         "--skip-train", action="store_true", help="score the model already in <work>/model"
@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         help="before scoring, wrap the trained model in flip test-time augmentation (what `tta_flip: true` "
         "builds), refit its temperature on val and re-export it; said in the record",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the trial's training seed (weights, augmentation, shuffling); the splits keep the "
+        "pipeline's split seed, so seeds differ only in training (default: the grid's)",
+    )
     parser.add_argument("--note", default="", help="free text stored with the record")
     args = parser.parse_args(argv)
 
@@ -72,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     import cifarflow.configs as configs
     from cifarflow.components.train.executor import TrainResult, train
     from cifarflow.grid import load_grid
+    from bench.machine import machine_info
+    from cifarflow.step_logging import configure
+
+    configure()  # the train step's epoch lines: an hour with no output looks like a hang
 
     grid = load_grid(configs.resolve(args.config))
     trial = grid.trial(args.trial)
@@ -85,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             time_budget_minutes=0,
             mixed_precision="off",
         )
-    name = f"{grid.name}-t{args.trial}" + ("-smoke" if args.smoke else "")
+    if args.seed is not None:
+        trial = dataclasses.replace(trial, seed=args.seed)
+    name = f"{grid.name}-t{args.trial}-s{trial.seed}" + ("-smoke" if args.smoke else "")
     work = Path(args.work or f"/tmp/cifarflow-bench/{name}")
     data_dir = work / "data"
     if not (data_dir / "stats.json").is_file():
@@ -105,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "config": grid.name,
         "trial": args.trial,
+        "seed": trial.seed,
         **accuracy_record(evaluation.metrics),
         "train_seconds": round(result.train_seconds, 1),
         "epochs": result.epochs_run,
@@ -117,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "tta_flip": bool(evaluation.metrics.trial.get("tta_flip")),
         "smoke": args.smoke,
         "note": args.note,
+        "machine": machine_info(),
     }
     results = work / "accuracy.json" if args.smoke else RESULTS
     records = json.loads(results.read_text()) if results.is_file() else []
