@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         "--archive", default=str(DEFAULT_ARCHIVE), help="official-format CIFAR-100 archive"
     )
     parser.add_argument(
-        "--work", default=None, help="work folder (default /tmp/cifarflow-bench/<config>-t<trial>-s<seed>)"
+        "--work",
+        default=None,
+        help="work folder (default /tmp/cifarflow-bench/<config>-t<trial>-s<seed>)",
     )
     parser.add_argument(
         "--skip-train", action="store_true", help="score the model already in <work>/model"
@@ -77,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     import cifarflow.configs as configs
+    from bench.machine import machine_info
     from cifarflow.components.train.executor import TrainResult, train
     from cifarflow.grid import load_grid
-    from bench.machine import machine_info
     from cifarflow.step_logging import configure
 
     configure()  # the train step's epoch lines: an hour with no output looks like a hang
