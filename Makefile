@@ -24,8 +24,14 @@ venv: $(STAMP)  ## create .venv and install the package with pinned dependencies
 run: $(STAMP)  ## run the pipeline end to end on the shipped sample (no cluster, no internet)
 	$(BIN)/cifarflow run $(RUN_ARGS)
 
+# Two xdist workers for everything but the tests marked `alone` (timing
+# assertions, see tests/conftest.py), which run after, with the machine to
+# themselves. Both parts always run; exit code 5 is "nothing selected".
 test: $(STAMP) test-system-deps  ## run the test suite (starts its own S3 and HTTP servers)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -n 2 --dist loadfile -m "not alone" $(PYTEST_ARGS); parallel=$$?; \
+	$(BIN)/python -m pytest -m alone $(PYTEST_ARGS); alone=$$?; \
+	for code in $$parallel $$alone; do [ $$code -eq 0 ] || [ $$code -eq 5 ] || exit 1; done; \
+	[ $$parallel -eq 0 ] || [ $$alone -eq 0 ]
 
 # The web page tests drive a real headless Chromium, and the monitoring tests
 # a real Prometheus and promtool (Debian's packages). As root with apt they are
