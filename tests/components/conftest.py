@@ -1,3 +1,3 @@
 """Fixtures shared by the component tests (session-scoped, so each is built once)."""
 
-from tests.components.train_data import candidate, sample_data, trained_model  # noqa: F401
+from tests.components.train_data import candidate, sample_data, sample_slice, trained_model  # noqa: F401

@@ -205,44 +205,33 @@ def test_gpu_and_reference_models_build():
 
 
 @pytest.mark.slow
-def test_the_reference_grids_first_trial_runs(tmp_path, sample_data):
+def test_the_reference_grids_first_trial_runs(tmp_path, sample_slice):
     """DenseNet121 at 75x75 from the 2023 grid, one short epoch on a slice of the sample."""
-    from cifarflow.data.splits import load_split, load_stats, write_split, write_stats
-
-    small = tmp_path / "small"
-    for name, count in (("train", 96), ("val", 40), ("test", 40)):
-        split = load_split(sample_data, name, mmap=False)
-        write_split(
-            small,
-            name,
-            type(split)(
-                split.images[:count], split.coarse_labels[:count], split.fine_labels[:count]
-            ),
-        )
-    write_stats(small, load_stats(sample_data))
     first = load_grid(CONFIG_DIR / "reference.yaml").trials[0]
     trial = TrialConfig.from_dict(
         {**first.to_dict(), "epochs": 1}
     )  # offline: imagenet falls back to random init
-    result = train(small, trial, tmp_path / "out", log=lambda line: None, export_tflite=False)
+    result = train(
+        sample_slice, trial, tmp_path / "out", log=lambda line: None, export_tflite=False
+    )
     assert result.epochs_run == 1 and (tmp_path / "out" / "saved_model.pb").is_file()
     assert result.trial["architecture"] == "densenet121"
 
 
-def test_bfloat16_training_exports_a_float32_model(tmp_path, sample_data):
+def test_bfloat16_training_exports_a_float32_model(tmp_path, sample_slice):
     from cifarflow.components.train import device
 
     trial = TrialConfig.from_dict(
         {**TINY_TRIAL, "epochs": 1, "fine_label_weight": 0.0, "mixed_precision": "on"}
     )
     out = tmp_path / "bf16"
-    result = train(sample_data, trial, out, log=lambda line: None, export_tflite=False)
+    result = train(sample_slice, trial, out, log=lambda line: None, export_tflite=False)
     assert result.dtype_policy == "mixed_bfloat16"
     # Training must not leave its policy behind for the rest of the process.
     assert keras.mixed_precision.global_policy().name == "float32"
     saved = keras.models.load_model(out / "model.keras")
     policies = {layer.dtype_policy.name for layer in saved.layers if hasattr(layer, "dtype_policy")}
     assert policies == {"float32"}
-    images = np.load(sample_data / "val" / "images.npy")[:16].astype("float32")
+    images = np.load(sample_slice / "val" / "images.npy")[:16].astype("float32")
     assert saved.predict(images, verbose=0).dtype == np.float32
     assert device.dtype_policy("off") == "float32" and device.dtype_policy("on") == "mixed_bfloat16"

@@ -68,6 +68,26 @@ def sample_data(tmp_path_factory, sample_archive) -> Path:
     return write_splits_from_archive(sample_archive, tmp_path_factory.mktemp("sample_data"))
 
 
+@pytest.fixture(scope="session")
+def sample_slice(tmp_path_factory, sample_data) -> Path:
+    """The first 128 train and 64 val and test images of `sample_data`: one real epoch in seconds.
+
+    For tests that need training to run (a dtype policy, an architecture), not to learn.
+    """
+    from cifarflow.data.splits import load_split, load_stats
+
+    out = tmp_path_factory.mktemp("sample_slice")
+    for name, count in (("train", 128), ("val", 64), ("test", 64)):
+        split = load_split(sample_data, name, mmap=False)
+        write_split(
+            out,
+            name,
+            Split(split.images[:count], split.coarse_labels[:count], split.fine_labels[:count]),
+        )
+    write_stats(out, load_stats(sample_data))
+    return out
+
+
 # A trial small enough for tests: ResNet-8 (80 k parameters), a few seconds per epoch on the sample.
 TINY_TRIAL = {
     "architecture": "resnet",

@@ -4,43 +4,70 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import io
 import json
 import os
 import types
+import uuid
 from pathlib import Path
 
 import pytest
 
 from cifarflow.cli.main import main
 from cifarflow.data.sample import SAMPLE_MD5
+from cifarflow.defaults import MODEL_NAME
 from cifarflow.pipelines.artifact_upload import upload_run
 from cifarflow.pipelines.local_run import PipelineFailedError
+from cifarflow.serving.store.model_store import ModelStore, open_store
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    """`cifarflow run` twice with its defaults, as `make run` does, from a fresh folder.
+@dataclasses.dataclass
+class LocalRuns:
+    """What `two_runs` leaves: the runs folder, the S3 store, version 1 downloaded, the consoles."""
 
-    The first run publishes; the second reuses the cache and meets a champion.
+    runs: Path
+    store: ModelStore
+    published: Path
+    run_dirs: list[Path]
+    results: list[tuple[int, str]]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, s3_server):
+    """`cifarflow run --store s3://...` twice from a fresh folder, with the S3_* variables set.
+
+    The first run publishes to the real S3 server (the cluster's kind of store; the
+    local-folder default is what tests/system's `make run` journey publishes to); the
+    second reuses the cache and meets a champion. `published` is version 1, downloaded.
     """
     root = tmp_path_factory.mktemp("local-run")
-    runs, store = root / "runs", root / "runs" / "model-store"  # the defaults, relative to the cwd
+    runs = root / "runs"
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    s3_server.settings.client().make_bucket(bucket)
+    store_uri = f"s3://{bucket}/models"
     results = []
     cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        for _ in range(2):
-            console = io.StringIO()
-            with contextlib.redirect_stdout(console):
-                code = main(["run"])
-            results.append((code, console.getvalue()))
-    finally:
-        os.chdir(cwd)
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in s3_server.env().items():
+            env.setenv(key, value)
+        os.chdir(root)
+        try:
+            for _ in range(2):
+                console = io.StringIO()
+                with contextlib.redirect_stdout(console):
+                    code = main(["run", "--store", store_uri])
+                results.append((code, console.getvalue()))
+        finally:
+            os.chdir(cwd)
+    store = open_store(store_uri, s3_server.settings)
+    published = root / "published"
+    if store.versions(MODEL_NAME):
+        store.download(MODEL_NAME, 1, published)
     run_dirs = sorted(p for p in runs.iterdir() if p.name.startswith("cifarflow-"))
-    return runs, store, run_dirs, results
+    return LocalRuns(runs, store, published, run_dirs, results)
 
 
 def _record(run_dir: Path) -> dict:
@@ -48,9 +75,10 @@ def _record(run_dir: Path) -> dict:
 
 
 def test_every_task_succeeds_and_the_model_lands_in_the_store(two_runs):
-    runs, store, run_dirs, results = two_runs
+    run_dirs, results = two_runs.run_dirs, two_runs.results
     assert [code for code, _ in results] == [0, 0] and len(run_dirs) == 2
     assert f"run {run_dirs[0].name}: SUCCEEDED" in results[0][1]
+    assert f"{two_runs.store.uri}/{MODEL_NAME}/1" in results[0][1]
     record = _record(run_dirs[0])
     assert record["status"] == "SUCCEEDED"
     tasks = record["tasks"]
@@ -66,7 +94,7 @@ def test_every_task_succeeds_and_the_model_lands_in_the_store(two_runs):
         assert step in tasks, step
     trials = [t for t in tasks if t.endswith("/train-component")]
     assert len(trials) == 2 and len([t for t in tasks if t.endswith("/evaluate-component")]) == 2
-    version = store / "cifarflow" / "1"
+    version = two_runs.published
     assert (version / "saved_model.pb").is_file()
     manifest = json.loads((version / "cifarflow.json").read_text())
     assert manifest["data_checksum"] == SAMPLE_MD5  # the ingested archive's md5
@@ -84,20 +112,19 @@ def test_every_task_succeeds_and_the_model_lands_in_the_store(two_runs):
 
 
 def test_second_run_reuses_the_cache_and_keeps_the_champion(two_runs):
-    _, store, run_dirs, _ = two_runs
-    tasks = _record(run_dirs[1])["tasks"]
+    tasks = _record(two_runs.run_dirs[1])["tasks"]
     assert any(t.startswith("ingest-component (cached") for t in tasks)
     assert any(t.startswith("preprocess-component (cached") for t in tasks)
     # Tasks with Metrics outputs too: kfp.local misses the cache when an output's file is absent.
     assert any(t.startswith("eda-component (cached") for t in tasks)
     assert len([t for t in tasks if "train-component (cached" in t]) == 2
-    assert sorted(p.name for p in (store / "cifarflow").iterdir() if p.name.isdigit()) == ["1"]
+    assert two_runs.store.versions(MODEL_NAME) == [1]
     assert tasks["select-best-component"]["parameters"]["publish"] is False
 
 
 def test_console_shows_progress_not_kfp_internals(two_runs):
-    _, _, run_dirs, results = two_runs
-    first, second = (out for _, out in results)
+    run_dirs = two_runs.run_dirs
+    first, second = (out for _, out in two_runs.results)
     assert "epoch 1/4" in first and "Executing task 'train-component'" in first
     assert "cache hit" in second
     for out in (first, second):
@@ -109,7 +136,7 @@ def test_console_shows_progress_not_kfp_internals(two_runs):
 
 
 def test_runs_list_and_compare(two_runs, capsys, tmp_path):
-    runs, _, run_dirs, _ = two_runs
+    runs, run_dirs = two_runs.runs, two_runs.run_dirs
     assert main(["runs", "list", "--from", str(runs)]) == 0
     listing = capsys.readouterr().out
     assert all(d.name in listing for d in run_dirs) and "SUCCEEDED" in listing
@@ -136,15 +163,14 @@ def test_runs_list_and_compare(two_runs, capsys, tmp_path):
 
 
 def test_runs_compare_unknown_run(two_runs, capsys):
-    runs, *_ = two_runs
-    assert main(["runs", "compare", "no-such-run", "--from", str(runs)]) == 2
+    assert main(["runs", "compare", "no-such-run", "--from", str(two_runs.runs)]) == 2
     assert "no run no-such-run" in capsys.readouterr().err
 
 
 def test_artifacts_uploaded_in_the_kfp_layout_and_listed_from_s3(
     two_runs, s3_server, s3_bucket, monkeypatch, capsys
 ):
-    _, _, run_dirs, _ = two_runs
+    run_dirs = two_runs.run_dirs
     uri = upload_run(run_dirs[0], f"s3://{s3_bucket}/root", "cifarflow", s3_server.settings)
     assert uri == f"s3://{s3_bucket}/root/cifarflow/{run_dirs[0].name}"
     names = {
@@ -158,34 +184,6 @@ def test_artifacts_uploaded_in_the_kfp_layout_and_listed_from_s3(
         monkeypatch.setenv(key, value)
     assert main(["runs", "list", "--from", f"s3://{s3_bucket}/root/cifarflow"]) == 0
     assert run_dirs[0].name in capsys.readouterr().out
-
-
-def test_a_run_publishes_to_an_s3_store(two_runs, s3_server, s3_bucket, monkeypatch, capsys):
-    """`--store s3://...` with the S3_* variables: the cluster's store, from a local run."""
-    runs, _, _, _ = two_runs
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    cwd = os.getcwd()
-    # The same runs/ folder: ingest, preprocess and EDA come from the cache (the trials train again: the
-    # store is a train input, where its checkpoints go).
-    os.chdir(runs.parent)
-    try:
-        assert main(["run", "--store", f"s3://{s3_bucket}/models"]) == 0
-    finally:
-        os.chdir(cwd)
-    assert f"s3://{s3_bucket}/models/cifarflow/1" in capsys.readouterr().out
-    names = {
-        o.object_name
-        for o in s3_server.settings.client().list_objects(
-            s3_bucket, prefix="models/", recursive=True
-        )
-    }
-    assert {
-        "models/cifarflow/1/saved_model.pb",
-        "models/cifarflow/1/cifarflow.json",
-        "models/cifarflow/1/reference.json",
-    } <= names
-    assert not any(n.startswith("models/cifarflow/2/") for n in names)
 
 
 def test_a_failing_trial_fails_the_run_and_keeps_the_other_trials_results(tmp_path, capsys):
