@@ -55,3 +55,18 @@ def model_server_for(model_dir: Path, store: Path, model_name: str) -> Iterator:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def explainable_model(tmp_path_factory) -> Path:
+    """The trainer's real export (all three signatures, `explain` included) of an untrained ResNet-8."""
+    from cifarflow.classes import COARSE_CLASS_NAMES
+    from cifarflow.components.train.config import TrialConfig
+    from cifarflow.components.train.export import export_saved_model
+    from cifarflow.components.train.models.build import build_model
+
+    out = tmp_path_factory.mktemp("explainable") / "model"
+    out.mkdir()
+    model = build_model(TrialConfig(architecture="resnet", depth=8)).inference
+    export_saved_model(model, out, COARSE_CLASS_NAMES)
+    return out

@@ -117,3 +117,19 @@ def test_paste_a_url_when_the_gateway_allows_it(page, cifar):
     )
     browser.wait_for("document.getElementById('meta').textContent.startsWith('model cifar')")
     assert browser.evaluate("document.querySelectorAll('#bars .bar').length") == 5
+
+
+def test_a_model_without_explanations_says_so_and_draws_no_heat_map(page, cifar):
+    browser, _ = page
+    photo = encode(cifar[0][3], "PNG", 96)
+    browser.evaluate(DROP_FILE % (base64.b64encode(photo).decode(), "photo.png", "image/png"))
+    note = browser.wait_for(
+        "document.getElementById('explain-text').textContent.startsWith('No explanation') && "
+        "document.getElementById('explain-text').textContent"
+    )
+    assert "no 'explain' signature" in note
+    assert (
+        browser.evaluate("getComputedStyle(document.getElementById('heatmap')).display") == "none"
+    )
+    assert browser.evaluate("getComputedStyle(document.getElementById('error')).display") == "none"
+    assert browser.evaluate("document.querySelectorAll('#bars .bar').length") == 5

@@ -99,6 +99,15 @@ class Unauthenticated(ServingError):
     exit_code = 2
 
 
+class Unimplemented(ServingError):
+    """The served model cannot do what was asked (an explanation from a version exported without one)."""
+
+    http_status = 501
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    cause = "unimplemented"
+    exit_code = 5
+
+
 class MethodNotAllowed(ServingError):
     http_status = 405
     grpc_code = grpc.StatusCode.UNIMPLEMENTED

@@ -8,8 +8,12 @@ model contract (docs/training.md, "Signatures") are TensorFlow graphs.
   frame), resizes to 32×32 with antialiasing, rounds to whole pixel values like
   the uint8 training data, and runs the model.
 - `predict_pixels(images: uint8[None, 32, 32, 3])`: the model on raw pixels.
+- `explain(image_bytes: string[None])`: the same decoding, then a Grad-CAM
+  saliency map of the predicted class (saliency.py): `saliency` float32
+  [None, 32, 32] in [0, 1], `probability` float32 [None] (the explained
+  class's), and the four outputs below.
 
-Both return `probabilities` (softmax of the temperature-scaled logits),
+All three return `probabilities` (softmax of the temperature-scaled logits),
 `logits` (already divided by the fitted temperature, so
 `softmax(logits) == probabilities`), `class_ids` (int64) and `class_names`.
 Nothing is rejected in the graph: the serving layer rejects empty batches and
@@ -26,11 +30,13 @@ from pathlib import Path
 import keras
 
 from cifarflow.atomic_files import write_bytes_atomic
+from cifarflow.components.train.saliency import grad_cam, grad_cam_model
 
 TFLITE_FILE = "model.tflite"
 SAVED_MODEL_FILES = ("saved_model.pb", "variables", "assets", "fingerprint.pb")
 CLASS_NAMES_ASSET = "class_names.txt"
 IMAGE_SIZE = 32
+EXPLAIN_SIGNATURE = "explain"
 
 
 def _require_tensorflow_backend() -> None:
@@ -83,7 +89,9 @@ def export_saved_model(
     inverse_t = 1.0 / float(temperature)
 
     def outputs(pixels):
-        logits = tf.cast(model(pixels, training=False), tf.float32) * inverse_t
+        return outputs_of_logits(tf.cast(model(pixels, training=False), tf.float32) * inverse_t)
+
+    def outputs_of_logits(logits):
         class_ids = tf.argmax(logits, axis=1, output_type=tf.int64)
         return {
             "probabilities": tf.nn.softmax(logits),
@@ -114,6 +122,27 @@ def export_saved_model(
         "predict_pixels",
         predict_pixels,
         input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name="images")],
+    )
+    cam_model = grad_cam_model(model)
+
+    def explain(image_bytes):
+        pixels = tf.map_fn(
+            decode_and_resize,
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32),
+        )
+        saliency, logits = grad_cam(cam_model, pixels)
+        answer = outputs_of_logits(logits * inverse_t)
+        answer["saliency"] = saliency
+        answer["probability"] = tf.gather(
+            answer["probabilities"], answer["class_ids"], batch_dims=1
+        )
+        return answer
+
+    archive.add_endpoint(
+        EXPLAIN_SIGNATURE,
+        explain,
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
     )
     archive.write_out(str(tmp), verbose=False)
     (tmp / "assets").mkdir(exist_ok=True)

@@ -50,12 +50,15 @@ from cifarflow.serving.errors import (
     NotFound,
     ServingError,
     Unavailable,
+    Unimplemented,
     from_grpc_error,
 )
 from cifarflow.serving.gateway.target import channel_options
 from cifarflow.serving.tensors import DT_STRING, from_tensor_proto, to_tensor_proto
 
 _AVAILABLE = 30
+# The SavedModel signature that answers with a saliency map (components/train/export.py).
+EXPLAIN_SIGNATURE = "explain"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,15 @@ class BackendResult:
     model: str
     version: int
     probabilities: np.ndarray  # float32 [n, classes]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendExplanation:
+    model: str
+    version: int
+    probabilities: np.ndarray  # float32 [classes]
+    class_id: int  # the class explained (the most probable)
+    saliency: np.ndarray  # float32 [32, 32] in [0, 1]
 
 
 class _Waiting:
@@ -203,6 +215,55 @@ class Backend:
         except grpc.RpcError as exc:
             raise self._error(exc) from None
         return self._result(response)
+
+    async def explain(
+        self, image: bytes, request_id: str = "", caller_remaining: float | None = None
+    ) -> BackendExplanation:
+        """The `explain` signature on one image, in a call of its own.
+
+        Not shared with other requests: explanations are rare and cost a
+        backward pass, and the model server batches them per signature anyway.
+
+        Raises:
+            Unimplemented: the served version has no `explain` signature.
+        """
+        self._open()
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = EXPLAIN_SIGNATURE
+        array = np.empty(1, dtype=object)
+        array[0] = image
+        request.inputs["image_bytes"].CopyFrom(to_tensor_proto(array, DT_STRING))
+        request.output_filter.extend(["probabilities", "class_ids", "saliency"])
+        try:
+            response = await self._predict(
+                request,
+                timeout=self._deadline(caller_remaining),
+                metadata=(("x-request-id", request_id),) if request_id else None,
+            )
+        except grpc.RpcError as exc:
+            # TF Serving: FAILED_PRECONDITION 'Serving signature key "explain" not found.'
+            # (servables/tensorflow/predict_util.cc); the model server answers the same.
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "signature" in str(
+                exc.details()
+            ):
+                raise Unimplemented(
+                    f"the served version of model {self.model_name!r} has no {EXPLAIN_SIGNATURE!r} "
+                    "signature (it was exported before explanations); classify still works, and "
+                    "a version exported by this cifarflow explains"
+                ) from None
+            raise self._error(exc) from None
+        outputs = {
+            name: from_tensor_proto(response.outputs[name], name)
+            for name in ("probabilities", "class_ids", "saliency")
+        }
+        return BackendExplanation(
+            response.model_spec.name,
+            int(response.model_spec.version.value),
+            outputs["probabilities"][0],
+            int(outputs["class_ids"][0]),
+            outputs["saliency"][0],
+        )
 
     def _send_queued(self) -> None:
         """A call finished: send what queued meanwhile as one call, or free the slot."""

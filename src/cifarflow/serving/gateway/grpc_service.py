@@ -1,4 +1,4 @@
-"""The gateway's own gRPC service (classifier.proto): Classify and ClassifyBatch, on grpc.aio.
+"""The gateway's own gRPC service (classifier.proto): Classify, ClassifyBatch and Explain, on grpc.aio.
 
 Auth (the `authorization` metadata), request ids (`x-request-id` in, or
 generated; sent back as trailing metadata and in the response), the caller's deadline (passed on
@@ -119,3 +119,29 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             )
 
         return await self._call("ClassifyBatch", context, work)
+
+    async def Explain(self, request, context):
+        async def work(request_id: str, deadline: float | None):
+            source = request.WhichOneof("source")
+            if source is None:
+                raise InvalidInput("set 'image' (bytes) or 'url'")
+            if source == "image":
+                data = request.image
+            else:
+                data = await self.classifier.fetch_async(request.url)
+            prepared = await asyncio.to_thread(self.classifier.prepare, [data])
+            result = await self.classifier.explain_prepared(prepared[0], request_id, deadline)
+            height, width = result.saliency.shape
+            return classifier_pb2.ExplainResponse(
+                model=result.classification.model,
+                version=result.classification.version,
+                class_name=result.class_name,
+                class_id=result.class_id,
+                probability=result.probability,
+                height=height,
+                width=width,
+                saliency=result.saliency.ravel().tolist(),
+                request_id=request_id,
+            )
+
+        return await self._call("Explain", context, work)

@@ -6,6 +6,7 @@ GET  /readyz        the backend answers and has the model AVAILABLE
 GET  /metrics       Prometheus
 GET  /v1/info       what the page needs to know (URL fetching on? auth on?)
 POST /v1/classify   multipart field `file`, JSON {"image_b64" | "url", "top_k"}, or a raw image/* body
+POST /v1/explain    the same inputs as /v1/classify -> the top class's saliency map
 POST /predict       {"url": ...} -> {"<class name>": score, ...} (the 2023 contract)
 GET  /openapi.json  this API, generated from the models in schemas.py; `/docs` shows it
 
@@ -268,6 +269,61 @@ async def classify(request: Request) -> Response:
 
 @_route(
     "POST",
+    "/v1/explain",
+    protect=True,
+    response_model=schemas.Explanation,
+    summary="explain one image's top class with a saliency map (the same inputs as /v1/classify)",
+    responses={
+        200: {"headers": _REQUEST_ID},
+        501: {
+            "model": schemas.Error,
+            "description": "the served model version has no `explain` signature (exported before explanations)",
+        },
+    },
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "top_k",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 20},
+                "description": schemas.TOP_K,
+            },
+            _TIMEOUT_HEADER,
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": _body_schema(schemas.ClassifyForm)},
+                "application/json": {"schema": _body_schema(schemas.ClassifyJson)},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+    },
+)
+async def explain(request: Request) -> Response:
+    _require_token(request)
+    raw = _raw(request, await request.body())
+    api = _api(request)
+    request_id = request.scope["state"]["request_id"]
+    result, top_k = await api.explain_one(raw, request_id)
+    return _json(
+        {
+            "model": result.classification.model,
+            "version": result.classification.version,
+            "class": result.class_name,
+            "probability": result.probability,
+            "saliency": result.saliency_rows(),
+            "predictions": [
+                {"class": name, "probability": p} for _, name, p in result.classification.top(top_k)
+            ],
+        }
+    )
+
+
+@_route(
+    "POST",
     "/predict",
     protect=True,
     response_model=schemas.ClassScores,
@@ -335,6 +391,16 @@ class GatewayApi:
                 prepared, top_k, deadline = await run_in_threadpool(self._prepare_classify, request)
             result = await self.classifier.classify_prepared(prepared, request_id, deadline)
             return result[0], top_k
+
+    async def explain_one(self, request: RawRequest, request_id: str):
+        """Parses and checks a /v1/explain request (the /v1/classify forms), then explains it."""
+        with self.classifier.metrics.in_flight.track_inprogress():
+            if len(request.body) <= INLINE_BODY_BYTES and b'"url"' not in request.body:
+                prepared, top_k, deadline = self._prepare_classify(request)
+            else:
+                prepared, top_k, deadline = await run_in_threadpool(self._prepare_classify, request)
+            explanation = await self.classifier.explain_prepared(prepared[0], request_id, deadline)
+            return explanation, top_k
 
     def _prepare_classify(self, request: RawRequest) -> tuple[list[bytes], int, float | None]:
         data, top_k = self.classify_input(request)

@@ -35,6 +35,30 @@ class Classification(BaseModel):
     predictions: list[Prediction] = Field(min_length=1, max_length=len(COARSE_CLASS_NAMES))
 
 
+SALIENCY_SIZE = 32
+
+
+class Explanation(BaseModel):
+    """Why the model answered its top class: a Grad-CAM saliency map over the image."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    model: str
+    version: int
+    class_: ClassName = Field(alias="class", description="the class explained: the model's answer")  # type: ignore[valid-type]
+    probability: float = Probability
+    saliency: list[list[float]] = Field(
+        min_length=SALIENCY_SIZE,
+        max_length=SALIENCY_SIZE,
+        description=(
+            "32 rows of 32 values in [0, 1], row 0 at the top, rounded to 3 decimals: how much each "
+            "region raised the class's score (1: the most). It covers the whole image as the model "
+            "saw it, squeezed to a square."
+        ),
+    )
+    predictions: list[Prediction] = Field(min_length=1, max_length=len(COARSE_CLASS_NAMES))
+
+
 # `/predict` answers every class by name; names such as "large_man-made_..." are no identifiers.
 ClassScores = create_model(  # type: ignore[call-overload]
     "ClassScores",

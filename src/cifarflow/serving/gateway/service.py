@@ -14,7 +14,7 @@ import numpy as np
 
 from cifarflow.classes import COARSE_CLASS_NAMES
 from cifarflow.serving.errors import InvalidInput, ServingError
-from cifarflow.serving.gateway.backend import Backend
+from cifarflow.serving.gateway.backend import Backend, BackendExplanation
 from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.images import ImageLimits, prepare_image
 from cifarflow.serving.gateway.metrics import GatewayMetrics
@@ -36,6 +36,27 @@ class Classification:
 
     def scores(self) -> dict[str, float]:
         return {class_name(i): float(p) for i, p in enumerate(self.probabilities)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """Why the model answered its top class: a saliency map over the image."""
+
+    classification: Classification
+    class_id: int
+    saliency: np.ndarray  # float32 [32, 32] in [0, 1], row 0 at the top
+
+    @property
+    def class_name(self) -> str:
+        return class_name(self.class_id)
+
+    @property
+    def probability(self) -> float:
+        return float(self.classification.probabilities[self.class_id])
+
+    def saliency_rows(self, decimals: int = 3) -> list[list[float]]:
+        """The map as nested lists, rounded (3 decimals: 1/1000 of the range is below what a heat map shows)."""
+        return np.round(self.saliency.astype(np.float64), decimals).tolist()
 
 
 def class_name(class_id: int) -> str:
@@ -119,3 +140,19 @@ class Classifier:
         finally:
             self.metrics.backend_latency.observe(time.perf_counter() - started)
         return [Classification(result.model, result.version, row) for row in result.probabilities]
+
+    async def explain_prepared(
+        self, prepared: bytes, request_id: str = "", deadline: float | None = None
+    ) -> Explanation:
+        """The saliency map of one image `prepare` has checked (a backend call of its own)."""
+        started = time.perf_counter()
+        remaining = None if deadline is None else deadline - time.monotonic()
+        try:
+            result: BackendExplanation = await self.backend.explain(prepared, request_id, remaining)
+        finally:
+            self.metrics.backend_latency.observe(time.perf_counter() - started)
+        return Explanation(
+            Classification(result.model, result.version, result.probabilities),
+            result.class_id,
+            result.saliency,
+        )

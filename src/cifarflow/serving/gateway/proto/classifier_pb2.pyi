@@ -51,3 +51,33 @@ class ClassifyBatchResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ClassifyResponse]
     def __init__(self, results: _Optional[_Iterable[_Union[ClassifyResponse, _Mapping]]] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("image", "url")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    url: str
+    def __init__(self, image: _Optional[bytes] = ..., url: _Optional[str] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("model", "version", "class_name", "class_id", "probability", "height", "width", "saliency", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    CLASS_ID_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    SALIENCY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    class_name: str
+    class_id: int
+    probability: float
+    height: int
+    width: int
+    saliency: _containers.RepeatedScalarFieldContainer[float]
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., class_name: _Optional[str] = ..., class_id: _Optional[int] = ..., probability: _Optional[float] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., saliency: _Optional[_Iterable[float]] = ..., request_id: _Optional[str] = ...) -> None: ...

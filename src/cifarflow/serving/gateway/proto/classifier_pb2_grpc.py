@@ -44,6 +44,11 @@ class ClassifierStub:
                 request_serializer=cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ClassifyBatchRequest.SerializeToString,
                 response_deserializer=cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ClassifyBatchResponse.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/cifarflow.gateway.v1.Classifier/Explain',
+                request_serializer=cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class ClassifierServicer:
@@ -63,6 +68,15 @@ class ClassifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Which pixels made the model answer its top class: a Grad-CAM saliency map
+        from the model's `explain` signature. UNIMPLEMENTED when the served
+        version has none (exported before explanations).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClassifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +89,11 @@ def add_ClassifierServicer_to_server(servicer, server):
                     servicer.ClassifyBatch,
                     request_deserializer=cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ClassifyBatchRequest.FromString,
                     response_serializer=cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ClassifyBatchResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ExplainRequest.FromString,
+                    response_serializer=cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +150,33 @@ class Classifier:
             '/cifarflow.gateway.v1.Classifier/ClassifyBatch',
             cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ClassifyBatchRequest.SerializeToString,
             cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ClassifyBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cifarflow.gateway.v1.Classifier/Explain',
+            cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ExplainRequest.SerializeToString,
+            cifarflow_dot_serving_dot_gateway_dot_proto_dot_classifier__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,
