@@ -57,7 +57,7 @@ ALONE = (
     "reliability/",  # kills, stops and fills under traffic, with recovery deadlines
     "serving/test_backend_sharing.py",  # a shared call answers within 0.8 s
     "serving/test_slow_clients.py",  # thread counts under 3,000 trickling connections
-    "serving/test_web_page.py",  # waits on a browser's animation frames
+    "serving/test_web_page",  # a browser: waits on its animation frames
     "security/test_url_fetch.py",  # time limits on slow servers
     "security/test_request_parsing.py",  # parse-time limits
     "security/test_image_properties.py",  # decode-time limits
