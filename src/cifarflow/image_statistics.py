@@ -69,6 +69,26 @@ def saturation(images: np.ndarray) -> np.ndarray:
     return _per_chunk(images, mean_saturation)
 
 
+def one_image(pixels: np.ndarray) -> tuple[float, float, float]:
+    """Brightness, contrast and saturation of ONE uint8 image `[H, W, 3]`, in one pass.
+
+    The same definitions as `brightness`, `contrast` and `saturation`, without
+    their batching: what the gateway computes per request.
+
+    >>> image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    >>> batch = (brightness(image[None]), contrast(image[None]), saturation(image[None]))
+    >>> bool(np.allclose(one_image(image), [values[0] for values in batch]))
+    True
+    """
+    flat = np.asarray(pixels).reshape(-1, 3)
+    y = flat @ LUMA_WEIGHTS
+    red, green, blue = flat[:, 0], flat[:, 1], flat[:, 2]
+    high = np.maximum(np.maximum(red, green), blue).astype(np.float64)
+    low = np.minimum(np.minimum(red, green), blue)
+    per_pixel = np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
+    return float(y.mean()), float(y.std()), float(per_pixel.mean())
+
+
 def pixel_value_counts(images: np.ndarray) -> np.ndarray:
     """Exact counts of each value 0..255 per channel: int64 `[3, 256]`."""
     counts = np.zeros((len(CHANNELS), 256), dtype=np.int64)
