@@ -54,7 +54,10 @@ def blur(radius: float) -> Callable[[np.ndarray], np.ndarray]:
         from PIL import Image, ImageFilter
 
         return np.stack(
-            [np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(radius))) for i in images]
+            [
+                np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(radius)))
+                for i in images
+            ]
         )
 
     return apply
@@ -144,7 +147,9 @@ def detection(reference, images, vectors, classes, predict, shift, args, rng) ->
         shifted_vectors = feature_vectors(shifted)
         shifted_classes = predict(shifted)
         found = None
-        for count, (vector, class_id) in enumerate(zip(shifted_vectors, shifted_classes), 1):
+        for count, (vector, class_id) in enumerate(
+            zip(shifted_vectors, shifted_classes, strict=True), 1
+        ):
             psi = stream.feed(vector, int(class_id))
             if psi and max(psi.values()) > args.threshold:
                 found = (count, max(psi, key=lambda name: psi[name]))
@@ -154,7 +159,9 @@ def detection(reference, images, vectors, classes, predict, shift, args, rng) ->
     detected = [t for t in took if t is not None]
     return {
         "images_until_alarm": took,
-        "median_images_until_alarm": int(np.median(detected)) if len(detected) == len(took) else None,
+        "median_images_until_alarm": int(np.median(detected))
+        if len(detected) == len(took)
+        else None,
         "feature": max(set(first_features), key=first_features.count),
     }
 
@@ -169,8 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, help="train's output folder (SavedModel + reference.json)")
-    parser.add_argument("--data", required=True, help="preprocessed data folder holding the test split")
+    parser.add_argument(
+        "--model", required=True, help="train's output folder (SavedModel + reference.json)"
+    )
+    parser.add_argument(
+        "--data", required=True, help="preprocessed data folder holding the test split"
+    )
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW)
     parser.add_argument("--threshold", type=float, default=DEFAULT_DRIFT_THRESHOLD)
     parser.add_argument("--update-every", type=int, default=MonitorConfig().update_every)

@@ -133,7 +133,9 @@ def score_table(
             "mean_auroc": round(float(np.mean(aurocs)), 4),
             "mean_auroc_corrupt": _mean(per_set, "corrupt/", "auroc"),
             "mean_auroc_synthetic": _mean(per_set, "synthetic/", "auroc"),
-            "mean_ood_passed": round(float(np.mean([v["ood_passed"] for v in per_set.values()])), 4),
+            "mean_ood_passed": round(
+                float(np.mean([v["ood_passed"] for v in per_set.values()])), 4
+            ),
             "sets": per_set,
         }
     return table
@@ -148,9 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, help="train's output folder (SavedModel + reference.json)")
+    parser.add_argument(
+        "--model", required=True, help="train's output folder (SavedModel + reference.json)"
+    )
     parser.add_argument("--data", help="preprocessed data folder holding the test split")
-    parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE), help="without --data: the archive")
+    parser.add_argument(
+        "--archive", default=str(DEFAULT_ARCHIVE), help="without --data: the archive"
+    )
     parser.add_argument("--images", type=int, default=1000, help="images per OOD set")
     parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS))
     parser.add_argument("--severities", nargs="+", type=int, default=list(SEVERITIES))
@@ -169,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     reference = read_reference(args.model)
     if reference is None:
-        print(f"error: {args.model} has no reference.json (train and evaluate it first)", file=sys.stderr)
+        print(
+            f"error: {args.model} has no reference.json (train and evaluate it first)",
+            file=sys.stderr,
+        )
         return 2
     if args.data:
         split = load_split(args.data, "test", mmap=False)
@@ -179,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = official_test_split(args.archive, work)
     chosen = stratified_sample(labels, args.images, args.seed)
     sets: dict[str, np.ndarray] = {}
-    corrupted = corrupted_sets(images[chosen], args.corruptions, args.severities, args.seed, args.workers)
+    corrupted = corrupted_sets(
+        images[chosen], args.corruptions, args.severities, args.seed, args.workers
+    )
     for (corruption, severity), pixels in corrupted.items():
         sets[f"corrupt/{corruption}/s{severity}"] = pixels
     rng = np.random.default_rng(args.seed)
@@ -220,10 +231,20 @@ def main(argv: list[str] | None = None) -> int:
             for n in names
         )
         print(f"{set_name:<34}{row}")
-    for key in ("mean_auroc", "mean_auroc_corrupt", "mean_auroc_synthetic", "mean_ood_passed", "test_flagged"):
+    for key in (
+        "mean_auroc",
+        "mean_auroc_corrupt",
+        "mean_auroc_synthetic",
+        "mean_ood_passed",
+        "test_flagged",
+    ):
         values = [table[n][key] for n in names]
         ratio = f"  ratio {values[0] / values[1]:.3f}" if values[1] else ""
-        print(f"{key:<34}" + "".join(f"{v:>40}" for v in values) + f"   ({names[0]}/{names[1]}{ratio})")
+        print(
+            f"{key:<34}"
+            + "".join(f"{v:>40}" for v in values)
+            + f"   ({names[0]}/{names[1]}{ratio})"
+        )
     print(f"chosen: {chosen_score} -> {out} ({record['seconds']:.0f}s)")
     return 0
 

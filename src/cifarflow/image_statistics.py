@@ -82,11 +82,16 @@ def one_image(pixels: np.ndarray) -> tuple[float, float, float]:
     """
     flat = np.asarray(pixels).reshape(-1, 3)
     y = flat @ LUMA_WEIGHTS
+    count = y.size
+    mean = float(y.sum()) / count
+    # E[y^2] - mean^2 with one dot product: several times faster than y.std() on 1,024 values,
+    # and exact enough for values in 0..255 in float64.
+    variance = max(float(y @ y) / count - mean * mean, 0.0)
     red, green, blue = flat[:, 0], flat[:, 1], flat[:, 2]
-    high = np.maximum(np.maximum(red, green), blue).astype(np.float64)
-    low = np.minimum(np.minimum(red, green), blue)
-    per_pixel = np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
-    return float(y.mean()), float(y.std()), float(per_pixel.mean())
+    high = np.maximum(np.maximum(red, green), blue)
+    spread = (high - np.minimum(np.minimum(red, green), blue)).astype(np.float64)
+    per_pixel = np.divide(spread, high, out=np.zeros_like(spread), where=high > 0)
+    return mean, variance**0.5, float(per_pixel.sum()) / count
 
 
 def pixel_value_counts(images: np.ndarray) -> np.ndarray:

@@ -41,7 +41,9 @@ def referenced_model(exported_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(referenced_model) -> TrainingReference:
-    return TrainingReference.from_json(json.loads((referenced_model / "reference.json").read_text()))
+    return TrainingReference.from_json(
+        json.loads((referenced_model / "reference.json").read_text())
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,9 @@ def start_gateway(model_server, monitors: MonitorConfig) -> Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(model_server, store):
-    gw = start_gateway(model_server, MonitorConfig(store=str(store), window=WINDOW, update_every=10))
+    gw = start_gateway(
+        model_server, MonitorConfig(store=str(store), window=WINDOW, update_every=10)
+    )
     yield gw
     gw.stop(1)
 
@@ -120,7 +124,9 @@ def test_every_answer_carries_the_ood_verdict_of_the_served_reference(gateway, c
         )
     got = [r.ood.value for r in batch.results]
     np.testing.assert_allclose(got, expected, atol=1e-3)
-    assert [r.ood.in_distribution for r in batch.results] == [bool(v <= threshold) for v in expected]
+    assert [r.ood.in_distribution for r in batch.results] == [
+        bool(v <= threshold) for v in expected
+    ]
     # The threshold passes 95 % of the reference's own "val" images: it is not trivially all or none.
     assert 0 < reference.scores.scores["energy"].passed < reference.scores.images
 
@@ -129,7 +135,9 @@ def gauges(base: str) -> dict[str, float]:
     text = requests.get(f"{base}/metrics", timeout=5).text
     found = {
         match[1]: float(match[2])
-        for match in re.finditer(r'^cifarflow_gateway_drift_psi\{feature="(\w+)"\} (\S+)$', text, re.M)
+        for match in re.finditer(
+            r'^cifarflow_gateway_drift_psi\{feature="(\w+)"\} (\S+)$', text, re.M
+        )
     }
     for name in ("cifarflow_gateway_drift_window_images", "cifarflow_gateway_ood_rate"):
         match = re.search(rf"^{name} (\S+)$", text, re.M)
@@ -189,7 +197,9 @@ def test_a_version_without_reference_answers_with_the_score_but_no_flag(
                 assert answer.status_code == 200, answer.text
                 ood = answer.json()["ood"]
                 assert set(ood) == {"score", "value"}
-                assert ood["value"] == pytest.approx(energy(reference_logits(image[None]))[0], abs=1e-3)
+                assert ood["value"] == pytest.approx(
+                    energy(reference_logits(image[None]))[0], abs=1e-3
+                )
     finally:
         gw.stop(1)
     said = [r for r in caplog.records if "has no reference.json" in r.getMessage()]
@@ -226,5 +236,8 @@ def test_references_are_read_from_an_s3_store(s3_server, s3_bucket, referenced_m
     first, again, absent = asyncio.run(read())
     expected = json.loads((referenced_model / "reference.json").read_text())
     assert first is not None and first is again  # concurrent answers share one read
-    assert first.scores.scores["energy"].threshold == expected["scores"]["scores"]["energy"]["threshold"]
+    assert (
+        first.scores.scores["energy"].threshold
+        == expected["scores"]["scores"]["energy"]["threshold"]
+    )
     assert absent is None

@@ -57,7 +57,9 @@ class PreparedImage:
     pixels: np.ndarray | None = None  # uint8 RGB [side, side, 3], when asked for
 
 
-def prepare_image(data: bytes, limits: ImageLimits, pixels_side: int | None = None) -> PreparedImage:
+def prepare_image(
+    data: bytes, limits: ImageLimits, pixels_side: int | None = None
+) -> PreparedImage:
     """Validates `data` and returns bytes the model decodes correctly.
 
     Args:

@@ -126,9 +126,7 @@ class GatewayMonitor:
         registry: the gateway's Prometheus registry.
     """
 
-    def __init__(
-        self, config: MonitorConfig, model_name: str, registry: CollectorRegistry
-    ) -> None:
+    def __init__(self, config: MonitorConfig, model_name: str, registry: CollectorRegistry) -> None:
         self.config = config
         self.references = ReferenceSource(config.store, model_name)
         self.metrics = MonitorMetrics(registry)
@@ -164,9 +162,7 @@ class GatewayMonitor:
         else:
             values = ood_scores.score(name, logits)
         threshold = reference.scores.scores[name].threshold if reference else None
-        passed = (
-            ood_scores.passes(name, values, threshold) if threshold is not None else None
-        )
+        passed = ood_scores.passes(name, values, threshold) if threshold is not None else None
         predicted = np.asarray(probabilities).argmax(axis=1)
         with self._lock:
             if reference is not self._reference:

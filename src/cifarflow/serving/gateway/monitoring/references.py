@@ -14,9 +14,13 @@ import asyncio
 import json
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from cifarflow.errors import CifarflowError
 from cifarflow.training_reference import TrainingReference
+
+if TYPE_CHECKING:
+    from cifarflow.serving.store.backends import Backend
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ class ReferenceSource:
         self._known: dict[int, TrainingReference | None] = {}
         self._failed_at: dict[int, float] = {}
         self._loading: dict[int, asyncio.Future] = {}
-        self._backend = None
+        self._backend: Backend | None = None  # opened on the first read (a thread)
         if store is None:
             log.info(
                 "no model store given (--monitor-store): answers carry the OOD score without "
