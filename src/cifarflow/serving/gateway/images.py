@@ -54,7 +54,7 @@ class PreparedImage:
     width: int
     height: int
     normalised: bool
-    pixels: np.ndarray | None = None  # uint8 RGB [side, side, 3], when asked for
+    pixels: np.ndarray | None = None  # uint8 RGB [h, w, 3] near the model's size, when asked for
 
 
 def prepare_image(
@@ -65,8 +65,9 @@ def prepare_image(
     Args:
         data: the uploaded or fetched file.
         limits: byte and pixel limits.
-        pixels_side: also return the image downscaled (antialiased) to
-            `pixels_side` x `pixels_side` RGB, as the model's graph resizes it.
+        pixels_side: also return the image's pixels for the drift monitor: RGB,
+            box-reduced by whole factors to `pixels_side`..`2 * pixels_side - 1`
+            a side (exactly the pixels of an image of that size).
 
     Raises:
         InvalidInput: empty, not an image, truncated or corrupt.

@@ -108,7 +108,10 @@ class Classifier:
                     raise
                 raise type(exc)(f"image {index}: {exc.message}") from None
         if self.monitor:
-            self.monitor.observe_images([p.pixels for p in prepared if p.pixels is not None])
+            try:
+                self.monitor.observe_images([p.pixels for p in prepared if p.pixels is not None])
+            except Exception:
+                self._monitor_broke()
         return [p.data for p in prepared]
 
     async def classify(
@@ -149,7 +152,11 @@ class Classifier:
             try:
                 return list(await self.monitor.judge(version, probabilities, logits))
             except Exception:
-                if not self._monitor_failed:  # once: a bug here must not flood the log
-                    self._monitor_failed = True
-                    log.exception("the OOD/drift monitor failed; answers go out without it")
+                self._monitor_broke()
         return [None] * len(probabilities)
+
+    def _monitor_broke(self) -> None:
+        """Logs a monitor failure (inside an except block) once: a bug there must not flood the log."""
+        if not self._monitor_failed:
+            self._monitor_failed = True
+            log.exception("the OOD/drift monitor failed; answers go out without it")
