@@ -69,6 +69,31 @@ def saturation(images: np.ndarray) -> np.ndarray:
     return _per_chunk(images, mean_saturation)
 
 
+def one_image(pixels: np.ndarray) -> tuple[float, float, float]:
+    """Brightness, contrast and saturation of ONE uint8 image `[H, W, 3]`, in one pass.
+
+    The same definitions as `brightness`, `contrast` and `saturation`, without
+    their batching: what the gateway computes per request.
+
+    >>> image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    >>> batch = (brightness(image[None]), contrast(image[None]), saturation(image[None]))
+    >>> bool(np.allclose(one_image(image), [values[0] for values in batch]))
+    True
+    """
+    flat = np.asarray(pixels).reshape(-1, 3)
+    y = flat @ LUMA_WEIGHTS
+    count = y.size
+    mean = float(y.sum()) / count
+    # E[y^2] - mean^2 with one dot product: several times faster than y.std() on 1,024 values,
+    # and exact enough for values in 0..255 in float64.
+    variance = max(float(y @ y) / count - mean * mean, 0.0)
+    red, green, blue = flat[:, 0], flat[:, 1], flat[:, 2]
+    high = np.maximum(np.maximum(red, green), blue)
+    spread = (high - np.minimum(np.minimum(red, green), blue)).astype(np.float64)
+    per_pixel = np.divide(spread, high, out=np.zeros_like(spread), where=high > 0)
+    return mean, variance**0.5, float(per_pixel.sum()) / count
+
+
 def pixel_value_counts(images: np.ndarray) -> np.ndarray:
     """Exact counts of each value 0..255 per channel: int64 `[3, 256]`."""
     counts = np.zeros((len(CHANNELS), 256), dtype=np.int64)

@@ -3,11 +3,14 @@
 The rules are the PrometheusRule's groups, extracted as the Prometheus
 Operator extracts them; `promtool` checks and unit-tests them, and a real
 Prometheus (Debian's package, installed by `make test` as root) scrapes a
-running gateway, loads them, and runs every dashboard query.
+running gateway, loads them, and runs every dashboard query; a second
+gateway, with its monitors reading a real training reference, is pushed
+into drift with darkened images until Prometheus sees the drift alert.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -21,18 +24,20 @@ import yaml
 from tests.k8s.manifests import K8S, by_kind
 from tests.k8s.test_user_settings import edit_kustomization, kustomize, validate
 from tests.serving.images import cifar_test_images, encode
-from tests.support.processes import GatewayProcess
+from tests.support.processes import GatewayProcess, ModelServerProcess
 from tests.support.s3_server import free_port
 from tests.support.waiting import wait_until
 
 COMPONENT = K8S / "components" / "monitoring"
-PROMTOOL_TESTS = Path(__file__).parent / "promtool" / "gateway-slo.test.yaml"
+PROMTOOL_TESTS = sorted((Path(__file__).parent / "promtool").glob("*.test.yaml"))
 SLO_ALERTS = {
     "CifarflowGatewayErrorBudgetBurn",
     "CifarflowGatewayErrorBudgetBurnSlow",
     "CifarflowGatewayLatencyBudgetBurn",
     "CifarflowGatewayLatencyBudgetBurnSlow",
 }
+MODEL_INPUT_ALERTS = {"CifarflowGatewayInputDrift", "CifarflowGatewayOutOfDistributionAnswers"}
+ALERTS = SLO_ALERTS | MODEL_INPUT_ALERTS
 
 
 def _tool(name: str) -> str:
@@ -83,9 +88,11 @@ def _dashboard_queries(dashboard: dict) -> list[str]:
     return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
 
 
-def test_the_alerts_are_the_four_slo_burn_rates_each_with_a_runbook(rule_groups):
+def test_the_alerts_are_the_slo_burn_rates_and_the_model_input_alerts_each_with_a_runbook(
+    rule_groups,
+):
     alerts = [r for g in rule_groups["groups"] for r in g["rules"] if "alert" in r]
-    assert {a["alert"] for a in alerts} == SLO_ALERTS
+    assert {a["alert"] for a in alerts} == ALERTS
     guide = (K8S.parent / "docs" / "monitoring.md").read_text()
     for alert in alerts:
         assert alert["labels"]["severity"] in {"critical", "warning"}
@@ -99,13 +106,18 @@ def test_the_alerts_are_the_four_slo_burn_rates_each_with_a_runbook(rule_groups)
 def test_promtool_checks_the_rules_and_passes_their_unit_tests(rule_groups, tmp_path):
     promtool = _tool("promtool")
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_groups, sort_keys=False))
-    shutil.copy(PROMTOOL_TESTS, tmp_path / PROMTOOL_TESTS.name)
     checked = subprocess.run(
         [promtool, "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True, text=True
     )
-    assert checked.returncode == 0 and "SUCCESS: 12 rules found" in checked.stdout, checked
+    assert checked.returncode == 0 and "SUCCESS: 14 rules found" in checked.stdout, checked
+    for tests in PROMTOOL_TESTS:
+        shutil.copy(tests, tmp_path / tests.name)
+    assert {t.name for t in PROMTOOL_TESTS} >= {
+        "gateway-slo.test.yaml",
+        "gateway-model-inputs.test.yaml",
+    }
     tested = subprocess.run(
-        [promtool, "test", "rules", PROMTOOL_TESTS.name],
+        [promtool, "test", "rules", *(t.name for t in PROMTOOL_TESTS)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -114,13 +126,11 @@ def test_promtool_checks_the_rules_and_passes_their_unit_tests(rule_groups, tmp_
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
-@pytest.fixture(scope="module")
-def prometheus_and_gateway(rule_groups, tmp_path_factory):
-    """A gateway whose model backend is down (every classification a fast 503), scraped each second."""
+@contextlib.contextmanager
+def _prometheus(rule_groups: dict, work: Path, target_port: int):
+    """A real Prometheus loading the rules and scraping 127.0.0.1:`target_port` each second."""
     prometheus = _tool("prometheus")
-    work = tmp_path_factory.mktemp("prometheus")
     (work / "rules.yaml").write_text(yaml.safe_dump(rule_groups, sort_keys=False))
-    gateway = GatewayProcess(f"127.0.0.1:{free_port()}", work / "gateway.log")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": ["rules.yaml"],
@@ -130,7 +140,7 @@ def prometheus_and_gateway(rule_groups, tmp_path_factory):
             {
                 "job_name": "cifarflow/gateway",
                 "static_configs": [
-                    {"targets": [f"127.0.0.1:{gateway.port}"], "labels": {"namespace": "cifarflow"}}
+                    {"targets": [f"127.0.0.1:{target_port}"], "labels": {"namespace": "cifarflow"}}
                 ],
             }
         ],
@@ -152,11 +162,60 @@ def prometheus_and_gateway(rule_groups, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _ready(url), 60, f"Prometheus at {url}", interval_s=0.2)
-        yield url, gateway
+        yield url
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.fixture(scope="module")
+def prometheus_and_gateway(rule_groups, tmp_path_factory):
+    """A gateway whose model backend is down (every classification a fast 503), scraped each second."""
+    _tool("prometheus")
+    work = tmp_path_factory.mktemp("prometheus")
+    gateway = GatewayProcess(f"127.0.0.1:{free_port()}", work / "gateway.log")
+    try:
+        with _prometheus(rule_groups, work, gateway.port) as url:
+            yield url, gateway
+    finally:
         gateway.kill()
+
+
+DRIFT_WINDOW = 200
+
+
+@pytest.fixture(scope="module")
+def prometheus_and_monitored_gateway(rule_groups, tmp_path_factory):
+    """The test model with a training reference, served; a gateway whose monitors read it, scraped."""
+    _tool("prometheus")
+    from cifarflow.serving.store import publish_model
+    from tests.serving.model_factory import export_test_model
+    from tests.serving.monitoring_support import model_with_reference
+
+    work = tmp_path_factory.mktemp("prometheus-drift")
+    model = model_with_reference(export_test_model(work / "export"), work / "model")
+    publish_model(model, work / "store", "cifarflow", {})
+    server = ModelServerProcess(
+        str(work / "store"), "cifarflow", work / "model.log", rest_port=-1, timeout_s=300
+    )
+    gateway = None
+    try:
+        gateway = GatewayProcess(
+            server.grpc_address,
+            work / "gateway.log",
+            "--model-name",
+            "cifarflow",
+            "--monitor-store",
+            str(work / "store"),
+            "--drift-window",
+            str(DRIFT_WINDOW),
+        )
+        with _prometheus(rule_groups, work, gateway.port) as url:
+            yield url, gateway
+    finally:
+        if gateway is not None:
+            gateway.kill()
+        server.kill()
 
 
 def _ready(url: str) -> bool:
@@ -192,7 +251,7 @@ def test_real_prometheus_loads_the_rules_and_the_error_alert_trips_on_a_failing_
 ):
     url, gateway = prometheus_and_gateway
     groups = _api(url, "rules")["groups"]
-    assert {r["name"] for g in groups for r in g["rules"] if r["type"] == "alerting"} == SLO_ALERTS
+    assert {r["name"] for g in groups for r in g["rules"] if r["type"] == "alerting"} == ALERTS
 
     def error_alert_active() -> bool:
         _classify_with_the_backend_down(gateway, sample_png)
@@ -216,15 +275,65 @@ def test_real_prometheus_loads_the_rules_and_the_error_alert_trips_on_a_failing_
     assert float(sample["value"][1]) == 1.0  # every classification failed; probes do not count
 
 
+def _classify_batches(gateway: GatewayProcess, images, batch: int = 50) -> None:
+    import grpc
+
+    from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
+
+    with grpc.insecure_channel(gateway.grpc_address) as channel:
+        stub = classifier_pb2_grpc.ClassifierStub(channel)
+        for start in range(0, len(images), batch):
+            request = classifier_pb2.ClassifyBatchRequest(
+                images=[encode(image, "PNG") for image in images[start : start + batch]]
+            )
+            assert len(stub.ClassifyBatch(request, timeout=30).results) == len(request.images)
+
+
+@pytest.mark.slow
+def test_real_prometheus_sees_induced_drift_and_the_drift_alert_trips(
+    prometheus_and_monitored_gateway,
+):
+    url, gateway = prometheus_and_monitored_gateway
+    images, _ = cifar_test_images()
+    _classify_batches(gateway, images[:DRIFT_WINDOW])  # real test images: a full window
+
+    def brightness_psi() -> float:
+        result = _api(url, "query", query='cifarflow_gateway_drift_psi{feature="brightness"}')[
+            "result"
+        ]
+        return float(result[0]["value"][1]) if result else float("nan")
+
+    wait_until(lambda: brightness_psi() < 0.25, 30, "the clean window scraped", interval_s=0.5)
+    _classify_batches(gateway, (images[: DRIFT_WINDOW // 2] * 0.4).astype("uint8"))  # darkened
+
+    def drift_alert_active() -> bool:
+        return any(
+            a["labels"]["alertname"] == "CifarflowGatewayInputDrift"
+            and a["labels"].get("feature") == "brightness"
+            and a["state"] in ("pending", "firing")
+            for a in _api(url, "alerts")["alerts"]
+        )
+
+    # Pending: its expression holds on the scraped gauge; it would fire after `for: 10m`.
+    wait_until(drift_alert_active, 60, "CifarflowGatewayInputDrift pending", interval_s=1)
+    assert brightness_psi() > 0.25
+    judged = _api(url, "query", query="sum(cifarflow_gateway_ood_answers_total)")["result"]
+    assert float(judged[0]["value"][1]) == DRIFT_WINDOW + DRIFT_WINDOW // 2
+
+
 @pytest.mark.slow
 def test_every_dashboard_query_runs_on_metrics_the_gateway_exports(
-    prometheus_and_gateway, dashboard, rule_groups, sample_png
+    prometheus_and_gateway, prometheus_and_monitored_gateway, dashboard, rule_groups, sample_png
 ):
     url, gateway = prometheus_and_gateway
     _classify_with_the_backend_down(gateway, sample_png)  # labelled series appear once used
-    exported = set(
-        re.findall(r"^(cifarflow_\w+)", requests.get(f"{gateway.url}/metrics").text, re.M)
-    )
+    monitored = prometheus_and_monitored_gateway[1]
+    _classify_batches(monitored, cifar_test_images()[0][:DRIFT_WINDOW])  # the monitors' series
+    exported = set()
+    for each in (gateway, monitored):
+        exported |= set(
+            re.findall(r"^(cifarflow_\w+)", requests.get(f"{each.url}/metrics").text, re.M)
+        )
     used = set()
     for expr in [
         *_dashboard_queries(dashboard),

@@ -209,6 +209,34 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
         help="gateway processes sharing the HTTP and gRPC ports, under uvicorn's supervisor, which "
         "restarts any that dies (/metrics sums them all)",
     )
+    from cifarflow.serving.gateway.monitoring.config import MonitorConfig
+
+    monitors = _field_defaults(MonitorConfig)
+    gateway.add_argument(
+        "--monitors",
+        choices=("on", "off"),
+        default="on",
+        help="an out-of-distribution score on every answer and drift gauges on /metrics "
+        "(docs/monitoring.md); off: neither",
+    )
+    gateway.add_argument(
+        "--monitor-store",
+        metavar="STORE",
+        help="the model store (folder or s3://bucket/prefix, S3_* variables) holding each "
+        "version's reference.json; without it answers carry the OOD score but no in/out flag",
+    )
+    gateway.add_argument(
+        "--ood-score",
+        choices=("energy", "max_softmax"),
+        default=monitors.ood_score,
+        help="the out-of-distribution score (bench/results/ood.json compares them)",
+    )
+    gateway.add_argument(
+        "--drift-window",
+        type=int,
+        default=monitors.window,
+        help="images (and answers) in each drift window",
+    )
     gateway.set_defaults(func=serve_gateway)
 
     sync = parts.add_parser(
@@ -363,6 +391,7 @@ def serve_gateway(args: argparse.Namespace) -> int:
 def gateway_config(args: argparse.Namespace) -> GatewayConfig:
     """The GatewayConfig `serve gateway`'s flags ask for, the token read from its file or env."""
     from cifarflow.serving.gateway.config import GatewayConfig, load_token
+    from cifarflow.serving.gateway.monitoring.config import MonitorConfig
 
     return GatewayConfig(
         backend=args.backend,
@@ -380,6 +409,12 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig:
         shutdown_grace_s=args.shutdown_grace,
         header_timeout_s=args.header_timeout,
         idle_timeout_s=args.idle_timeout,
+        monitors=MonitorConfig(
+            enabled=args.monitors == "on",
+            store=args.monitor_store,
+            ood_score=args.ood_score,
+            window=args.drift_window,
+        ),
     )
 
 

@@ -66,6 +66,7 @@ class BackendResult:
     model: str
     version: int
     probabilities: np.ndarray  # float32 [n, classes]
+    logits: np.ndarray | None = None  # float32 [n, classes], when asked for (the OOD score)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +108,7 @@ class Backend:
         max_in_flight: int = 2,
         max_images: int = 32,
         on_call: Callable[[int], None] | None = None,
+        want_logits: bool = False,
     ) -> None:
         self.target = target
         self.model_name = model_name
@@ -124,6 +126,7 @@ class Backend:
         # The channel's stubs, made on first use (grpc.aio's are not typed).
         self._predict: Any = None
         self._status: Any = None
+        self.want_logits = want_logits  # the monitors' energy score needs them
         self.max_in_flight = max_in_flight  # 0: every request makes its own call
         self.max_images = max_images
         self._on_call = on_call or (lambda images: None)  # told the size of every call sent
@@ -188,6 +191,8 @@ class Backend:
         array[:] = images
         request.inputs["image_bytes"].CopyFrom(to_tensor_proto(array, DT_STRING))
         request.output_filter.append("probabilities")
+        if self.want_logits:
+            request.output_filter.append("logits")
         return request
 
     def _error(self, exc: grpc.RpcError) -> ServingError:
@@ -200,8 +205,13 @@ class Backend:
 
     def _result(self, response) -> BackendResult:
         probabilities = from_tensor_proto(response.outputs["probabilities"], "probabilities")
+        logits = (
+            from_tensor_proto(response.outputs["logits"], "logits")
+            if "logits" in response.outputs
+            else None
+        )
         return BackendResult(
-            response.model_spec.name, int(response.model_spec.version.value), probabilities
+            response.model_spec.name, int(response.model_spec.version.value), probabilities, logits
         )
 
     async def _call(self, images: list[bytes], request_id: str, timeout: float) -> BackendResult:
@@ -310,7 +320,12 @@ class Backend:
                 end = start + len(waiting.images)
                 if not waiting.future.done():
                     waiting.future.set_result(
-                        BackendResult(result.model, result.version, result.probabilities[start:end])
+                        BackendResult(
+                            result.model,
+                            result.version,
+                            result.probabilities[start:end],
+                            None if result.logits is None else result.logits[start:end],
+                        )
                     )
                 start = end
         except Exception as exc:  # never leave a request waiting (a closed channel, a bug)

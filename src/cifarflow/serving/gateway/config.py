@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cifarflow.defaults import MODEL_NAME
 from cifarflow.errors import BadInputError
+from cifarflow.serving.gateway.monitoring.config import MonitorConfig
 from cifarflow.serving.gateway.target import validate_target
 
 TOKEN_ENV = "CIFARFLOW_GATEWAY_TOKEN"
@@ -37,6 +38,7 @@ class GatewayConfig:
             headers this long after connecting (or after its previous answer) is
             closed, so slow clients hold nothing for long.
         idle_timeout_s: an idle keep-alive HTTP connection is closed after this long.
+        monitors: the OOD score per answer and the drift windows (monitoring/).
     """
 
     backend: str
@@ -55,6 +57,7 @@ class GatewayConfig:
     default_top_k: int = 5
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 30.0
+    monitors: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
 
     def __post_init__(self) -> None:
         validate_target(self.backend)

@@ -35,6 +35,12 @@ def _response(
     )
     for class_id, name, probability in result.top(top_k):
         response.predictions.add(class_name=name, probability=probability, class_id=class_id)
+    if result.ood is not None:
+        ood = response.ood
+        ood.score, ood.value = result.ood.score, result.ood.value
+        if result.ood.threshold is not None and result.ood.in_distribution is not None:
+            ood.threshold = result.ood.threshold
+            ood.in_distribution = result.ood.in_distribution
     return response
 
 

@@ -12,6 +12,10 @@ What TensorFlow's decoder would get wrong is normalised here and re-encoded
 as PNG: EXIF orientation (TF ignores it), transparency (composited on white
 rather than dropped to whatever colour hides under alpha 0), palette, CMYK,
 16-bit and other modes, and animated or non-JPEG/PNG formats.
+
+For the drift monitor, `prepare_image` can also hand back the image as the
+model will see it, RGB at the training size, from the pixels it decoded for
+the checks anyway (a JPEG at reduced scale), so the monitor decodes nothing.
 """
 
 from __future__ import annotations
@@ -50,10 +54,20 @@ class PreparedImage:
     width: int
     height: int
     normalised: bool
+    pixels: np.ndarray | None = None  # uint8 RGB [h, w, 3] near the model's size, when asked for
 
 
-def prepare_image(data: bytes, limits: ImageLimits) -> PreparedImage:
+def prepare_image(
+    data: bytes, limits: ImageLimits, pixels_side: int | None = None
+) -> PreparedImage:
     """Validates `data` and returns bytes the model decodes correctly.
+
+    Args:
+        data: the uploaded or fetched file.
+        limits: byte and pixel limits.
+        pixels_side: also return the image's pixels for the drift monitor: RGB,
+            box-reduced by whole factors to `pixels_side`..`2 * pixels_side - 1`
+            a side (exactly the pixels of an image of that size).
 
     Raises:
         InvalidInput: empty, not an image, truncated or corrupt.
@@ -108,8 +122,28 @@ def prepare_image(data: bytes, limits: ImageLimits) -> PreparedImage:
             fmt in _PASS_THROUGH_FORMATS and mode in _PASS_THROUGH_MODES and orientation in (0, 1)
         )
         if pass_through:
-            return PreparedImage(data, fmt, width, height, normalised=False)
-        return PreparedImage(_normalise(image), fmt, width, height, normalised=True)
+            pixels = _small_rgb(image, pixels_side) if pixels_side else None
+            return PreparedImage(data, fmt, width, height, normalised=False, pixels=pixels)
+        rgb = _upright_rgb(image)
+        pixels = _small_rgb(rgb, pixels_side) if pixels_side else None
+        return PreparedImage(_encode_png(rgb), fmt, width, height, normalised=True, pixels=pixels)
+
+
+def _small_rgb(image: Image.Image, side: int) -> np.ndarray:
+    """uint8 RGB, box-averaged by whole factors until each side is in [side, 2 * side).
+
+    Not the model's exact resize (antialiased bilinear to side x side): a
+    whole-factor box reduction is several times cheaper, and the statistics
+    the monitor takes (means, spreads, histograms) barely depend on the
+    difference (docs/monitoring.md).
+    """
+    width, height = image.size
+    factors = (max(1, width // side), max(1, height // side))
+    if factors != (1, 1):
+        image = image.reduce(factors)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
 
 
 def _orientation(image: Image.Image) -> int:
@@ -119,7 +153,8 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def _normalise(image: Image.Image) -> bytes:
+def _upright_rgb(image: Image.Image) -> Image.Image:
+    """The image upright, in RGB, transparency on white, at most _MAX_NORMALISED_SIDE wide."""
     image = ImageOps.exif_transpose(image)  # applies and drops the EXIF orientation
     if image.mode in _WIDE_GRAY_MODES:
         # 16-bit grayscale: PIL's convert() would clip every value above 255 to white.
@@ -135,6 +170,10 @@ def _normalise(image: Image.Image) -> bytes:
         image.thumbnail(
             (_MAX_NORMALISED_SIDE, _MAX_NORMALISED_SIDE), Image.Resampling.LANCZOS
         )  # antialiased
+    return image
+
+
+def _encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()

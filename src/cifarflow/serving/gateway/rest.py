@@ -258,13 +258,14 @@ async def classify(request: Request) -> Response:
     api = _api(request)
     request_id = request.scope["state"]["request_id"]
     result, top_k = await api.classify_one(raw, request_id)
-    return _json(
-        {
-            "model": result.model,
-            "version": result.version,
-            "predictions": [{"class": name, "probability": p} for _, name, p in result.top(top_k)],
-        }
-    )
+    body = {
+        "model": result.model,
+        "version": result.version,
+        "predictions": [{"class": name, "probability": p} for _, name, p in result.top(top_k)],
+    }
+    if result.ood is not None:  # the monitors are on (docs/monitoring.md)
+        body["ood"] = result.ood.to_json()
+    return _json(body)
 
 
 @_route(

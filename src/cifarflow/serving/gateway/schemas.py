@@ -27,12 +27,32 @@ class Prediction(BaseModel):
     probability: float = Probability
 
 
+class Ood(BaseModel):
+    """How unlike the training images this one looks (docs/monitoring.md)."""
+
+    score: Literal["energy", "max_softmax"] = Field(
+        description="energy: lower is more like training; max_softmax: higher is"
+    )
+    value: float
+    threshold: float | None = Field(
+        None,
+        description="the served version's threshold (95 % of val images pass); absent when "
+        "the version has no training reference",
+    )
+    in_distribution: bool | None = Field(
+        None,
+        description="false: the image looks unlike anything the model was trained on; "
+        "absent when the version has no training reference",
+    )
+
+
 class Classification(BaseModel):
     """The top classes, most probable first."""
 
     model: str
     version: int
     predictions: list[Prediction] = Field(min_length=1, max_length=len(COARSE_CLASS_NAMES))
+    ood: Ood | None = Field(None, description="absent when the gateway runs with --monitors off")
 
 
 SALIENCY_SIZE = 32

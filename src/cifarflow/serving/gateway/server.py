@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import grpc
 
+from cifarflow.ood_scores import ENERGY
 from cifarflow.serving.asgi import Answered, HttpConfig, RequestContext, ServerState, UvicornServer
 from cifarflow.serving.gateway.auth import BearerAuth
 from cifarflow.serving.gateway.backend import Backend
@@ -43,6 +44,7 @@ class Gateway:
             config.backend_timeout_s,
             max_message_bytes=max(64 * 1024 * 1024, 2 * config.max_image_bytes),
             on_call=self.metrics.batch_images.observe,
+            want_logits=config.monitors.enabled and config.monitors.ood_score == ENERGY,
         )
         self.classifier = Classifier(config, self.backend, self.metrics)
         self.auth = BearerAuth(config.token)

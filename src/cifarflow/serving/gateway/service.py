@@ -1,13 +1,16 @@
 """What the gateway does, independent of the protocol: image in, classes out.
 
 REST (`rest.py`) and gRPC (`grpc_service.py`) both call `Classifier`, so an
-image is validated, normalised, sent and ranked the same way on both.
+image is validated, normalised, sent and ranked the same way on both, and
+watched the same way by the monitors (monitoring/): each checked image goes
+into the drift windows, each answer gets its out-of-distribution verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 
 import numpy as np
@@ -18,10 +21,14 @@ from cifarflow.serving.gateway.backend import Backend, BackendExplanation
 from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.images import ImageLimits, prepare_image
 from cifarflow.serving.gateway.metrics import GatewayMetrics
+from cifarflow.serving.gateway.monitoring.features import MODEL_INPUT_SIDE
+from cifarflow.serving.gateway.monitoring.monitor import GatewayMonitor, OodVerdict
 from cifarflow.serving.gateway.url_fetch import UrlPolicy, fetch_image
 
 MAX_BATCH_IMAGES = 64
 INLINE_IMAGE_BYTES = 64 * 1024
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +36,7 @@ class Classification:
     model: str
     version: int
     probabilities: np.ndarray  # float32 [classes]
+    ood: OodVerdict | None = None  # None with the monitors off
 
     def top(self, k: int) -> list[tuple[int, str, float]]:
         order = np.argsort(-self.probabilities, kind="stable")[:k]
@@ -91,6 +99,12 @@ class Classifier:
             config.max_image_bytes,
             config.url_timeout_s,
         )
+        self.monitor = (
+            GatewayMonitor(config.monitors, config.model_name, metrics.registry)
+            if config.monitors.enabled
+            else None
+        )
+        self._monitor_failed = False
 
     def fetch(self, url: str) -> bytes:
         """Blocking: call it off the event loop (`fetch_async`)."""
@@ -105,15 +119,21 @@ class Classifier:
             raise InvalidInput("no images in the request")
         if len(images) > MAX_BATCH_IMAGES:
             raise InvalidInput(f"at most {MAX_BATCH_IMAGES} images per request, got {len(images)}")
+        side = MODEL_INPUT_SIDE if self.monitor else None
         prepared = []
         for index, data in enumerate(images):
             try:
-                prepared.append(prepare_image(data, self.limits).data)
+                prepared.append(prepare_image(data, self.limits, side))
             except ServingError as exc:
                 if len(images) == 1:
                     raise
                 raise type(exc)(f"image {index}: {exc.message}") from None
-        return prepared
+        if self.monitor:
+            try:
+                self.monitor.observe_images([p.pixels for p in prepared if p.pixels is not None])
+            except Exception:
+                self._monitor_broke()
+        return [p.data for p in prepared]
 
     async def classify(
         self, images: list[bytes], request_id: str = "", deadline: float | None = None
@@ -139,7 +159,28 @@ class Classifier:
             result = await self.backend.classify(prepared, request_id, remaining)
         finally:
             self.metrics.backend_latency.observe(time.perf_counter() - started)
-        return [Classification(result.model, result.version, row) for row in result.probabilities]
+        verdicts = await self._judge(result.version, result.probabilities, result.logits)
+        return [
+            Classification(result.model, result.version, row, verdict)
+            for row, verdict in zip(result.probabilities, verdicts, strict=True)
+        ]
+
+    async def _judge(
+        self, version: int, probabilities: np.ndarray, logits: np.ndarray | None
+    ) -> list[OodVerdict | None]:
+        """The monitors' verdicts; a monitor that fails costs the answer its OOD field, nothing more."""
+        if self.monitor is not None:
+            try:
+                return list(await self.monitor.judge(version, probabilities, logits))
+            except Exception:
+                self._monitor_broke()
+        return [None] * len(probabilities)
+
+    def _monitor_broke(self) -> None:
+        """Logs a monitor failure (inside an except block) once: a bug there must not flood the log."""
+        if not self._monitor_failed:
+            self._monitor_failed = True
+            log.exception("the OOD/drift monitor failed; answers go out without it")
 
     async def explain_prepared(
         self, prepared: bytes, request_id: str = "", deadline: float | None = None

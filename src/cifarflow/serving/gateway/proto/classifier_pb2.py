@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0cifarflow/serving/gateway/proto/classifier.proto\x12\x14\x63ifarflow.gateway.v1\"J\n\x0f\x43lassifyRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\r\n\x05top_k\x18\x03 \x01(\x05\x42\x08\n\x06source\"G\n\nPrediction\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\x05\"}\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x35\n\x0bpredictions\x18\x03 \x03(\x0b\x32 .cifarflow.gateway.v1.Prediction\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"5\n\x14\x43lassifyBatchRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\r\n\x05top_k\x18\x02 \x01(\x05\"P\n\x15\x43lassifyBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.cifarflow.gateway.v1.ClassifyResponse\":\n\x0e\x45xplainRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"\xb1\x01\n\x0f\x45xplainResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x10\n\x08\x63lass_id\x18\x04 \x01(\x05\x12\x13\n\x0bprobability\x18\x05 \x01(\x02\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\r\n\x05width\x18\x07 \x01(\x05\x12\x10\n\x08saliency\x18\x08 \x03(\x02\x12\x12\n\nrequest_id\x18\t \x01(\t2\xa9\x02\n\nClassifier\x12Y\n\x08\x43lassify\x12%.cifarflow.gateway.v1.ClassifyRequest\x1a&.cifarflow.gateway.v1.ClassifyResponse\x12h\n\rClassifyBatch\x12*.cifarflow.gateway.v1.ClassifyBatchRequest\x1a+.cifarflow.gateway.v1.ClassifyBatchResponse\x12V\n\x07\x45xplain\x12$.cifarflow.gateway.v1.ExplainRequest\x1a%.cifarflow.gateway.v1.ExplainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0cifarflow/serving/gateway/proto/classifier.proto\x12\x14\x63ifarflow.gateway.v1\"J\n\x0f\x43lassifyRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\r\n\x05top_k\x18\x03 \x01(\x05\x42\x08\n\x06source\"G\n\nPrediction\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\x05\"\xa5\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x35\n\x0bpredictions\x18\x03 \x03(\x0b\x32 .cifarflow.gateway.v1.Prediction\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12&\n\x03ood\x18\x05 \x01(\x0b\x32\x19.cifarflow.gateway.v1.Ood\"{\n\x03Ood\x12\r\n\x05score\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x16\n\tthreshold\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fin_distribution\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\x0c\n\n_thresholdB\x12\n\x10_in_distribution\"5\n\x14\x43lassifyBatchRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\r\n\x05top_k\x18\x02 \x01(\x05\"P\n\x15\x43lassifyBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.cifarflow.gateway.v1.ClassifyResponse\":\n\x0e\x45xplainRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"\xb1\x01\n\x0f\x45xplainResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x10\n\x08\x63lass_id\x18\x04 \x01(\x05\x12\x13\n\x0bprobability\x18\x05 \x01(\x02\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\r\n\x05width\x18\x07 \x01(\x05\x12\x10\n\x08saliency\x18\x08 \x03(\x02\x12\x12\n\nrequest_id\x18\t \x01(\t2\xa9\x02\n\nClassifier\x12Y\n\x08\x43lassify\x12%.cifarflow.gateway.v1.ClassifyRequest\x1a&.cifarflow.gateway.v1.ClassifyResponse\x12h\n\rClassifyBatch\x12*.cifarflow.gateway.v1.ClassifyBatchRequest\x1a+.cifarflow.gateway.v1.ClassifyBatchResponse\x12V\n\x07\x45xplain\x12$.cifarflow.gateway.v1.ExplainRequest\x1a%.cifarflow.gateway.v1.ExplainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSIFYREQUEST']._serialized_end=148
   _globals['_PREDICTION']._serialized_start=150
   _globals['_PREDICTION']._serialized_end=221
-  _globals['_CLASSIFYRESPONSE']._serialized_start=223
-  _globals['_CLASSIFYRESPONSE']._serialized_end=348
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=350
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=403
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=405
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=485
-  _globals['_EXPLAINREQUEST']._serialized_start=487
-  _globals['_EXPLAINREQUEST']._serialized_end=545
-  _globals['_EXPLAINRESPONSE']._serialized_start=548
-  _globals['_EXPLAINRESPONSE']._serialized_end=725
-  _globals['_CLASSIFIER']._serialized_start=728
-  _globals['_CLASSIFIER']._serialized_end=1025
+  _globals['_CLASSIFYRESPONSE']._serialized_start=224
+  _globals['_CLASSIFYRESPONSE']._serialized_end=389
+  _globals['_OOD']._serialized_start=391
+  _globals['_OOD']._serialized_end=514
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=516
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=569
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=571
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=651
+  _globals['_EXPLAINREQUEST']._serialized_start=653
+  _globals['_EXPLAINREQUEST']._serialized_end=711
+  _globals['_EXPLAINRESPONSE']._serialized_start=714
+  _globals['_EXPLAINRESPONSE']._serialized_end=891
+  _globals['_CLASSIFIER']._serialized_start=894
+  _globals['_CLASSIFIER']._serialized_end=1191
 # @@protoc_insertion_point(module_scope)

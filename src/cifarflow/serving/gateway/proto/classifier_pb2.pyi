@@ -27,16 +27,30 @@ class Prediction(_message.Message):
     def __init__(self, class_name: _Optional[str] = ..., probability: _Optional[float] = ..., class_id: _Optional[int] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("model", "version", "predictions", "request_id")
+    __slots__ = ("model", "version", "predictions", "request_id", "ood")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OOD_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    ood: Ood
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., request_id: _Optional[str] = ..., ood: _Optional[_Union[Ood, _Mapping]] = ...) -> None: ...
+
+class Ood(_message.Message):
+    __slots__ = ("score", "value", "threshold", "in_distribution")
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    IN_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    score: str
+    value: float
+    threshold: float
+    in_distribution: bool
+    def __init__(self, score: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., in_distribution: _Optional[bool] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
     __slots__ = ("images", "top_k")

@@ -1,0 +1,222 @@
+"""Benchmark: what the gateway's monitors cost a classification, monitors on vs off, side by side.
+
+    .venv/bin/python bench/monitor_cost.py [--model DIR] [--rounds 6] [--seconds 3]
+
+One model server and two gateways in front of it, the same code and flags
+but `--monitors on` (with `--monitor-store`, so every answer is judged
+against a real reference and every image goes into the drift windows) and
+`--monitors off`. One client at a time (closed loop) sends a real CIFAR-100
+test image as a 64x64 JPEG, by REST (raw body) and by gRPC Classify. The
+four paths run in short alternating rounds, so a change in the machine's
+load hits both gateways alike; the figure is the median over rounds of
+(p50 on - p50 off). Target: at most 0.2 ms.
+
+Also measured in this process, with CPU time (not wall time, which other
+work on the machine inflates): the monitors' own work per image, i.e. what
+the gateway does more with them on (the 32-pixel thumbnail in the upload
+check, the features, the window update, the OOD verdict).
+
+Without --model, the tiny test model (tests/serving/model_factory.py) with a
+reference built from the shipped sample is served: the numbers then measure
+the gateway, not the network. Writes bench/results/monitor_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.machine import machine_info  # noqa: E402
+from bench.serving_latency import (  # noqa: E402
+    closed_loop,
+    free_port,
+    gateway_args,
+    gateway_grpc_call,
+    gateway_rest_call,
+    model_server_args,
+    sample_image,
+    start,
+)
+
+RESULTS = REPO / "bench" / "results" / "monitor_cost.json"
+TINY_WITH_REFERENCE = (
+    "import sys\nsys.path.insert(0, sys.argv[2])\nfrom pathlib import Path\n"
+    "from tests.serving.model_factory import export_test_model\n"
+    "from tests.serving.monitoring_support import model_with_reference\n"
+    "model_with_reference(export_test_model(Path(sys.argv[1]) / 'raw'), Path(sys.argv[1]) / 'model')\n"
+)
+
+
+def cpu_us(fn, repeat: int) -> float:
+    """CPU microseconds per call of `fn` (this thread's process time)."""
+    fn()
+    started = time.process_time()
+    for _ in range(repeat):
+        fn()
+    return round(1e6 * (time.process_time() - started) / repeat, 1)
+
+
+def judge_cpu_us(loop, monitor, probabilities, logits, repeat: int) -> float:
+    """CPU microseconds per `judge` call, awaited inside one coroutine as the gateway does."""
+
+    async def judge_many() -> float:
+        started = time.process_time()
+        for _ in range(repeat):
+            await monitor.judge(1, probabilities, logits)
+        return time.process_time() - started
+
+    return round(1e6 * loop.run_until_complete(judge_many()) / repeat, 1)
+
+
+def in_process_costs(image: bytes, reference_dir: Path, repeat: int) -> dict[str, float]:
+    """CPU time of each monitor step for one image, and of the upload check without them."""
+    import numpy as np
+    from prometheus_client import CollectorRegistry
+
+    from cifarflow.serving.gateway.images import ImageLimits, prepare_image
+    from cifarflow.serving.gateway.monitoring.config import MonitorConfig
+    from cifarflow.serving.gateway.monitoring.features import MODEL_INPUT_SIDE, image_features
+    from cifarflow.serving.gateway.monitoring.monitor import GatewayMonitor
+
+    limits = ImageLimits()
+    pixels = prepare_image(image, limits, MODEL_INPUT_SIDE).pixels
+    assert pixels is not None
+    monitor = GatewayMonitor(
+        MonitorConfig(store=str(reference_dir)), "cifarflow", CollectorRegistry()
+    )
+    logits = np.random.default_rng(0).normal(size=(1, 20)).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum()
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(monitor.judge(1, probabilities, logits))  # reads the reference once
+    costs = {
+        "upload_check_without_monitors": cpu_us(lambda: prepare_image(image, limits), repeat),
+        "upload_check_with_thumbnail": cpu_us(
+            lambda: prepare_image(image, limits, MODEL_INPUT_SIDE), repeat
+        ),
+        "image_features": cpu_us(lambda: image_features(pixels), repeat),
+        "observe_images": cpu_us(lambda: monitor.observe_images([pixels]), repeat),
+        "judge_answer": judge_cpu_us(loop, monitor, probabilities, logits, repeat),
+    }
+    loop.close()
+    costs["monitors_per_image_total"] = round(
+        costs["upload_check_with_thumbnail"]
+        - costs["upload_check_without_monitors"]
+        + costs["observe_images"]
+        + costs["judge_answer"],
+        1,
+    )
+    return costs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a SavedModel folder with reference.json")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument(
+        "--seconds", type=float, default=3.0, help="measured seconds per path and round"
+    )
+    parser.add_argument("--repeat", type=int, default=2000, help="calls per in-process measurement")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--note", default="")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-monitor-cost-"))
+    model = args.model
+    if model is None:
+        subprocess.run(
+            [sys.executable, "-c", TINY_WITH_REFERENCE, str(workdir), str(REPO)],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        model = workdir / "model"
+    from cifarflow.serving.protos import use_protos_only
+
+    use_protos_only()
+    from cifarflow.serving.store import publish_model
+
+    store = workdir / "store"
+    publish_model(model, store, "cifarflow", {})
+    image = sample_image()
+    results: dict[str, object] = {
+        "machine": machine_info(),
+        "model": str(
+            args.model or "tests/serving/model_factory.py (tiny linear model) + sample reference"
+        ),
+        "image": f"CIFAR-100 test image as {len(image)}-byte 64x64 JPEG, one client",
+        "rounds": args.rounds,
+        "seconds_per_path_and_round": args.seconds,
+        "load_average_before": open("/proc/loadavg").read().split()[:3],
+        "in_process_cpu_us": in_process_costs(image, store, args.repeat),
+    }
+    print(json.dumps(results["in_process_cpu_us"]), flush=True)
+    processes: list[subprocess.Popen] = []
+    rows: list[dict[str, object]] = []
+    try:
+        model_port = free_port()
+        processes.append(start(model_server_args(store, model_port), "model server:"))
+        paths = {}
+        for monitors in ("on", "off"):
+            http_port, grpc_port = free_port(), free_port()
+            extra = ["--monitors", monitors, "--monitor-store", str(store)]
+            processes.append(
+                start(gateway_args(model_port, http_port, grpc_port, *extra), "gateway: HTTP")
+            )
+            paths[f"rest-monitors-{monitors}"] = gateway_rest_call(
+                f"http://127.0.0.1:{http_port}/v1/classify", image
+            )
+            paths[f"grpc-monitors-{monitors}"] = gateway_grpc_call(f"127.0.0.1:{grpc_port}", image)
+        for round_ in range(args.rounds):
+            names = list(paths) if round_ % 2 == 0 else list(reversed(paths))
+            for name in names:
+                row = {"round": round_, "path": name, **closed_loop(paths[name], 1, args.seconds)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
+    results["scenarios"] = rows
+    summary = {}
+    for protocol in ("rest", "grpc"):
+        on = {r["round"]: r.get("p50_ms") for r in rows if r["path"] == f"{protocol}-monitors-on"}
+        off = {r["round"]: r.get("p50_ms") for r in rows if r["path"] == f"{protocol}-monitors-off"}
+        added = [on[k] - off[k] for k in on if on[k] is not None and off.get(k) is not None]
+        summary[protocol] = {
+            "p50_ms_on_median": statistics.median(v for v in on.values() if v is not None),
+            "p50_ms_off_median": statistics.median(v for v in off.values() if v is not None),
+            "added_p50_ms_per_round": [round(a, 3) for a in added],
+            "added_p50_ms_median": round(statistics.median(added), 3) if added else None,
+        }
+        print(
+            f"{protocol}: p50 on {summary[protocol]['p50_ms_on_median']:.3f} ms, off "
+            f"{summary[protocol]['p50_ms_off_median']:.3f} ms, added (median of rounds) "
+            f"{summary[protocol]['added_p50_ms_median']} ms; ratio on/off "
+            f"{summary[protocol]['p50_ms_on_median'] / summary[protocol]['p50_ms_off_median']:.3f}"
+        )
+    results["summary"] = summary
+    results["note"] = args.note
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

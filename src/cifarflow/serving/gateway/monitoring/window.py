@@ -1,0 +1,51 @@
+"""A sliding window of histogram counts, updated in O(1) per observation.
+
+Each observation is a vector of counts over fixed bins (one image's pixel
+histogram, or a one-hot bin of a per-image statistic); the window keeps the
+last `size` of them in a ring and their running sum, so adding one and
+forgetting the oldest costs one vector add and one subtract, whatever the
+window's size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SlidingCounts:
+    """The summed counts of the last `size` observations, each a `[bins]` count vector.
+
+    >>> window = SlidingCounts(size=2, bins=3)
+    >>> for bin_ in (0, 1, 2):
+    ...     window.add_bin(bin_)
+    >>> window.counts.tolist(), window.filled
+    ([0, 1, 1], 2)
+    """
+
+    def __init__(self, size: int, bins: int) -> None:
+        if size < 1 or bins < 1:
+            raise ValueError(f"a window needs size >= 1 and bins >= 1, got {size}, {bins}")
+        self.size = size
+        self._ring = np.zeros((size, bins), dtype=np.int64)
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self._next = 0
+        self.filled = 0
+
+    def add(self, counts: np.ndarray) -> None:
+        """Adds one observation's counts `[bins]`, forgetting the oldest when full."""
+        slot = self._ring[self._next]
+        self.counts -= slot  # zeros while the window is still filling
+        slot[:] = counts
+        self.counts += slot
+        self._next = (self._next + 1) % self.size
+        self.filled = min(self.filled + 1, self.size)
+
+    def add_bin(self, bin_: int) -> None:
+        """Adds one observation that falls in one bin (a per-image statistic, a class)."""
+        slot = self._ring[self._next]
+        self.counts -= slot
+        slot[:] = 0
+        slot[bin_] = 1
+        self.counts[bin_] += 1
+        self._next = (self._next + 1) % self.size
+        self.filled = min(self.filled + 1, self.size)
