@@ -442,8 +442,9 @@ def test_gateway_from_the_production_manifest_classifies_through_the_model_serve
     spec = deployment["spec"]["template"]["spec"]
     gateway = container(spec, "gateway")
     token = "test-" + os.urandom(8).hex()
-    secrets = {"cifarflow-gateway-token": {"token": token}}
-    env = container_env(objects, gateway, secrets)
+    # The gateway reads each version's reference.json from the store sync reads.
+    secrets = {**synced.pod.secrets, "cifarflow-gateway-token": {"token": token}}
+    env = {**container_env(objects, gateway, secrets), "S3_ENDPOINT": synced.pod.s3.endpoint}
     argv = command_line(objects, gateway, secrets)
     # What the pod network gives the container: the Service name resolves to
     # the model server, and the container's ports are its own (here: free ones).
@@ -496,6 +497,7 @@ def test_gateway_from_the_production_manifest_classifies_through_the_model_serve
         body = answer.json()
         assert str(body["version"]) == str(synced.stable)
         assert body["predictions"] and 0.0 <= body["predictions"][0]["probability"] <= 1.0
+        assert body["ood"]["score"] == "energy"  # the monitors are on in the manifest
 
         # docs/kubernetes.md's client command, through the gateway's gRPC port.
         image = synced.home / "cat.png"

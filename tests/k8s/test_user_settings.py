@@ -22,6 +22,7 @@ from tests.k8s.manifests import (
     REPO,
     by_kind,
     container,
+    gateway_deployments,
     labels_match,
     model_server_deployments,
     pod_containers,
@@ -233,9 +234,9 @@ def test_kubeflow_seaweedfs_component_points_both_tracks_at_it(k8s):
             ]["name"]
 
 
-def test_seaweedfs_network_policy_admits_the_sync_in_the_kubeflow_namespace(tmp_path):
+def test_seaweedfs_network_policy_admits_the_store_readers_in_the_kubeflow_namespace(tmp_path):
     """KFP's `seaweedfs` policy (2.15+) admits profile namespaces, istio-system and
-    kubeflow; this one adds the cifarflow TF Serving pods, on the pod's S3 port."""
+    kubeflow; this one adds the cifarflow TF Serving and gateway pods, on the pod's S3 port."""
     folder = K8S / "components" / "store-kubeflow-seaweedfs" / "kubeflow-namespace"
     text = kustomize(folder)
     output = validate(text, tmp_path)
@@ -249,15 +250,18 @@ def test_seaweedfs_network_policy_admits_the_sync_in_the_kubeflow_namespace(tmp_
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = policy["spec"]["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8333}]
-    (peer,) = rule["from"]
-    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "cifarflow"}
-    syncing = [
-        d
-        for d in model_server_deployments(render(K8S / "overlays" / "canary"))
-        if labels_match(
-            peer["podSelector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"]
-        )
-    ]
-    assert {d["metadata"]["name"] for d in syncing} == {"tf-serving", "tf-serving-canary"}, (
-        "every pod that syncs"
-    )
+    canary = render(K8S / "overlays" / "canary")
+    admitted = set()
+    for peer in rule["from"]:
+        assert peer["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": "cifarflow"
+        }
+        admitted |= {
+            d["metadata"]["name"]
+            for d in [*model_server_deployments(canary), *gateway_deployments(canary)]
+            if labels_match(
+                peer["podSelector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"]
+            )
+        }
+    # Every pod that reads the store: the syncs, and the gateways' monitors.
+    assert admitted == {"tf-serving", "tf-serving-canary", "gateway", "gateway-canary"}
