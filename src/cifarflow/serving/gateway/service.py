@@ -18,7 +18,7 @@ from cifarflow.serving.gateway.backend import Backend
 from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.images import ImageLimits, prepare_image
 from cifarflow.serving.gateway.metrics import GatewayMetrics
-from cifarflow.serving.gateway.url_fetch import UrlPolicy, fetch_image
+from cifarflow.serving.gateway.url_fetch import UrlFetcher, UrlPolicy
 
 MAX_BATCH_IMAGES = 64
 INLINE_IMAGE_BYTES = 64 * 1024
@@ -70,13 +70,15 @@ class Classifier:
             config.max_image_bytes,
             config.url_timeout_s,
         )
+        self.url_fetcher = UrlFetcher(self.url_policy)
 
-    def fetch(self, url: str) -> bytes:
-        """Blocking: call it off the event loop (`fetch_async`)."""
-        return fetch_image(url, self.url_policy)
+    async def fetch(self, url: str) -> bytes:
+        """The image at `url`, within the URL policy; a coroutine that holds no thread."""
+        return await self.url_fetcher.fetch(url)
 
-    async def fetch_async(self, url: str) -> bytes:
-        return await asyncio.to_thread(fetch_image, url, self.url_policy)
+    async def close(self) -> None:
+        """Releases the URL fetcher's client (on the event loop that served the requests)."""
+        await self.url_fetcher.aclose()
 
     def prepare(self, images: list[bytes]) -> list[bytes]:
         """Validates every image (one bad image must not fail a backend batch); CPU work."""
