@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
+from cifarflow.serving.api_docs import add_offline_docs
 from cifarflow.serving.asgi import install_error_handlers
 from cifarflow.serving.errors import Unavailable
 from cifarflow.serving.gateway import schemas
@@ -370,9 +371,10 @@ def create_app() -> FastAPI:
         title=TITLE,
         version="1",
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # add_offline_docs serves /docs without a CDN
         redoc_url=None,
     )
+    add_offline_docs(app)
     for method, path, endpoint, options in _ROUTES:
         app.add_api_route(path, endpoint, methods=[method], **options)
         if method == "GET":  # HEAD answers as GET does (probes, curl -I)
