@@ -3,23 +3,38 @@
 tests/serving/test_gateway.py covers the allow-list, a redirect off it, a
 declared oversized body, a server that stalls before answering and the
 policy's address table. Here: servers that drip, never end, loop, or
-redirect to internal addresses, and names that resolve to internal ones.
+redirect to internal addresses, names that resolve to internal ones, and
+https with the connection pinned to an address but TLS checked against the name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
+import httpcore
 import pytest
 import requests
 
-from cifarflow.serving.errors import DeadlineExceeded, Forbidden, InvalidInput, PayloadTooLarge
-from cifarflow.serving.gateway.url_fetch import UrlPolicy, _refused_address, fetch_image
+from cifarflow.serving.errors import (
+    BadGateway,
+    DeadlineExceeded,
+    Forbidden,
+    InvalidInput,
+    PayloadTooLarge,
+)
+from cifarflow.serving.gateway.url_fetch import (
+    UrlFetcher,
+    UrlPolicy,
+    _refused_address,
+    fetch_image,
+)
 from tests.serving.images import cifar_test_images, encode
 from tests.support.local_http import LocalHTTPServer
 
@@ -134,7 +149,7 @@ LOOPBACK_OK = UrlPolicy(
 def _timed(url: str, policy: UrlPolicy = LOOPBACK_OK):
     started = time.monotonic()
     try:
-        return fetch_image(url, policy), time.monotonic() - started
+        return asyncio.run(fetch_image(url, policy)), time.monotonic() - started
     except Exception as exc:
         return exc, time.monotonic() - started
 
@@ -226,7 +241,9 @@ class RebindingName:
 
     The "public" address is routed to the hostile site, standing in for an
     attacker's public server; any connection to another address is recorded
-    and refused, so nothing reaches the internet.
+    and refused, so nothing reaches the internet. Connections are seen where
+    the HTTP client (httpx, through httpcore) opens them; names are resolved
+    by the event loop through socket.getaddrinfo.
     """
 
     PUBLIC = "93.184.216.34"
@@ -234,17 +251,16 @@ class RebindingName:
     def __init__(self, site: HostileSite, monkeypatch) -> None:
         self.site, self.lookups, self.connects = site, [], []
         monkeypatch.setattr(socket, "getaddrinfo", self._resolve)
+        connect_tcp = httpcore.AnyIOBackend.connect_tcp
 
-        def connect(address, timeout=None, *args, **kwargs):
-            self.connects.append(address[0])
-            if address[0] != self.PUBLIC:
-                raise ConnectionRefusedError(111, "not the checked address")
-            sock = socket.socket()  # connect() on a literal address does not resolve
-            sock.settimeout(timeout)
-            sock.connect(("127.0.0.1", site.port))
-            return sock
+        async def connect(backend, host, port, *args, **kwargs):
+            self.connects.append(host)
+            if host != self.PUBLIC:
+                raise httpcore.ConnectError("not the checked address")
+            # A literal address is connected to without a lookup.
+            return await connect_tcp(backend, "127.0.0.1", site.port, *args, **kwargs)
 
-        monkeypatch.setattr(socket, "create_connection", connect)
+        monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", connect)
 
     def _resolve(self, host, port, *args, **kwargs):
         self.lookups.append(host)
@@ -332,3 +348,123 @@ def test_many_concurrent_drips_all_end_on_time(site):
     for thread in threads:
         thread.join(30)
     assert len(results) == 8 and max(results) < LOOPBACK_OK.timeout_s + 1.5
+
+
+def _certificate(name: str, directory) -> tuple[str, str]:
+    """A self-signed certificate for DNS name `name` (no IP address in it): (cert file, key file)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+class TlsSite(LocalHTTPServer):
+    """An https server on 127.0.0.1 with a certificate for one DNS name; records the SNI it was sent."""
+
+    def __init__(self, cert_file: str, key_file: str, png: bytes) -> None:
+        self.png, self.server_names = png, []
+        super().__init__()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        context.sni_callback = lambda sock, name, ctx: self.server_names.append(name)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+
+    def _handler(self):
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(site.png)))
+                self.end_headers()
+                self.wfile.write(site.png)
+
+        return Handler
+
+
+@pytest.fixture(scope="module")
+def tls_site(tmp_path_factory, site):
+    cert_file, key_file = _certificate("images.test", tmp_path_factory.mktemp("tls"))
+    with TlsSite(cert_file, key_file, site.png) as s:
+        s.cert_file = cert_file
+        yield s
+
+
+def _fetch_tls(tls_site, name: str, trusted: bool) -> tuple[bytes | Exception, float]:
+    """Fetches https://NAME:PORT/ with NAME resolving to 127.0.0.1; the site's certificate trusted or not."""
+    policy = UrlPolicy(allowed_hosts=(name,), allow_private=True, timeout_s=5.0)
+    context = ssl.create_default_context(cafile=tls_site.cert_file) if trusted else None
+
+    async def fetch() -> bytes:
+        async with UrlFetcher(policy, context) as fetcher:
+            return await fetcher.fetch(f"https://{name}:{tls_site._server.server_address[1]}/x.png")
+
+    started = time.monotonic()
+    try:
+        return asyncio.run(fetch()), time.monotonic() - started
+    except Exception as exc:
+        return exc, time.monotonic() - started
+
+
+@pytest.fixture
+def loopback_test_names(monkeypatch):
+    resolve = socket.getaddrinfo
+
+    def loopback(host, port, *args, **kwargs):
+        return resolve("127.0.0.1" if host.endswith(".test") else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback)
+
+
+@pytest.mark.timeout(60)
+def test_https_is_pinned_to_the_address_but_sni_and_certificate_use_the_name(
+    tls_site, loopback_test_names
+):
+    """The connection goes to 127.0.0.1, yet TLS names images.test: the certificate has no IP in it."""
+    tls_site.server_names.clear()
+    body, _ = _fetch_tls(tls_site, "images.test", trusted=True)
+    assert body == tls_site.png
+    assert tls_site.server_names == ["images.test"]
+
+
+@pytest.mark.timeout(60)
+def test_https_refuses_a_certificate_for_another_name_or_from_an_untrusted_issuer(
+    tls_site, loopback_test_names
+):
+    wrong_name, _ = _fetch_tls(tls_site, "other.test", trusted=True)
+    assert isinstance(wrong_name, BadGateway), wrong_name
+    assert "TLS failed for other.test" in str(wrong_name)
+    untrusted, _ = _fetch_tls(tls_site, "images.test", trusted=False)  # the system's CAs
+    assert isinstance(untrusted, BadGateway) and "TLS failed" in str(untrusted), untrusted

@@ -4,7 +4,7 @@ Auth (the `authorization` metadata), request ids (`x-request-id` in, or
 generated; sent back as trailing metadata and in the response), the caller's deadline (passed on
 to the backend call) and metrics are handled once in `_call`. The service runs
 on the gateway's event loop beside its REST API: a call waiting for the
-backend holds no thread; the image checks (and URL fetches) run on threads.
+backend (or a URL) holds no thread; large images are checked on threads.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             if source == "image":
                 data = request.image
             else:
-                data = await self.classifier.fetch_async(request.url)
+                data = await self.classifier.fetch(request.url)
             result = await self.classifier.classify([data], request_id, deadline)
             return _response(result[0], top_k, request_id)
 

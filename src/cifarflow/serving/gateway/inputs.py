@@ -15,7 +15,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from cifarflow.serving.errors import InvalidInput, UnsupportedMediaType
@@ -97,18 +97,26 @@ def decode_b64(value: Any) -> bytes:
         raise InvalidInput(f"malformed base64 in 'image_b64': {exc}") from None
 
 
-def classify_input(
-    request: RawRequest, fetch: Callable[[str], bytes], default_top_k: int
-) -> tuple[bytes, int]:
-    """The image bytes and top_k of a /v1/classify request, whichever way it was sent.
+@dataclasses.dataclass(frozen=True)
+class ImageUrl:
+    """A `{"url": ...}` body: the image is still to be fetched, by the caller, asynchronously.
+
+    `url` is what the client sent, checked by the fetcher (url_fetch.py).
+    """
+
+    url: str
+
+
+def classify_input(request: RawRequest, default_top_k: int) -> tuple[bytes | ImageUrl, int]:
+    """The image (or the URL to fetch it from) and top_k of a /v1/classify request.
 
     Args:
         request: the request.
-        fetch: gets the image of a `{"url": ...}` body.
         default_top_k: top_k when the request names none.
     """
     media_type = request.media_type
     top_k_value: Any = request.query.get("top_k")
+    data: bytes | ImageUrl
     if media_type == "multipart/form-data":
         data, fields = multipart_file(request)
         top_k_value = fields.get("top_k", top_k_value)
@@ -119,7 +127,7 @@ def classify_input(
         if "image_b64" in body:
             data = decode_b64(body["image_b64"])
         elif "url" in body:
-            data = fetch(body["url"])
+            data = ImageUrl(body["url"])
         else:
             raise InvalidInput("JSON body needs 'image_b64' (or 'url')")
         top_k_value = body.get("top_k", top_k_value)

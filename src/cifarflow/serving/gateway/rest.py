@@ -13,9 +13,9 @@ GET  /openapi.json  this API, generated from the models in schemas.py; `/docs` s
 Bodies are read and parsed here (inputs.py), not by FastAPI's validation, so
 a bad request is a 4xx naming what is wrong in the `{"error": ...}` shape
 every other failure has; the models describe the bodies for the OpenAPI
-description. The backend call is asynchronous (grpc.aio, backend.py); the
-blocking work (parsing, URL fetches, image checks) runs on the threadpool,
-off the event loop.
+description. The backend call and URL fetches are asynchronous (grpc.aio,
+backend.py; httpx, url_fetch.py); the CPU work on a large body (parsing,
+image checks) runs on the threadpool, off the event loop.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
+from cifarflow.serving.api_docs import add_offline_docs
 from cifarflow.serving.asgi import install_error_handlers
 from cifarflow.serving.errors import Unavailable
 from cifarflow.serving.gateway import schemas
 from cifarflow.serving.gateway.auth import BearerAuth
 from cifarflow.serving.gateway.inputs import (
+    ImageUrl,
     RawRequest,
     classify_input,
     predict_url,
@@ -92,7 +94,7 @@ _OPEN: dict[str, list[Any]] = {
 # The bearer scheme, as the OpenAPI description names it.
 _BEARER_SCHEME = {"bearer": {"type": "http", "scheme": "bearer"}}
 # A body this small is parsed and checked on the event loop: a trip to the
-# threadpool costs more than the work. Larger ones (and URL fetches) go there.
+# threadpool costs more than the work. Larger ones go there.
 INLINE_BODY_BYTES = 64 * 1024
 
 
@@ -379,45 +381,58 @@ class GatewayApi:
         """A bounded label for metrics (unknown paths would explode cardinality)."""
         return path if path in self._paths else "other"
 
-    def classify_input(self, request: RawRequest) -> tuple[bytes, int]:
-        """The image bytes and top_k of a /v1/classify request, whichever way it was sent."""
-        return classify_input(request, self.classifier.fetch, self.classifier.config.default_top_k)
+    def classify_input(self, request: RawRequest) -> tuple[bytes | ImageUrl, int]:
+        """The image (or its URL) and top_k of a /v1/classify request, whichever way it was sent."""
+        return classify_input(request, self.classifier.config.default_top_k)
 
     async def classify_one(self, request: RawRequest, request_id: str):
         """Parses, checks and classifies one /v1/classify request."""
         with self.classifier.metrics.in_flight.track_inprogress():
-            if len(request.body) <= INLINE_BODY_BYTES and b'"url"' not in request.body:
+            if len(request.body) <= INLINE_BODY_BYTES:
                 prepared, top_k, deadline = self._prepare_classify(request)
-            else:  # big images and URL fetches block: one trip to the threadpool
+            else:  # a big image: parsed and checked in one trip to the threadpool
                 prepared, top_k, deadline = await run_in_threadpool(self._prepare_classify, request)
-            result = await self.classifier.classify_prepared(prepared, request_id, deadline)
+            if isinstance(prepared, ImageUrl):  # fetched here, on the event loop, holding no thread
+                data = await self.classifier.fetch(prepared.url)
+                result = await self.classifier.classify([data], request_id, deadline)
+            else:
+                result = await self.classifier.classify_prepared(prepared, request_id, deadline)
             return result[0], top_k
 
     async def explain_one(self, request: RawRequest, request_id: str):
         """Parses and checks a /v1/explain request (the /v1/classify forms), then explains it."""
         with self.classifier.metrics.in_flight.track_inprogress():
-            if len(request.body) <= INLINE_BODY_BYTES and b'"url"' not in request.body:
+            if len(request.body) <= INLINE_BODY_BYTES:
                 prepared, top_k, deadline = self._prepare_classify(request)
             else:
                 prepared, top_k, deadline = await run_in_threadpool(self._prepare_classify, request)
+            if isinstance(prepared, ImageUrl):  # fetched on the event loop, then checked
+                data = await self.classifier.fetch(prepared.url)
+                prepared = await run_in_threadpool(self.classifier.prepare, [data])
             explanation = await self.classifier.explain_prepared(prepared[0], request_id, deadline)
             return explanation, top_k
 
-    def _prepare_classify(self, request: RawRequest) -> tuple[list[bytes], int, float | None]:
+    def _prepare_classify(
+        self, request: RawRequest
+    ) -> tuple[list[bytes] | ImageUrl, int, float | None]:
         data, top_k = self.classify_input(request)
         deadline = request_deadline(request)
+        if isinstance(data, ImageUrl):
+            return data, top_k, deadline
         return self.classifier.prepare([data]), top_k, deadline
 
     async def predict_url(self, request: RawRequest, request_id: str):
         """Fetches and classifies the URL of a /predict request."""
         with self.classifier.metrics.in_flight.track_inprogress():
-            prepared, deadline = await run_in_threadpool(self._prepare_predict, request)
-            return (await self.classifier.classify_prepared(prepared, request_id, deadline))[0]
+            if len(request.body) <= INLINE_BODY_BYTES:
+                url, deadline = self._parse_predict(request)
+            else:
+                url, deadline = await run_in_threadpool(self._parse_predict, request)
+            data = await self.classifier.fetch(url)
+            return (await self.classifier.classify([data], request_id, deadline))[0]
 
-    def _prepare_predict(self, request: RawRequest) -> tuple[list[bytes], float | None]:
-        url = predict_url(request)
-        deadline = request_deadline(request)
-        return self.classifier.prepare([self.classifier.fetch(url)]), deadline
+    def _parse_predict(self, request: RawRequest) -> tuple[str, float | None]:
+        return predict_url(request), request_deadline(request)
 
 
 def create_app() -> FastAPI:
@@ -426,9 +441,10 @@ def create_app() -> FastAPI:
         title=TITLE,
         version="1",
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # add_offline_docs serves /docs without a CDN
         redoc_url=None,
     )
+    add_offline_docs(app)
     for method, path, endpoint, options in _ROUTES:
         app.add_api_route(path, endpoint, methods=[method], **options)
         if method == "GET":  # HEAD answers as GET does (probes, curl -I)

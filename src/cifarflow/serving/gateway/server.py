@@ -175,7 +175,7 @@ class Gateway:
 
         gRPC stops taking calls and finishes its own (up to the grace), HTTP
         requests in flight finish (`http_idle`, waited for off the loop), then
-        the backend channel closes.
+        the backend channel and the URL fetcher's client close.
 
         Returns:
             True when the HTTP requests in flight finished within the grace.
@@ -193,6 +193,7 @@ class Gateway:
         if stopping is not None:
             await stopping
         await self.backend.close()
+        await self.classifier.close()
         return finished
 
 

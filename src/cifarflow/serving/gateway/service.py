@@ -23,7 +23,7 @@ from cifarflow.serving.gateway.images import ImageLimits, prepare_image
 from cifarflow.serving.gateway.metrics import GatewayMetrics
 from cifarflow.serving.gateway.monitoring.features import MODEL_INPUT_SIDE
 from cifarflow.serving.gateway.monitoring.monitor import GatewayMonitor, OodVerdict
-from cifarflow.serving.gateway.url_fetch import UrlPolicy, fetch_image
+from cifarflow.serving.gateway.url_fetch import UrlFetcher, UrlPolicy
 
 MAX_BATCH_IMAGES = 64
 INLINE_IMAGE_BYTES = 64 * 1024
@@ -105,13 +105,15 @@ class Classifier:
             else None
         )
         self._monitor_failed = False
+        self.url_fetcher = UrlFetcher(self.url_policy)
 
-    def fetch(self, url: str) -> bytes:
-        """Blocking: call it off the event loop (`fetch_async`)."""
-        return fetch_image(url, self.url_policy)
+    async def fetch(self, url: str) -> bytes:
+        """The image at `url`, within the URL policy; a coroutine that holds no thread."""
+        return await self.url_fetcher.fetch(url)
 
-    async def fetch_async(self, url: str) -> bytes:
-        return await asyncio.to_thread(fetch_image, url, self.url_policy)
+    async def close(self) -> None:
+        """Releases the URL fetcher's client (on the event loop that served the requests)."""
+        await self.url_fetcher.aclose()
 
     def prepare(self, images: list[bytes]) -> list[bytes]:
         """Validates every image (one bad image must not fail a backend batch); CPU work."""

@@ -1,25 +1,32 @@
-"""Fetching an image by URL for `POST /predict`, without becoming an open proxy.
+"""Fetching an image by URL for `POST /predict`, without becoming an open proxy or holding a thread.
 
 A fetch is refused unless the host is on the allow-list; private, loopback,
 link-local, multicast and reserved addresses are refused unless explicitly
 allowed (so an allowed name that resolves to 169.254.169.254 or 10.x is still
-refused). The connection goes to the address that was checked, not to a
-second DNS answer (no DNS-rebinding window). Redirects are followed only to
-URLs that pass the same checks. Size and total time are capped: every read
-and write waits at most for what is left of the fetch's deadline, so a
-server that drips its headers or body a byte at a time cannot stretch it.
+refused). The name is resolved once, and the connection goes to the address
+that was checked, not to a second DNS answer (no DNS-rebinding window);
+Host, TLS SNI and the certificate check still use the name. Redirects are
+followed only to URLs that pass the same checks. The body is counted as it
+streams in and the fetch stops at the size limit; one deadline bounds the
+whole fetch (DNS, connect, TLS, headers, body, every redirect), so a server
+that drips its headers or body a byte at a time cannot stretch it.
+
+The fetch is a coroutine on httpx's AsyncClient: a slow server costs a
+waiting coroutine, not one of the event loop's few executor threads, so
+slow URLs do not queue other requests behind them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import http.client
-import io
+import functools
 import ipaddress
 import socket
 import ssl
-import time
 from urllib.parse import urljoin, urlsplit
+
+import httpx
 
 from cifarflow.serving.errors import (
     BadGateway,
@@ -28,6 +35,11 @@ from cifarflow.serving.errors import (
     InvalidInput,
     PayloadTooLarge,
 )
+
+# Fetches in flight at once per process; more wait for a connection (within
+# their deadline), so a flood of URLs cannot open unbounded connections.
+MAX_CONCURRENT_FETCHES = 100
+_REDIRECTS = (301, 302, 303, 307, 308)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +88,9 @@ def _refused_address(address: str) -> str | None:
     return None
 
 
-def _resolve(host: str, port: int, policy: UrlPolicy) -> list[str]:
+async def _resolve(host: str, port: int, policy: UrlPolicy) -> list[str]:
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise InvalidInput(f"cannot resolve host {host!r}: {exc.strerror}") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
@@ -119,124 +131,148 @@ def _check_url(url: str, policy: UrlPolicy) -> tuple[str, str, int, str]:
     return parts.scheme, host, port, target
 
 
-def fetch_image(url: str, policy: UrlPolicy) -> bytes:
-    """The body of `url`, within the policy's host, size and time limits.
+class UrlFetcher:
+    """Fetches images by URL within a UrlPolicy, on one httpx.AsyncClient.
 
-    Raises:
-        InvalidInput: a malformed URL, an unresolvable host, a 4xx answer.
-        Forbidden: the host or its address is not allowed.
-        PayloadTooLarge: the body is over `max_bytes`.
-        DeadlineExceeded: the fetch took longer than `timeout_s`.
-        BadGateway: the server failed (5xx, connection refused).
-    """
-    deadline = time.monotonic() + policy.timeout_s
-    for _ in range(policy.max_redirects + 1):
-        scheme, host, port, target = _check_url(url, policy)
-        address = _resolve(host, port, policy)[0]
-        status, location, body = _get(scheme, host, port, address, target, policy, deadline)
-        if status in (301, 302, 303, 307, 308) and location:
-            url = urljoin(url, location)
-            continue
-        if 400 <= status < 500:
-            raise InvalidInput(f"fetching the URL failed: the server answered {status}")
-        if status >= 300:
-            raise BadGateway(f"fetching the URL failed: the server answered {status}")
-        return body
-    raise InvalidInput(f"too many redirects (more than {policy.max_redirects})")
+    One per process (the gateway's Classifier holds it); close it with
+    `aclose()` on the event loop that used it.
 
-
-def _remaining(deadline: float, policy: UrlPolicy) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise DeadlineExceeded(f"fetching the URL took longer than {policy.timeout_s:g}s")
-    return left
-
-
-class _DeadlineSocket:
-    """A connected socket as http.client uses it, each send and receive bounded by the fetch's deadline.
-
-    A socket timeout bounds one receive, not the sum: without this, a server
-    that sends a header byte every second would hold the fetch for hours.
+    Args:
+        policy: hosts, addresses, size and time allowed.
+        ssl_context: the certificates trusted for https URLs; default the
+            system's (`system_ssl_context()`).
     """
 
-    def __init__(self, sock: socket.socket, deadline: float, policy: UrlPolicy) -> None:
-        self._sock, self._deadline, self._policy = sock, deadline, policy
-
-    def _arm(self) -> None:
-        self._sock.settimeout(_remaining(self._deadline, self._policy))
-
-    def sendall(self, data: bytes) -> None:
-        self._arm()
-        self._sock.sendall(data)
-
-    def recv_into(self, buffer) -> int:
-        self._arm()
-        return self._sock.recv_into(buffer)
-
-    def makefile(self, mode: str = "rb", buffering: int | None = None) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self))
-
-    def close(self) -> None:
-        # http.client closes the connection while a Connection: close response
-        # still reads from it; `_get` closes the real socket when it is done.
-        pass
-
-
-class _DeadlineReader(io.RawIOBase):
-    def __init__(self, sock: _DeadlineSocket) -> None:
-        self._sock = sock
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        return self._sock.recv_into(buffer)
-
-
-def _get(
-    scheme: str, host: str, port: int, address: str, target: str, policy: UrlPolicy, deadline: float
-):
-    sock: socket.socket | None = None
-    try:
-        sock = socket.create_connection((address, port), timeout=_remaining(deadline, policy))
-        if scheme == "https":
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-        connection = http.client.HTTPConnection(host, port)
-        connection.sock = _DeadlineSocket(
-            sock, deadline, policy
-        )  # already connected to the checked address
-        connection.request(
-            "GET",
-            target,
+    def __init__(self, policy: UrlPolicy, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.policy = policy
+        self._client = httpx.AsyncClient(
+            verify=ssl_context or system_ssl_context(),
+            # No proxy or .netrc from the environment: a proxy would connect
+            # by name, to an address nobody checked.
+            trust_env=False,
+            follow_redirects=False,  # each hop is checked here first
+            # A connection per fetch, to the address that fetch checked: a kept
+            # one would be keyed by address and could carry another name's request.
+            limits=httpx.Limits(
+                max_connections=MAX_CONCURRENT_FETCHES, max_keepalive_connections=0
+            ),
+            timeout=None,  # one deadline for the whole fetch, in `fetch`
             headers={
-                "Host": host if port in (80, 443) else f"{host}:{port}",
                 "User-Agent": "cifarflow-gateway",
                 "Accept": "image/*",
+                # Bytes as sent: the size limit counts what arrives, and a
+                # compressed body cannot expand past it.
+                "Accept-Encoding": "identity",
             },
         )
-        response = connection.getresponse()
-        if 300 <= response.status < 400:
-            return response.status, response.getheader("Location"), b""
-        length = response.getheader("Content-Length")
-        if length and length.isdigit() and int(length) > policy.max_bytes:
-            raise PayloadTooLarge(
-                f"the URL's image is {length} bytes; the limit is {policy.max_bytes} bytes"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> UrlFetcher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def fetch(self, url: str) -> bytes:
+        """The body of `url`, within the policy's host, size and time limits.
+
+        Raises:
+            InvalidInput: a malformed URL, an unresolvable host, a 4xx answer.
+            Forbidden: the host or its address is not allowed.
+            PayloadTooLarge: the body is over `max_bytes`.
+            DeadlineExceeded: the fetch took longer than `timeout_s`.
+            BadGateway: the server failed (5xx, connection refused, TLS).
+        """
+        try:
+            return await asyncio.wait_for(self._follow(url), self.policy.timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(
+                f"fetching the URL took longer than {self.policy.timeout_s:g}s"
+            ) from None
+
+    async def _follow(self, url: str) -> bytes:
+        for _ in range(self.policy.max_redirects + 1):
+            scheme, host, port, target = _check_url(url, self.policy)
+            address = (await _resolve(host, port, self.policy))[0]
+            status, location, body = await self._get(scheme, host, port, address, target)
+            if status in _REDIRECTS and location:
+                url = urljoin(url, location)
+                continue
+            if 400 <= status < 500:
+                raise InvalidInput(f"fetching the URL failed: the server answered {status}")
+            if status >= 300:
+                raise BadGateway(f"fetching the URL failed: the server answered {status}")
+            return body
+        raise InvalidInput(f"too many redirects (more than {self.policy.max_redirects})")
+
+    async def _get(
+        self, scheme: str, host: str, port: int, address: str, target: str
+    ) -> tuple[int, str | None, bytes]:
+        """One GET to `address`, as a request for `host` (Host header, TLS SNI and certificate)."""
+        literal = f"[{address}]" if ":" in address else address
+        try:
+            request = self._client.build_request(
+                "GET",
+                f"{scheme}://{literal}:{port}{target}",
+                headers={"Host": _host_header(host, port)},
+                # httpcore sends this name as SNI and checks the certificate
+                # against it, not against the address in the URL.
+                extensions={"sni_hostname": host},
             )
+        except httpx.InvalidURL as exc:
+            raise InvalidInput(f"the URL is not valid: {exc}") from None
+        try:
+            response = await self._client.send(request, stream=True)
+            try:
+                return await self._read(response)
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as exc:
+            tls = _ssl_error(exc)
+            if tls is not None:
+                raise BadGateway(f"TLS failed for {host}: {tls.reason or tls}") from None
+            raise BadGateway(f"fetching the URL failed: {type(exc).__name__}: {exc}") from None
+
+    async def _read(self, response: httpx.Response) -> tuple[int, str | None, bytes]:
+        if 300 <= response.status_code < 400:
+            return response.status_code, response.headers.get("Location"), b""
+        limit = self.policy.max_bytes
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"the URL's image is {length} bytes; the limit is {limit} bytes")
         chunks, size = [], 0
-        while chunk := response.read1(64 * 1024):
+        async for chunk in response.aiter_raw():  # raw: no decoding, the bytes that arrived
             size += len(chunk)
-            if size > policy.max_bytes:
-                raise PayloadTooLarge(
-                    f"the URL's image is over the limit of {policy.max_bytes} bytes"
-                )
+            if size > limit:
+                raise PayloadTooLarge(f"the URL's image is over the limit of {limit} bytes")
             chunks.append(chunk)
-        return response.status, None, b"".join(chunks)
-    except TimeoutError:
-        raise DeadlineExceeded(f"fetching the URL took longer than {policy.timeout_s:g}s") from None
-    except ssl.SSLError as exc:
-        raise BadGateway(f"TLS failed for {host}: {exc.reason or exc}") from None
-    except (ConnectionError, OSError, http.client.HTTPException) as exc:
-        raise BadGateway(f"fetching the URL failed: {type(exc).__name__}: {exc}") from None
-    finally:
-        if sock is not None:
-            sock.close()
+        return response.status_code, None, b"".join(chunks)
+
+
+async def fetch_image(url: str, policy: UrlPolicy) -> bytes:
+    """One fetch on a client of its own (a script, a test); a server keeps one UrlFetcher."""
+    async with UrlFetcher(policy) as fetcher:
+        return await fetcher.fetch(url)
+
+
+@functools.cache
+def system_ssl_context() -> ssl.SSLContext:
+    """The system's trusted certificates, loaded once per process (a load costs 20-200 ms of CPU)."""
+    return ssl.create_default_context()
+
+
+def _host_header(host: str, port: int) -> str:
+    name = f"[{host}]" if ":" in host else host
+    return name if port in (80, 443) else f"{name}:{port}"
+
+
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS failure under httpx's error (httpx and httpcore chain the original as the cause)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
+from cifarflow.serving.api_docs import add_offline_docs
 from cifarflow.serving.asgi import install_error_handlers
 from cifarflow.serving.errors import InvalidInput, MethodNotAllowed, NotFound
 from cifarflow.serving.model_server.grpc_servicer import model_metadata, model_status
@@ -99,9 +100,10 @@ class RestApi:
         app = FastAPI(
             title="cifarflow model server (TensorFlow Serving REST API)",
             version="1",
-            docs_url="/docs",
+            docs_url=None,  # add_offline_docs serves /docs without a CDN
             redoc_url=None,
         )
+        add_offline_docs(app)
         for path in dict.fromkeys(self.metrics_paths):
             app.add_api_route(
                 path,
