@@ -181,11 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=1000, help="images per split (stratified)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 1024])
     parser.add_argument("--qualities", nargs="+", type=int, default=[90, 50])
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=["val", "test"],
+        choices=["val", "test"],
+        help="val is where the choice is made; test is only reported",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--note", default="", help="free text stored with the record")
     args = parser.parse_args(argv)
+    if "val" not in args.splits:
+        parser.error("--splits must include val: the choice is made there")
     if args.images < 20:
         parser.error("--images must be at least 20 (one per class)")
 
@@ -201,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{line} ({time.monotonic() - started:.0f}s)", file=sys.stderr, flush=True)
 
     splits = {}
-    for split_name in ("val", "test"):
+    for split_name in args.splits:
         split = load_split(args.data, split_name, mmap=False)
         labels = np.asarray(split.coarse_labels, dtype=np.int64)
         chosen = stratified_sample(labels, args.images, args.seed)
