@@ -6,7 +6,9 @@ Two layouts are understood:
   as `cifarflow ingest` writes them, or those three files directly);
 * an image folder, `root/<class_name>/*.jpg|png|...` (any sizes), optionally
   already split as `root/train/<class_name>/...` and `root/test/<class_name>/...`.
-  Images are resized to 32×32 with antialiasing, as the served model does.
+  Each file becomes 32×32 pixels by `cifarflow.photo_pixels.photo_to_pixels`,
+  the served model's own decode (EXIF orientation, crop, resize), so training
+  on a folder sees what serving that photo would.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarflow.data import cifar_pickle, official
-from cifarflow.data.splits import IMAGE_SHAPE, Split
+from cifarflow.data.splits import Split
 from cifarflow.errors import BadInputError, DataAnomalyError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}
@@ -128,7 +130,9 @@ def _class_folders(root: Path) -> list[str]:
 
 
 def _read_classes(root: Path, class_names: list[str]) -> Split:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    import tensorflow as tf
+
+    from cifarflow.photo_pixels import photo_to_pixels
 
     images, labels = [], []
     for label, name in enumerate(class_names):
@@ -140,17 +144,35 @@ def _read_classes(root: Path, class_names: list[str]) -> Split:
         )
         for path in files:
             try:
-                with Image.open(path) as img:
-                    img = ImageOps.exif_transpose(img)
-                    # Drop alpha as the serving graph's decode does, so train and serve agree.
-                    rgb = img.convert("RGB").resize(
-                        IMAGE_SHAPE[:2], Image.Resampling.BILINEAR, reducing_gap=None
-                    )
-                    images.append(np.asarray(rgb, dtype=np.uint8))
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise DataAnomalyError(f"cannot decode image {path}: {exc}") from None
+                images.append(photo_to_pixels(_served_bytes(path)))
+            except (tf.errors.OpError, OSError, ValueError) as exc:
+                reason = next((s for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
+                raise DataAnomalyError(f"cannot decode image {path}: {reason.strip()}") from None
             labels.append(label)
     if not images:
         raise BadInputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     coarse = np.asarray(labels, dtype=np.uint8)
     return Split(np.stack(images), coarse, coarse.copy())
+
+
+# The formats the serving graph decodes itself, by their first bytes.
+_GRAPH_DECODED_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+
+
+def _served_bytes(path: Path) -> bytes:
+    """The file's bytes if the serving graph decodes them; others (WebP) as an upright RGB PNG."""
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    data = path.read_bytes()
+    if data.startswith(_GRAPH_DECODED_MAGIC):
+        return data
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            rgb = ImageOps.exif_transpose(img).convert("RGB")
+    except UnidentifiedImageError as exc:
+        raise ValueError(str(exc)) from None
+    buffer = io.BytesIO()
+    rgb.save(buffer, "PNG")
+    return buffer.getvalue()

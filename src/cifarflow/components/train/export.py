@@ -5,8 +5,9 @@ model contract (docs/training.md, "Signatures") are TensorFlow graphs.
 
 - `serving_default(image_bytes: string[None])`: decodes JPEG/PNG/GIF/BMP to
   RGB (grayscale is replicated, alpha is dropped, a GIF gives its first
-  frame), resizes to 32×32 with antialiasing, rounds to whole pixel values like
-  the uint8 training data, and runs the model.
+  frame), turns a JPEG upright by its EXIF orientation, resizes to 32×32 as
+  `cifarflow.photo_pixels.SERVING` says (chosen by measurement), rounds to
+  whole pixel values like the uint8 training data, and runs the model.
 - `predict_pixels(images: uint8[None, 32, 32, 3])`: the model on raw pixels.
 - `explain(image_bytes: string[None])`: the same decoding, then a Grad-CAM
   saliency map of the predicted class (saliency.py): `saliency` float32
@@ -29,13 +30,14 @@ from pathlib import Path
 
 import keras
 
+from cifarflow import photo_pixels
 from cifarflow.atomic_files import write_bytes_atomic
 from cifarflow.components.train.saliency import grad_cam, grad_cam_model
 
 TFLITE_FILE = "model.tflite"
 SAVED_MODEL_FILES = ("saved_model.pb", "variables", "assets", "fingerprint.pb")
 CLASS_NAMES_ASSET = "class_names.txt"
-IMAGE_SIZE = 32
+IMAGE_SIZE = photo_pixels.IMAGE_SIZE
 EXPLAIN_SIGNATURE = "explain"
 
 
@@ -48,24 +50,12 @@ def _require_tensorflow_backend() -> None:
 
 
 def decode_and_resize(image_bytes):
-    """One encoded image -> float32 [32, 32, 3] pixel values in 0..255 (a TF graph op)."""
-    import tensorflow as tf
+    """One encoded image -> float32 [32, 32, 3] pixel values in 0..255 (a TF graph op).
 
-    # JPEG gets the accurate integer IDCT (decode_image's default is the fast
-    # one, up to 9 levels off): the same pixels PIL and libjpeg give by default.
-    image = tf.cond(
-        tf.io.is_jpeg(image_bytes),
-        lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(
-            image_bytes, channels=3, expand_animations=False, dtype=tf.uint8
-        ),
-    )
-    image.set_shape([None, None, 3])
-    resized = tf.image.resize(
-        tf.cast(image, tf.float32), [IMAGE_SIZE, IMAGE_SIZE], method="bilinear", antialias=True
-    )
-    # The model was trained on whole uint8 values: round like a saved thumbnail would.
-    return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+    The steps and their measured choice live in `cifarflow.photo_pixels`, the
+    one definition preprocess's image folders and TFLite callers use too.
+    """
+    return photo_pixels.decode_photo(image_bytes, photo_pixels.SERVING)
 
 
 def export_saved_model(
@@ -160,7 +150,12 @@ def export_saved_model(
 
 
 def export_tflite(saved_model_dir: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Converts the `predict_pixels` signature to TFLite (decoding is not a builtin op)."""
+    """Converts the `predict_pixels` signature to TFLite (decoding is not a builtin op).
+
+    Whoever runs the file decodes the photo first, with
+    `cifarflow.photo_pixels.photo_to_pixels`, so it gets the pixels
+    `serving_default` would (docs/training.md, "Robustness").
+    """
     _require_tensorflow_backend()
     import tensorflow as tf
 

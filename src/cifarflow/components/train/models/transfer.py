@@ -2,21 +2,18 @@
 
 Base (DenseNet121, ResNet50 or Xception) at an enlarged input size, global
 average pooling, dropout, Dense(size_inner, relu), then the 20-class layer.
-Weights: `imagenet` when reachable (offline it falls back to random
-initialisation with a warning), a local weights file, or none.
+Weights (models/imagenet_weights.py): `imagenet` (Keras's own file, or the
+same file from a mirror), a URL with its checksum, a local weights file, or
+none; weights that cannot be had fail the trial with one line.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import keras
 from keras import layers
 
+from cifarflow.components.train.models.imagenet_weights import pretrained_base
 from cifarflow.errors import BadInputError
-
-_log = logging.getLogger(__name__)
 
 # Each base's own input scaling, applied to raw 0..255 pixels.
 _BASES = {
@@ -61,34 +58,17 @@ def transfer_features(
 
     Args:
         pixels: augmented images, 0..255 floats, [batch, 32, 32, 3].
-        weights: "imagenet", "none", or a path to a weights file.
+        weights: "imagenet", "none", a weights file path or a URL#sha256=HEX
+            (models/imagenet_weights.py).
     """
     constructor, mode = _BASES[architecture]
     if input_size < _MIN_INPUT[architecture]:
         raise BadInputError(
             f"{architecture} needs input_size >= {_MIN_INPUT[architecture]}, got {input_size}"
         )
-    if weights not in ("imagenet", "none") and not Path(weights).is_file():
-        raise BadInputError(
-            f"weights file {weights} does not exist (use 'imagenet', 'none' or a file path)"
-        )
     x = layers.Resizing(input_size, input_size, interpolation="bilinear", name="upsample")(pixels)
     x = ApplicationPreprocess(mode, name="app_preprocess")(x)
-    shape = (input_size, input_size, 3)
-    if weights == "imagenet":
-        try:
-            base = constructor(include_top=False, weights="imagenet", input_shape=shape)
-        except Exception as exc:  # offline: "imagenet when reachable", else random init
-            _log.warning(
-                "ImageNet weights for %s unreachable (%s); training the base from random initialisation",
-                architecture,
-                type(exc).__name__,
-            )
-            base = constructor(include_top=False, weights=None, input_shape=shape)
-    else:
-        base = constructor(include_top=False, weights=None, input_shape=shape)
-    if weights not in ("imagenet", "none"):
-        base.load_weights(weights)
+    base = pretrained_base(constructor, architecture, weights, (input_size, input_size, 3))
     base.trainable = not freeze_base
     # A frozen base also keeps its BatchNorm statistics frozen.
     x = base(x, training=False if freeze_base else None)
