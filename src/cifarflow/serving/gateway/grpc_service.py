@@ -134,7 +134,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             if source == "image":
                 data = request.image
             else:
-                data = await self.classifier.fetch_async(request.url)
+                data = await self.classifier.fetch(request.url)
             prepared = await asyncio.to_thread(self.classifier.prepare, [data])
             result = await self.classifier.explain_prepared(prepared[0], request_id, deadline)
             height, width = result.saliency.shape
