@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
 import io
 import json
 import os
@@ -165,6 +166,13 @@ def family_summary(
     return summary
 
 
+def default_work(source: str) -> Path:
+    """The split cache for `source`: one folder per archive, so another archive never reuses it."""
+    key = "sample" if source == "sample" else str(Path(source).resolve())
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "cifarflow-bench" / f"robustness-{digest}"
+
+
 def official_test_split(source: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
     """The official test split's pixels and coarse labels, via the pipeline's ingest and preprocess.
 
@@ -245,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         default=str(DEFAULT_ARCHIVE),
         help="official-format archive, or 'sample' for the one shipped in the package",
     )
-    parser.add_argument("--work", default=None, help="where the split data is cached")
+    parser.add_argument(
+        "--work",
+        default=None,
+        help="where the split data is cached (default: a folder per archive under the temp dir)",
+    )
     parser.add_argument("--images", type=int, default=2000, help="test images scored (stratified)")
     parser.add_argument("--seed", type=int, default=0, help="picks the images and the noise")
     parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=CORRUPTIONS)
@@ -271,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     from machine import machine_info
 
     started = time.monotonic()
-    work = Path(args.work or Path(tempfile.gettempdir()) / "cifarflow-bench" / "robustness")
+    work = Path(args.work or default_work(args.archive))
     all_images, all_labels = official_test_split(args.archive, work)
     chosen = stratified_sample(all_labels, args.images, args.seed)
     images, labels = all_images[chosen], all_labels[chosen]
