@@ -101,16 +101,19 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 )
         await context.abort(error.grpc_code, error.message)
 
+    async def _image(self, request) -> bytes:
+        """The request's image: its bytes, or fetched from its URL (Classify and Explain)."""
+        source = request.WhichOneof("source")
+        if source is None:
+            raise InvalidInput("set 'image' (bytes) or 'url'")
+        if source == "image":
+            return request.image
+        return await self.classifier.fetch(request.url)
+
     async def Classify(self, request, context):
         async def work(request_id: str, deadline: float | None):
             top_k = check_top_k(request.top_k, self.classifier.config.default_top_k)
-            source = request.WhichOneof("source")
-            if source is None:
-                raise InvalidInput("set 'image' (bytes) or 'url'")
-            if source == "image":
-                data = request.image
-            else:
-                data = await self.classifier.fetch(request.url)
+            data = await self._image(request)
             result = await self.classifier.classify([data], request_id, deadline)
             return _response(result[0], top_k, request_id)
 
@@ -128,13 +131,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
 
     async def Explain(self, request, context):
         async def work(request_id: str, deadline: float | None):
-            source = request.WhichOneof("source")
-            if source is None:
-                raise InvalidInput("set 'image' (bytes) or 'url'")
-            if source == "image":
-                data = request.image
-            else:
-                data = await self.classifier.fetch(request.url)
+            data = await self._image(request)
             prepared = await asyncio.to_thread(self.classifier.prepare, [data])
             result = await self.classifier.explain_prepared(prepared[0], request_id, deadline)
             height, width = result.saliency.shape

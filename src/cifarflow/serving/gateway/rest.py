@@ -225,6 +225,31 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
+# The inputs /v1/classify and /v1/explain share (the handlers parse the raw
+# body themselves, so FastAPI learns the forms from here).
+_IMAGE_INPUT = {
+    "parameters": [
+        {
+            "name": "top_k",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 20},
+            "description": schemas.TOP_K,
+        },
+        _TIMEOUT_HEADER,
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": _body_schema(schemas.ClassifyForm)},
+            "application/json": {"schema": _body_schema(schemas.ClassifyJson)},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+
+
 @_route(
     "POST",
     "/v1/classify",
@@ -232,27 +257,7 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     response_model=schemas.Classification,
     summary="classify one image: a multipart upload, base64 in JSON, a URL in JSON, or a raw image body",
     responses={200: {"headers": _REQUEST_ID}},
-    openapi_extra={
-        "parameters": [
-            {
-                "name": "top_k",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": 20},
-                "description": schemas.TOP_K,
-            },
-            _TIMEOUT_HEADER,
-        ],
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {"schema": _body_schema(schemas.ClassifyForm)},
-                "application/json": {"schema": _body_schema(schemas.ClassifyJson)},
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            },
-        },
-    },
+    openapi_extra=_IMAGE_INPUT,
 )
 async def classify(request: Request) -> Response:
     _require_token(request)
@@ -283,27 +288,7 @@ async def classify(request: Request) -> Response:
             "description": "the served model version has no `explain` signature (exported before explanations)",
         },
     },
-    openapi_extra={
-        "parameters": [
-            {
-                "name": "top_k",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": 20},
-                "description": schemas.TOP_K,
-            },
-            _TIMEOUT_HEADER,
-        ],
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {"schema": _body_schema(schemas.ClassifyForm)},
-                "application/json": {"schema": _body_schema(schemas.ClassifyJson)},
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            },
-        },
-    },
+    openapi_extra=_IMAGE_INPUT,
 )
 async def explain(request: Request) -> Response:
     _require_token(request)
