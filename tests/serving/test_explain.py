@@ -21,6 +21,7 @@ from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
 from cifarflow.serving.gateway.server import Gateway
 from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
 from cifarflow.serving.store import publish_model
+from tests.serving.gateway_support import ImageSite
 from tests.serving.images import encode
 
 TOKEN = "explain-test-token"
@@ -39,6 +40,8 @@ def _stack(model_dir, store, token=None):
             grpc_port=0,
             model_name="cifar",
             token=token,
+            allowed_url_hosts=("127.0.0.1",),  # tests/serving/gateway_support.ImageSite
+            allow_private_urls=True,
         )
     ).start()
     return server, gateway
@@ -162,6 +165,28 @@ def test_gateway_grpc_explain(stack, cifar):
     assert response.probability == pytest.approx(float(expected["probability"][0]), abs=1e-6)
     assert response.model == "cifar" and response.version == 1 and response.request_id
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_explain_by_url_fetches_and_explains_the_same_image_over_rest_and_grpc(stack, cifar):
+    server, gateway = stack
+    data = encode(cifar[0][5], "PNG", 96)
+    expected = _direct_explain(server, data)["saliency"][0]
+    site = ImageSite()
+    site.routes["/photo.png"] = (200, {"Content-Type": "image/png"}, data)
+    try:
+        url = site.url("/photo.png")
+        rest = requests.post(
+            f"http://127.0.0.1:{gateway.port}/v1/explain", json={"url": url}, timeout=30
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+            answer = classifier_pb2_grpc.ClassifierStub(channel).Explain(
+                classifier_pb2.ExplainRequest(url=url), timeout=30
+            )
+    finally:
+        site.close()
+    assert rest.status_code == 200, rest.text
+    np.testing.assert_allclose(np.array(rest.json()["saliency"]), expected, atol=1e-3)
+    np.testing.assert_allclose(np.array(answer.saliency).reshape(32, 32), expected, atol=1e-6)
 
 
 def test_a_version_without_explain_is_a_clear_501_and_classify_still_works(
