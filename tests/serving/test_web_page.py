@@ -3,59 +3,30 @@
 from __future__ import annotations
 
 import base64
-import os
-from pathlib import Path
 
 import pytest
 
-from cifarflow.serving.gateway.config import GatewayConfig
-from cifarflow.serving.gateway.server import Gateway
-from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
-from cifarflow.serving.store import publish_model
-from tests.serving.browser import Browser, find_chromium
 from tests.serving.gateway_support import ImageSite
 from tests.serving.images import encode
 from tests.serving.web_page_scripts import BARS, DROP_FILE
+from tests.serving.web_page_support import needs_chromium, screenshot_dir, web_page_on
 
-CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def page(exported_model, tmp_path_factory):
-    store = tmp_path_factory.mktemp("web-store")
-    publish_model(exported_model, store, "cifar", {})
-    server = ModelServer(
-        ModelServerConfig(str(store), "cifar", host="127.0.0.1", grpc_port=0, rest_port=-1)
-    ).start()
     site = ImageSite()
-    gateway = Gateway(
-        GatewayConfig(
-            backend=f"127.0.0.1:{server.grpc_port}",
-            host="127.0.0.1",
-            port=0,
-            grpc_port=-1,
-            model_name="cifar",
+    try:
+        with web_page_on(
+            exported_model,
+            tmp_path_factory.mktemp("web-store"),
             allowed_url_hosts=("127.0.0.1",),
             allow_private_urls=True,
-        )
-    ).start()
-    browser = Browser(CHROMIUM)
-    try:
-        browser.navigate(f"http://127.0.0.1:{gateway.port}/")
-        yield browser, site
+        ) as browser:
+            yield browser, site
     finally:
-        browser.close()
-        gateway.stop(1)
         site.close()
-        server.stop()
-
-
-def screenshot_dir(tmp_path: Path) -> Path:
-    """Set CIFARFLOW_SCREENSHOT_DIR to keep the screenshots for a person to look at."""
-    return Path(os.environ.get("CIFARFLOW_SCREENSHOT_DIR") or tmp_path)
 
 
 def test_drop_an_image_and_see_top_classes(page, cifar, tmp_path):

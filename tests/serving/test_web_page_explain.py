@@ -12,45 +12,17 @@ import io
 import pytest
 from PIL import Image
 
-from cifarflow.serving.gateway.config import GatewayConfig
-from cifarflow.serving.gateway.server import Gateway
-from cifarflow.serving.model_server.server import ModelServer, ModelServerConfig
-from cifarflow.serving.store import publish_model
-from tests.serving.browser import Browser, find_chromium
 from tests.serving.images import encode
-from tests.serving.test_web_page import screenshot_dir
 from tests.serving.web_page_scripts import DROP_FILE, HEATMAP
+from tests.serving.web_page_support import needs_chromium, screenshot_dir, web_page_on
 
-CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def page(explainable_model, tmp_path_factory):
-    store = tmp_path_factory.mktemp("web-explain-store")
-    publish_model(explainable_model, store, "cifar", {})
-    server = ModelServer(
-        ModelServerConfig(str(store), "cifar", host="127.0.0.1", grpc_port=0, rest_port=-1)
-    ).start()
-    gateway = Gateway(
-        GatewayConfig(
-            backend=f"127.0.0.1:{server.grpc_port}",
-            host="127.0.0.1",
-            port=0,
-            grpc_port=-1,
-            model_name="cifar",
-        )
-    ).start()
-    browser = Browser(CHROMIUM)
-    try:
-        browser.navigate(f"http://127.0.0.1:{gateway.port}/")
+    with web_page_on(explainable_model, tmp_path_factory.mktemp("web-explain-store")) as browser:
         yield browser
-    finally:
-        browser.close()
-        gateway.stop(1)
-        server.stop()
 
 
 def test_the_heat_map_lies_over_the_picture_and_shows_the_map(page, cifar, tmp_path):

@@ -9,20 +9,15 @@ import numpy as np
 import pytest
 
 from cifarflow.ood_scores import energy
-from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.monitoring.config import MonitorConfig
-from cifarflow.serving.gateway.server import Gateway
-from tests.serving.browser import Browser, find_chromium
-from tests.serving.conftest import model_server_for
+from tests.serving.browser import Browser
 from tests.serving.images import encode
 from tests.serving.model_factory import reference_logits
 from tests.serving.monitoring_support import model_with_reference
 from tests.serving.web_page_scripts import BARS, DROP_FILE
+from tests.serving.web_page_support import needs_chromium, web_page_on
 
-CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"
-)
+pytestmark = needs_chromium
 NOTICE = "This photo looks unlike anything the model was trained on"
 
 
@@ -30,27 +25,9 @@ NOTICE = "This photo looks unlike anything the model was trained on"
 def page(exported_model, tmp_path_factory):
     model = model_with_reference(exported_model, tmp_path_factory.mktemp("web-ood") / "model")
     store = tmp_path_factory.mktemp("web-ood-store")
-    with model_server_for(model, store, "cifar") as server:
-        gateway = Gateway(
-            GatewayConfig(
-                backend=f"127.0.0.1:{server.grpc_port}",
-                host="127.0.0.1",
-                port=0,
-                grpc_port=-1,
-                model_name="cifar",
-                monitors=MonitorConfig(store=str(store)),
-            )
-        ).start()
-        browser = Browser(CHROMIUM)
-        try:
-            browser.navigate(f"http://127.0.0.1:{gateway.port}/")
-            threshold = json.loads((model / "reference.json").read_text())["scores"]["scores"][
-                "energy"
-            ]["threshold"]
-            yield browser, threshold
-        finally:
-            browser.close()
-            gateway.stop(1)
+    with web_page_on(model, store, monitors=MonitorConfig(store=str(store))) as browser:
+        scores = json.loads((model / "reference.json").read_text())["scores"]["scores"]
+        yield browser, scores["energy"]["threshold"]
 
 
 def drop(browser: Browser, image: np.ndarray) -> str:
