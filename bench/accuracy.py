@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     import cifarflow.configs as configs
     from bench.machine import machine_info
+    from bench.records import append_records
     from cifarflow.components.train.executor import TrainResult, train
     from cifarflow.grid import load_grid
     from cifarflow.step_logging import configure
@@ -136,10 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
     }
     results = work / "accuracy.json" if args.smoke else RESULTS
-    records = json.loads(results.read_text()) if results.is_file() else []
-    records.append(record)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(records, indent=2) + "\n")
+    append_records(results, [record], indent=2)
     print(json.dumps(record, indent=2))
     return 0
 

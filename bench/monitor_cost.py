@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from bench.serving_latency import (  # noqa: E402
     model_server_args,
     sample_image,
     start,
+    stop_processes,
 )
 
 RESULTS = REPO / "bench" / "results" / "monitor_cost.json"
@@ -184,13 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
     results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
     results["scenarios"] = rows
     summary = {}

@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO / "bench"))
     from machine import machine_info
+    from records import append_records
 
     started = time.monotonic()
     work = Path(args.work or default_work(args.archive))
@@ -328,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             gain = other["mean_corruption_accuracy"] - base["mean_corruption_accuracy"]
             print(f"{other['label']} vs {base['label']}: mean corruption accuracy {gain:+.4f}")
     results = Path(args.results)
-    existing = json.loads(results.read_text()) if results.is_file() else []
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(existing + records, indent=1) + "\n")
+    append_records(results, records)
     print(f"{len(records)} record(s) -> {results} ({time.monotonic() - started:.0f}s)")
     return 0
 

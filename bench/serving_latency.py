@@ -98,6 +98,18 @@ def model_server_args(store: Path, grpc_port: int, *extra: str) -> list[str]:
     ]
 
 
+def stop_processes(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM to every server still running (they drain together), then up to 20 s each."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def gateway_args(backend_port: int, http_port: int, grpc_port: int, *extra: str) -> list[str]:
     """`cifarflow serve gateway` on loopback in front of the model server, quiet."""
     return [
@@ -495,14 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         if args.baseline:
             remove_baseline(workdir / "baseline")
     results["load_average_after"] = open("/proc/loadavg").read().split()[:3]

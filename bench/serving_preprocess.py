@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -199,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--images must be at least 20 (one per class)")
 
     from machine import machine_info
+    from records import append_records
 
     from cifarflow.components.pixel_predictions import load_signature, predict_arrays
     from cifarflow.data.splits import load_split
@@ -254,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {name:32s} {acc:.4f}  x{ratio:.3f}")
     print(f"winner on val: {winner} (current: {base})")
     results = Path(args.results)
-    existing = json.loads(results.read_text()) if results.is_file() else []
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(existing + [record], indent=1) + "\n")
+    append_records(results, [record])
     print(f"record -> {results} ({time.monotonic() - started:.0f}s)")
     return 0
 

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--epochs must be at least 2: the first epoch includes tracing")
 
     from machine import machine_info
+    from records import append_records
 
     from cifarflow.components.train.config import TrialConfig
     from cifarflow.components.train.executor import train
@@ -112,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{record['full_epoch_minutes_estimate']} min"
     )
     results = Path(args.results)
-    existing = json.loads(results.read_text()) if results.is_file() else []
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(existing + [record], indent=1) + "\n")
+    append_records(results, [record])
     print(f"record -> {results}")
     return 0
 
