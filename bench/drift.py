@@ -94,7 +94,7 @@ class Stream:
     def feed(self, vector: np.ndarray, class_id: int) -> dict[str, float] | None:
         """Adds one image; the PSI per feature when this is an evaluation with a full window."""
         self.windows.images.add(vector)
-        self.windows.classes.add_bin(class_id)
+        self.windows.classes.add(class_id)
         self.fed += 1
         if self.fed % self.update_every:
             return None
@@ -102,9 +102,16 @@ class Stream:
 
 
 def feature_vectors(images: np.ndarray) -> np.ndarray:
-    from cifarflow.serving.gateway.monitoring.features import image_features
+    """The gateway's count vector of each image, measured as its monitor does: in batches."""
+    from cifarflow.serving.gateway.monitoring.features import images_features
+    from cifarflow.serving.gateway.monitoring.monitor import FLUSH_IMAGES
 
-    return np.stack([image_features(image) for image in images])
+    return np.concatenate(
+        [
+            images_features(images[start : start + FLUSH_IMAGES])
+            for start in range(0, len(images), FLUSH_IMAGES)
+        ]
+    )
 
 
 def false_alarms(reference, vectors, classes, args, rng) -> dict[str, object]:

@@ -9,7 +9,9 @@ against a real reference and every image goes into the drift windows) and
 test image as a 64x64 JPEG, by REST (raw body) and by gRPC Classify. The
 four paths run in short alternating rounds, so a change in the machine's
 load hits both gateways alike; the figure is the median over rounds of
-(p50 on - p50 off). Target: at most 0.2 ms.
+(p50 on - p50 off). Target: at most 0.2 ms. `--soak-seconds` then loads
+both gateways at once (REST, 4 clients each) and samples their RSS: memory
+should stay flat with the monitors as without.
 
 Also measured in this process, with CPU time (not wall time, which other
 work on the machine inflates): the monitors' own work per image, i.e. what
@@ -43,6 +45,8 @@ from bench.serving_latency import (  # noqa: E402
     gateway_args,
     gateway_grpc_call,
     gateway_rest_call,
+    measured,
+    memory_soak,
     model_server_args,
     sample_image,
     start,
@@ -86,8 +90,12 @@ def in_process_costs(image: bytes, reference_dir: Path, repeat: int) -> dict[str
 
     from cifarflow.serving.gateway.images import ImageLimits, prepare_image
     from cifarflow.serving.gateway.monitoring.config import MonitorConfig
-    from cifarflow.serving.gateway.monitoring.features import MODEL_INPUT_SIDE, image_features
-    from cifarflow.serving.gateway.monitoring.monitor import GatewayMonitor
+    from cifarflow.serving.gateway.monitoring.features import (
+        MODEL_INPUT_SIDE,
+        image_features,
+        images_features,
+    )
+    from cifarflow.serving.gateway.monitoring.monitor import FLUSH_IMAGES, GatewayMonitor
 
     limits = ImageLimits()
     pixels = prepare_image(image, limits, MODEL_INPUT_SIDE).pixels
@@ -95,6 +103,7 @@ def in_process_costs(image: bytes, reference_dir: Path, repeat: int) -> dict[str
     monitor = GatewayMonitor(
         MonitorConfig(store=str(reference_dir)), "cifarflow", CollectorRegistry()
     )
+    batch = np.stack([pixels] * FLUSH_IMAGES)
     logits = np.random.default_rng(0).normal(size=(1, 20)).astype(np.float32)
     probabilities = np.exp(logits) / np.exp(logits).sum()
     loop = asyncio.new_event_loop()
@@ -104,7 +113,12 @@ def in_process_costs(image: bytes, reference_dir: Path, repeat: int) -> dict[str
         "upload_check_with_thumbnail": cpu_us(
             lambda: prepare_image(image, limits, MODEL_INPUT_SIDE), repeat
         ),
-        "image_features": cpu_us(lambda: image_features(pixels), repeat),
+        "image_features_one_at_a_time": cpu_us(lambda: image_features(pixels), repeat),
+        "image_features_per_image_in_a_batch": round(
+            cpu_us(lambda: images_features(batch), max(1, repeat // FLUSH_IMAGES)) / FLUSH_IMAGES,
+            1,
+        ),
+        # Queued; every FLUSH_IMAGES-th call measures the queue: the mean over calls.
         "observe_images": cpu_us(lambda: monitor.observe_images([pixels]), repeat),
         "judge_answer": judge_cpu_us(loop, monitor, probabilities, logits, repeat),
     }
@@ -119,6 +133,17 @@ def in_process_costs(image: bytes, reference_dir: Path, repeat: int) -> dict[str
     return costs
 
 
+def added_cpu(rows: list[dict], protocol: str) -> float | None:
+    """Median over rounds of the gateway's CPU ms per request, monitors on minus off."""
+    per_round: dict[int, dict[str, float]] = {}
+    for row in rows:
+        if row["path"].startswith(f"{protocol}-") and row.get("completed"):
+            monitors = row["path"].rpartition("-")[2]
+            per_round.setdefault(row["round"], {})[monitors] = row["cpu_ms_per_request"]["gateway"]
+    added = [r["on"] - r["off"] for r in per_round.values() if {"on", "off"} <= r.keys()]
+    return round(statistics.median(added), 3) if added else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a SavedModel folder with reference.json")
@@ -127,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=3.0, help="measured seconds per path and round"
     )
     parser.add_argument("--repeat", type=int, default=2000, help="calls per in-process measurement")
+    parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=0.0,
+        help="then both gateways under REST load at once, their RSS sampled (0 skips it)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
@@ -166,13 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_port = free_port()
         processes.append(start(model_server_args(store, model_port), "model server:"))
-        paths = {}
+        paths, pids = {}, {}
         for monitors in ("on", "off"):
             http_port, grpc_port = free_port(), free_port()
             extra = ["--monitors", monitors, "--monitor-store", str(store)]
             processes.append(
                 start(gateway_args(model_port, http_port, grpc_port, *extra), "gateway: HTTP")
             )
+            pids[monitors] = processes[-1].pid
             paths[f"rest-monitors-{monitors}"] = gateway_rest_call(
                 f"http://127.0.0.1:{http_port}/v1/classify", image
             )
@@ -180,9 +212,18 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             names = list(paths) if round_ % 2 == 0 else list(reversed(paths))
             for name in names:
-                row = {"round": round_, "path": name, **closed_loop(paths[name], 1, args.seconds)}
+                gateway = {"gateway": pids[name.rpartition("-")[2]]}
+                call = paths[name]
+                figures = measured(lambda call=call: closed_loop(call, 1, args.seconds), gateway)
+                row = {"round": round_, "path": name, **figures}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+        if args.soak_seconds > 0:
+            targets = {m: (paths[f"rest-monitors-{m}"], pids[m]) for m in ("on", "off")}
+            results["soak"] = memory_soak(targets, 4, args.soak_seconds)
+            for monitors, figures in results["soak"].items():
+                brief = {k: v for k, v in figures.items() if k != "rss_mb_samples"}
+                print(json.dumps({"soak": f"monitors-{monitors}", **brief}), flush=True)
     finally:
         stop_processes(processes)
     results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
@@ -197,12 +238,14 @@ def main(argv: list[str] | None = None) -> int:
             "p50_ms_off_median": statistics.median(v for v in off.values() if v is not None),
             "added_p50_ms_per_round": [round(a, 3) for a in added],
             "added_p50_ms_median": round(statistics.median(added), 3) if added else None,
+            "added_gateway_cpu_ms_per_request_median": added_cpu(rows, protocol),
         }
         print(
             f"{protocol}: p50 on {summary[protocol]['p50_ms_on_median']:.3f} ms, off "
             f"{summary[protocol]['p50_ms_off_median']:.3f} ms, added (median of rounds) "
             f"{summary[protocol]['added_p50_ms_median']} ms; ratio on/off "
-            f"{summary[protocol]['p50_ms_on_median'] / summary[protocol]['p50_ms_off_median']:.3f}"
+            f"{summary[protocol]['p50_ms_on_median'] / summary[protocol]['p50_ms_off_median']:.3f}; "
+            f"gateway CPU added {summary[protocol]['added_gateway_cpu_ms_per_request_median']} ms"
         )
     results["summary"] = summary
     results["note"] = args.note

@@ -236,6 +236,51 @@ def sample_image() -> bytes:
     return buffer.getvalue()
 
 
+def memory_soak(
+    targets: dict[str, tuple[object, int]], clients: int, seconds: float
+) -> dict[str, dict[str, object]]:
+    """Closed-loop load on each target at once, its server's RSS sampled every 5 s.
+
+    Args:
+        targets: name -> (the `make_call` of closed_loop, the server's pid).
+        clients: client threads per target.
+        seconds: how long.
+
+    Returns:
+        name -> closed_loop's figures, the RSS samples `(s, MB)` and the
+        highest RSS in the first and in the last third of the samples.
+    """
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
+    figures: dict[str, dict[str, object]] = {}
+    done = threading.Event()
+
+    def sampler() -> None:
+        t0 = time.monotonic()
+        while not done.wait(5.0):
+            for name, (_, pid) in targets.items():
+                samples[name].append((round(time.monotonic() - t0, 1), round(rss_mb(pid), 1)))
+
+    def load(name: str) -> None:
+        figures[name] = closed_loop(targets[name][0], clients, seconds, warmup=0)
+
+    threads = [threading.Thread(target=sampler, daemon=True)]
+    threads += [threading.Thread(target=load, args=(name,)) for name in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads[1:]:
+        thread.join()
+    done.set()
+    for name, figure in figures.items():
+        rss = [mb for _, mb in samples[name]] or [rss_mb(targets[name][1])]
+        third = max(1, len(rss) // 3)
+        figure.update(
+            rss_mb_samples=samples[name],
+            rss_mb_first_third_max=max(rss[:third]),
+            rss_mb_last_third_max=max(rss[-third:]),
+        )
+    return figures
+
+
 def closed_loop(make_call, clients: int, seconds: float, warmup: float = 1.0) -> dict[str, float]:
     """Runs `clients` threads, each calling its own `make_call()` back to back; latencies after warm-up."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
@@ -481,27 +526,10 @@ def main(argv: list[str] | None = None) -> int:
             results["scenarios"].append(row)
         processes.pop().send_signal(signal.SIGTERM)
         if args.soak_seconds > 0:
-            samples = []
-            done = threading.Event()
-
-            def sampler():
-                t0 = time.monotonic()
-                while not done.wait(5.0):
-                    samples.append((round(time.monotonic() - t0, 1), round(rss_mb(gateway.pid), 1)))
-
-            threading.Thread(target=sampler, daemon=True).start()
-            soak = closed_loop(paths["gateway-rest"], 8, args.soak_seconds, warmup=0)
-            done.set()
-            rss = [mb for _, mb in samples]
-            third = max(1, len(rss) // 3)
-            results["soak"] = {
-                "clients": 8,
-                "path": "gateway-rest",
-                **soak,
-                "rss_mb_samples": samples,
-                "rss_mb_first_third_max": max(rss[:third]),
-                "rss_mb_last_third_max": max(rss[-third:]),
-            }
+            soak = memory_soak(
+                {"gateway-rest": (paths["gateway-rest"], gateway.pid)}, 8, args.soak_seconds
+            )
+            results["soak"] = {"clients": 8, "path": "gateway-rest", **soak["gateway-rest"]}
             print(
                 json.dumps({k: v for k, v in results["soak"].items() if k != "rss_mb_samples"}),
                 flush=True,

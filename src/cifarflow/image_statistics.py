@@ -69,29 +69,30 @@ def saturation(images: np.ndarray) -> np.ndarray:
     return _per_chunk(images, mean_saturation)
 
 
-def one_image(pixels: np.ndarray) -> tuple[float, float, float]:
-    """Brightness, contrast and saturation of ONE uint8 image `[H, W, 3]`, in one pass.
+def per_image(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Brightness, contrast and saturation of each uint8 image `[N, H, W, 3]`: float64 `[N]` each.
 
-    The same definitions as `brightness`, `contrast` and `saturation`, without
-    their batching: what the gateway computes per request.
+    The same definitions as `brightness`, `contrast` and `saturation`, in
+    fewer passes over the pixels and without their chunking: what the
+    gateway computes on live traffic, a few dozen images at a time.
 
-    >>> image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    >>> batch = (brightness(image[None]), contrast(image[None]), saturation(image[None]))
-    >>> bool(np.allclose(one_image(image), [values[0] for values in batch]))
+    >>> images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    >>> batch = (brightness(images), contrast(images), saturation(images))
+    >>> all(np.allclose(a, b) for a, b in zip(per_image(images), batch))
     True
     """
-    flat = np.asarray(pixels).reshape(-1, 3)
+    flat = np.asarray(images).reshape(len(images), -1, 3)
     y = flat @ LUMA_WEIGHTS
-    count = y.size
-    mean = float(y.sum()) / count
-    # E[y^2] - mean^2 with one dot product: several times faster than y.std() on 1,024 values,
+    count = y.shape[1]
+    mean = y.sum(axis=1) / count
+    # E[y^2] - mean^2 with one product per image: several times faster than y.std(),
     # and exact enough for values in 0..255 in float64.
-    variance = max(float(y @ y) / count - mean * mean, 0.0)
-    red, green, blue = flat[:, 0], flat[:, 1], flat[:, 2]
+    variance = np.maximum(np.einsum("ij,ij->i", y, y) / count - mean * mean, 0.0)
+    red, green, blue = flat[..., 0], flat[..., 1], flat[..., 2]
     high = np.maximum(np.maximum(red, green), blue)
     spread = (high - np.minimum(np.minimum(red, green), blue)).astype(np.float64)
     per_pixel = np.divide(spread, high, out=np.zeros_like(spread), where=high > 0)
-    return mean, variance**0.5, float(per_pixel.sum()) / count
+    return mean, np.sqrt(variance), per_pixel.sum(axis=1) / count
 
 
 def pixel_value_counts(images: np.ndarray) -> np.ndarray:

@@ -194,7 +194,9 @@ async def readyz(request: Request) -> Response:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics(request: Request) -> Response:
-    metrics = _api(request).classifier.metrics
+    classifier = _api(request).classifier
+    classifier.measure_queued_images()  # the drift gauges then count every image seen
+    metrics = classifier.metrics
     return Response(metrics.render(), media_type=metrics.content_type)
 
 

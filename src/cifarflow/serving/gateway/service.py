@@ -137,6 +137,14 @@ class Classifier:
                 self._monitor_broke()
         return [p.data for p in prepared]
 
+    def measure_queued_images(self) -> None:
+        """Puts the images the drift monitor has queued into its windows (before a scrape)."""
+        if self.monitor:
+            try:
+                self.monitor.flush()
+            except Exception:
+                self._monitor_broke()
+
     async def classify(
         self, images: list[bytes], request_id: str = "", deadline: float | None = None
     ) -> list[Classification]:

@@ -3,9 +3,14 @@
 `GatewayMonitor` is told two things per classification, both cheap:
 
 - `observe_images`: each image as the model sees it (RGB at the training
-  size, from the pixels the gateway decoded anyway to check the upload):
-  its brightness, contrast and saturation bins and pixel histograms go into
-  the windows (features.py, window.py);
+  size, from the pixels the gateway decoded anyway to check the upload).
+  The image is only queued: its brightness, contrast and saturation bins
+  and pixel histograms are computed for `FLUSH_IMAGES` images at a time
+  (features.py), by whichever request fills the queue, and go into the
+  windows then (window.py). So one request in `FLUSH_IMAGES` does the
+  measuring for all, at a fraction of the per-image cost, and the median
+  request does none of it. A scrape of /metrics measures what is queued
+  first (`flush`), so the gauges it reads have seen every image;
 - `judge`: the backend's answer: the OOD score of each row against the
   threshold in the answering version's reference, and the predicted class
   into the class window.
@@ -21,6 +26,7 @@ while answers are judged on the event loop: one lock guards the windows.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import threading
@@ -37,10 +43,14 @@ from cifarflow.serving.gateway.monitoring.config import MonitorConfig
 from cifarflow.serving.gateway.monitoring.metrics import MonitorMetrics
 from cifarflow.serving.gateway.monitoring.psi import population_stability_index
 from cifarflow.serving.gateway.monitoring.references import ReferenceSource
-from cifarflow.serving.gateway.monitoring.window import SlidingCounts
+from cifarflow.serving.gateway.monitoring.window import SlidingBins, SlidingCounts
 from cifarflow.training_reference import TrainingReference
 
 log = logging.getLogger(__name__)
+
+# Images measured together (see the module docstring): ~35 us an image at 32,
+# against ~120 us one at a time, on the 2-core development machine.
+FLUSH_IMAGES = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +87,8 @@ class DriftWindows:
 
     def __init__(self, size: int, num_classes: int) -> None:
         self.images = SlidingCounts(size, features.VECTOR_BINS)  # features.LAYOUT
-        self.classes = SlidingCounts(size, num_classes)
-        self.ood = SlidingCounts(size, 2)  # bin 1: flagged out-of-distribution
+        self.classes = SlidingBins(size, num_classes)
+        self.ood = SlidingBins(size, 2)  # bin 1: flagged out-of-distribution
 
     def reference_counts(self, reference: TrainingReference) -> dict[str, list[int]]:
         """Each feature's reference histogram, by feature name."""
@@ -134,14 +144,47 @@ class GatewayMonitor:
         self._reference: TrainingReference | None = None
         self._lock = threading.Lock()
         self._since_update = 0
+        self._queued: collections.deque[np.ndarray] = collections.deque()
+        self._measuring = threading.Lock()
+        self._verdict_counters = {
+            verdict: self.metrics.ood_answers.labels(label)
+            for verdict, label in ((None, "unknown"), (True, "in"), (False, "out"))
+        }
 
     def observe_images(self, pixels: Sequence[np.ndarray]) -> None:
-        """Adds images (uint8 RGB `[H, W, 3]` at the training size) to the windows."""
-        measured = [features.image_features(p) for p in pixels]  # outside the lock
-        with self._lock:
-            for vector in measured:
-                self.windows.images.add(vector)
-            self._count(len(measured))
+        """Queues images (uint8 RGB `[H, W, 3]` at the training size) for the windows.
+
+        The call that fills the queue to `FLUSH_IMAGES` measures the queue (`flush`).
+        """
+        self._queued.extend(pixels)  # deque appends are atomic: no lock on the request path
+        if len(self._queued) >= FLUSH_IMAGES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Measures the queued images and adds them to the windows (then maybe updates the gauges).
+
+        A call while another is measuring returns at once: that one, or the
+        next, takes what is queued.
+        """
+        if not self._measuring.acquire(blocking=False):
+            return
+        try:
+            images = []
+            while self._queued:
+                images.append(self._queued.popleft())
+            if not images:
+                return
+            by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
+            for image in images:
+                by_shape.setdefault(image.shape, []).append(image)
+            measured = [features.images_features(np.stack(same)) for same in by_shape.values()]
+            with self._lock:
+                for vectors in measured:
+                    for vector in vectors:
+                        self.windows.images.add(vector)
+                self._count(len(images))
+        finally:
+            self._measuring.release()
 
     async def judge(
         self, version: int, probabilities: np.ndarray, logits: np.ndarray | None
@@ -156,32 +199,36 @@ class GatewayMonitor:
         """
         reference = await self.references.get(version)
         name = self.config.ood_score
+        # Plain Python per row: an answer has a few rows of 20 numbers, where
+        # NumPy's per-call cost would be most of the work.
+        probability_rows = np.asarray(probabilities).tolist()
         if name == ood_scores.MAX_SOFTMAX or logits is None:
             name = ood_scores.MAX_SOFTMAX
-            values = np.asarray(probabilities, dtype=np.float64).max(axis=1)
+            values = [max(row) for row in probability_rows]
         else:
-            values = ood_scores.score(name, logits)
+            values = [ood_scores.row_score(name, row) for row in np.asarray(logits).tolist()]
         threshold = reference.scores.scores[name].threshold if reference else None
-        passed = ood_scores.passes(name, values, threshold) if threshold is not None else None
-        predicted = np.asarray(probabilities).argmax(axis=1)
+        passed = [
+            None if threshold is None else ood_scores.row_passes(name, value, threshold)
+            for value in values
+        ]
+        classes = len(self.windows.classes.counts)
         with self._lock:
             if reference is not self._reference:
                 self._reference = reference
                 if reference is None:  # nothing to compare with: no stale drift either
                     for feature in self._features():
                         self.metrics.drift.labels(feature).set(0.0)
-            for row, class_id in enumerate(predicted):
-                if class_id < len(self.windows.classes.counts):
-                    self.windows.classes.add_bin(int(class_id))
-                if passed is not None:
-                    self.windows.ood.add_bin(0 if passed[row] else 1)
-            self._count(len(predicted))
+            for row, flag in zip(probability_rows, passed, strict=True):
+                class_id = row.index(max(row))
+                if class_id < classes:
+                    self.windows.classes.add(class_id)
+                if flag is not None:
+                    self.windows.ood.add(0 if flag else 1)
+            self._count(len(probability_rows))
         verdicts = []
-        for row, value in enumerate(values):
-            flag = None if passed is None else bool(passed[row])
-            self.metrics.ood_answers.labels(
-                "unknown" if flag is None else "in" if flag else "out"
-            ).inc()
+        for value, flag in zip(values, passed, strict=True):
+            self._verdict_counters[flag].inc()
             verdicts.append(OodVerdict(name, float(value), threshold, flag))
         return verdicts
 

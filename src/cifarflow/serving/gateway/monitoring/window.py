@@ -1,10 +1,11 @@
-"""A sliding window of histogram counts, updated in O(1) per observation.
+"""Sliding windows of histogram counts, updated in O(1) per observation.
 
-Each observation is a vector of counts over fixed bins (one image's pixel
-histogram, or a one-hot bin of a per-image statistic); the window keeps the
-last `size` of them in a ring and their running sum, so adding one and
-forgetting the oldest costs one vector add and one subtract, whatever the
-window's size.
+`SlidingCounts`: each observation is a vector of counts over fixed bins (one
+image's features, features.py); the window keeps the last `size` of them in
+a ring and their running sum, so adding one and forgetting the oldest costs
+one vector add and one subtract, whatever the window's size. `SlidingBins`:
+each observation falls in one bin (an answer's class or OOD verdict); the
+ring keeps bin numbers.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ class SlidingCounts:
     """The summed counts of the last `size` observations, each a `[bins]` count vector.
 
     >>> window = SlidingCounts(size=2, bins=3)
-    >>> for bin_ in (0, 1, 2):
-    ...     window.add_bin(bin_)
+    >>> for counts in ([1, 0, 0], [0, 2, 0], [0, 0, 3]):
+    ...     window.add(np.array(counts))
     >>> window.counts.tolist(), window.filled
-    ([0, 1, 1], 2)
+    ([0, 2, 3], 2)
     """
 
     def __init__(self, size: int, bins: int) -> None:
@@ -40,12 +41,35 @@ class SlidingCounts:
         self._next = (self._next + 1) % self.size
         self.filled = min(self.filled + 1, self.size)
 
-    def add_bin(self, bin_: int) -> None:
-        """Adds one observation that falls in one bin (a per-image statistic, a class)."""
-        slot = self._ring[self._next]
-        self.counts -= slot
-        slot[:] = 0
-        slot[bin_] = 1
+
+class SlidingBins:
+    """The counts per bin of the last `size` observations, each falling in ONE bin.
+
+    What a per-answer statistic needs (the predicted class, the OOD verdict):
+    the ring keeps bin numbers, so an observation costs two scalar updates.
+
+    >>> window = SlidingBins(size=2, bins=3)
+    >>> for bin_ in (0, 1, 2):
+    ...     window.add(bin_)
+    >>> window.counts.tolist(), window.filled
+    ([0, 1, 1], 2)
+    """
+
+    def __init__(self, size: int, bins: int) -> None:
+        if size < 1 or bins < 1:
+            raise ValueError(f"a window needs size >= 1 and bins >= 1, got {size}, {bins}")
+        self.size = size
+        self._ring = [-1] * size  # -1: the slot is still empty
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self._next = 0
+        self.filled = 0
+
+    def add(self, bin_: int) -> None:
+        """Adds one observation in bin `bin_`, forgetting the oldest when full."""
+        oldest = self._ring[self._next]
+        if oldest >= 0:
+            self.counts[oldest] -= 1
+        self._ring[self._next] = bin_
         self.counts[bin_] += 1
         self._next = (self._next + 1) % self.size
         self.filled = min(self.filled + 1, self.size)
