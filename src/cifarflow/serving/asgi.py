@@ -329,6 +329,9 @@ def uvicorn_config(app: Any, config: HttpConfig, **options: Any) -> uvicorn.Conf
         "log_config": None,
         "server_header": False,
         "date_header": False,
+        # Nothing here reads the client's address: X-Forwarded-For rewriting
+        # would be one more middleware layer on every request for nothing.
+        "proxy_headers": False,
         "timeout_keep_alive": max(1, int(config.idle_timeout_s)),
         "backlog": 1024,
     }

@@ -16,6 +16,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from cifarflow.serving.coalesced_writes import CoalescingTransport
+
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 
 
@@ -46,7 +48,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
