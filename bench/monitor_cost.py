@@ -9,7 +9,9 @@ against a real reference and every image goes into the drift windows) and
 test image as a 64x64 JPEG, by REST (raw body) and by gRPC Classify. The
 four paths run in short alternating rounds, so a change in the machine's
 load hits both gateways alike; the figure is the median over rounds of
-(p50 on - p50 off). Target: at most 0.2 ms. `--soak-seconds` then loads
+(p50 on - p50 off). Then one client alternates single requests between the
+two gateways (`--pairs` each): the finer measure, since the machine's state
+drifts between rounds by more than the effect. Target: at most 0.2 ms. `--soak-seconds` then loads
 both gateways at once (REST, 4 clients each) and samples their RSS: memory
 should stay flat with the monitors as without.
 
@@ -41,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from bench.machine import machine_info  # noqa: E402
 from bench.serving_latency import (  # noqa: E402
     closed_loop,
+    cpu_seconds,
     free_port,
     gateway_args,
     gateway_grpc_call,
@@ -133,6 +136,41 @@ def in_process_costs(image: bytes, reference_dir: Path, repeat: int) -> dict[str
     return costs
 
 
+def interleaved(make_on, make_off, pids: dict[str, int], pairs: int) -> dict[str, object]:
+    """One client alternating single requests to the two gateways, `pairs` of each.
+
+    Back to back, so whatever the machine does meanwhile hits both alike: the
+    median of the paired differences resolves a tenth of a millisecond where
+    rounds of seconds (above) drift by more than that between rounds.
+    """
+    call_on, call_off = make_on(), make_off()
+    for _ in range(200):  # warm-up: connections, the reference read, first-call costs
+        call_on()
+        call_off()
+    before = {m: cpu_seconds(pid) for m, pid in pids.items()}
+    on, off = [], []
+    for index in range(pairs):
+        order = (
+            ((call_on, on), (call_off, off)) if index % 2 == 0 else ((call_off, off), (call_on, on))
+        )
+        for call, latencies in order:
+            started = time.perf_counter()
+            call()
+            latencies.append(time.perf_counter() - started)
+    cpu = {m: 1000 * (cpu_seconds(pid) - before[m]) / pairs for m, pid in pids.items()}
+    return {
+        "pairs": pairs,
+        "p50_ms_on": round(1000 * statistics.median(on), 3),
+        "p50_ms_off": round(1000 * statistics.median(off), 3),
+        "added_p50_ms": round(1000 * (statistics.median(on) - statistics.median(off)), 3),
+        "median_paired_difference_ms": round(
+            1000 * statistics.median(a - b for a, b in zip(on, off, strict=True)), 3
+        ),
+        "gateway_cpu_ms_per_request": {m: round(v, 3) for m, v in cpu.items()},
+        "added_gateway_cpu_ms_per_request": round(cpu["on"] - cpu["off"], 3),
+    }
+
+
 def added_cpu(rows: list[dict], protocol: str) -> float | None:
     """Median over rounds of the gateway's CPU ms per request, monitors on minus off."""
     per_round: dict[int, dict[str, float]] = {}
@@ -152,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=3.0, help="measured seconds per path and round"
     )
     parser.add_argument("--repeat", type=int, default=2000, help="calls per in-process measurement")
+    parser.add_argument(
+        "--pairs", type=int, default=3000, help="requests to each gateway in the interleaved run"
+    )
     parser.add_argument(
         "--soak-seconds",
         type=float,
@@ -218,6 +259,17 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"round": round_, "path": name, **figures}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+        results["interleaved"] = {
+            protocol: interleaved(
+                paths[f"{protocol}-monitors-on"],
+                paths[f"{protocol}-monitors-off"],
+                pids,
+                args.pairs,
+            )
+            for protocol in ("rest", "grpc")
+        }
+        for protocol, figures in results["interleaved"].items():
+            print(json.dumps({"interleaved": protocol, **figures}), flush=True)
         if args.soak_seconds > 0:
             targets = {m: (paths[f"rest-monitors-{m}"], pids[m]) for m in ("on", "off")}
             results["soak"] = memory_soak(targets, 4, args.soak_seconds)

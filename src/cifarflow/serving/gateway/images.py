@@ -110,7 +110,9 @@ def prepare_image(
                 # A reduced-scale decode still reads every byte (so it catches
                 # truncation) at a fraction of the cost of a full decode.
                 upright = mode in _PASS_THROUGH_MODES and jpeg_orientation in (0, 1)
-                side = 256 if upright else _MAX_NORMALISED_SIDE
+                # Upright, the pixels serve only the drift monitor: decode at the
+                # scale closest above its side (the DCT scales by 1/2, 1/4, 1/8).
+                side = (pixels_side or 256) if upright else _MAX_NORMALISED_SIDE
                 image.draft(mode if mode in _PASS_THROUGH_MODES else "RGB", (side, side))
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -30,6 +30,7 @@ EDGES = {
 PIXEL_BINS = len(stats.PIXEL_EDGES) - 1
 # Value v falls in pixel bin v >> PIXEL_SHIFT (PIXEL_EDGES are 32 equal steps over 0..256).
 PIXEL_SHIFT = int(np.log2(256 // PIXEL_BINS))
+_UINT16_MAX = int(np.iinfo(np.uint16).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ def images_features(images: np.ndarray) -> np.ndarray:
     # One bincount for every image and channel: value v of channel c of image i
     # counts in bin i * 96 + c * 32 + v // 8 (uint16 holds it for 682 images).
     pixel_bins = len(PIXEL_FEATURES) * PIXEL_BINS
-    if count * pixel_bins > np.iinfo(np.uint16).max:
+    if count * pixel_bins > _UINT16_MAX:
         return np.concatenate([images_features(half) for half in np.array_split(images, 2)])
     binned = np.empty((count, images[0].size // 3, 3), dtype=np.uint16)
     np.right_shift(images.reshape(binned.shape), PIXEL_SHIFT, out=binned)

@@ -212,7 +212,7 @@ class GatewayMonitor:
             None if threshold is None else ood_scores.row_passes(name, value, threshold)
             for value in values
         ]
-        classes = len(self.windows.classes.counts)
+        classes = self.windows.classes.bins
         with self._lock:
             if reference is not self._reference:
                 self._reference = reference

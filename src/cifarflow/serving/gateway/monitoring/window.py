@@ -60,16 +60,25 @@ class SlidingBins:
             raise ValueError(f"a window needs size >= 1 and bins >= 1, got {size}, {bins}")
         self.size = size
         self._ring = [-1] * size  # -1: the slot is still empty
-        self.counts = np.zeros(bins, dtype=np.int64)
+        self._counts = [0] * bins  # a list: NumPy's per-item cost would dominate here
         self._next = 0
         self.filled = 0
+
+    @property
+    def counts(self) -> np.ndarray:
+        """int64 `[bins]`: the window's count per bin."""
+        return np.array(self._counts, dtype=np.int64)
+
+    @property
+    def bins(self) -> int:
+        return len(self._counts)
 
     def add(self, bin_: int) -> None:
         """Adds one observation in bin `bin_`, forgetting the oldest when full."""
         oldest = self._ring[self._next]
         if oldest >= 0:
-            self.counts[oldest] -= 1
+            self._counts[oldest] -= 1
         self._ring[self._next] = bin_
-        self.counts[bin_] += 1
+        self._counts[bin_] += 1
         self._next = (self._next + 1) % self.size
         self.filled = min(self.filled + 1, self.size)
