@@ -27,10 +27,8 @@ run: $(STAMP)  ## run the pipeline end to end on the shipped sample (no cluster,
 # Two xdist workers for everything but the tests marked `alone` (timing
 # assertions, see tests/conftest.py), which run after, with the machine to
 # themselves. Both parts always run; exit code 5 is "nothing selected".
-# Whole files go to the workers in collection order, the longest first
-# (LONGEST_FIRST in tests/conftest.py), not xdist's order by number of tests.
 test: $(STAMP) test-system-deps  ## run the test suite (starts its own S3 and HTTP servers)
-	@$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not alone" $(PYTEST_ARGS); parallel=$$?; \
+	@$(BIN)/python -m pytest -n 2 --dist loadfile -m "not alone" $(PYTEST_ARGS); parallel=$$?; \
 	$(BIN)/python -m pytest -m alone $(PYTEST_ARGS); alone=$$?; \
 	for code in $$parallel $$alone; do [ $$code -eq 0 ] || [ $$code -eq 5 ] || exit 1; done; \
 	[ $$parallel -eq 0 ] || [ $$alone -eq 0 ]

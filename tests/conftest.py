@@ -67,34 +67,7 @@ ALONE = (
 TESTS_ROOT = Path(__file__).resolve().parent
 
 
-# The files that take longest (seconds of one xdist worker in `make test`,
-# measured 2026-11-29 on the loaded 2-core machine), longest first. `make test`
-# runs whole files per worker (--dist loadfile) in collection order
-# (--no-loadscope-reorder; xdist's default order is by number of tests, which
-# put these few-test files last, so one worker ran the system journey and the
-# wheel install while the other had nothing left). Starting with the longest
-# lets the many short files even out the two workers' ends.
-LONGEST_FIRST = (
-    "components/test_train.py",  # 490
-    "pipelines/test_local_run.py",  # 478
-    "components/test_train_durable_checkpoint.py",  # 452
-    "system/test_new_user_journey.py",  # 365
-    "packaging/test_wheel_install.py",  # 283
-    "components/test_train_compile.py",  # 200
-    "components/test_train_ema.py",  # 127
-    "components/test_train_kfp.py",  # 116
-    "components/test_train_run.py",  # 112
-)
-
-
-def _relative(item: pytest.Item) -> str:
-    return item.path.resolve().relative_to(TESTS_ROOT).as_posix()
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if _relative(item).startswith(ALONE):
+        if item.path.resolve().relative_to(TESTS_ROOT).as_posix().startswith(ALONE):
             item.add_marker(pytest.mark.alone)
-    rank = {path: index for index, path in enumerate(LONGEST_FIRST)}
-    # Stable: files keep their own order, and the rest keep theirs after the longest.
-    items.sort(key=lambda item: rank.get(_relative(item), len(rank)))
