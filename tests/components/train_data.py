@@ -7,7 +7,11 @@ contract preprocess fulfils, so these tests do not depend on that step.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -100,22 +104,53 @@ TINY_TRIAL = {
 }
 
 
+def built_once_per_session(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `build(folder)` fills, built once for the whole test session.
+
+    Session fixtures are per process, and `make test` runs two xdist workers:
+    each would train the same model. Here the first worker to ask builds it
+    under the session's shared temporary folder while holding a lock; the
+    other waits for the lock and reuses the finished folder (marked done only
+    once built, so a failed build is retried, not reused). Users only read it.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                build(folder)
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory, sample_data) -> Path:
-    """A ResNet-8 trained 4 epochs on the sample and exported (SavedModel, .keras, .tflite)."""
+    """A ResNet-8 trained 4 epochs on the sample and exported (SavedModel, .keras, .tflite).
+
+    Trained once per session, not once per xdist worker (`built_once_per_session`).
+    """
     from cifarflow.components.train.config import TrialConfig
     from cifarflow.components.train.executor import train
 
-    out = tmp_path_factory.mktemp("trained") / "model"
-    train(sample_data, TrialConfig.from_dict(TINY_TRIAL), out, log=lambda line: None)
-    return out
+    def build(folder: Path) -> None:
+        train(
+            sample_data, TrialConfig.from_dict(TINY_TRIAL), folder / "model", log=lambda line: None
+        )
+
+    return built_once_per_session(tmp_path_factory, "trained", build) / "model"
 
 
 @pytest.fixture(scope="session")
 def candidate(tmp_path_factory, trained_model, sample_data) -> Path:
-    """`trained_model` evaluated into a separate folder: a select_best candidate."""
+    """`trained_model` evaluated into a separate folder: a select_best candidate (built once per session)."""
     from cifarflow.components.evaluate.executor import evaluate
 
-    out = tmp_path_factory.mktemp("candidate") / "candidate"
-    evaluate(trained_model, sample_data, out)
-    return out
+    def build(folder: Path) -> None:
+        evaluate(trained_model, sample_data, folder / "candidate")
+
+    return built_once_per_session(tmp_path_factory, "candidate", build) / "candidate"

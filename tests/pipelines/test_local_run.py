@@ -13,8 +13,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cifarflow.cli.main import main
+from cifarflow.configs import CONFIG_DIR
 from cifarflow.data.sample import SAMPLE_MD5
 from cifarflow.defaults import MODEL_NAME
 from cifarflow.pipelines.artifact_upload import upload_run
@@ -22,6 +24,7 @@ from cifarflow.pipelines.local_run import PipelineFailedError
 from cifarflow.serving.store.model_store import ModelStore, open_store
 
 pytestmark = pytest.mark.slow
+EPOCHS = 2  # of the quick grid's two trials in `two_runs`
 
 
 @dataclasses.dataclass
@@ -42,9 +45,14 @@ def two_runs(tmp_path_factory, s3_server):
     The first run publishes to the real S3 server (the cluster's kind of store; the
     local-folder default is what tests/system's `make run` journey publishes to); the
     second reuses the cache and meets a champion. `published` is version 1, downloaded.
+    The grid is the shipped quick grid at 2 epochs instead of 4: the journey runs the
+    default grid as it ships, and nothing here depends on how well the trials learn.
     """
     root = tmp_path_factory.mktemp("local-run")
     runs = root / "runs"
+    grid = yaml.safe_load((CONFIG_DIR / "quick.yaml").read_text())
+    grid["base"]["epochs"] = EPOCHS
+    (root / "quick-short.yaml").write_text(yaml.safe_dump(grid))
     bucket = f"t-{uuid.uuid4().hex[:12]}"
     s3_server.settings.client().make_bucket(bucket)
     store_uri = f"s3://{bucket}/models"
@@ -58,7 +66,7 @@ def two_runs(tmp_path_factory, s3_server):
             for _ in range(2):
                 console = io.StringIO()
                 with contextlib.redirect_stdout(console):
-                    code = main(["run", "--store", store_uri])
+                    code = main(["run", "--config", "quick-short.yaml", "--store", store_uri])
                 results.append((code, console.getvalue()))
         finally:
             os.chdir(cwd)
@@ -125,14 +133,16 @@ def test_second_run_reuses_the_cache_and_keeps_the_champion(two_runs):
 def test_console_shows_progress_not_kfp_internals(two_runs):
     run_dirs = two_runs.run_dirs
     first, second = (out for _, out in two_runs.results)
-    assert "epoch 1/4" in first and "Executing task 'train-component'" in first
+    assert f"epoch 1/{EPOCHS}" in first and "Executing task 'train-component'" in first
     assert "cache hit" in second
     for out in (first, second):
         assert "Leaderboard" in out and "artifacts:" in out
         assert "executor_input" not in out and "[KFP Executor" not in out
     assert isinstance(builtins.print, types.BuiltinFunctionType)  # kfp.local's print swap undone
     log = (run_dirs[0] / "run.log").read_text()
-    assert "Got executor_input" in log and "epoch 1/4" in log  # the full log keeps everything
+    assert (
+        "Got executor_input" in log and f"epoch 1/{EPOCHS}" in log
+    )  # the full log keeps everything
 
 
 def test_runs_list_and_compare(two_runs, capsys, tmp_path):
