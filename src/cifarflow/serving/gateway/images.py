@@ -67,7 +67,8 @@ def prepare_image(
         limits: byte and pixel limits.
         pixels_side: also return the image's pixels for the drift monitor: RGB,
             box-reduced by whole factors to `pixels_side`..`2 * pixels_side - 1`
-            a side (exactly the pixels of an image of that size).
+            a side (exactly the pixels of an image of that size; an upright
+            JPEG is first decoded at the DCT scale nearest above that side).
 
     Raises:
         InvalidInput: empty, not an image, truncated or corrupt.

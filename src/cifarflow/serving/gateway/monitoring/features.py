@@ -31,6 +31,7 @@ PIXEL_BINS = len(stats.PIXEL_EDGES) - 1
 # Value v falls in pixel bin v >> PIXEL_SHIFT (PIXEL_EDGES are 32 equal steps over 0..256).
 PIXEL_SHIFT = int(np.log2(256 // PIXEL_BINS))
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
+_PIXEL_VECTOR_BINS = len(PIXEL_FEATURES) * PIXEL_BINS  # one image's pixel histograms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,24 +80,23 @@ def images_features(images: np.ndarray) -> np.ndarray:
     """
     images = np.asarray(images, dtype=np.uint8)
     count = len(images)
+    if count * _PIXEL_VECTOR_BINS > _UINT16_MAX:  # more than 682 images: halves, before any work
+        return np.concatenate([images_features(half) for half in np.array_split(images, 2)])
     vectors = np.zeros((count, VECTOR_BINS), dtype=np.int64)
     rows = np.arange(count)
     for name, values in zip(IMAGE_FEATURES, stats.per_image(images), strict=True):
         vectors[rows, LAYOUT[name].start + stats.bin_index(values, EDGES[name])] = 1
     # One bincount for every image and channel: value v of channel c of image i
     # counts in bin i * 96 + c * 32 + v // 8 (uint16 holds it for 682 images).
-    pixel_bins = len(PIXEL_FEATURES) * PIXEL_BINS
-    if count * pixel_bins > _UINT16_MAX:
-        return np.concatenate([images_features(half) for half in np.array_split(images, 2)])
     binned = np.empty((count, images[0].size // 3, 3), dtype=np.uint16)
     np.right_shift(images.reshape(binned.shape), PIXEL_SHIFT, out=binned)
     binned += _pixel_offsets(count)
-    counts = np.bincount(binned.reshape(-1), minlength=count * pixel_bins)
-    vectors[:, _PIXELS_START:] = counts.reshape(count, pixel_bins)
+    counts = np.bincount(binned.reshape(-1), minlength=count * _PIXEL_VECTOR_BINS)
+    vectors[:, _PIXELS_START:] = counts.reshape(count, _PIXEL_VECTOR_BINS)
     return vectors
 
 
 def _pixel_offsets(count: int) -> np.ndarray:
     """uint16 `[count, 1, 3]`: where image i's channel c's bins start in a batch's bincount."""
-    image = np.arange(count, dtype=np.uint16)[:, None, None] * (len(PIXEL_FEATURES) * PIXEL_BINS)
+    image = np.arange(count, dtype=np.uint16)[:, None, None] * _PIXEL_VECTOR_BINS
     return image + np.arange(len(stats.CHANNELS), dtype=np.uint16)[None, None, :] * PIXEL_BINS

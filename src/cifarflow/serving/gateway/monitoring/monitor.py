@@ -48,8 +48,9 @@ from cifarflow.training_reference import TrainingReference
 
 log = logging.getLogger(__name__)
 
-# Images measured together (see the module docstring): ~35 us an image at 32,
-# against ~120 us one at a time, on the 2-core development machine.
+# Images measured together (see the module docstring): 0.03 ms of CPU an image
+# in a batch of 32, against 0.19 ms one at a time, on the 2-core development
+# machine (bench/results/monitor_cost.json).
 FLUSH_IMAGES = 32
 
 
