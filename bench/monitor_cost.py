@@ -101,8 +101,9 @@ def in_process_costs(image: bytes, reference_dir: Path, repeat: int) -> dict[str
     from cifarflow.serving.gateway.monitoring.monitor import FLUSH_IMAGES, GatewayMonitor
 
     limits = ImageLimits()
-    pixels = prepare_image(image, limits, MODEL_INPUT_SIDE).pixels
-    assert pixels is not None
+    thumbnail = prepare_image(image, limits, MODEL_INPUT_SIDE).thumbnail
+    assert thumbnail is not None
+    pixels = np.asarray(thumbnail.convert("RGB"))
     monitor = GatewayMonitor(
         MonitorConfig(store=str(reference_dir)), "cifarflow", CollectorRegistry()
     )
@@ -121,9 +122,11 @@ def in_process_costs(image: bytes, reference_dir: Path, repeat: int) -> dict[str
             cpu_us(lambda: images_features(batch), max(1, repeat // FLUSH_IMAGES)) / FLUSH_IMAGES,
             1,
         ),
-        # Queued; every FLUSH_IMAGES-th call measures the queue: the mean over calls.
-        "observe_images": cpu_us(lambda: monitor.observe_images([pixels]), repeat),
+        # Queued; every FLUSH_IMAGES-th call measures the queue and updates
+        # the gauges: the mean over calls.
+        "observe_images": cpu_us(lambda: monitor.observe_images([thumbnail]), repeat),
         "judge_answer": judge_cpu_us(loop, monitor, probabilities, logits, repeat),
+        "update_gauges_once": cpu_us(lambda: monitor.update_gauges(), max(1, repeat // 10)),
     }
     loop.close()
     costs["monitors_per_image_total"] = round(

@@ -9,12 +9,19 @@ exactly the count vector the reference's own definitions give it
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from cifarflow import image_statistics as stats
+from cifarflow.classes import COARSE_CLASS_NAMES
 from cifarflow.serving.gateway.monitoring import features
-from cifarflow.serving.gateway.monitoring.config import MonitorConfig
-from cifarflow.serving.gateway.monitoring.monitor import FLUSH_IMAGES, GatewayMonitor
+from cifarflow.serving.gateway.monitoring.config import DEFAULT_DRIFT_THRESHOLD, MonitorConfig
+from cifarflow.serving.gateway.monitoring.monitor import FLUSH_IMAGES, DriftWindows, GatewayMonitor
+from cifarflow.serving.gateway.monitoring.psi import population_stability_index
+from cifarflow.training_reference import data_reference, score_reference, training_reference
+from tests.serving.model_factory import reference_logits
+from tests.serving.monitoring_support import sample_train_images
 
 
 def expected_vector(image: np.ndarray) -> np.ndarray:
@@ -53,18 +60,51 @@ def test_a_batch_too_large_for_one_bincount_is_split_and_still_exact(cifar):
     np.testing.assert_array_equal(batch[::97], [expected_vector(i) for i in images[::97]])
 
 
-def test_queued_images_reach_the_window_at_flush_images_or_on_flush(cifar):
+def test_queued_thumbnails_reach_the_window_at_flush_images_or_on_flush(cifar):
     monitor = GatewayMonitor(MonitorConfig(window=200), "cifar", CollectorRegistry())
     images = list(cifar[0][: FLUSH_IMAGES + 5])
     for image in images[: FLUSH_IMAGES - 1]:
-        monitor.observe_images([image])
+        monitor.observe_images([Image.fromarray(image)])
     assert monitor.windows.images.filled == 0  # queued, not yet measured
-    monitor.observe_images([images[FLUSH_IMAGES - 1]])
+    monitor.observe_images([Image.fromarray(images[FLUSH_IMAGES - 1])])
     assert monitor.windows.images.filled == FLUSH_IMAGES
-    # Images of another size (a thumbnail of a larger upload) are measured in their own batch.
-    monitor.observe_images([np.kron(i, np.ones((2, 2, 1), dtype=np.uint8)) for i in images[-5:]])
+    # Thumbnails of another size (a larger upload) are measured in their own batch,
+    # and a grayscale one in RGB, as the model decodes it (three equal channels).
+    larger = [np.kron(i, np.ones((2, 2, 1), dtype=np.uint8)) for i in images[-5:-1]]
+    gray = images[-1][..., 0]
+    monitor.observe_images([Image.fromarray(i) for i in larger] + [Image.fromarray(gray, "L")])
     monitor.flush()
     assert monitor.windows.images.filled == FLUSH_IMAGES + 5
     expected = sum(expected_vector(i) for i in images[:FLUSH_IMAGES])
-    expected += sum(expected_vector(np.kron(i, np.ones((2, 2, 1), np.uint8))) for i in images[-5:])
+    expected += sum(expected_vector(i) for i in larger)
+    expected += expected_vector(np.repeat(gray[..., None], 3, axis=-1))
     np.testing.assert_array_equal(monitor.windows.images.counts, expected)
+
+
+def test_the_windows_psi_equals_each_features_own_psi_against_a_real_reference(cifar):
+    images, labels = sample_train_images()
+    reference = training_reference(
+        COARSE_CLASS_NAMES,
+        data_reference(images, labels, len(COARSE_CLASS_NAMES)),
+        score_reference(reference_logits(images[-400:]), temperature=1.0),
+    )
+    windows = DriftWindows(size=300, num_classes=len(COARSE_CLASS_NAMES))
+    assert windows.psi(reference) == {}  # nothing full yet: nothing compared
+    test_images = (cifar[0][:300] * 0.6).astype(np.uint8)  # darker: some features drift
+    for vector in features.images_features(test_images):
+        windows.images.add(vector)
+    for class_id in cifar[1][:300]:
+        windows.classes.add(int(class_id))
+    got = windows.psi(reference)
+    expected_counts = windows.reference_counts(reference)
+    live = {
+        name: windows.images.counts[segment.start : segment.stop]
+        for name, segment in features.LAYOUT.items()
+    }
+    live[features.CLASS_FEATURE] = windows.classes.counts
+    assert set(got) == set(live)
+    for name, counts in live.items():
+        own = population_stability_index(np.asarray(expected_counts[name]), counts)
+        assert got[name] == pytest.approx(own, rel=1e-12, abs=1e-15), name
+    assert got["brightness"] > DEFAULT_DRIFT_THRESHOLD  # the darkening shows
+    assert windows.psi(reference) == got  # the reference side, computed once, is reused

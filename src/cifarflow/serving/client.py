@@ -194,7 +194,7 @@ def _gateway_call(channel: grpc.Channel, config: ClientConfig, metadata):
 def _tf_serving_call(channel: grpc.Channel, config: ClientConfig):
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from cifarflow.serving.tensors import DT_STRING, from_tensor_proto, to_tensor_proto
+    from cifarflow.serving.tensors import DT_STRING, fill_tensor_proto, from_tensor_proto
 
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
@@ -202,9 +202,7 @@ def _tf_serving_call(channel: grpc.Channel, config: ClientConfig):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = config.model_name
         request.model_spec.signature_name = "serving_default"
-        request.inputs["image_bytes"].CopyFrom(
-            to_tensor_proto(np.array([data], dtype=object), DT_STRING)
-        )
+        fill_tensor_proto(request.inputs["image_bytes"], np.array([data], dtype=object), DT_STRING)
         request.output_filter.append("probabilities")
         response = stub.Predict(request, timeout=config.timeout_s)
         probabilities = from_tensor_proto(response.outputs["probabilities"])[0]

@@ -19,6 +19,7 @@ from cifarflow.serving.errors import InvalidInput, PayloadTooLarge
 # could ask for gigabytes. No served input comes near this.
 MAX_BROADCAST_BYTES = 64 * 1024 * 1024
 MAX_RANK = 32
+_MAX_EXTENT = np.iinfo(np.intp).max // 16
 
 # tensorflow/core/framework/types.proto values, the ones served models use.
 DT_FLOAT, DT_DOUBLE, DT_INT32, DT_UINT8, DT_INT16, DT_INT8, DT_STRING = 1, 2, 3, 4, 5, 6, 7
@@ -83,29 +84,37 @@ def dtype_for_numpy(array: np.ndarray) -> int:
 
 def to_tensor_proto(value: Any, dtype: int | None = None):
     """An ndarray (or nested list) as a TensorProto."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+    from tensorflow.core.framework import tensor_pb2
 
+    proto = tensor_pb2.TensorProto()
+    fill_tensor_proto(proto, value, dtype)
+    return proto
+
+
+def fill_tensor_proto(proto, value: Any, dtype: int | None = None) -> None:
+    """Writes an ndarray (or nested list) into an empty TensorProto in place.
+
+    For a map entry of a request or response (`response.outputs[name]`):
+    building a proto and copying it in would serialise the values twice.
+    """
     array = np.asarray(value)
     code = dtype if dtype is not None else dtype_for_numpy(array)
-    proto = tensor_pb2.TensorProto(dtype=code)
-    proto.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape]
-        )
-    )
+    proto.dtype = code
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add(size=size)
     if code == DT_STRING:
         proto.string_val.extend(
             v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)
         )
     else:
         proto.tensor_content = np.ascontiguousarray(array, dtype=NUMPY_FOR_DTYPE[code]).tobytes()
-    return proto
 
 
 def shape_of(proto) -> tuple[int, ...]:
     if proto.tensor_shape.unknown_rank:
         raise InvalidInput("tensor shape has unknown rank")
-    return tuple(int(d.size) for d in proto.tensor_shape.dim)
+    return tuple([d.size for d in proto.tensor_shape.dim])
 
 
 def from_tensor_proto(proto, name: str = "tensor") -> np.ndarray:
@@ -119,9 +128,7 @@ def from_tensor_proto(proto, name: str = "tensor") -> np.ndarray:
     for d in shape:  # Python ints: np.prod would wrap around silently for huge shapes
         count *= d
         extent *= max(d, 1)
-    if (
-        extent > np.iinfo(np.intp).max // 16
-    ):  # numpy refuses such a shape even when a zero makes it empty
+    if extent > _MAX_EXTENT:  # numpy refuses such a shape even when a zero makes it empty
         raise InvalidInput(f"{name}: shape {list(shape)} is too large")
     if proto.dtype == DT_STRING:
         values = list(proto.string_val)

@@ -54,7 +54,7 @@ from cifarflow.serving.errors import (
     from_grpc_error,
 )
 from cifarflow.serving.gateway.target import channel_options
-from cifarflow.serving.tensors import DT_STRING, from_tensor_proto, to_tensor_proto
+from cifarflow.serving.tensors import DT_STRING, fill_tensor_proto, from_tensor_proto
 
 _AVAILABLE = 30
 # The SavedModel signature that answers with a saliency map (components/train/export.py).
@@ -189,7 +189,7 @@ class Backend:
         request.model_spec.signature_name = "serving_default"
         array = np.empty(len(images), dtype=object)
         array[:] = images
-        request.inputs["image_bytes"].CopyFrom(to_tensor_proto(array, DT_STRING))
+        fill_tensor_proto(request.inputs["image_bytes"], array, DT_STRING)
         request.output_filter.append("probabilities")
         if self.want_logits:
             request.output_filter.append("logits")
@@ -243,7 +243,7 @@ class Backend:
         request.model_spec.signature_name = EXPLAIN_SIGNATURE
         array = np.empty(1, dtype=object)
         array[0] = image
-        request.inputs["image_bytes"].CopyFrom(to_tensor_proto(array, DT_STRING))
+        fill_tensor_proto(request.inputs["image_bytes"], array, DT_STRING)
         request.output_filter.extend(["probabilities", "class_ids", "saliency"])
         try:
             response = await self._predict(

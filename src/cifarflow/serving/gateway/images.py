@@ -13,9 +13,9 @@ as PNG: EXIF orientation (TF ignores it), transparency (composited on white
 rather than dropped to whatever colour hides under alpha 0), palette, CMYK,
 16-bit and other modes, and animated or non-JPEG/PNG formats.
 
-For the drift monitor, `prepare_image` can also hand back the image as the
-model will see it, RGB at the training size, from the pixels it decoded for
-the checks anyway (a JPEG at reduced scale), so the monitor decodes nothing.
+For the drift monitor, `prepare_image` can also hand back a thumbnail near
+the training size, from the pixels it decoded for the checks anyway (a JPEG
+at reduced scale), so the monitor decodes nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class PreparedImage:
     width: int
     height: int
     normalised: bool
-    pixels: np.ndarray | None = None  # uint8 RGB [h, w, 3] near the model's size, when asked for
+    thumbnail: Image.Image | None = None  # near the model's size, any mode, when asked for
 
 
 def prepare_image(
@@ -65,10 +65,11 @@ def prepare_image(
     Args:
         data: the uploaded or fetched file.
         limits: byte and pixel limits.
-        pixels_side: also return the image's pixels for the drift monitor: RGB,
-            box-reduced by whole factors to `pixels_side`..`2 * pixels_side - 1`
-            a side (exactly the pixels of an image of that size; an upright
-            JPEG is first decoded at the DCT scale nearest above that side).
+        pixels_side: also return a thumbnail for the drift monitor, box-reduced
+            by whole factors to `pixels_side`..`2 * pixels_side - 1` a side
+            (exactly the pixels of an image of that size; an upright JPEG is
+            first decoded at the DCT scale nearest above that side). In the
+            image's own mode: the monitor turns it into RGB off the request path.
 
     Raises:
         InvalidInput: empty, not an image, truncated or corrupt.
@@ -125,28 +126,28 @@ def prepare_image(
             fmt in _PASS_THROUGH_FORMATS and mode in _PASS_THROUGH_MODES and orientation in (0, 1)
         )
         if pass_through:
-            pixels = _small_rgb(image, pixels_side) if pixels_side else None
-            return PreparedImage(data, fmt, width, height, normalised=False, pixels=pixels)
+            small = _thumbnail(image, pixels_side) if pixels_side else None
+            return PreparedImage(data, fmt, width, height, normalised=False, thumbnail=small)
         rgb = _upright_rgb(image)
-        pixels = _small_rgb(rgb, pixels_side) if pixels_side else None
-        return PreparedImage(_encode_png(rgb), fmt, width, height, normalised=True, pixels=pixels)
+        small = _thumbnail(rgb, pixels_side) if pixels_side else None
+        return PreparedImage(_encode_png(rgb), fmt, width, height, normalised=True, thumbnail=small)
 
 
-def _small_rgb(image: Image.Image, side: int) -> np.ndarray:
-    """uint8 RGB, box-averaged by whole factors until each side is in [side, 2 * side).
+def _thumbnail(image: Image.Image, side: int) -> Image.Image:
+    """A new image, box-averaged by whole factors until each side is in [side, 2 * side).
 
     Not the model's exact resize (antialiased bilinear to side x side): a
     whole-factor box reduction is several times cheaper, and the statistics
     the monitor takes (means, spreads, histograms) barely depend on the
-    difference (docs/monitoring.md).
+    difference (docs/monitoring.md). A new image without the file's
+    metadata, so nothing of the upload stays referenced while the thumbnail
+    waits in the monitor's queue (an opened PNG keeps its file).
     """
     width, height = image.size
     factors = (max(1, width // side), max(1, height // side))
-    if factors != (1, 1):
-        image = image.reduce(factors)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.asarray(image)
+    small = image.reduce(factors) if factors != (1, 1) else image.copy()
+    small.info = {}
+    return small
 
 
 def _orientation(image: Image.Image) -> int:

@@ -132,16 +132,18 @@ class Classifier:
                 raise type(exc)(f"image {index}: {exc.message}") from None
         if self.monitor:
             try:
-                self.monitor.observe_images([p.pixels for p in prepared if p.pixels is not None])
+                self.monitor.observe_images(
+                    [p.thumbnail for p in prepared if p.thumbnail is not None]
+                )
             except Exception:
                 self._monitor_broke()
         return [p.data for p in prepared]
 
     def measure_queued_images(self) -> None:
-        """Puts the images the drift monitor has queued into its windows (before a scrape)."""
+        """Puts the images the drift monitor has queued into its windows and updates the gauges (before a scrape)."""
         if self.monitor:
             try:
-                self.monitor.flush()
+                self.monitor.flush(update=True)
             except Exception:
                 self._monitor_broke()
 

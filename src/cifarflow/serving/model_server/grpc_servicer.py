@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (
 
 from cifarflow.serving.errors import InvalidInput, ServingError, as_serving_error
 from cifarflow.serving.model_server.model import ModelManager, ServedVersion
-from cifarflow.serving.tensors import from_tensor_proto, to_tensor_proto
+from cifarflow.serving.tensors import fill_tensor_proto, from_tensor_proto
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = predict_pb2.PredictResponse()
         fill_spec(response.model_spec, served, signature)
         for name, value in outputs.items():
-            response.outputs[name].CopyFrom(
-                to_tensor_proto(value, served.signatures[signature].outputs[name].dtype)
+            fill_tensor_proto(
+                response.outputs[name], value, served.signatures[signature].outputs[name].dtype
             )
         return response
 

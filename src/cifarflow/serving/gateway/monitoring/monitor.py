@@ -1,24 +1,27 @@
 """The gateway's monitors: an OOD score on every answer, drift over a sliding window.
 
-`GatewayMonitor` is told two things per classification, both cheap:
+`GatewayMonitor` is told two things per classification:
 
-- `observe_images`: each image as the model sees it (RGB at the training
-  size, from the pixels the gateway decoded anyway to check the upload).
-  The image is only queued: its brightness, contrast and saturation bins
-  and pixel histograms are computed for `FLUSH_IMAGES` images at a time
-  (features.py), by whichever request fills the queue, and go into the
-  windows then (window.py). So one request in `FLUSH_IMAGES` does the
-  measuring for all, at a fraction of the per-image cost, and the median
-  request does none of it. A scrape of /metrics measures what is queued
-  first (`flush`), so the gauges it reads have seen every image;
+- `observe_images`: each image's thumbnail (a small PIL image from the
+  pixels the gateway decoded anyway to check the upload). The thumbnail is
+  only queued: turning it into RGB pixels, its brightness, contrast and
+  saturation bins and pixel histograms are done for `FLUSH_IMAGES` images
+  at a time (features.py), by whichever request fills the queue, and go
+  into the windows then (window.py), followed by the drift gauges. So one
+  request in `FLUSH_IMAGES` does the measuring for all, at a fraction of
+  the per-image cost, and the median request does none of it. A scrape of
+  /metrics measures what is queued first (`flush`), so the gauges it reads
+  have seen every image;
 - `judge`: the backend's answer: the OOD score of each row against the
-  threshold in the answering version's reference, and the predicted class
-  into the class window.
+  threshold in the answering version's reference (it goes out with the
+  answer, so it cannot wait), and the predicted class and verdict into the
+  answer windows: a few scalar updates.
 
-Every `update_every` observations it compares the windows with the served
-version's training reference (PSI, psi.py) and sets the gauges (metrics.py).
-The windows do not depend on the version (fixed histogram edges), so a new
-version only changes what they are compared with.
+At a flush, when `update_every` observations have come in since the last
+time, it compares the windows with the served version's training reference
+(PSI, psi.py; the reference side is computed once per version) and sets the
+gauges (metrics.py). The windows do not depend on the version (fixed
+histogram edges), so a new version only changes what they are compared with.
 
 Images are observed where they are checked, which may be a worker thread,
 while answers are judged on the event loop: one lock guards the windows.
@@ -33,6 +36,7 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from cifarflow import ood_scores
@@ -41,7 +45,7 @@ from cifarflow.image_statistics import CHANNELS
 from cifarflow.serving.gateway.monitoring import features
 from cifarflow.serving.gateway.monitoring.config import MonitorConfig
 from cifarflow.serving.gateway.monitoring.metrics import MonitorMetrics
-from cifarflow.serving.gateway.monitoring.psi import population_stability_index
+from cifarflow.serving.gateway.monitoring.psi import SegmentedPsi
 from cifarflow.serving.gateway.monitoring.references import ReferenceSource
 from cifarflow.serving.gateway.monitoring.window import SlidingBins, SlidingCounts
 from cifarflow.training_reference import TrainingReference
@@ -78,6 +82,23 @@ class OodVerdict:
         return body
 
 
+@dataclasses.dataclass(frozen=True)
+class _Comparison:
+    """One reference's side of the PSI, computed once per served version.
+
+    Attributes:
+        image_features: the image features whose bins match the reference's.
+        image_bins: where those features' bins sit in the image window's counts.
+        images: their PSI, or None when none matches.
+        classes: the predicted-class PSI, or None when the class count differs.
+    """
+
+    image_features: tuple[str, ...]
+    image_bins: np.ndarray
+    images: SegmentedPsi | None
+    classes: SegmentedPsi | None
+
+
 class DriftWindows:
     """The sliding windows of input statistics, predicted classes and OOD verdicts.
 
@@ -90,6 +111,7 @@ class DriftWindows:
         self.images = SlidingCounts(size, features.VECTOR_BINS)  # features.LAYOUT
         self.classes = SlidingBins(size, num_classes)
         self.ood = SlidingBins(size, 2)  # bin 1: flagged out-of-distribution
+        self._compared: tuple[TrainingReference, _Comparison] | None = None
 
     def reference_counts(self, reference: TrainingReference) -> dict[str, list[int]]:
         """Each feature's reference histogram, by feature name."""
@@ -100,27 +122,40 @@ class DriftWindows:
         counts[features.CLASS_FEATURE] = reference.scores.predicted_class_counts
         return counts
 
-    def live_counts(self) -> dict[str, np.ndarray]:
-        """Each feature's window histogram, by feature name."""
-        counts = {
-            name: self.images.counts[segment.start : segment.stop]
-            for name, segment in features.LAYOUT.items()
-        }
-        counts[features.CLASS_FEATURE] = self.classes.counts
-        return counts
-
     def psi(self, reference: TrainingReference) -> dict[str, float]:
         """PSI per feature, for the windows that are full (a filling window says nothing yet)."""
-        full = {
-            features.CLASS_FEATURE: self.classes.filled == self.classes.size,
-            **dict.fromkeys(features.LAYOUT, self.images.filled == self.images.size),
-        }
+        comparison = self._comparison(reference)
+        scores: dict[str, float] = {}
+        if comparison.images is not None and self.images.filled == self.images.size:
+            values = comparison.images(self.images.counts[comparison.image_bins])
+            scores.update(zip(comparison.image_features, values.tolist(), strict=True))
+        if comparison.classes is not None and self.classes.filled == self.classes.size:
+            scores[features.CLASS_FEATURE] = float(comparison.classes(self.classes.counts)[0])
+        return scores
+
+    def _comparison(self, reference: TrainingReference) -> _Comparison:
+        if self._compared is not None and self._compared[0] is reference:
+            return self._compared[1]
         expected = self.reference_counts(reference)
-        return {
-            name: population_stability_index(np.asarray(expected[name]), live)
-            for name, live in self.live_counts().items()
-            if full[name] and len(expected[name]) == len(live)
-        }
+        matching = [
+            (name, segment)
+            for name, segment in features.LAYOUT.items()
+            if len(expected[name]) == segment.bins
+        ]
+        bins = [np.arange(segment.start, segment.stop) for _, segment in matching]
+        class_counts = expected[features.CLASS_FEATURE]
+        comparison = _Comparison(
+            image_features=tuple(name for name, _ in matching),
+            image_bins=np.concatenate(bins) if bins else np.zeros(0, dtype=np.int64),
+            images=SegmentedPsi([np.asarray(expected[name]) for name, _ in matching])
+            if matching
+            else None,
+            classes=SegmentedPsi([np.asarray(class_counts)])
+            if len(class_counts) == self.classes.bins
+            else None,
+        )
+        self._compared = (reference, comparison)
+        return comparison
 
     @property
     def ood_rate(self) -> float | None:
@@ -145,24 +180,33 @@ class GatewayMonitor:
         self._reference: TrainingReference | None = None
         self._lock = threading.Lock()
         self._since_update = 0
-        self._queued: collections.deque[np.ndarray] = collections.deque()
+        self._queued: collections.deque[Image.Image] = collections.deque()
         self._measuring = threading.Lock()
+        # Labelled children resolved once: a labels() lookup per answer costs more than the update.
         self._verdict_counters = {
             verdict: self.metrics.ood_answers.labels(label)
             for verdict, label in ((None, "unknown"), (True, "in"), (False, "out"))
         }
+        self._drift_gauges = {
+            feature: self.metrics.drift.labels(feature)
+            for feature in (*features.LAYOUT, features.CLASS_FEATURE)
+        }
 
-    def observe_images(self, pixels: Sequence[np.ndarray]) -> None:
-        """Queues images (uint8 RGB `[H, W, 3]` at the training size) for the windows.
+    def observe_images(self, thumbnails: Sequence[Image.Image]) -> None:
+        """Queues images (`images.prepare_image`'s thumbnails, any mode) for the windows.
 
         The call that fills the queue to `FLUSH_IMAGES` measures the queue (`flush`).
         """
-        self._queued.extend(pixels)  # deque appends are atomic: no lock on the request path
+        self._queued.extend(thumbnails)  # deque appends are atomic: no lock on the request path
         if len(self._queued) >= FLUSH_IMAGES:
             self.flush()
 
-    def flush(self) -> None:
-        """Measures the queued images and adds them to the windows (then maybe updates the gauges).
+    def flush(self, update: bool = False) -> None:
+        """Measures the queued images, adds them to the windows, and maybe updates the gauges.
+
+        Args:
+            update: update the gauges even if fewer than `update_every`
+                observations came in since the last time (a scrape).
 
         A call while another is measuring returns at once: that one, or the
         next, takes what is queued.
@@ -173,17 +217,19 @@ class GatewayMonitor:
             images = []
             while self._queued:
                 images.append(self._queued.popleft())
-            if not images:
-                return
             by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
             for image in images:
-                by_shape.setdefault(image.shape, []).append(image)
+                pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+                by_shape.setdefault(pixels.shape, []).append(pixels)
             measured = [features.images_features(np.stack(same)) for same in by_shape.values()]
             with self._lock:
                 for vectors in measured:
                     for vector in vectors:
                         self.windows.images.add(vector)
-                self._count(len(images))
+                self._since_update += len(images)
+                if update or self._since_update >= self.config.update_every:
+                    self._since_update = 0
+                    self.update_gauges()
         finally:
             self._measuring.release()
 
@@ -202,46 +248,33 @@ class GatewayMonitor:
         name = self.config.ood_score
         # Plain Python per row: an answer has a few rows of 20 numbers, where
         # NumPy's per-call cost would be most of the work.
-        probability_rows = np.asarray(probabilities).tolist()
+        probability_rows = probabilities.tolist()
         if name == ood_scores.MAX_SOFTMAX or logits is None:
             name = ood_scores.MAX_SOFTMAX
             values = [max(row) for row in probability_rows]
         else:
-            values = [ood_scores.row_score(name, row) for row in np.asarray(logits).tolist()]
+            values = [ood_scores.row_score(name, row) for row in logits.tolist()]
         threshold = reference.scores.scores[name].threshold if reference else None
-        passed = [
-            None if threshold is None else ood_scores.row_passes(name, value, threshold)
-            for value in values
-        ]
-        classes = self.windows.classes.bins
+        classes = self.windows.classes
+        verdicts = []
         with self._lock:
             if reference is not self._reference:
                 self._reference = reference
                 if reference is None:  # nothing to compare with: no stale drift either
-                    for feature in self._features():
-                        self.metrics.drift.labels(feature).set(0.0)
-            for row, flag in zip(probability_rows, passed, strict=True):
+                    for gauge in self._drift_gauges.values():
+                        gauge.set(0.0)
+            for row, value in zip(probability_rows, values, strict=True):
                 class_id = row.index(max(row))
-                if class_id < classes:
-                    self.windows.classes.add(class_id)
-                if flag is not None:
+                if class_id < classes.bins:
+                    classes.add(class_id)
+                flag = None
+                if threshold is not None:
+                    flag = ood_scores.row_passes(name, value, threshold)
                     self.windows.ood.add(0 if flag else 1)
-            self._count(len(probability_rows))
-        verdicts = []
-        for value, flag in zip(values, passed, strict=True):
-            self._verdict_counters[flag].inc()
-            verdicts.append(OodVerdict(name, float(value), threshold, flag))
+                self._verdict_counters[flag].inc()
+                verdicts.append(OodVerdict(name, value, threshold, flag))
+            self._since_update += len(probability_rows)  # the gauges follow at the next flush
         return verdicts
-
-    def _features(self) -> tuple[str, ...]:
-        return (*features.LAYOUT, features.CLASS_FEATURE)
-
-    def _count(self, observations: int) -> None:
-        """Under the lock: refreshes the gauges every `update_every` observations."""
-        self._since_update += observations
-        if self._since_update >= self.config.update_every:
-            self._since_update = 0
-            self.update_gauges()
 
     def update_gauges(self) -> dict[str, float]:
         """Sets the gauges from the windows now (the lock held); returns the PSI per feature."""
@@ -253,5 +286,5 @@ class GatewayMonitor:
             return {}
         scores = self.windows.psi(self._reference)
         for feature, value in scores.items():
-            self.metrics.drift.labels(feature).set(value)
+            self._drift_gauges[feature].set(value)
         return scores
