@@ -26,6 +26,8 @@ MAX_SOFTMAX = "max_softmax"
 SCORES = (ENERGY, MAX_SOFTMAX)
 # True where a higher score means "more like the training data".
 HIGHER_PASSES = {ENERGY: False, MAX_SOFTMAX: True}
+# Where a row's plain sum of exponentials keeps full precision (row_score).
+_SAFE_SUM = (1e-200, 1e200)
 
 # Fixed histogram edges (values outside fall into the end bins, see image_statistics).
 # Energy: 100 bins of 0.5 over -40..10, wide enough for 20 temperature-scaled logits.
@@ -64,17 +66,26 @@ def row_score(name: str, row: Sequence[float]) -> float:
     call is most of the work, so this is several times cheaper than
     `score(name, [row])`, and equal to it to float rounding.
 
-    >>> row = [2.0, -1.0, 0.5, 3.0]
-    >>> all(math.isclose(row_score(n, row), score(n, np.array([row]))[0]) for n in SCORES)
+    >>> rows = [[2.0, -1.0, 0.5, 3.0], [800.0, 799.0, -5.0], [-900.0, -901.0, -950.0]]
+    >>> all(
+    ...     math.isclose(row_score(n, row), score(n, np.array([row]))[0])
+    ...     for n in SCORES
+    ...     for row in rows
+    ... )
     True
     """
-    top = max(row)
-    total = sum([math.exp(value - top) for value in row])
+    if name not in HIGHER_PASSES:
+        raise ValueError(f"unknown OOD score {name!r}; known: {', '.join(SCORES)}")
+    try:  # served logits are small numbers: the sum needs no shift, at half the cost
+        top, total = 0.0, sum(map(math.exp, row))
+    except OverflowError:
+        total = math.inf
+    if not _SAFE_SUM[0] < total < _SAFE_SUM[1]:  # overflow or precision lost: shift by the top
+        top = max(row)
+        total = sum([math.exp(value - top) for value in row])
     if name == ENERGY:
         return -(top + math.log(total))
-    if name == MAX_SOFTMAX:
-        return 1.0 / total
-    raise ValueError(f"unknown OOD score {name!r}; known: {', '.join(SCORES)}")
+    return math.exp(max(row) - top) / total
 
 
 def row_passes(name: str, value: float, threshold: float) -> bool:

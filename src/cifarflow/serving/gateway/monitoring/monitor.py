@@ -14,8 +14,9 @@
   have seen every image;
 - `judge`: the backend's answer: the OOD score of each row against the
   threshold in the answering version's reference (it goes out with the
-  answer, so it cannot wait), and the predicted class and verdict into the
-  answer windows: a few scalar updates.
+  answer, so it cannot wait). The predicted class and the verdict are only
+  queued too: the answer windows and the verdict counters take them at the
+  next flush.
 
 At a flush, when `update_every` observations have come in since the last
 time, it compares the windows with the served version's training reference
@@ -181,6 +182,7 @@ class GatewayMonitor:
         self._lock = threading.Lock()
         self._since_update = 0
         self._queued: collections.deque[Image.Image] = collections.deque()
+        self._answers: collections.deque[tuple[int, bool | None]] = collections.deque()
         self._measuring = threading.Lock()
         # Labelled children resolved once: a labels() lookup per answer costs more than the update.
         self._verdict_counters = {
@@ -202,7 +204,7 @@ class GatewayMonitor:
             self.flush()
 
     def flush(self, update: bool = False) -> None:
-        """Measures the queued images, adds them to the windows, and maybe updates the gauges.
+        """Measures the queued images, counts them and the queued answers into the windows and counters, and maybe updates the gauges.
 
         Args:
             update: update the gauges even if fewer than `update_every`
@@ -217,6 +219,9 @@ class GatewayMonitor:
             images = []
             while self._queued:
                 images.append(self._queued.popleft())
+            answers = []
+            while self._answers:
+                answers.append(self._answers.popleft())
             by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
             for image in images:
                 pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
@@ -226,7 +231,8 @@ class GatewayMonitor:
                 for vectors in measured:
                     for vector in vectors:
                         self.windows.images.add(vector)
-                self._since_update += len(images)
+                self._count_answers(answers)
+                self._since_update += len(images) + len(answers)
                 if update or self._since_update >= self.config.update_every:
                     self._since_update = 0
                     self.update_gauges()
@@ -236,7 +242,7 @@ class GatewayMonitor:
     async def judge(
         self, version: int, probabilities: np.ndarray, logits: np.ndarray | None
     ) -> list[OodVerdict]:
-        """The verdict on each answer row; adds the predicted classes to the window.
+        """The verdict on each answer row; queues the predicted classes and verdicts for the windows.
 
         Args:
             version: the version that answered.
@@ -245,6 +251,8 @@ class GatewayMonitor:
                 the backend sent none (then only max-softmax can be scored).
         """
         reference = await self.references.get(version)
+        if reference is not self._reference:
+            self._serve_reference(reference)
         name = self.config.ood_score
         # Plain Python per row: an answer has a few rows of 20 numbers, where
         # NumPy's per-call cost would be most of the work.
@@ -255,26 +263,40 @@ class GatewayMonitor:
         else:
             values = [ood_scores.row_score(name, row) for row in logits.tolist()]
         threshold = reference.scores.scores[name].threshold if reference else None
-        classes = self.windows.classes
-        verdicts = []
+        if threshold is None:
+            flags: list[bool | None] = [None] * len(values)
+        else:
+            flags = [ood_scores.row_passes(name, value, threshold) for value in values]
+        # Counted into the windows and counters at the next flush, with the images.
+        classes = [row.index(max(row)) for row in probability_rows]
+        self._answers.extend(zip(classes, flags, strict=True))
+        if len(self._answers) >= 2 * FLUSH_IMAGES:  # never left to pile up, images or not
+            self.flush()
+        return [
+            OodVerdict(name, value, threshold, flag)
+            for value, flag in zip(values, flags, strict=True)
+        ]
+
+    def _serve_reference(self, reference: TrainingReference | None) -> None:
+        """The served version's reference changed: the drift is compared with the new one."""
         with self._lock:
-            if reference is not self._reference:
-                self._reference = reference
-                if reference is None:  # nothing to compare with: no stale drift either
-                    for gauge in self._drift_gauges.values():
-                        gauge.set(0.0)
-            for row, value in zip(probability_rows, values, strict=True):
-                class_id = row.index(max(row))
-                if class_id < classes.bins:
-                    classes.add(class_id)
-                flag = None
-                if threshold is not None:
-                    flag = ood_scores.row_passes(name, value, threshold)
-                    self.windows.ood.add(0 if flag else 1)
-                self._verdict_counters[flag].inc()
-                verdicts.append(OodVerdict(name, value, threshold, flag))
-            self._since_update += len(probability_rows)  # the gauges follow at the next flush
-        return verdicts
+            self._reference = reference
+            if reference is None:  # nothing to compare with: no stale drift either
+                for gauge in self._drift_gauges.values():
+                    gauge.set(0.0)
+
+    def _count_answers(self, answers: list[tuple[int, bool | None]]) -> None:
+        """Under the lock: judged answers (predicted class, verdict) into the windows and counters."""
+        classes, ood = self.windows.classes, self.windows.ood
+        verdicts: collections.Counter[bool | None] = collections.Counter()
+        for class_id, flag in answers:
+            if class_id < classes.bins:
+                classes.add(class_id)
+            if flag is not None:
+                ood.add(0 if flag else 1)
+            verdicts[flag] += 1
+        for flag, count in verdicts.items():
+            self._verdict_counters[flag].inc(count)
 
     def update_gauges(self) -> dict[str, float]:
         """Sets the gauges from the windows now (the lock held); returns the PSI per feature."""
