@@ -27,7 +27,8 @@ class MonitorConfig:
             drift is not compared.
         ood_score: `energy` or `max_softmax` (cifarflow.ood_scores).
         window: images and answers in each sliding window.
-        update_every: the gauges are recomputed after this many observations.
+        update_every: the gauges are recomputed at the first flush after this many
+            observations (images and answers).
         drift_threshold: the PSI the docs and the alert call drift.
     """
 

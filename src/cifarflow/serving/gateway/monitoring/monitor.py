@@ -204,7 +204,10 @@ class GatewayMonitor:
             self.flush()
 
     def flush(self, update: bool = False) -> None:
-        """Measures the queued images, counts them and the queued answers into the windows and counters, and maybe updates the gauges.
+        """Puts what is queued into the windows and counters; maybe updates the gauges.
+
+        The images are turned into RGB pixels and measured as one batch; the
+        answers' predicted classes and verdicts are counted.
 
         Args:
             update: update the gauges even if fewer than `update_every`
