@@ -8,6 +8,8 @@ exactly the count vector the reference's own definitions give it
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from cifarflow import image_statistics as stats
 from cifarflow.classes import COARSE_CLASS_NAMES
+from cifarflow.components.candidate import write_reference
+from cifarflow.ood_scores import energy
 from cifarflow.serving.gateway.monitoring import features
 from cifarflow.serving.gateway.monitoring.config import DEFAULT_DRIFT_THRESHOLD, MonitorConfig
 from cifarflow.serving.gateway.monitoring.monitor import FLUSH_IMAGES, DriftWindows, GatewayMonitor
@@ -108,3 +112,42 @@ def test_the_windows_psi_equals_each_features_own_psi_against_a_real_reference(c
         assert got[name] == pytest.approx(own, rel=1e-12, abs=1e-15), name
     assert got["brightness"] > DEFAULT_DRIFT_THRESHOLD  # the darkening shows
     assert windows.psi(reference) == got  # the reference side, computed once, is reused
+
+
+def test_answers_reach_the_windows_and_counters_at_the_flush_that_a_scrape_makes(tmp_path, cifar):
+    images, labels = sample_train_images()
+    reference = training_reference(
+        COARSE_CLASS_NAMES,
+        data_reference(images, labels, len(COARSE_CLASS_NAMES)),
+        score_reference(reference_logits(images[-400:]), temperature=1.0),
+    )
+    (tmp_path / "cifar" / "1").mkdir(parents=True)
+    write_reference(tmp_path / "cifar" / "1", reference)
+    registry = CollectorRegistry()
+    monitor = GatewayMonitor(MonitorConfig(store=str(tmp_path), window=200), "cifar", registry)
+    logits = reference_logits(cifar[0][:12]).astype(np.float64)
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+
+    verdicts = asyncio.run(monitor.judge(1, probabilities, logits))
+
+    threshold = reference.scores.scores["energy"].threshold
+    passed = [bool(value <= threshold) for value in energy(logits)]
+    assert [v.in_distribution for v in verdicts] == passed  # on the answer at once
+    assert 0 < sum(passed) < len(passed)  # both verdicts occur: the counts below mean something
+
+    def counted(verdict: str) -> float | None:
+        return registry.get_sample_value(
+            "cifarflow_gateway_ood_answers_total", {"verdict": verdict}
+        )
+
+    assert monitor.windows.classes.filled == 0 and counted("in") == 0.0  # queued, not counted
+    monitor.flush(update=True)  # what a /metrics scrape does first
+    assert (counted("in"), counted("out")) == (sum(passed), len(passed) - sum(passed))
+    np.testing.assert_array_equal(
+        monitor.windows.classes.counts,
+        np.bincount(probabilities.argmax(1), minlength=len(COARSE_CLASS_NAMES)),
+    )
+    assert registry.get_sample_value("cifarflow_gateway_ood_rate") == pytest.approx(
+        1 - sum(passed) / len(passed)
+    )
