@@ -9,22 +9,17 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import email.parser
-import email.policy
 import json
 import math
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from cifarflow.serving.errors import InvalidInput, UnsupportedMediaType
+from cifarflow.serving.gateway.multipart_form import MAX_PARTS, read_form
 from cifarflow.serving.gateway.service import check_top_k
 
-# The form has two fields (file, top_k). The email parser costs ~0.1 ms per
-# part, so a body of 100,000 empty parts would hold a core for seconds.
-MAX_MULTIPART_PARTS = 16
-_BOUNDARY = re.compile(r'boundary=(?:"([^"]+)"|([^;\s"]+))', re.IGNORECASE)
+MAX_MULTIPART_PARTS = MAX_PARTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,34 +50,11 @@ class RawRequest:
 
 def multipart_file(request: RawRequest) -> tuple[bytes, dict[str, str]]:
     """The `file` field and the other (text) fields of a multipart/form-data body."""
-    content_type = request.headers.get("content-type", "")
-    boundary = _BOUNDARY.search(content_type)
-    if not boundary:
-        raise InvalidInput("multipart body without a boundary parameter")
-    delimiter = b"--" + (boundary[1] or boundary[2]).encode("latin-1")
-    if request.body.count(delimiter) > MAX_MULTIPART_PARTS + 1:
-        raise InvalidInput(f"multipart body has more than {MAX_MULTIPART_PARTS} parts")
-    file_bytes, fields, multipart = None, {}, False
-    try:
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + request.body
-        )
-        multipart = message.is_multipart()
-        for part in message.iter_parts() if multipart else ():
-            name = part.get_param("name", header="content-disposition")
-            raw = part.get_payload(decode=True)
-            payload = raw if isinstance(raw, bytes) else b""
-            if name == "file":
-                file_bytes = payload
-            elif name:
-                fields[str(name)] = payload.decode("utf-8", "replace")
-    except Exception as exc:  # the stdlib parser has raised IndexError and others on bad headers
-        raise InvalidInput(f"malformed multipart body ({type(exc).__name__})") from None
-    if not multipart:
-        raise InvalidInput("malformed multipart body")
+    form = read_form(request.headers.get("content-type", ""), request.body)
+    file_bytes = form.fields.get("file")
     if file_bytes is None:
         raise InvalidInput("multipart body has no 'file' field")
-    return file_bytes, fields
+    return file_bytes, {name: form.text(name) or "" for name in form.fields if name != "file"}
 
 
 def decode_b64(value: Any) -> bytes:
