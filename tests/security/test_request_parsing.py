@@ -159,7 +159,9 @@ def test_many_tiny_parts_are_refused_at_the_first_part_too_many(api):
     started = time.monotonic()
     with pytest.raises(ServingError, match=f"more than {MAX_MULTIPART_PARTS} parts"):
         api.classify_input(_request(["Content-Type: multipart/form-data; boundary=B"], body))
-    assert time.monotonic() - started < 0.5  # the email parser the gateway once used took ~10 s for this
+    assert (
+        time.monotonic() - started < 0.5
+    )  # the email parser the gateway once used took ~10 s for this
 
 
 @FUZZ
