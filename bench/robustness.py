@@ -125,13 +125,25 @@ def corrupted_sets(
     return sets
 
 
-def jpeg_photos(images: np.ndarray, size: int, quality: int) -> list[bytes]:
-    """Each image upsampled (bicubic) to `size` x `size` and encoded as a JPEG at `quality`."""
+def jpeg_photos(
+    images: np.ndarray, size: int, quality: int, noise_sigma: float = 0.0, seed: int = 0
+) -> list[bytes]:
+    """Each image upsampled (bicubic) to `size` x `size` and encoded as a JPEG at `quality`.
+
+    With `noise_sigma` (in 0..255 levels), Gaussian noise is added at the
+    photo's own resolution before encoding, as a camera sensor adds it: detail
+    finer than 32 px that an upsampled 32 px image otherwise lacks, and that a
+    resize to 32 px must average away rather than sample.
+    """
     from PIL import Image
 
+    rng = np.random.default_rng(seed)
     photos = []
     for image in images:
         big = Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC)
+        if noise_sigma > 0:
+            noisy = np.asarray(big, np.float32) + rng.normal(0.0, noise_sigma, (size, size, 3))
+            big = Image.fromarray(np.clip(np.round(noisy), 0, 255).astype(np.uint8))
         buffer = io.BytesIO()
         big.save(buffer, format="JPEG", quality=quality)
         photos.append(buffer.getvalue())

@@ -10,7 +10,11 @@ loaded `predict_pixels` signature, on the same images:
 - **photo cases**, as the serving-path part of bench/robustness.py makes them:
   each image upsampled (bicubic) to SIZE x SIZE and encoded as JPEG at
   QUALITY, decoded once with the serving graph's decoder, then resized by
-  each candidate;
+  each candidate; each also with sensor-like noise (`--noise-sigmas`)
+  added at the photo's size. An upsampled 32 px image has no detail finer
+  than 32 px, which real photos always have: without the noise, a resize
+  that only samples (bilinear without antialiasing) looks best, because
+  there is nothing for it to alias;
 - **native**: the 32x32 pixels themselves (what a PNG thumbnail gives);
 - **EXIF**: the photo stored sideways with EXIF orientation 6, as phones
   write portrait photos, decoded with and without the orientation applied.
@@ -41,12 +45,16 @@ from robustness import jpeg_photos, stratified_sample  # noqa: E402
 
 from cifarflow.photo_pixels import SERVING, PhotoPreprocessing  # noqa: E402
 
+_RESIZES = (
+    PhotoPreprocessing(method="bilinear"),
+    PhotoPreprocessing(method="bilinear", antialias=False),
+    PhotoPreprocessing(method="area"),
+    PhotoPreprocessing(method="bicubic"),
+    PhotoPreprocessing(method="lanczos3"),
+)
 CANDIDATES: tuple[PhotoPreprocessing, ...] = (
     SERVING,
-    dataclasses.replace(SERVING, antialias=False),
-    dataclasses.replace(SERVING, method="area"),
-    dataclasses.replace(SERVING, method="bicubic"),
-    dataclasses.replace(SERVING, method="lanczos3"),
+    *(resize for resize in _RESIZES if resize != SERVING),
     dataclasses.replace(SERVING, crop_fraction=0.875),
     dataclasses.replace(SERVING, crop_fraction=0.75),
 )
@@ -127,6 +135,7 @@ def score_split(
     sizes: Sequence[int],
     qualities: Sequence[int],
     log: Callable[[str], None],
+    noise_sigmas: Sequence[float] = (0.0,),
 ) -> dict[str, dict[str, float]]:
     """{case: {candidate name: accuracy}} for one split's images."""
     cases: dict[str, dict[str, float]] = {
@@ -134,12 +143,15 @@ def score_split(
     }
     for size in sizes:
         for quality in qualities:
-            started = time.monotonic()
-            per_candidate = candidate_pixels(jpeg_photos(images, size, quality), CANDIDATES)
-            cases[f"jpeg_{size}px_q{quality}"] = {
-                name: accuracy(pixels) for name, pixels in per_candidate.items()
-            }
-            log(f"jpeg_{size}px_q{quality}: {time.monotonic() - started:.0f}s")
+            for sigma in noise_sigmas:
+                started = time.monotonic()
+                case = f"jpeg_{size}px_q{quality}" + (f"_noise{sigma:g}" if sigma else "")
+                photos = jpeg_photos(images, size, quality, noise_sigma=sigma, seed=size + quality)
+                cases[case] = {
+                    name: accuracy(pixels)
+                    for name, pixels in candidate_pixels(photos, CANDIDATES).items()
+                }
+                log(f"{case}: {time.monotonic() - started:.0f}s")
     size, quality = sizes[0], qualities[0]
     sideways = sideways_exif_jpegs(images, size, quality)
     cases[f"exif6_jpeg_{size}px_q{quality}"] = {
@@ -181,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 1024])
     parser.add_argument("--qualities", nargs="+", type=int, default=[90, 50])
     parser.add_argument(
+        "--noise-sigmas",
+        nargs="+",
+        type=float,
+        default=[0.0, 8.0],
+        help="sensor-like Gaussian noise added at the photo's size, in 0..255 levels (0: none)",
+    )
+    parser.add_argument(
         "--splits",
         nargs="+",
         default=["val", "test"],
@@ -221,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             return round(float(np.mean(predicted == truth)), 4)
 
         log(f"{split_name}: {len(images)} images")
-        cases = score_split(accuracy, images, args.sizes, args.qualities, log)
+        cases = score_split(accuracy, images, args.sizes, args.qualities, log, args.noise_sigmas)
         splits[split_name] = {
             "images": int(len(images)),
             "cases": cases,
@@ -235,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "candidates": [dataclasses.asdict(c) for c in CANDIDATES],
         "splits": splits,
         "jpeg": "bicubic upsample of the 32x32 image, Pillow JPEG at each quality",
+        "noise_sigmas": list(args.noise_sigmas),
         "seed": args.seed,
         "seconds": round(time.monotonic() - started, 1),
         "machine": machine_info(),

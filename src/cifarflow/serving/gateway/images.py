@@ -136,7 +136,7 @@ def prepare_image(
 def _thumbnail(image: Image.Image, side: int) -> Image.Image:
     """A new image, box-averaged by whole factors until each side is in [side, 2 * side).
 
-    Not the model's exact resize (antialiased bilinear to side x side): a
+    Not the model's exact resize (area averaging to side x side): a
     whole-factor box reduction is several times cheaper, and the statistics
     the monitor takes (means, spreads, histograms) barely depend on the
     difference (docs/monitoring.md). A new image without the file's
