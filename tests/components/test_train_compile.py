@@ -130,7 +130,8 @@ from cifarflow.components.train.schedules import WarmupSchedule
 from tests.components.test_train_compile import shipped_trials
 import keras
 flags = {}
-for name, trial in shipped_trials():
+photo = TrialConfig.from_dict({"depth": 8, "photo_color": 0.3, "photo_blur": 0.8, "photo_noise": 24})
+for name, trial in [*shipped_trials(), ("photo-conditions", photo)]:
     built = build_model(trial)
     compile_for_training(built, trial, WarmupSchedule(0.1, 100, 10), jit_compile=True)
     flags[name] = built.training.jit_compile
@@ -167,7 +168,7 @@ def test_every_shipped_model_compiles_its_train_step_on_jax():
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["backend"] == "jax"
-    assert set(report["flags"]) == {name for name, _ in shipped_trials()}
+    assert set(report["flags"]) == {name for name, _ in shipped_trials()} | {"photo-conditions"}
     assert all(report["flags"].values()), report["flags"]
     assert report["jit"] is True and np.isfinite(report["loss"])
 

@@ -50,6 +50,12 @@ class TrialConfig:
         flip: random horizontal flip.
         crop_padding: random translation by up to this many pixels (pad-and-crop).
         cutout: side of a random erased square (0: off).
+        photo_color: per-image brightness (±this × 255), contrast and saturation
+            (×[1 - this, 1 + this]) drawn up to this strength (0: off).
+        photo_blur: per-image weight, up to this, of a 3×3 blur blended in (0..1; 0: off).
+        photo_noise: per-image Gaussian sensor noise, standard deviation up to
+            this, in 0..255 levels (0: off). The three photo_* changes are
+            `models.photo_augment.RandomPhotoConditions`.
         fine_label_weight: weight of an auxiliary 100-way fine-label head's loss
             (0: off). The served model keeps only the 20 coarse outputs.
         tta_flip: the inference model (and so the served graph) averages the
@@ -90,6 +96,9 @@ class TrialConfig:
     flip: bool = True
     crop_padding: int = 4
     cutout: int = 0
+    photo_color: float = 0.0
+    photo_blur: float = 0.0
+    photo_noise: float = 0.0
     fine_label_weight: float = 0.0
     tta_flip: bool = False
     early_stopping_patience: int = 0
@@ -189,6 +198,14 @@ class TrialConfig:
             0 <= self.crop_padding <= 16, f"crop_padding must be in 0..16, got {self.crop_padding}"
         )
         check(0 <= self.cutout <= 32, f"cutout must be in 0..32, got {self.cutout}")
+        check(
+            0.0 <= self.photo_color <= 1.0, f"photo_color must be in [0, 1], got {self.photo_color}"
+        )
+        check(0.0 <= self.photo_blur <= 1.0, f"photo_blur must be in [0, 1], got {self.photo_blur}")
+        check(
+            0.0 <= self.photo_noise <= 64.0,
+            f"photo_noise must be in [0, 64] (levels of 0..255), got {self.photo_noise}",
+        )
         check(
             self.fine_label_weight >= 0.0,
             f"fine_label_weight must be >= 0, got {self.fine_label_weight}",

@@ -3,7 +3,7 @@
 Every model has the same skeleton, so export and evaluation never care which
 architecture won:
 
-    pixels [N, 32, 32, 3] (0..255) -> augmentation (training only)
+    pixels [N, 32, 32, 3] (0..255) -> augmentation, photo conditions (training only)
       -> normalisation -> features -> dropout -> Dense(20) "logits"
 
 With `fine_label_weight > 0` a second head predicts the 100 fine labels; it
@@ -27,6 +27,7 @@ from cifarflow.components.train.models.layers import (
     PixelNormalization,
     augmentation_layers,
 )
+from cifarflow.components.train.models.photo_augment import RandomPhotoConditions
 from cifarflow.components.train.models.resnet import resnet_features
 from cifarflow.components.train.models.transfer import transfer_features
 
@@ -77,6 +78,16 @@ def build_model(
     x = pixels
     for layer in augmentation_layers(config.flip, config.crop_padding, config.seed):
         x = layer(x)
+    if config.photo_color or config.photo_blur or config.photo_noise:
+        # float32 whatever the policy: noise and blur on 0..255 need more than bfloat16's 8 bits.
+        x = RandomPhotoConditions(
+            config.photo_color,
+            config.photo_blur,
+            config.photo_noise,
+            seed=config.seed,
+            dtype="float32",
+            name="photo_conditions",
+        )(x)
     if config.architecture == "resnet":
         x = PixelNormalization(pixel_mean, pixel_std, name="normalize")(x)
         if config.cutout:
