@@ -17,7 +17,8 @@ Every model given is scored on the same images in one run, so two models
    clean; overall: the mean corruption accuracy.
 3. **serving path**: each image upsampled (bicubic) to a photo-like size and
    encoded as JPEG at several qualities, then sent through `serving_default`,
-   so the in-graph decode and resize are part of what is measured.
+   so the in-graph decode and resize are part of what is measured; each also
+   with sensor-like noise at the photo's size (`--serving-noise-sigmas`).
 
 Results are appended to `bench/results/robustness.json`, one record per model,
 with the machine and a run id shared by the models of one run.
@@ -279,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serving-images", type=int, default=500, help="images sent as photos")
     parser.add_argument("--serving-sizes", nargs="+", type=int, default=[224, 512, 1024])
     parser.add_argument("--serving-qualities", nargs="+", type=int, default=[95, 75, 40])
+    parser.add_argument(
+        "--serving-noise-sigmas",
+        nargs="+",
+        type=float,
+        default=[0.0, 8.0],
+        help="sensor-like noise added to the photos at their size, in 0..255 levels (0: none)",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument(
@@ -306,9 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         {}
         if len(serving_index) == 0
         else {
-            f"jpeg_{size}px_q{quality}": jpeg_photos(images[serving_index], size, quality)
+            f"jpeg_{size}px_q{quality}" + (f"_noise{sigma:g}" if sigma else ""): jpeg_photos(
+                images[serving_index], size, quality, noise_sigma=sigma, seed=args.seed
+            )
             for size in args.serving_sizes
             for quality in args.serving_qualities
+            for sigma in args.serving_noise_sigmas
         }
     )
     run_id = uuid.uuid4().hex[:12]

@@ -90,6 +90,7 @@ def test_two_models_are_scored_on_the_same_images_in_one_run(
     assert insects["serving_path"] == {
         "clean_pixels_accuracy": served_share,
         "jpeg_96px_q90": served_share,
+        "jpeg_96px_q90_noise8": served_share,
     }
 
     every = [acc for by_severity in linear["corruptions"].values() for acc in by_severity.values()]
