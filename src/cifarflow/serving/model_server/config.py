@@ -23,8 +23,7 @@ class ModelServerConfig:
         label: serve the version this label names instead of the newest.
         max_queued_requests: requests waiting for a batch beyond this are refused.
         max_message_bytes: largest request (and response) on gRPC and REST.
-        grpc_workers: Predicts running at once (threads beside the gRPC event
-            loop); more lets batches fill up.
+        grpc_workers: concurrent gRPC calls; more lets batches fill up.
         intra_op_threads / inter_op_threads: TensorFlow's thread pools, like TF
             Serving's --tensorflow_intra_op_parallelism / _inter_op_parallelism
             (0: TensorFlow's choice, one per core). One thread per op is the

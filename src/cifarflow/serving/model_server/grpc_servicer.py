@@ -1,26 +1,16 @@
-"""TensorFlow Serving's gRPC API over a ModelManager, as grpc.aio servicers.
+"""TensorFlow Serving's gRPC API over a ModelManager.
 
 PredictionService.Predict and GetModelMetadata, ModelService.GetModelStatus,
 with TensorFlow Serving's status codes and wording, so the stock
 `tensorflow_serving.apis` stubs cannot tell the difference. Classify,
 Regress and MultiInference answer UNIMPLEMENTED (the base class default).
-
-Predict runs on a thread of `executor`: the model call blocks (a batch may
-be waiting for company) and decoding large tensors takes a while, and the
-event loop must keep taking calls meanwhile. Metadata and status are a few
-dictionary lookups under short locks, so they answer on the loop itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
-from typing import Any
 
-import grpc
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -34,22 +24,21 @@ from cifarflow.serving.model_server.model import ModelManager, ServedVersion
 from cifarflow.serving.tensors import fill_tensor_proto, from_tensor_proto
 
 log = logging.getLogger(__name__)
-Method = Callable[..., Awaitable[Any]]
 
 
-def _aborts_on_error(method: Method) -> Method:
+def _aborts_on_error(method):
     """Turns ServingErrors into gRPC statuses; anything else is INTERNAL and logged."""
 
     @functools.wraps(method)
-    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+    def wrapper(self, request, context):
         try:
-            return await method(self, request, context)
+            return method(self, request, context)
         except ServingError as exc:
             error = exc
         except Exception as exc:
             log.exception("unhandled error in %s", method.__name__)
             error = as_serving_error(exc)
-        await context.abort(error.grpc_code, error.message)
+        context.abort(error.grpc_code, error.message)
 
     return wrapper
 
@@ -69,36 +58,27 @@ def fill_spec(target, served: ServedVersion, signature_name: str) -> None:
     target.signature_name = signature_name
 
 
-def predict(manager: ModelManager, request) -> predict_pb2.PredictResponse:
-    """One Predict, start to end; blocks while the model (or its batch) runs."""
-    served = resolve(manager, request.model_spec)
-    inputs = {name: from_tensor_proto(proto, name) for name, proto in request.inputs.items()}
-    signature, outputs = served.predict(
-        request.model_spec.signature_name, inputs, list(request.output_filter)
-    )
-    response = predict_pb2.PredictResponse()
-    fill_spec(response.model_spec, served, signature)
-    for name, value in outputs.items():
-        fill_tensor_proto(
-            response.outputs[name], value, served.signatures[signature].outputs[name].dtype
-        )
-    return response
-
-
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict on `executor`'s threads (as many at once as it has), metadata on the loop."""
-
-    def __init__(self, manager: ModelManager, executor: Executor) -> None:
+    def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
-        self.executor = executor
 
     @_aborts_on_error
-    async def Predict(self, request, context):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, predict, self.manager, request)
+    def Predict(self, request, context):
+        served = resolve(self.manager, request.model_spec)
+        inputs = {name: from_tensor_proto(proto, name) for name, proto in request.inputs.items()}
+        signature, outputs = served.predict(
+            request.model_spec.signature_name, inputs, list(request.output_filter)
+        )
+        response = predict_pb2.PredictResponse()
+        fill_spec(response.model_spec, served, signature)
+        for name, value in outputs.items():
+            fill_tensor_proto(
+                response.outputs[name], value, served.signatures[signature].outputs[name].dtype
+            )
+        return response
 
     @_aborts_on_error
-    async def GetModelMetadata(self, request, context):
+    def GetModelMetadata(self, request, context):
         return model_metadata(self.manager, request)
 
 
@@ -146,5 +126,5 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
         self.manager = manager
 
     @_aborts_on_error
-    async def GetModelStatus(self, request, context):
+    def GetModelStatus(self, request, context):
         return model_status(self.manager, request)

@@ -6,8 +6,10 @@ import logging
 import signal
 import tempfile
 import threading
+from concurrent import futures
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import grpc
 
 from cifarflow.s3 import S3Settings
 from cifarflow.serving.asgi import HttpConfig, RequestContext, ServerState, UvicornServer
@@ -16,9 +18,6 @@ from cifarflow.serving.model_server.config import ModelServerConfig
 from cifarflow.serving.model_server.model import ManagerConfig, ModelManager
 from cifarflow.serving.model_server.version_labels import VersionLabels
 from cifarflow.serving.store.model_store import check_model_name
-
-if TYPE_CHECKING:
-    from cifarflow.serving.model_server.grpc_server import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class ModelServer:
             from cifarflow.serving.model_server.config_reloader import ConfigReloader
 
             self.reloader = ConfigReloader(tf_serving, self.manager, self.labels)
-        self.grpc_server: GrpcServer | None = None
+        self.grpc_server: grpc.Server | None = None
         self.rest: UvicornServer | None = None
         self.grpc_port = 0
 
@@ -95,7 +94,12 @@ class ModelServer:
         return cache, lambda: sync_once(source, cache, sync_config)
 
     def start(self) -> ModelServer:
-        from cifarflow.serving.model_server.grpc_server import GrpcServer
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        from cifarflow.serving.model_server.grpc_servicer import (
+            ModelStatusServicer,
+            PredictionServicer,
+        )
         from cifarflow.serving.model_server.rest import RestApi
 
         if self.reloader:
@@ -103,8 +107,29 @@ class ModelServer:
         set_tensorflow_threads(self.config.intra_op_threads, self.config.inter_op_threads)
         self.manager.start()
         limit = self.config.max_message_bytes
-        self.grpc_server = GrpcServer(self.manager, self.config)
-        self.grpc_port = self.grpc_server.start()
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=self.config.grpc_workers, thread_name_prefix="grpc"
+            ),
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+                *self.config.grpc_channel_arguments,
+            ],
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.manager), self.grpc_server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelStatusServicer(self.manager), self.grpc_server
+        )
+        self.grpc_port = self.grpc_server.add_insecure_port(
+            f"{self.config.host}:{self.config.grpc_port}"
+        )
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC to {self.config.host}:{self.config.grpc_port}")
+        self.grpc_server.start()
         if self.config.rest_port >= 0:
             api = RestApi(self.manager, self.config.metrics_path)
             state = ServerState()
@@ -135,7 +160,7 @@ class ModelServer:
         if self.rest:
             self.rest.stop(grace_s)
         if self.grpc_server:
-            self.grpc_server.stop(grace_s)
+            self.grpc_server.stop(grace_s).wait()
         self.manager.stop()
         if self._tmp:
             self._tmp.cleanup()
