@@ -124,11 +124,13 @@ class ModelServer:
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelStatusServicer(self.manager), self.grpc_server
         )
-        self.grpc_port = self.grpc_server.add_insecure_port(
-            f"{self.config.host}:{self.config.grpc_port}"
-        )
-        if self.grpc_port == 0:
-            raise OSError(f"cannot bind gRPC to {self.config.host}:{self.config.grpc_port}")
+        address = f"{self.config.host}:{self.config.grpc_port}"
+        try:
+            self.grpc_port = self.grpc_server.add_insecure_port(address)
+        except RuntimeError as exc:  # how grpcio now says the bind failed
+            raise OSError(f"cannot bind gRPC to {address}") from exc
+        if self.grpc_port == 0:  # how older grpcio said it
+            raise OSError(f"cannot bind gRPC to {address}")
         self.grpc_server.start()
         if self.config.rest_port >= 0:
             api = RestApi(self.manager, self.config.metrics_path)
