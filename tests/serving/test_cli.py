@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -268,3 +269,24 @@ def test_serve_model_process_with_stock_status_call(exported_model, tmp_path):
         )
     finally:
         assert stop(process) == 0
+
+
+def test_serve_model_on_a_port_in_use_is_one_line_and_exit_code_5(exported_model, tmp_path):
+    store = tmp_path / "store"
+    publish_model(exported_model, store, "cifar", {})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flags in (["--grpc-port", str(port)], ["--grpc-port", "0", "--rest-port", str(port)]):
+            done = subprocess.run(
+                [*CLI, "serve", "model", "--store", str(store), "--model-name", "cifar"]
+                + ["--host", "127.0.0.1", "--poll-interval", "60", *flags],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 5, done.stderr[-2000:]
+            last = done.stderr.strip().splitlines()[-1]
+            assert last.startswith("cifarflow serve: error: cannot bind"), last
+            assert f"127.0.0.1:{port}" in last and "internal error" not in done.stderr

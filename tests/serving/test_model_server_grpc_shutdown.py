@@ -99,7 +99,7 @@ def test_stop_cancels_a_predict_still_running_after_the_grace(store, cifar):
         release.set()
 
 
-def test_a_grpc_port_in_use_is_an_oserror(store):
+def test_a_grpc_port_in_use_is_an_oserror_that_leaves_nothing_running(store):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -108,6 +108,12 @@ def test_a_grpc_port_in_use_is_an_oserror(store):
             str(store), "cifar", host="127.0.0.1", grpc_port=port, rest_port=-1, poll_interval_s=60
         )
         server = ModelServer(config)
+        before = set(threading.enumerate())
         with pytest.raises(OSError, match=f"cannot bind gRPC to 127.0.0.1:{port}"):
             server.start()
-        server.manager.stop()
+        # The version poller and the batch threads end with it (the batch threads
+        # on the sentinel they were sent, so give them a moment).
+        deadline = time.monotonic() + 10
+        while not set(threading.enumerate()) <= before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(threading.enumerate()) <= before, set(threading.enumerate()) - before

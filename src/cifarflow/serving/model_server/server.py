@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from cifarflow.errors import CifarflowError
 from cifarflow.s3 import S3Settings
 from cifarflow.serving.asgi import HttpConfig, RequestContext, ServerState, UvicornServer
 from cifarflow.serving.model_server.batching import BatchingConfig
@@ -20,6 +21,12 @@ from cifarflow.serving.model_server.version_labels import VersionLabels
 from cifarflow.serving.store.model_store import check_model_name
 
 log = logging.getLogger(__name__)
+
+
+class PortUnavailable(CifarflowError, OSError):
+    """A port the model server was asked to serve on cannot be bound; nothing is left running."""
+
+    exit_code = 5  # as the gateway's workers report it
 
 
 class ModelServer:
@@ -127,10 +134,11 @@ class ModelServer:
         address = f"{self.config.host}:{self.config.grpc_port}"
         try:
             self.grpc_port = self.grpc_server.add_insecure_port(address)
-        except RuntimeError as exc:  # how grpcio now says the bind failed
-            raise OSError(f"cannot bind gRPC to {address}") from exc
+        except RuntimeError:  # how grpcio now says the bind failed
+            self.grpc_port = 0
         if self.grpc_port == 0:  # how older grpcio said it
-            raise OSError(f"cannot bind gRPC to {address}")
+            self.manager.stop()
+            raise PortUnavailable(f"cannot bind gRPC to {address} (in use, or not this host's)")
         self.grpc_server.start()
         if self.config.rest_port >= 0:
             api = RestApi(self.manager, self.config.metrics_path)
@@ -138,9 +146,16 @@ class ModelServer:
             api.app.add_middleware(
                 RequestContext, state=state, max_body_bytes=limit, on_done=lambda answer: None
             )
-            self.rest = UvicornServer(
-                api.app, HttpConfig(self.config.host, self.config.rest_port), state
-            ).start()
+            rest_address = HttpConfig(self.config.host, self.config.rest_port)
+            try:
+                self.rest = UvicornServer(api.app, rest_address, state).start()
+            except OSError as exc:
+                self.grpc_server.stop(0).wait()
+                self.manager.stop()
+                raise PortUnavailable(
+                    f"cannot bind REST to {self.config.host}:{self.config.rest_port}: "
+                    f"{exc.strerror or exc}"
+                ) from None
         if self.reloader:
             self.reloader.start()
         log.info(
