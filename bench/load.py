@@ -56,12 +56,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.machine import machine_info  # noqa: E402
 from bench.serving_latency import (  # noqa: E402
-    EXPORTERS,
     MODEL_DESCRIPTIONS,
     check_out_baseline,
     free_port,
     gateway_args,
     model_server_args,
+    published_store,
     remove_baseline,
     start,
 )
@@ -548,25 +548,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(tempfile.gettempdir()) / "cifarflow-load-quick.json" if args.quick else default_out
     )
 
-    from cifarflow.serving.protos import use_protos_only
-
     workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
     model = args.model
     kind = args.model_kind or ("tiny" if args.quick else "resnet20")
-    if model is None:  # exporting needs TensorFlow: a child process does it
-        model = workdir / "export"
-        model.mkdir()
-        subprocess.run(
-            [sys.executable, "-c", EXPORTERS[kind], str(model), str(REPO)],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"},
-        )
-    use_protos_only()
-    from cifarflow.serving.store import publish_model
-
-    store = workdir / "store"
-    publish_model(model, store, "cifarflow", {})
+    store = published_store(workdir, model, kind)
     images = cifar_jpegs()
     results: dict[str, object] = {
         "machine": machine_info(),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -36,13 +35,13 @@ sys.path.insert(0, str(REPO))
 from bench.machine import machine_info  # noqa: E402
 from bench.records import append_records  # noqa: E402
 from bench.serving_latency import (  # noqa: E402
-    EXPORTERS,
     MODEL_DESCRIPTIONS,
     check_out_baseline,
     closed_loop,
     direct_call,
     free_port,
     model_server_args,
+    published_store,
     remove_baseline,
     sample_image,
     start,
@@ -113,24 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="recorded with the results")
     args = parser.parse_args(argv)
 
-    from cifarflow.serving.protos import use_protos_only
-
     workdir = Path(tempfile.mkdtemp(prefix="bench-model-server-grpc-"))
-    model = args.model
-    if model is None:  # exporting imports TensorFlow: a child process keeps this one light
-        model = workdir / "export"
-        model.mkdir()
-        subprocess.run(
-            [sys.executable, "-c", EXPORTERS["tiny"], str(model), str(REPO)],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"},
-        )
-    use_protos_only()
-    from cifarflow.serving.store import publish_model
-
-    store = workdir / "store"
-    publish_model(model, store, "cifarflow", {})
+    store = published_store(workdir, args.model, "tiny")
     image = sample_image()
     source = workdir / "baseline"
     commit = check_out_baseline(args.baseline, source)

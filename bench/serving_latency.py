@@ -77,6 +77,32 @@ MODEL_DESCRIPTIONS = {
 }
 
 
+def published_store(workdir: Path, model: Path | None, kind: str) -> Path:
+    """`<workdir>/store` holding `model` as version 1 of `cifarflow`.
+
+    Without `model`, the `kind` test model (EXPORTERS) is exported first, in a
+    child process: exporting imports TensorFlow, and the benchmark's own
+    process stays light. Leaves the process on the protos-only serving path.
+    """
+    if model is None:
+        model = workdir / "export"
+        model.mkdir()
+        subprocess.run(
+            [sys.executable, "-c", EXPORTERS[kind], str(model), str(REPO)],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"},
+        )
+    from cifarflow.serving.protos import use_protos_only
+
+    use_protos_only()
+    from cifarflow.serving.store import publish_model
+
+    store = workdir / "store"
+    publish_model(model, store, "cifarflow", {})
+    return store
+
+
 def model_server_args(store: Path, grpc_port: int, *extra: str) -> list[str]:
     """`cifarflow serve model` on loopback, gRPC only, quiet: how every benchmark starts it."""
     return [
@@ -415,24 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out = RESULTS_JSON.with_name("serving_latency_pinned.json")
         os.sched_setaffinity(0, {0})  # before any client thread exists: they all inherit it
 
-    from cifarflow.serving.protos import use_protos_only
-
     workdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    model = args.model
-    if model is None:  # exporting needs TensorFlow: do it in a child process, keep this one light
-        model = workdir / "export"
-        model.mkdir()
-        subprocess.run(
-            [sys.executable, "-c", EXPORTERS[args.model_kind], str(model), str(REPO)],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"},
-        )
-    use_protos_only()
-    from cifarflow.serving.store import publish_model
-
-    store = workdir / "store"
-    publish_model(model, store, "cifarflow", {})
+    store = published_store(workdir, args.model, args.model_kind)
     image = sample_image()
     processes: list[subprocess.Popen] = []
     results: dict[str, object] = {
