@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cifarflow.serving.errors import ServingError
-from cifarflow.serving.gateway.inputs import MAX_MULTIPART_PARTS, RawRequest
+from cifarflow.serving.gateway.inputs import RawRequest
 from cifarflow.serving.gateway.inputs import request_deadline as _deadline
+from cifarflow.serving.gateway.multipart_form import MAX_PARTS as MAX_MULTIPART_PARTS
 from cifarflow.serving.gateway.rest import GatewayApi
 from tests.security.conftest import MODEL
 from tests.serving.images import cifar_test_images, encode

@@ -16,10 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from cifarflow.serving.errors import InvalidInput, UnsupportedMediaType
-from cifarflow.serving.gateway.multipart_form import MAX_PARTS, read_form
+from cifarflow.serving.gateway.multipart_form import read_form
 from cifarflow.serving.gateway.service import check_top_k
-
-MAX_MULTIPART_PARTS = MAX_PARTS
 
 
 @dataclasses.dataclass(frozen=True)
