@@ -54,7 +54,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.machine import machine_info  # noqa: E402
+from bench.machine import load_average, machine_info  # noqa: E402
 from bench.serving_latency import (  # noqa: E402
     MODEL_DESCRIPTIONS,
     check_out_baseline,
@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": f"{len(images)} CIFAR-100 test images (shipped sample) as 64x64 JPEG, "
         f"{min(map(len, images))}-{max(map(len, images))} bytes, POST /v1/classify as image/jpeg",
         "criteria": {"p99_ms_below": P99_LIMIT_MS, "errors": 0, "flat_within": FLAT_TOLERANCE},
-        "load_average_before": open("/proc/loadavg").read().split()[:3],
+        "load_average_before": load_average(),
         "searches": [],
     }
     model_port = free_port()
@@ -672,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
             _stop(process)
         if args.baseline:
             remove_baseline(baseline_tree)
-    results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
+    results["load_average_after"] = load_average()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     md = out.with_suffix(".md")

@@ -8,6 +8,12 @@ import subprocess
 from datetime import datetime, timezone
 
 
+def load_average() -> list[str]:
+    """The 1, 5 and 15-minute load averages as /proc/loadavg writes them, recorded around a run."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
+
+
 def machine_info() -> dict[str, object]:
     cpu = platform.processor() or ""
     try:

@@ -32,7 +32,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.machine import machine_info  # noqa: E402
+from bench.machine import load_average, machine_info  # noqa: E402
 from bench.records import append_records  # noqa: E402
 from bench.serving_latency import (  # noqa: E402
     MODEL_DESCRIPTIONS,
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "seconds_per_run": args.seconds,
         "note": args.note,
-        "load_average_before": open("/proc/loadavg").read().split()[:3],
+        "load_average_before": load_average(),
     }
     rounds: list[dict] = []
     try:
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_processes(processes)
         remove_baseline(source)
-    record["load_average_after"] = open("/proc/loadavg").read().split()[:3]
+    record["load_average_after"] = load_average()
     record["runs"] = rounds
     record["summary"] = summarise(rounds)
     append_records(args.out, [record], indent=2)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.machine import machine_info  # noqa: E402
+from bench.machine import load_average, machine_info  # noqa: E402
 from bench.serving_latency import (  # noqa: E402
     closed_loop,
     cpu_seconds,
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "image": f"CIFAR-100 test image as {len(image)}-byte 64x64 JPEG, one client",
         "rounds": args.rounds,
         "seconds_per_path_and_round": args.seconds,
-        "load_average_before": open("/proc/loadavg").read().split()[:3],
+        "load_average_before": load_average(),
         "in_process_cpu_us": in_process_costs(image, store, args.repeat),
     }
     print(json.dumps(results["in_process_cpu_us"]), flush=True)
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"soak": f"monitors-{monitors}", **brief}), flush=True)
     finally:
         stop_processes(processes)
-    results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
+    results["load_average_after"] = load_average()
     results["scenarios"] = rows
     summary = {}
     for protocol in ("rest", "grpc"):

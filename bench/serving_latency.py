@@ -48,7 +48,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.machine import machine_info  # noqa: E402
+from bench.machine import load_average, machine_info  # noqa: E402
 
 RESULTS_JSON = REPO / "bench" / "results" / "serving_latency.json"
 RESULTS_MD = REPO / "bench" / "results" / "serving_latency.md"
@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_scenario": args.seconds,
         "pinned": args.pin,
         "baseline": None,
-        "load_average_before": open("/proc/loadavg").read().split()[:3],
+        "load_average_before": load_average(),
         "scenarios": [],
     }
 
@@ -548,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_processes(processes)
         if args.baseline:
             remove_baseline(workdir / "baseline")
-    results["load_average_after"] = open("/proc/loadavg").read().split()[:3]
+    results["load_average_after"] = load_average()
     results["summary"] = summarise(results["scenarios"])
     try:
         previous = json.loads(args.out.read_text())
