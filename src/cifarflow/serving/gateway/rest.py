@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -123,7 +123,7 @@ class RequestRoute(APIRoute):
     itself in the OpenAPI document from its declaration, as any APIRoute.
     """
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         return self.endpoint
 
 
