@@ -53,6 +53,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 CORRUPTIONS = tuple(name for names in FAMILIES.values() for name in names)
 SEVERITIES = (1, 2, 3, 4, 5)
+# Photos with and without sensor-like noise (sigma in 0..255 levels): the
+# noise gives a photo detail finer than 32 px, as real photos have.
+PHOTO_NOISE_SIGMAS = (0.0, 8.0)
 
 
 def stratified_sample(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -124,6 +127,11 @@ def corrupted_sets(
                 flush=True,
             )
     return sets
+
+
+def photo_case(size: int, quality: int, noise_sigma: float) -> str:
+    """The name a photo case is recorded under, e.g. `jpeg_224px_q75_noise8`."""
+    return f"jpeg_{size}px_q{quality}" + (f"_noise{noise_sigma:g}" if noise_sigma else "")
 
 
 def jpeg_photos(
@@ -284,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "--serving-noise-sigmas",
         nargs="+",
         type=float,
-        default=[0.0, 8.0],
+        default=list(PHOTO_NOISE_SIGMAS),
         help="sensor-like noise added to the photos at their size, in 0..255 levels (0: none)",
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -314,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         {}
         if len(serving_index) == 0
         else {
-            f"jpeg_{size}px_q{quality}" + (f"_noise{sigma:g}" if sigma else ""): jpeg_photos(
+            photo_case(size, quality, sigma): jpeg_photos(
                 images[serving_index], size, quality, noise_sigma=sigma, seed=args.seed
             )
             for size in args.serving_sizes

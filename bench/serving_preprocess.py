@@ -41,7 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "serving_preprocess.json"
 sys.path.insert(0, str(REPO / "bench"))
 
-from robustness import jpeg_photos, stratified_sample  # noqa: E402
+from robustness import (  # noqa: E402
+    PHOTO_NOISE_SIGMAS,
+    jpeg_photos,
+    photo_case,
+    stratified_sample,
+)
 
 from cifarflow.photo_pixels import SERVING, PhotoPreprocessing  # noqa: E402
 
@@ -145,7 +150,7 @@ def score_split(
         for quality in qualities:
             for sigma in noise_sigmas:
                 started = time.monotonic()
-                case = f"jpeg_{size}px_q{quality}" + (f"_noise{sigma:g}" if sigma else "")
+                case = photo_case(size, quality, sigma)
                 photos = jpeg_photos(images, size, quality, noise_sigma=sigma, seed=size + quality)
                 cases[case] = {
                     name: accuracy(pixels)
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "--noise-sigmas",
         nargs="+",
         type=float,
-        default=[0.0, 8.0],
+        default=list(PHOTO_NOISE_SIGMAS),
         help="sensor-like Gaussian noise added at the photo's size, in 0..255 levels (0: none)",
     )
     parser.add_argument(
