@@ -290,3 +290,26 @@ def test_serve_model_on_a_port_in_use_is_one_line_and_exit_code_5(exported_model
             last = done.stderr.strip().splitlines()[-1]
             assert last.startswith("cifarflow serve: error: cannot bind"), last
             assert f"127.0.0.1:{port}" in last and "internal error" not in done.stderr
+
+
+def test_serve_gateway_on_a_port_in_use_is_one_line_and_exit_code_5():
+    # The one-process gateway (the default) says what the model server and the workers say.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flags, protocol in (
+            (["--port", str(port), "--grpc-port", "0"], "HTTP"),
+            (["--port", "0", "--grpc-port", str(port)], "gRPC"),
+        ):
+            done = subprocess.run(
+                [*CLI, "serve", "gateway", "--backend", "127.0.0.1:1", "--host", "127.0.0.1"]
+                + flags,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 5, done.stderr[-2000:]
+            last = done.stderr.strip().splitlines()[-1]
+            assert last.startswith(f"cifarflow serve: error: cannot bind {protocol} to"), last
+            assert f"127.0.0.1:{port}" in last and "internal error" not in done.stderr

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import logging
+import socket
 import threading
 
 import grpc
@@ -19,6 +20,7 @@ from cifarflow.classes import COARSE_CLASS_NAMES
 from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
 from cifarflow.serving.gateway.server import Gateway
+from cifarflow.serving.ports import PortUnavailable
 from tests.serving.conftest import free_port, model_server_for
 from tests.serving.gateway_support import ImageSite
 from tests.serving.images import encode, exif_rotated_jpeg
@@ -506,3 +508,21 @@ def test_graceful_shutdown_finishes_in_flight_requests(model_server, cifar):
     assert results["r"].status_code == 200
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/healthz", timeout=2)
+
+
+def test_a_grpc_port_in_use_stops_the_http_server_it_had_started():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        gateway = Gateway(
+            GatewayConfig(
+                backend=f"127.0.0.1:{free_port()}", host="127.0.0.1", port=0, grpc_port=port
+            )
+        )
+        http_port = gateway.port
+        with pytest.raises(PortUnavailable, match=f"cannot bind gRPC to 127.0.0.1:{port}"):
+            gateway.start()
+    assert not [t for t in threading.enumerate() if t.name == f"http-{http_port}"]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", http_port), timeout=5).close()

@@ -43,6 +43,7 @@ from cifarflow.serving.errors import (
     Unavailable,
     as_serving_error,
 )
+from cifarflow.serving.ports import bind
 from cifarflow.serving.slow_clients import DEFAULT_HEADER_TIMEOUT_S, HeaderTimeoutProtocol
 
 log = logging.getLogger(__name__)
@@ -344,18 +345,6 @@ class _UvicornConfig(uvicorn.Config):
     """uvicorn's Config with the headers deadline HeaderTimeoutProtocol reads."""
 
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
-
-
-def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """A listening TCP socket (port 0: a free one), so the port is known before serving."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    return sock
 
 
 class UvicornServer:

@@ -39,9 +39,10 @@ from typing import Any
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from cifarflow.errors import CifarflowError
-from cifarflow.serving.asgi import HttpConfig, bind, uvicorn_config
+from cifarflow.serving.asgi import HttpConfig, uvicorn_config
 from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.metrics import MULTIPROC_ENV
+from cifarflow.serving.ports import PortUnavailable, bind, reserve_grpc_port
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ START_TIMEOUT_S = 60.0
 
 
 class WorkersFailed(CifarflowError):
-    """The workers could not bind their ports or start."""
+    """A worker did not start (its ports were bound: that failure is PortUnavailable)."""
 
     exit_code = 5
 
@@ -143,29 +144,24 @@ class GatewaySupervisor(Multiprocess):
         return [process.pid for process in self.processes]
 
 
-def _reserve_grpc_port(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
-
-
 def run_workers(config: GatewayConfig, workers: int, log_level: str = "INFO") -> int:
     """Serves with `workers` processes until SIGTERM/SIGINT, then drains them all.
 
     Raises:
-        WorkersFailed: a port cannot be bound or a worker does not start.
+        PortUnavailable: the HTTP or gRPC port cannot be bound.
+        WorkersFailed: a worker does not start.
     """
     try:
         http_socket = bind(config.host, config.port)
+    except PortUnavailable as exc:
+        raise PortUnavailable(f"gateway workers {exc}") from None
+    try:
         grpc_socket = (
-            _reserve_grpc_port(config.host, config.grpc_port) if config.grpc_port >= 0 else None
+            reserve_grpc_port(config.host, config.grpc_port) if config.grpc_port >= 0 else None
         )
-    except OSError as exc:
-        raise WorkersFailed(
-            f"gateway workers cannot bind {config.host}: {exc.strerror or exc}"
-        ) from None
+    except PortUnavailable as exc:
+        http_socket.close()
+        raise PortUnavailable(f"gateway workers {exc}") from None
     worker_config = dataclasses.replace(
         config,
         port=http_socket.getsockname()[1],

@@ -20,6 +20,7 @@ from cifarflow.serving.gateway.backend import Backend
 from cifarflow.serving.gateway.config import GatewayConfig
 from cifarflow.serving.gateway.metrics import GatewayMetrics
 from cifarflow.serving.gateway.service import Classifier
+from cifarflow.serving.ports import add_grpc_port
 
 access_log = logging.getLogger("cifarflow.gateway.access")
 log = logging.getLogger(__name__)
@@ -112,7 +113,11 @@ class Gateway:
         """Serves HTTP on a thread of its own, and gRPC on the same event loop."""
         assert self.http is not None, "a worker's gateway starts with start_async()"
         self.http.start()
-        self.http.call(self.start_async(), timeout_s=30)
+        try:
+            self.http.call(self.start_async(), timeout_s=30)
+        except BaseException:
+            self.http.stop(0)  # a gRPC port it cannot have leaves nothing serving
+            raise
         return self
 
     async def start_async(self) -> Gateway:
@@ -133,8 +138,8 @@ class Gateway:
                 ClassifierServicer(self.classifier, self.auth, self._draining.is_set),
                 self.grpc_server,
             )
-            self.grpc_port = self.grpc_server.add_insecure_port(
-                f"{self.config.host}:{self.config.grpc_port}"
+            self.grpc_port = add_grpc_port(
+                self.grpc_server, f"{self.config.host}:{self.config.grpc_port}"
             )
             await self.grpc_server.start()
         log.info(

@@ -11,22 +11,16 @@ from pathlib import Path
 
 import grpc
 
-from cifarflow.errors import CifarflowError
 from cifarflow.s3 import S3Settings
 from cifarflow.serving.asgi import HttpConfig, RequestContext, ServerState, UvicornServer
 from cifarflow.serving.model_server.batching import BatchingConfig
 from cifarflow.serving.model_server.config import ModelServerConfig
 from cifarflow.serving.model_server.model import ManagerConfig, ModelManager
 from cifarflow.serving.model_server.version_labels import VersionLabels
+from cifarflow.serving.ports import PortUnavailable, add_grpc_port
 from cifarflow.serving.store.model_store import check_model_name
 
 log = logging.getLogger(__name__)
-
-
-class PortUnavailable(CifarflowError, OSError):
-    """A port the model server was asked to serve on cannot be bound; nothing is left running."""
-
-    exit_code = 5  # as the gateway's workers report it
 
 
 class ModelServer:
@@ -133,12 +127,10 @@ class ModelServer:
         )
         address = f"{self.config.host}:{self.config.grpc_port}"
         try:
-            self.grpc_port = self.grpc_server.add_insecure_port(address)
-        except RuntimeError:  # how grpcio now says the bind failed
-            self.grpc_port = 0
-        if self.grpc_port == 0:  # how older grpcio said it
+            self.grpc_port = add_grpc_port(self.grpc_server, address)
+        except PortUnavailable:
             self.manager.stop()
-            raise PortUnavailable(f"cannot bind gRPC to {address} (in use, or not this host's)")
+            raise
         self.grpc_server.start()
         if self.config.rest_port >= 0:
             api = RestApi(self.manager, self.config.metrics_path)
@@ -149,13 +141,10 @@ class ModelServer:
             rest_address = HttpConfig(self.config.host, self.config.rest_port)
             try:
                 self.rest = UvicornServer(api.app, rest_address, state).start()
-            except OSError as exc:
+            except PortUnavailable:
                 self.grpc_server.stop(0).wait()
                 self.manager.stop()
-                raise PortUnavailable(
-                    f"cannot bind REST to {self.config.host}:{self.config.rest_port}: "
-                    f"{exc.strerror or exc}"
-                ) from None
+                raise
         if self.reloader:
             self.reloader.start()
         log.info(
