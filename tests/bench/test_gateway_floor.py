@@ -1,0 +1,56 @@
+"""bench/gateway_floor.py: how the rounds become the recorded medians and derived costs."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.gateway_floor import SCENARIOS, markdown, summarise
+
+
+def _round(scale: float) -> dict[str, dict]:
+    base = {
+        "grpc_echo_sync": (0.6, 0.8),
+        "grpc_echo_aio": (0.7, 0.9),
+        "uvicorn_bare": (0.3, 0.15),
+        "gateway_healthz": (0.5, 0.35),
+        "gateway_classify": (6.0, 2.8),
+        "direct": (2.0, 2.1),
+    }
+    return {
+        name: {"requests": 100, "p50_ms": p50 * scale, "cpu_ms_per_request": cpu * scale}
+        for name, (p50, cpu) in base.items()
+    }
+
+
+def test_medians_over_rounds_and_the_derived_costs():
+    # The middle round is the median whatever the order; an outlier round does not move it.
+    summary = summarise([_round(1.0), _round(10.0), _round(0.9)])
+    assert set(SCENARIOS) <= set(summary)
+    assert summary["gateway_classify"] == {"p50_ms": 6.0, "cpu_ms_per_request": 2.8}
+    derived = summary["derived"]
+    assert derived["classify_handler_cpu_ms"] == pytest.approx(2.8 - 0.35)
+    assert derived["framework_cpu_ms"] == pytest.approx(0.35 - 0.15)
+    assert derived["added_p50_ms"] == pytest.approx(6.0 - 2.0)
+
+
+def test_markdown_names_every_scenario_and_the_target():
+    rounds = [_round(1.0)]
+    record = {
+        "machine": {
+            "cpu": "test CPU",
+            "cores": 2,
+            "python": "3.11",
+            "date": "2026-11-30",
+            "git_commit": "abc1234",
+        },
+        "rounds": 1,
+        "seconds_per_scenario": 3.0,
+        "load_average_before": ["0.1", "0.2", "0.3"],
+        "load_average_after": ["0.4", "0.5", "0.6"],
+        "summary": summarise(rounds),
+    }
+    text = markdown(record)
+    for name in SCENARIOS:
+        assert f"| {name} |" in text
+    assert "gateway's added p50: 4.0 ms (target <= 1.0 ms)" in text
+    assert "test CPU, 2 cores" in text and "commit abc1234" in text
