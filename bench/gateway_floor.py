@@ -14,15 +14,24 @@ measures, side by side in one run, the floors that budget stands on:
 - `gateway_healthz`: GET /healthz through a real `cifarflow serve gateway`:
   server, framework and middleware, no work. CPU is the gateway process's.
 - `gateway_classify`: POST /v1/classify (one JPEG) through the gateway.
+- `gateway_classify_monitors_off`: the same through a second gateway
+  started with `--monitors off` (no OOD score, no drift windows).
 - `direct`: the same image straight to the model server's Predict.
 
 Derived: the classify handler's own CPU (`gateway_classify - gateway_healthz`),
-the framework's (`gateway_healthz - uvicorn_bare`), and the added p50
+the monitors' (`gateway_classify - gateway_classify_monitors_off`), the
+framework's (`gateway_healthz - uvicorn_bare`), and the added p50
 (`gateway_classify - direct`). Each scenario runs once per round, rounds in
 a row; the medians over the rounds are reported, the rounds kept.
 
+With `--baseline REF` the gateway of commit REF (checked out into a
+temporary git worktree) serves beside this tree's, in front of the same
+model server, and its /healthz and /v1/classify are measured in the same
+rounds (`baseline_healthz`, `baseline_classify`): where a CPU gap between
+two gateway stacks lies, in the HTTP layers or in the classify path.
+
 Usage:
-    python bench/gateway_floor.py [--rounds 3] [--seconds 3]
+    python bench/gateway_floor.py [--rounds 3] [--seconds 3] [--baseline REF]
 
 The tiny test model serves (tests/serving/model_factory.py), so the model's
 compute is not in the figures.
@@ -49,12 +58,14 @@ from bench.machine import load_average, machine_info  # noqa: E402
 from bench.records import append_records  # noqa: E402
 from bench.serving_latency import (  # noqa: E402
     MODEL_DESCRIPTIONS,
+    check_out_baseline,
     cpu_seconds,
     direct_call,
     free_port,
     gateway_args,
     model_server_args,
     published_store,
+    remove_baseline,
     sample_image,
     start,
     stop_processes,
@@ -67,8 +78,10 @@ SCENARIOS = (
     "uvicorn_bare",
     "gateway_healthz",
     "gateway_classify",
+    "gateway_classify_monitors_off",
     "direct",
 )
+BASELINE_SCENARIOS = ("baseline_healthz", "baseline_classify")
 ECHO_METHOD = "/bench.Echo/Echo"
 
 
@@ -211,12 +224,13 @@ def http_loop(
 
 def summarise(rounds: list[dict[str, dict]]) -> dict:
     """Per scenario the medians over the rounds; then the derived costs (see the module docstring)."""
+    measured = [name for name in (*SCENARIOS, *BASELINE_SCENARIOS) if name in rounds[0]]
     summary: dict = {
         name: {
             key: round(statistics.median(r[name][key] for r in rounds), 3)
             for key in ("p50_ms", "cpu_ms_per_request")
         }
-        for name in SCENARIOS
+        for name in measured
     }
 
     def cpu(name: str) -> float:
@@ -224,11 +238,23 @@ def summarise(rounds: list[dict[str, dict]]) -> dict:
 
     summary["derived"] = {
         "classify_handler_cpu_ms": round(cpu("gateway_classify") - cpu("gateway_healthz"), 3),
+        "monitors_cpu_ms": round(cpu("gateway_classify") - cpu("gateway_classify_monitors_off"), 3),
         "framework_cpu_ms": round(cpu("gateway_healthz") - cpu("uvicorn_bare"), 3),
         "added_p50_ms": round(
             summary["gateway_classify"]["p50_ms"] - summary["direct"]["p50_ms"], 3
         ),
     }
+    if "baseline_classify" in summary:
+        summary["derived"].update(
+            {
+                "baseline_classify_handler_cpu_ms": round(
+                    cpu("baseline_classify") - cpu("baseline_healthz"), 3
+                ),
+                "baseline_added_p50_ms": round(
+                    summary["baseline_classify"]["p50_ms"] - summary["direct"]["p50_ms"], 3
+                ),
+            }
+        )
     return summary
 
 
@@ -252,19 +278,32 @@ def markdown(record: dict) -> str:
         "uvicorn_bare": "the server thread",
         "gateway_healthz": "the gateway process",
         "gateway_classify": "the gateway process",
+        "gateway_classify_monitors_off": "the second gateway's process",
         "direct": "the model server process",
+        "baseline_healthz": "the baseline gateway process",
+        "baseline_classify": "the baseline gateway process",
     }
-    for name in SCENARIOS:
+    for name in (*SCENARIOS, *BASELINE_SCENARIOS):
+        if name not in summary:
+            continue
         row = summary[name]
         lines.append(f"| {name} | {row['p50_ms']} | {row['cpu_ms_per_request']} | {whose[name]} |")
     derived = summary["derived"]
     lines += [
         "",
-        f"Classify handler's own CPU: {derived['classify_handler_cpu_ms']} ms; framework and "
+        f"Classify handler's own CPU: {derived['classify_handler_cpu_ms']} ms, of which the "
+        f"monitors {derived['monitors_cpu_ms']} ms; framework and "
         f"middleware over bare uvicorn: {derived['framework_cpu_ms']} ms; gateway's added p50: "
         f"{derived['added_p50_ms']} ms (target <= 1.0 ms).",
         "",
     ]
+    if "baseline_classify_handler_cpu_ms" in derived:
+        lines[-1:] = [
+            f"Baseline gateway (commit {record['baseline']['commit']}): classify handler's own "
+            f"CPU {derived['baseline_classify_handler_cpu_ms']} ms, added p50 "
+            f"{derived['baseline_added_p50_ms']} ms.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -273,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per scenario")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure the gateway of this commit (a temporary git worktree) side by side",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0:
         parser.error("--rounds must be at least 1 and --seconds above 0")
@@ -287,16 +331,37 @@ def main(argv: list[str] | None = None) -> int:
         "image": f"CIFAR-100 test image as {len(image)}-byte 64x64 JPEG",
         "rounds": args.rounds,
         "seconds_per_scenario": args.seconds,
+        "baseline": None,
         "load_average_before": load_average(),
     }
     processes = []
+    baseline_tree = workdir / "baseline"
     rounds: list[dict[str, dict]] = []
     try:
         model_port = free_port()
         processes.append(start(model_server_args(store, model_port, "--batching"), "model server:"))
         http_port = free_port()
         processes.append(start(gateway_args(model_port, http_port, free_port()), "gateway: HTTP"))
-        model_server, gateway = (process.pid for process in processes)
+        unmonitored_port = free_port()
+        processes.append(
+            start(
+                gateway_args(model_port, unmonitored_port, free_port(), "--monitors", "off"),
+                "gateway: HTTP",
+            )
+        )
+        model_server, gateway, unmonitored = (process.pid for process in processes)
+        if args.baseline:
+            commit = check_out_baseline(args.baseline, baseline_tree)
+            record["baseline"] = {"ref": args.baseline, "commit": commit}
+            baseline_port = free_port()
+            processes.append(
+                start(
+                    gateway_args(model_port, baseline_port, free_port()),
+                    "gateway: HTTP",
+                    source=baseline_tree,
+                )
+            )
+            baseline_gateway = processes[-1].pid
         direct = direct_call(f"127.0.0.1:{model_port}", image)()
         for index in range(args.rounds):
             row = {
@@ -319,12 +384,35 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: cpu_seconds(gateway),
                     args.seconds,
                 ),
+                "gateway_classify_monitors_off": http_loop(
+                    unmonitored_port,
+                    "POST",
+                    "/v1/classify",
+                    image,
+                    lambda: cpu_seconds(unmonitored),
+                    args.seconds,
+                ),
                 "direct": timed_loop(direct, lambda: cpu_seconds(model_server), args.seconds),
             }
+            if args.baseline:
+                for name, method, path, body in (
+                    ("baseline_healthz", "GET", "/healthz", None),
+                    ("baseline_classify", "POST", "/v1/classify", image),
+                ):
+                    row[name] = http_loop(
+                        baseline_port,
+                        method,
+                        path,
+                        body,
+                        lambda: cpu_seconds(baseline_gateway),
+                        args.seconds,
+                    )
             print(json.dumps({"round": index + 1, **row}), flush=True)
             rounds.append(row)
     finally:
         stop_processes(processes)
+        if args.baseline:
+            remove_baseline(baseline_tree)
     record["load_average_after"] = load_average()
     record["rounds_measured"] = rounds
     record["summary"] = summarise(rounds)
