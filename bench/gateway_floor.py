@@ -334,79 +334,52 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": None,
         "load_average_before": load_average(),
     }
-    processes = []
+    processes: list = []
     baseline_tree = workdir / "baseline"
     rounds: list[dict[str, dict]] = []
+
+    def serve_gateway(*flags: str, source: Path | None = None) -> tuple[int, int]:
+        """A gateway in front of the model server: its HTTP port and pid."""
+        port = free_port()
+        processes.append(
+            start(
+                gateway_args(model_port, port, free_port(), *flags), "gateway: HTTP", source=source
+            )
+        )
+        return port, processes[-1].pid
+
     try:
         model_port = free_port()
         processes.append(start(model_server_args(store, model_port, "--batching"), "model server:"))
-        http_port = free_port()
-        processes.append(start(gateway_args(model_port, http_port, free_port()), "gateway: HTTP"))
-        unmonitored_port = free_port()
-        processes.append(
-            start(
-                gateway_args(model_port, unmonitored_port, free_port(), "--monitors", "off"),
-                "gateway: HTTP",
-            )
-        )
-        model_server, gateway, unmonitored = (process.pid for process in processes)
+        model_server = processes[-1].pid
+        gateway = serve_gateway()
+        unmonitored = serve_gateway("--monitors", "off")
+        # (name, gateway, method, path, body): measured in this order every round.
+        http_scenarios = [
+            ("gateway_healthz", gateway, "GET", "/healthz", None),
+            ("gateway_classify", gateway, "POST", "/v1/classify", image),
+            ("gateway_classify_monitors_off", unmonitored, "POST", "/v1/classify", image),
+        ]
         if args.baseline:
             commit = check_out_baseline(args.baseline, baseline_tree)
             record["baseline"] = {"ref": args.baseline, "commit": commit}
-            baseline_port = free_port()
-            processes.append(
-                start(
-                    gateway_args(model_port, baseline_port, free_port()),
-                    "gateway: HTTP",
-                    source=baseline_tree,
-                )
-            )
-            baseline_gateway = processes[-1].pid
+            baseline = serve_gateway(source=baseline_tree)
+            http_scenarios += [
+                ("baseline_healthz", baseline, "GET", "/healthz", None),
+                ("baseline_classify", baseline, "POST", "/v1/classify", image),
+            ]
         direct = direct_call(f"127.0.0.1:{model_port}", image)()
         for index in range(args.rounds):
             row = {
                 "grpc_echo_sync": grpc_echo_sync(image, args.seconds),
                 "grpc_echo_aio": grpc_echo_aio(image, args.seconds),
                 "uvicorn_bare": uvicorn_bare(args.seconds),
-                "gateway_healthz": http_loop(
-                    http_port,
-                    "GET",
-                    "/healthz",
-                    None,
-                    lambda: cpu_seconds(gateway),
-                    args.seconds,
-                ),
-                "gateway_classify": http_loop(
-                    http_port,
-                    "POST",
-                    "/v1/classify",
-                    image,
-                    lambda: cpu_seconds(gateway),
-                    args.seconds,
-                ),
-                "gateway_classify_monitors_off": http_loop(
-                    unmonitored_port,
-                    "POST",
-                    "/v1/classify",
-                    image,
-                    lambda: cpu_seconds(unmonitored),
-                    args.seconds,
-                ),
-                "direct": timed_loop(direct, lambda: cpu_seconds(model_server), args.seconds),
             }
-            if args.baseline:
-                for name, method, path, body in (
-                    ("baseline_healthz", "GET", "/healthz", None),
-                    ("baseline_classify", "POST", "/v1/classify", image),
-                ):
-                    row[name] = http_loop(
-                        baseline_port,
-                        method,
-                        path,
-                        body,
-                        lambda: cpu_seconds(baseline_gateway),
-                        args.seconds,
-                    )
+            for name, (port, pid), method, path, body in http_scenarios:
+                row[name] = http_loop(
+                    port, method, path, body, lambda pid=pid: cpu_seconds(pid), args.seconds
+                )
+            row["direct"] = timed_loop(direct, lambda: cpu_seconds(model_server), args.seconds)
             print(json.dumps({"round": index + 1, **row}), flush=True)
             rounds.append(row)
     finally:
