@@ -14,9 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from cifarflow.serving.asgi import HttpConfig, bind, uvicorn_config
+from cifarflow.serving.asgi import HttpConfig, uvicorn_config
 from cifarflow.serving.gateway.multiworker import GatewaySupervisor
 from cifarflow.serving.gateway.proto import classifier_pb2, classifier_pb2_grpc
+from cifarflow.serving.ports import bind
 from tests.serving.conftest import free_port, model_server_for
 from tests.serving.failing_app import FailingApp
 from tests.serving.images import encode
