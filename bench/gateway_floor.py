@@ -40,7 +40,6 @@ compute is not in the figures.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import statistics
@@ -63,6 +62,7 @@ from bench.serving_latency import (  # noqa: E402
     direct_call,
     free_port,
     gateway_args,
+    gateway_rest_call,
     model_server_args,
     published_store,
     remove_baseline,
@@ -179,7 +179,8 @@ def uvicorn_bare(seconds: float) -> dict:
     while not server.started:
         time.sleep(0.01)
     try:
-        return http_loop(listening.getsockname()[1], "GET", "/", None, thread_cpu(thread), seconds)
+        get = gateway_rest_call(f"http://127.0.0.1:{listening.getsockname()[1]}/", None)()
+        return timed_loop(get, thread_cpu(thread), seconds)
     finally:
         server.should_exit = True
         thread.join(10)
@@ -195,31 +196,6 @@ def thread_cpu(thread: threading.Thread) -> Callable[[], float]:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     return seconds
-
-
-def http_loop(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | None,
-    cpu: Callable[[], float],
-    seconds: float,
-) -> dict:
-    """One keep-alive connection, one request at a time; a non-200 answer stops the run."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {"Content-Type": "image/jpeg"} if body is not None else {}
-
-    def call() -> None:
-        connection.request(method, path, body, headers)
-        answer = connection.getresponse()
-        answer.read()
-        if answer.status != 200:
-            raise RuntimeError(f"{method} {path} answered {answer.status}")
-
-    try:
-        return timed_loop(call, cpu, seconds)
-    finally:
-        connection.close()
 
 
 def summarise(rounds: list[dict[str, dict]]) -> dict:
@@ -354,19 +330,19 @@ def main(argv: list[str] | None = None) -> int:
         model_server = processes[-1].pid
         gateway = serve_gateway()
         unmonitored = serve_gateway("--monitors", "off")
-        # (name, gateway, method, path, body): measured in this order every round.
+        # (name, gateway, path, image): GET without an image, measured in this order every round.
         http_scenarios = [
-            ("gateway_healthz", gateway, "GET", "/healthz", None),
-            ("gateway_classify", gateway, "POST", "/v1/classify", image),
-            ("gateway_classify_monitors_off", unmonitored, "POST", "/v1/classify", image),
+            ("gateway_healthz", gateway, "/healthz", None),
+            ("gateway_classify", gateway, "/v1/classify", image),
+            ("gateway_classify_monitors_off", unmonitored, "/v1/classify", image),
         ]
         if args.baseline:
             commit = check_out_baseline(args.baseline, baseline_tree)
             record["baseline"] = {"ref": args.baseline, "commit": commit}
             baseline = serve_gateway(source=baseline_tree)
             http_scenarios += [
-                ("baseline_healthz", baseline, "GET", "/healthz", None),
-                ("baseline_classify", baseline, "POST", "/v1/classify", image),
+                ("baseline_healthz", baseline, "/healthz", None),
+                ("baseline_classify", baseline, "/v1/classify", image),
             ]
         direct = direct_call(f"127.0.0.1:{model_port}", image)()
         for index in range(args.rounds):
@@ -375,10 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                 "grpc_echo_aio": grpc_echo_aio(image, args.seconds),
                 "uvicorn_bare": uvicorn_bare(args.seconds),
             }
-            for name, (port, pid), method, path, body in http_scenarios:
-                row[name] = http_loop(
-                    port, method, path, body, lambda pid=pid: cpu_seconds(pid), args.seconds
-                )
+            for name, (port, pid), path, body in http_scenarios:
+                call = gateway_rest_call(f"http://127.0.0.1:{port}{path}", body)()
+                row[name] = timed_loop(call, lambda pid=pid: cpu_seconds(pid), args.seconds)
             row["direct"] = timed_loop(direct, lambda: cpu_seconds(model_server), args.seconds)
             print(json.dumps({"round": index + 1, **row}), flush=True)
             rounds.append(row)
