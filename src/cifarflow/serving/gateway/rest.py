@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
 from cifarflow.serving.api_docs import add_offline_docs
-from cifarflow.serving.asgi import install_error_handlers
+from cifarflow.serving.asgi import NO_FASTAPI_TELEMETRY, install_error_handlers
 from cifarflow.serving.errors import Unavailable
 from cifarflow.serving.gateway import schemas
 from cifarflow.serving.gateway.auth import BearerAuth
@@ -446,6 +446,7 @@ def create_app() -> FastAPI:
         description=DESCRIPTION,
         docs_url=None,  # add_offline_docs serves /docs without a CDN
         redoc_url=None,
+        telemetry=NO_FASTAPI_TELEMETRY,
     )
     add_offline_docs(app)
     app.router.route_class = RequestRoute

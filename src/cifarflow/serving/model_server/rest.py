@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from cifarflow.serving.api_docs import add_offline_docs
-from cifarflow.serving.asgi import install_error_handlers
+from cifarflow.serving.asgi import NO_FASTAPI_TELEMETRY, install_error_handlers
 from cifarflow.serving.errors import InvalidInput, MethodNotAllowed, NotFound
 from cifarflow.serving.model_server.grpc_servicer import model_metadata, model_status
 from cifarflow.serving.model_server.metrics import ModelServerMetrics
@@ -102,6 +102,7 @@ class RestApi:
             version="1",
             docs_url=None,  # add_offline_docs serves /docs without a CDN
             redoc_url=None,
+            telemetry=NO_FASTAPI_TELEMETRY,
         )
         add_offline_docs(app)
         for path in dict.fromkeys(self.metrics_paths):
