@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -748,45 +749,51 @@ def markdown(results: dict) -> str:
             f"{s.get('p50_ms', '-')} | {s.get('p99_ms', '-')} | {s['errors']} | {_cpu_text(s)} |"
         )
     previous = results.get("previous")
-    rounds = results.get("round_summaries", [])
-    head = "| target | goal | this run | met |"
-    rule = "|---|---|---:|---|"
-    if len(rounds) > 1:
-        head = head.replace(" | this run |", " | this run | rounds |")
-        rule = rule.replace("|---:|", "|---:|---|", 1)
-    if previous:
-        head = head.replace(
-            " | met |",
-            f" | previous run ({previous['date'][:16]}, commit {previous['commit']}) | met |",
-        )
-        rule = "|---|---|---:|---:|---|"
     baseline = results.get("baseline")
+    rounds = results.get("round_summaries", [])
+
+    def each_round(key: str) -> str:
+        return " / ".join(str(r.get(key, "-")) for r in rounds)
+
+    # (heading, value of a target key) for every column after the goal, in order.
+    columns: list[tuple[str, Callable[[str], object]]] = [
+        ("this run", lambda key: results["summary"][key])
+    ]
+    if len(rounds) > 1:
+        columns.append(("rounds", each_round))
     if baseline:
-        head = head.replace(
-            " | this run |", f" | this run | baseline (commit {baseline['commit']}) |"
+        columns.append(
+            (
+                f"baseline (commit {baseline['commit']})",
+                lambda key: results["summary"].get("baseline_" + key, "-"),
+            )
         )
-        rule = rule.replace("|---:|", "|---:|---:|", 1)
-    lines += ["", head, rule]
+        if len(rounds) > 1:
+            columns.append(("baseline rounds", lambda key: each_round("baseline_" + key)))
+    if previous:
+        columns.append(
+            (
+                f"previous run ({previous['date'][:16]}, commit {previous['commit']})",
+                lambda key: previous["summary"].get(key, "-"),
+            )
+        )
+    lines += [
+        "",
+        "| target | goal | " + " | ".join(name for name, _ in columns) + " | met |",
+        "|---|---|" + "---:|" * len(columns) + "---|",
+    ]
     for key, (goal, met) in TARGETS.items():
         value = results["summary"][key]
-        before = f" {previous['summary'].get(key, '-')} |" if previous else ""
-        side = f" {results['summary'].get('baseline_' + key, '-')} |" if baseline else ""
-        each = (
-            " " + " / ".join(str(r.get(key, "-")) for r in rounds) + " |" if len(rounds) > 1 else ""
-        )
+        cells = " | ".join(str(column(key)) for _, column in columns)
         lines.append(
-            f"| {key} | {goal} | {value} |{each}{side}{before} {'yes' if value is not None and met(value) else 'no'} |"
+            f"| {key} | {goal} | {cells} | {'yes' if value is not None and met(value) else 'no'} |"
         )
     if "soak" in results:
         soak = results["soak"]
         growth = soak["rss_mb_last_third_max"] - soak["rss_mb_first_third_max"]
-        before = (
-            (" - |" if previous else "")
-            + (" - |" if baseline else "")
-            + (" - |" if len(rounds) > 1 else "")
-        )
+        rest = " - |" * (len(columns) - 1)
         lines.append(
-            f"| gateway RSS growth over the soak (MB) | flat (< 5 %) | {growth:+.1f} |{before} "
+            f"| gateway RSS growth over the soak (MB) | flat (< 5 %) | {growth:+.1f} |{rest} "
             f"{'yes' if growth < 0.05 * soak['rss_mb_first_third_max'] else 'no'} |"
         )
     if previous and previous.get("load_average_before"):

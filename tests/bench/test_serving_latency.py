@@ -108,6 +108,35 @@ def test_markdown_shows_medians_and_every_rounds_value():
     assert text.count("| direct | on | 32 |") == 1
 
 
+def test_the_target_table_has_as_many_cells_as_headings_with_a_baseline_and_a_previous_run():
+    rounds = [_round(1, 1.0), _round(2, 0.8), _round(3, 1.2)]
+    for rows in rounds:
+        rows += [
+            {**row, "path": "baseline-" + row["path"]}
+            for row in rows
+            if row["path"].startswith("gateway-")
+        ]
+    results = _results(rounds)
+    results["baseline"] = {"ref": "HEAD~1", "commit": "0ld0ne"}
+    results["previous"] = {"date": "2026-11-29T22:00:00", "commit": "9r3v10u", "summary": {}}
+    table = [line for line in markdown(results).splitlines() if line.startswith("| ")]
+    head = next(line for line in table if line.startswith("| target |"))
+    assert head == (
+        "| target | goal | this run | rounds | baseline (commit 0ld0ne) | baseline rounds "
+        "| previous run (2026-11-29T22:00, commit 9r3v10u) | met |"
+    )
+    rule = markdown(results).splitlines()[markdown(results).splitlines().index(head) + 1]
+    assert rule.count("|") == head.count("|")
+    for line in table[table.index(head) + 1 :]:
+        assert line.count("|") == head.count("|"), line
+    row = next(line for line in table if line.startswith("| gateway_rest_throughput_share_at_32"))
+    # The baseline's rows are copies of the new gateway's: the same share (0.9), every round.
+    assert row == (
+        "| gateway_rest_throughput_share_at_32 | >= 0.96 | 0.9 | 0.9 / 0.9 / 0.9 | 0.9 "
+        "| 0.9 / 0.9 / 0.9 | - | no |"
+    )
+
+
 def test_one_round_keeps_the_plain_target_table():
     text = markdown(_results([_round(1, 1.0)]))
     assert "| target | goal | this run | met |" in text
