@@ -119,13 +119,14 @@ def test_the_target_table_has_as_many_cells_as_headings_with_a_baseline_and_a_pr
     results = _results(rounds)
     results["baseline"] = {"ref": "HEAD~1", "commit": "0ld0ne"}
     results["previous"] = {"date": "2026-11-29T22:00:00", "commit": "9r3v10u", "summary": {}}
-    table = [line for line in markdown(results).splitlines() if line.startswith("| ")]
+    lines = markdown(results).splitlines()
+    table = [line for line in lines if line.startswith("| ")]
     head = next(line for line in table if line.startswith("| target |"))
     assert head == (
         "| target | goal | this run | rounds | baseline (commit 0ld0ne) | baseline rounds "
         "| previous run (2026-11-29T22:00, commit 9r3v10u) | met |"
     )
-    rule = markdown(results).splitlines()[markdown(results).splitlines().index(head) + 1]
+    rule = lines[lines.index(head) + 1]
     assert rule.count("|") == head.count("|")
     for line in table[table.index(head) + 1 :]:
         assert line.count("|") == head.count("|"), line
