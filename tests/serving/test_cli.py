@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -26,9 +27,16 @@ CLI = [sys.executable, "-m", "cifarflow.cli.main"]
 
 
 def start(
-    args: list[str], ready_text: str, env: dict | None = None, timeout: float = 90
+    args: list[str],
+    ready_text: str,
+    env: dict | None = None,
+    timeout: float = 90,
+    seen: list[str] | None = None,
 ) -> subprocess.Popen:
-    """Starts a CLI process and waits for the line saying it is serving."""
+    """Starts a CLI process and waits for the line saying it is serving.
+
+    `seen`, when given, receives every line the process printed up to that one.
+    """
     process = subprocess.Popen(
         [*CLI, *args],
         stdout=subprocess.PIPE,
@@ -41,7 +49,8 @@ def start(
     threading.Thread(
         target=lambda: [lines.put(line) for line in process.stdout], daemon=True
     ).start()
-    seen, deadline = [], time.monotonic() + timeout
+    seen = [] if seen is None else seen
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             line = lines.get(timeout=0.5)
@@ -77,8 +86,10 @@ def model_server(exported_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gateway_process(model_server):
+def gateway_started(model_server):
+    """(process, HTTP port, gRPC port, the lines it printed while starting)."""
     http_port, grpc_port = free_port(), free_port()
+    lines: list[str] = []
     process = start(
         [
             "serve",
@@ -93,11 +104,18 @@ def gateway_process(model_server):
             str(grpc_port),
         ],
         "gateway: HTTP",
+        seen=lines,
     )
-    yield process, http_port, grpc_port
+    yield process, http_port, grpc_port, lines
     if process.poll() is None:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="module")
+def gateway_process(gateway_started):
+    """(process, HTTP port, gRPC port) of a `cifarflow serve gateway` process."""
+    return gateway_started[:3]
 
 
 @pytest.fixture
@@ -120,6 +138,20 @@ def test_gateway_process_is_light_and_serves(gateway_process, cifar):
     assert response.status_code == 200, response.text
     # TF Serving's messages without TensorFlow itself: a gateway is tens of MB, not 600+.
     assert rss_mb(process.pid) < 250
+
+
+def frozen_counts(lines: list[str]) -> list[int]:
+    """The object counts in the gateway's "left out of full garbage collections" lines."""
+    found = (re.search(r"gateway: (\d+) objects made at start left out", line) for line in lines)
+    return [int(match.group(1)) for match in found if match]
+
+
+def test_gateway_process_freezes_its_start_up_objects(gateway_started):
+    # FastAPI, pydantic, grpc and the protos are tens of thousands of objects that full
+    # collections would otherwise walk under load (gc_freeze.py); one line says how many.
+    *_, lines = gateway_started
+    counts = frozen_counts(lines)
+    assert len(counts) == 1 and counts[0] > 10_000, "".join(lines)
 
 
 def test_predict_through_gateway_and_straight_to_the_model_server(

@@ -21,7 +21,7 @@ from cifarflow.serving.ports import bind
 from tests.serving.conftest import free_port, model_server_for
 from tests.serving.failing_app import FailingApp
 from tests.serving.images import encode
-from tests.serving.test_cli import start
+from tests.serving.test_cli import frozen_counts, start
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +32,16 @@ def model_server(exported_model, tmp_path_factory):
         yield server
 
 
-def start_workers(backend_port: int, workers: int = 2):
-    """(process, HTTP port, gRPC port) of a supervised gateway."""
+def start_workers(
+    backend_port: int, workers: int = 2, log_level: str = "WARNING", seen: list[str] | None = None
+):
+    """(process, HTTP port, gRPC port) of a supervised gateway; `seen` gets its start-up lines."""
     http_port, grpc_port = free_port(), free_port()
     process = start(
         [
             "serve",
             "--log-level",
-            "WARNING",
+            log_level,
             "gateway",
             "--backend",
             f"127.0.0.1:{backend_port}",
@@ -53,6 +55,7 @@ def start_workers(backend_port: int, workers: int = 2):
             str(workers),
         ],
         f"{workers} workers (pids",
+        seen=seen,
     )
     return process, http_port, grpc_port
 
@@ -110,12 +113,25 @@ def classified_ok(metrics_text: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def two_workers(model_server):
-    process, port, grpc_port = start_workers(model_server.grpc_port)
-    yield process, port, grpc_port
+def workers_started(model_server):
+    """(process, HTTP port, gRPC port, the lines printed while starting) of 2 workers."""
+    lines: list[str] = []
+    process, port, grpc_port = start_workers(model_server.grpc_port, log_level="INFO", seen=lines)
+    yield process, port, grpc_port, lines
     if process.poll() is None:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="module")
+def two_workers(workers_started):
+    return workers_started[:3]
+
+
+def test_every_worker_freezes_its_start_up_objects(workers_started):
+    *_, lines = workers_started
+    counts = frozen_counts(lines)
+    assert len(counts) == 2 and min(counts) > 10_000, "".join(lines)
 
 
 def test_two_workers_share_the_ports_and_both_serve(two_workers, cifar):

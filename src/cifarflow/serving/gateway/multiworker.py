@@ -19,6 +19,7 @@ each, which drains as a single gateway does, then exits. What is ours:
 - metrics: PROMETHEUS_MULTIPROC_DIR is set before the workers start, so every
   worker's `/metrics` sums all of them (metrics.py); the files of a worker
   that died are retired so its in-flight gauge does not linger.
+- garbage collection: each worker freezes its start-up objects (gc_freeze.py).
 - start-up: the supervisor waits until every worker serves, then prints one
   line naming their pids; a worker that cannot start fails the start with
   one line and a non-zero exit.
@@ -41,6 +42,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from cifarflow.errors import CifarflowError
 from cifarflow.serving.asgi import HttpConfig, uvicorn_config
 from cifarflow.serving.gateway.config import GatewayConfig
+from cifarflow.serving.gateway.gc_freeze import freeze_startup_objects
 from cifarflow.serving.gateway.metrics import MULTIPROC_ENV
 from cifarflow.serving.ports import PortUnavailable, bind, reserve_grpc_port
 
@@ -79,6 +81,7 @@ class WorkerApp:
         try:
             gateway = await asyncio.to_thread(self._build)
             self.gateway = await gateway.start_async()  # gRPC on this worker's loop
+            freeze_startup_objects()
         except Exception as exc:
             log.error("gateway worker %d cannot start: %s", os.getpid(), exc)
             await send({"type": "lifespan.startup.failed", "message": str(exc)})

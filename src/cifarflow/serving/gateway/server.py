@@ -18,6 +18,7 @@ from cifarflow.serving.asgi import Answered, HttpConfig, RequestContext, ServerS
 from cifarflow.serving.gateway.auth import BearerAuth
 from cifarflow.serving.gateway.backend import Backend
 from cifarflow.serving.gateway.config import GatewayConfig
+from cifarflow.serving.gateway.gc_freeze import freeze_startup_objects
 from cifarflow.serving.gateway.metrics import GatewayMetrics
 from cifarflow.serving.gateway.service import Classifier
 from cifarflow.serving.ports import add_grpc_port
@@ -223,6 +224,7 @@ def wait_for_stop_signal(on_ready: Callable[[], object] = lambda: None) -> None:
 def run_gateway(config: GatewayConfig) -> int:
     """Serves until SIGTERM/SIGINT, then drains (Kubernetes sends SIGTERM before killing a pod)."""
     gateway = Gateway(config).start()
+    freeze_startup_objects()
     wait_for_stop_signal(
         lambda: print(
             f"gateway: HTTP on {config.host}:{gateway.port}, gRPC on {config.host}:"
