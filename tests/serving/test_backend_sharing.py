@@ -172,3 +172,33 @@ def test_sharing_off_makes_one_call_per_request(model_server, cifar):
             await backend.close()
 
     assert asyncio.run(scenario()).probabilities.shape == (1, 20)
+
+
+def test_requests_that_find_a_slot_free_go_together_at_the_end_of_the_loop_pass(
+    model_server, cifar
+):
+    # A second slot is free while the first call is out: the requests the loop runs in one
+    # pass share the next call instead of the first taking it alone (docs/serving.md).
+    images = [encode(cifar[0][i], "PNG") for i in range(6)]
+
+    async def scenario():
+        backend, held = backend_with_held_first_call(model_server)
+        backend.max_in_flight = 2
+        try:
+            first = asyncio.create_task(backend.classify([images[0]], "req-0"))
+            await asyncio.wait_for(held.first_started.wait(), 10)
+            together = [
+                asyncio.create_task(backend.classify([image], f"req-{i}"))
+                for i, image in enumerate(images[1:], start=1)
+            ]
+            answered = await asyncio.wait_for(asyncio.gather(*together), 20)
+            calls_while_held = list(held.images_per_call)
+            held.release.set()
+            await asyncio.wait_for(first, 20)
+        finally:
+            await backend.close()
+        return calls_while_held, answered
+
+    calls_while_held, answered = asyncio.run(scenario())
+    assert calls_while_held == [1, 5]
+    assert [r.probabilities.shape for r in answered] == [(1, 20)] * 5

@@ -11,10 +11,13 @@ out, new requests wait and then go together in the next one (at most
 `max_images` images), the way the model server batches its own callers. A
 Python gRPC call costs the gateway and the model server about as much CPU
 as a small model run, so under load one call per request was what kept the
-gateway well below direct throughput. An idle gateway sends a lone request
-at once. Every request keeps its own deadline; when a shared call fails
-because of one image, its requests are re-sent one by one so only that one
-fails.
+gateway well below direct throughput. An idle gateway (no call out) sends
+a request at once. With a call out, a request that finds a slot free still
+waits for the end of the event loop's current pass, so the requests the
+loop parsed together go together: taking the slot at once sent half of all
+calls with one image under load (docs/serving.md). Every request keeps its
+own deadline; when a shared call fails because of one image, its requests
+are re-sent one by one so only that one fails.
 
 It is asynchronous (grpc.aio), on the event loop that serves the gateway's
 REST and gRPC: a request waiting for the backend holds no thread. The
@@ -132,6 +135,7 @@ class Backend:
         self._on_call = on_call or (lambda images: None)  # told the size of every call sent
         self._queued: collections.deque[_Waiting] = collections.deque()
         self._in_flight = 0
+        self._flush_scheduled = False  # a _flush is due at the end of this loop pass
         self._calls: set[asyncio.Task] = set()  # shared calls under way (kept from the GC)
 
     def _open(self) -> None:
@@ -157,19 +161,18 @@ class Backend:
         alone = self.max_in_flight <= 0 or len(images) >= self.max_images
         if alone:
             return await self._call(images, request_id, timeout)
-        if self._in_flight < self.max_in_flight and not self._queued:
+        if self._in_flight == 0 and not self._queued:
             self._in_flight += 1
             try:
                 return await self._call(images, request_id, timeout)
             finally:
                 self._send_queued()
-        waiting = _Waiting(
-            images,
-            request_id,
-            time.monotonic() + timeout,
-            asyncio.get_running_loop().create_future(),
-        )
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(images, request_id, time.monotonic() + timeout, loop.create_future())
         self._queued.append(waiting)
+        if self._in_flight < self.max_in_flight and not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         try:
             # shield: a caller that gives up must not cancel the shared call's future.
             return await asyncio.wait_for(asyncio.shield(waiting.future), timeout)
@@ -275,8 +278,19 @@ class Backend:
             outputs["saliency"][0],
         )
 
+    def _flush(self) -> None:
+        """The end of a loop pass: what queued during it goes out on the free slots."""
+        self._flush_scheduled = False
+        while self._in_flight < self.max_in_flight and self._start_shared_call():
+            self._in_flight += 1
+
     def _send_queued(self) -> None:
         """A call finished: send what queued meanwhile as one call, or free the slot."""
+        if not self._start_shared_call():
+            self._in_flight -= 1
+
+    def _start_shared_call(self) -> bool:
+        """Starts a call for the head of the queue (as many as fit); False when nothing queued."""
         group: list[_Waiting] = []
         images = 0
         while self._queued:
@@ -288,11 +302,11 @@ class Backend:
             group.append(self._queued.popleft())
             images += len(head.images)
         if not group:
-            self._in_flight -= 1
-            return
+            return False
         task = asyncio.get_running_loop().create_task(self._shared_call(group, images))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
+        return True
 
     async def _shared_call(self, group: list[_Waiting], images: int) -> None:
         remaining = max(w.deadline for w in group) - time.monotonic()
