@@ -24,9 +24,12 @@ process. All three share this machine's cores, so the rates are the whole
 stack's on this machine, load generator included. Results, the machine and
 the load average before/after: bench/results/load.{json,md}.
 
-3. With `--baseline REF`: the same search for the gateway of commit REF
-   (checked out into a temporary git worktree, run from its src/), against
-   the same model server, after this tree's: the two side by side.
+3. With `--baseline REF`: the gateway of commit REF (checked out into a
+   temporary git worktree, run from its src/) runs beside this tree's,
+   against the same model server, and the two searches take turns step by
+   step (which goes first alternates), so a change in the shared machine's
+   load hits both alike; one after the other, it decided the comparison.
+   The baseline stops before the soak.
 
 Usage:
     python bench/load.py [--model DIR | --model-kind resnet20|tiny] [--baseline REF]
@@ -49,6 +52,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -344,42 +348,43 @@ class CpuMeter:
         }
 
 
-def search(
-    url: str, images: list[bytes], plan: Plan, meter: CpuMeter, start_rate: float, label: str
-) -> dict[str, object]:
-    """Highest rate that passes a `plan.hold_s` hold: step up, bisect, then hold (lower by 10 % on failure)."""
-    steps: list[dict[str, object]] = []
-    began = time.monotonic()
+Step = tuple[float, float, str]  # (rate, seconds, phase) of one probe or hold
 
-    def step(rate: float, seconds: float, phase: str) -> bool:
-        meter.start()
-        result = open_loop(url, images, rate, seconds, plan.connections)
-        result.update(
-            phase=phase, cores_used=meter.read(), load_average_1m=round(os.getloadavg()[0], 2)
-        )
-        steps.append(result)
-        print(
-            json.dumps(
-                {"workers": label, **{k: v for k, v in result.items() if k != "answers_by_worker"}}
-            ),
-            flush=True,
-        )
-        time.sleep(plan.pause_s)
+
+def search_steps(plan: Plan, start_rate: float) -> Generator[Step, dict, float | None]:
+    """The rate search, one step at a time: yields each step, is sent its result.
+
+    Step up (x `plan.step_factor`) until a probe fails, halve while even the
+    first fails, bisect until first failure / last pass is below
+    `plan.bisect_until`, then hold the best rate (10 % lower after each
+    failed hold, at most `plan.holds`). `plan.search_budget_s` bounds the
+    seconds of this search's own steps, so searches that take turns
+    (run_searches) each get the whole budget. Returns the first rate that
+    failed (None if none did).
+    """
+    spent = 0.0
+
+    def step(rate: float, seconds: float, phase: str) -> Generator[Step, dict, bool]:
+        nonlocal spent
+        result = yield rate, seconds, phase
+        spent += seconds + plan.pause_s
         return bool(result["passed"])
-
-    def over_budget() -> bool:
-        return time.monotonic() - began > plan.search_budget_s
 
     passed_at, failed_at = 0.0, None
     rate = start_rate
-    while failed_at is None and rate <= plan.max_rate and not over_budget():
-        if step(rate, plan.probe_s, "step-up"):
+    while failed_at is None and rate <= plan.max_rate and spent <= plan.search_budget_s:
+        if (yield from step(rate, plan.probe_s, "step-up")):
             passed_at, rate = rate, rate * plan.step_factor
         else:
             failed_at = rate
-    while passed_at == 0.0 and failed_at is not None and failed_at > 2.0 and not over_budget():
+    while (
+        passed_at == 0.0
+        and failed_at is not None
+        and failed_at > 2.0
+        and spent <= plan.search_budget_s
+    ):
         rate = failed_at / 2  # even the first probe failed: halve until one passes
-        if step(rate, plan.probe_s, "step-down"):
+        if (yield from step(rate, plan.probe_s, "step-down")):
             passed_at = rate
         else:
             failed_at = rate
@@ -387,33 +392,114 @@ def search(
         failed_at is not None
         and passed_at > 0
         and failed_at / passed_at > plan.bisect_until
-        and not over_budget()
+        and spent <= plan.search_budget_s
     ):
         rate = (passed_at + failed_at) / 2
-        if step(rate, plan.probe_s, "bisect"):
+        if (yield from step(rate, plan.probe_s, "bisect")):
             passed_at = rate
         else:
             failed_at = rate
-    held = None
     rate = passed_at
     for _ in range(plan.holds if passed_at > 0 else 0):
-        if step(rate, plan.hold_s, "hold"):
-            held = steps[-1]
+        if (yield from step(rate, plan.hold_s, "hold")):
             break
         rate *= 0.9
-    return {
-        "workers": label,
-        "max_rate_rps": held["rate_rps"] if held else None,
-        "held_s": plan.hold_s if held else 0,
-        "p50_ms": held["p50_ms"] if held else None,
-        "p99_ms": held["p99_ms"] if held else None,
-        "answered_rps": held["answered_rps"] if held else None,
-        "cores_used": held["cores_used"] if held else None,
-        "answers_by_worker": held["answers_by_worker"] if held else None,
-        "first_failed_probe_rps": round(failed_at, 1) if failed_at else None,
-        "search_s": round(time.monotonic() - began, 1),
-        "steps": steps,
-    }
+    return failed_at
+
+
+@dataclasses.dataclass
+class Target:
+    """A gateway under search: its label in the results and its /v1/classify URL."""
+
+    label: str
+    url: str
+    meter: CpuMeter | None = None
+
+
+def run_searches(
+    targets: list[Target],
+    plan: Plan,
+    start_rate: float,
+    probe: Callable[[Target, float, float, str], dict[str, object]],
+) -> list[dict[str, object]]:
+    """One search per target, taking turns step by step; returns each one's summary.
+
+    Searching two gateways one after the other lets a change in the shared
+    machine's load between them decide the comparison. Taking turns, each
+    step of one is beside a step of the other, and which goes first
+    alternates every turn. `probe(target, rate, seconds, phase)` runs a
+    step and returns its result (with "passed").
+    """
+    searches = [search_steps(plan, start_rate) for _ in targets]
+    steps: list[list[dict[str, object]]] = [[] for _ in targets]
+    began = time.monotonic()
+    spent = [0.0] * len(targets)
+    due: dict[int, Step] = {i: next(search) for i, search in enumerate(searches)}
+    first_failed: dict[int, float | None] = {}
+    turn = 0
+    while due:
+        order = sorted(due) if turn % 2 == 0 else sorted(due, reverse=True)
+        for i in order:
+            rate, seconds, phase = due[i]
+            t0 = time.monotonic()
+            result = probe(targets[i], rate, seconds, phase)
+            spent[i] += time.monotonic() - t0
+            steps[i].append(result)
+            try:
+                due[i] = searches[i].send(result)
+            except StopIteration as finished:
+                first_failed[i] = finished.value
+                del due[i]
+        turn += 1
+    summaries = []
+    for i, target in enumerate(targets):
+        held = next((st for st in steps[i] if st["phase"] == "hold" and st["passed"]), None)
+        failed = first_failed[i]
+        summaries.append(
+            {
+                "workers": target.label,
+                "max_rate_rps": held["rate_rps"] if held else None,
+                "held_s": plan.hold_s if held else 0,
+                "p50_ms": held["p50_ms"] if held else None,
+                "p99_ms": held["p99_ms"] if held else None,
+                "answered_rps": held["answered_rps"] if held else None,
+                "cores_used": held["cores_used"] if held else None,
+                "answers_by_worker": held["answers_by_worker"] if held else None,
+                "first_failed_probe_rps": round(failed, 1) if failed else None,
+                "search_s": round(spent[i], 1),
+                "searched_alongside": [t.label for t in targets if t is not target],
+                "wall_s": round(time.monotonic() - began, 1),
+                "steps": steps[i],
+            }
+        )
+    return summaries
+
+
+def open_loop_probe(images: list[bytes], plan: Plan) -> Callable[..., dict[str, object]]:
+    """run_searches' `probe` for real gateways: an open-loop step, its CPU and the load average."""
+
+    def probe(target: Target, rate: float, seconds: float, phase: str) -> dict[str, object]:
+        assert target.meter is not None
+        target.meter.start()
+        result = open_loop(target.url, images, rate, seconds, plan.connections)
+        result.update(
+            phase=phase,
+            cores_used=target.meter.read(),
+            load_average_1m=round(os.getloadavg()[0], 2),
+        )
+        print(
+            json.dumps(
+                {
+                    "workers": target.label,
+                    **{k: v for k, v in result.items() if k != "answers_by_worker"},
+                }
+            ),
+            flush=True,
+        )
+        time.sleep(plan.pause_s)
+        return result
+
+    return probe
 
 
 def _flat(first: list[float], last: list[float], slack: float = 0.0) -> tuple[float, bool]:
@@ -566,44 +652,42 @@ def main(argv: list[str] | None = None) -> int:
     }
     model_port = free_port()
     model_args = model_server_args(store, model_port)
-
     baseline_tree = workdir / "baseline"
+    compared: list[tuple[str, Path | None]] = [("", None)]  # (label suffix, source tree)
+    if args.baseline and not args.soak_rate:
+        commit = check_out_baseline(args.baseline, baseline_tree)
+        results["baseline"] = {"ref": args.baseline, "commit": commit}
+        compared.append((f" (baseline {commit})", baseline_tree))
+    stopped: list[subprocess.Popen] = []
 
-    def gateway_command(workers: int, http_port: int) -> list[str]:
-        return gateway_args(model_port, http_port, -1, "--workers", str(workers))
+    def start_gateway(workers: int, source: Path | None) -> tuple[subprocess.Popen, str]:
+        http_port = free_port()
+        command = gateway_args(model_port, http_port, -1, "--workers", str(workers))
+        process = start(command, "gateway: HTTP", source=source)
+        stopped.append(process)
+        return process, f"http://127.0.0.1:{http_port}/v1/classify"
 
-    # The first gateway starts beside the model server (it connects to its backend lazily): seconds saved per run.
-    first_port = free_port()
-    with ThreadPoolExecutor(2) as pool:
-        starting = [
-            pool.submit(start, model_args, "model server:"),
-            pool.submit(start, gateway_command(args.workers[0], first_port), "gateway: HTTP"),
-        ]
-        started = [future.exception() or future.result() for future in starting]
-    stopped: list[subprocess.Popen] = [p for p in started if isinstance(p, subprocess.Popen)]
     try:
-        for problem in started:
-            if isinstance(problem, BaseException):
-                raise problem
-        model_server, gateway = started
+        model_server = start(model_args, "model server:")
+        stopped.append(model_server)
+        probe = open_loop_probe(images, plan)
         start_rate = plan.start_rate
-        for position, workers in enumerate(args.workers):
-            http_port = first_port
-            if position:
-                http_port = free_port()
-                gateway = start(gateway_command(workers, http_port), "gateway: HTTP")
-                stopped.append(gateway)
-            url = f"http://127.0.0.1:{http_port}/v1/classify"
-            meter = CpuMeter(
-                {
-                    "gateway": gateway.pid,
-                    "model_server": model_server.pid,
-                    "load_generator": os.getpid(),
-                }
-            )
-            open_loop(
-                url, images, 20.0, plan.warmup_s, plan.connections
-            )  # warm-up: connections, caches
+        for workers in args.workers:
+            with ThreadPoolExecutor(len(compared)) as pool:
+                starting = [pool.submit(start_gateway, workers, source) for _, source in compared]
+                gateways = [future.result() for future in starting]
+            targets = []
+            for (suffix, _), (gateway, url) in zip(compared, gateways, strict=True):
+                open_loop(url, images, 20.0, plan.warmup_s, plan.connections)  # connections, caches
+                pids = {"gateway": gateway.pid, "model_server": model_server.pid}
+                targets.append(
+                    Target(
+                        f"{workers}{suffix}", url, CpuMeter({**pids, "load_generator": os.getpid()})
+                    )
+                )
+            gateway, url = gateways[0]
+            meter = targets[0].meter
+            assert meter is not None
             if args.soak_rate:
                 results["soak"] = {
                     "workers": 1,
@@ -615,13 +699,15 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 continue
-            found = search(url, images, plan, meter, start_rate, str(workers))
-            results["searches"].append(found)
+            found = run_searches(targets, plan, start_rate, probe)
+            results["searches"].extend(found)
+            for other, _ in gateways[1:]:  # the soak is this tree's gateway's alone
+                other.send_signal(signal.SIGTERM)
             if workers == 1:
                 # Half the held rate; when no rate was held (a busy machine), half the best passing probe.
-                basis, basis_name = found["max_rate_rps"], "held"
+                basis, basis_name = found[0]["max_rate_rps"], "held"
                 if not basis:
-                    passing = [s["rate_rps"] for s in found["steps"] if s["passed"]]
+                    passing = [s["rate_rps"] for s in found[0]["steps"] if s["passed"]]
                     basis, basis_name = (
                         (max(passing), "best passing probe")
                         if passing
@@ -640,37 +726,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 # The next worker count starts its search near where this one ended.
                 start_rate = max(plan.start_rate, basis * 0.75)
-            gateway.send_signal(
-                signal.SIGTERM
-            )  # drains while the next one starts; waited for below
-        if args.baseline:
-            commit = check_out_baseline(args.baseline, baseline_tree)
-            results["baseline"] = {"ref": args.baseline, "commit": commit}
-            for workers in args.workers:
-                http_port = free_port()
-                gateway = start(
-                    gateway_command(workers, http_port), "gateway: HTTP", source=baseline_tree
-                )
-                stopped.append(gateway)
-                url = f"http://127.0.0.1:{http_port}/v1/classify"
-                meter = CpuMeter(
-                    {
-                        "gateway": gateway.pid,
-                        "model_server": model_server.pid,
-                        "load_generator": os.getpid(),
-                    }
-                )
-                open_loop(url, images, 20.0, plan.warmup_s, plan.connections)
-                label = f"{workers} (baseline {commit})"
-                results["searches"].append(search(url, images, plan, meter, start_rate, label))
-                gateway.send_signal(signal.SIGTERM)
+            gateway.send_signal(signal.SIGTERM)  # drains while the next one starts
     finally:
         for process in stopped:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process in stopped:
             _stop(process)
-        if args.baseline:
+        if len(compared) > 1:
             remove_baseline(baseline_tree)
     results["load_average_after"] = load_average()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -734,6 +797,11 @@ def _search_lines(results: dict, plan: dict) -> list[str]:
             f"| {s['workers']} | {s['max_rate_rps'] or 'none held'} | {s['p50_ms'] or '-'} | {s['p99_ms'] or '-'} | "
             f"{s['first_failed_probe_rps'] or '-'} | {cores.get('gateway', '-')} / {cores.get('model_server', '-')} / "
             f"{cores.get('load_generator', '-')} | {s['search_s']} |"
+        )
+    if any(s.get("searched_alongside") for s in results["searches"]):
+        lines.append(
+            "\nGateways searched side by side took turns step by step, with which went first "
+            "alternating, so changes in the machine's load fell on both."
         )
     for s in results["searches"]:
         split = s.get("answers_by_worker") or {}

@@ -9,7 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from bench.load import open_loop
+from bench.load import Plan, Target, open_loop, run_searches, search_steps
 from tests.support.local_http import LocalHTTPServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +64,79 @@ def test_open_loop_counts_every_failed_request():
     assert result["passed"] is False
     assert result["answers_by_worker"] == {"4242": 70}
     assert 0.45 < took < 5  # open loop: it paces the requests over the given seconds
+
+
+def drive(search, passes) -> tuple[list[tuple[float, str]], float | None]:
+    """Runs a search_steps generator against `passes(rate, phase)`; (steps taken, its return)."""
+    taken = []
+    try:
+        rate, _, phase = next(search)
+        while True:
+            taken.append((round(rate, 2), phase))
+            rate, _, phase = search.send({"passed": passes(rate, phase)})
+    except StopIteration as finished:
+        return taken, finished.value
+
+
+PLAN = Plan(start_rate=40, step_factor=2, probe_s=1, hold_s=5, holds=3, pause_s=0)
+
+
+def test_the_search_steps_up_bisects_then_holds_lower_until_a_hold_passes():
+    # Probes pass up to 100 req/s; a longer hold only up to 90.
+    def passes(rate, phase):
+        return rate <= (90 if phase == "hold" else 100)
+
+    taken, first_failed = drive(search_steps(PLAN, PLAN.start_rate), passes)
+    assert taken == [
+        (40, "step-up"),
+        (80, "step-up"),
+        (160, "step-up"),
+        (120, "bisect"),
+        (100, "bisect"),
+        (110, "bisect"),  # 110 / 100 is within bisect_until: stop
+        (100, "hold"),
+        (90, "hold"),
+    ]
+    assert first_failed == 110
+
+
+def test_the_search_halves_when_even_the_first_probe_fails_and_keeps_to_its_budget():
+    taken, _ = drive(search_steps(PLAN, PLAN.start_rate), lambda rate, phase: rate <= 12)
+    assert [rate for rate, phase in taken if phase == "step-down"] == [20, 10]
+    # A budget of 3 probe-seconds: the 4th step is never asked for.
+    short = Plan(start_rate=40, step_factor=2, probe_s=1, search_budget_s=3, pause_s=0)
+    taken, _ = drive(search_steps(short, short.start_rate), lambda rate, phase: True)
+    assert [phase for _, phase in taken] == ["step-up"] * 4 + ["hold"]
+
+
+def test_side_by_side_searches_take_turns_and_alternate_who_goes_first():
+    capacity = {"new": 100.0, "old": 60.0}
+    order: list[str] = []
+
+    def probe(target, rate, seconds, phase):
+        order.append(target.label)
+        ok = rate <= capacity[target.label]
+        return {
+            "phase": phase,
+            "passed": ok,
+            "rate_rps": rate,
+            "p50_ms": 1.0,
+            "p99_ms": 2.0,
+            "answered_rps": rate,
+            "cores_used": {},
+            "answers_by_worker": {},
+        }
+
+    found = run_searches([Target("new", "u1"), Target("old", "u2")], PLAN, 40, probe)
+    steps = [len(f["steps"]) for f in found]
+    both = 2 * min(steps)
+    # While both search, each turn has one step of each, the first alternating.
+    assert order[:both] == ["new", "old", "old", "new"] * (both // 4) + ["new", "old"] * (
+        both % 4 // 2
+    )
+    assert set(order[both:]) == {found[steps.index(max(steps))]["workers"]}
+    assert [f["max_rate_rps"] for f in found] == [100.0, 60.0]
+    assert [f["searched_alongside"] for f in found] == [["old"], ["new"]]
 
 
 def test_quick_mode_end_to_end(tmp_path, exported_model):
