@@ -359,8 +359,8 @@ def search_steps(plan: Plan, start_rate: float) -> Generator[Step, dict, float |
     `plan.bisect_until`, then hold the best rate (10 % lower after each
     failed hold, at most `plan.holds`). `plan.search_budget_s` bounds the
     seconds of this search's own steps, so searches that take turns
-    (run_searches) each get the whole budget. Returns the first rate that
-    failed (None if none did).
+    (run_searches) each get the whole budget. Returns the lowest rate that
+    failed (None if none did): the search's upper bound.
     """
     spent = 0.0
 
@@ -435,7 +435,7 @@ def run_searches(
     began = time.monotonic()
     spent = [0.0] * len(targets)
     due: dict[int, Step] = {i: next(search) for i, search in enumerate(searches)}
-    first_failed: dict[int, float | None] = {}
+    lowest_failed: dict[int, float | None] = {}
     turn = 0
     while due:
         order = sorted(due) if turn % 2 == 0 else sorted(due, reverse=True)
@@ -448,13 +448,13 @@ def run_searches(
             try:
                 due[i] = searches[i].send(result)
             except StopIteration as finished:
-                first_failed[i] = finished.value
+                lowest_failed[i] = finished.value
                 del due[i]
         turn += 1
     summaries = []
     for i, target in enumerate(targets):
         held = next((st for st in steps[i] if st["phase"] == "hold" and st["passed"]), None)
-        failed = first_failed[i]
+        failed = lowest_failed[i]
         summaries.append(
             {
                 "workers": target.label,
@@ -465,7 +465,7 @@ def run_searches(
                 "answered_rps": held["answered_rps"] if held else None,
                 "cores_used": held["cores_used"] if held else None,
                 "answers_by_worker": held["answers_by_worker"] if held else None,
-                "first_failed_probe_rps": round(failed, 1) if failed else None,
+                "lowest_failed_probe_rps": round(failed, 1) if failed else None,
                 "search_s": round(spent[i], 1),
                 "searched_alongside": [t.label for t in targets if t is not target],
                 "wall_s": round(time.monotonic() - began, 1),
@@ -788,14 +788,14 @@ def _search_lines(results: dict, plan: dict) -> list[str]:
         f"Highest rate held for {plan['hold_s']:g} s with p99 < {results['criteria']['p99_ms_below']:g} ms and no "
         f"errors (latency from each request's due time; {plan['connections']} keep-alive connections):",
         "",
-        "| gateway workers | max rate (req/s) | p50 (ms) | p99 (ms) | first failed probe (req/s) | cores used: gateway / model server / load gen | search (s) |",
+        "| gateway workers | max rate (req/s) | p50 (ms) | p99 (ms) | lowest failed probe (req/s) | cores used: gateway / model server / load gen | search (s) |",
         "|---:|---:|---:|---:|---:|---|---:|",
     ]
     for s in results["searches"]:
         cores = s["cores_used"] or {}
         lines.append(
             f"| {s['workers']} | {s['max_rate_rps'] or 'none held'} | {s['p50_ms'] or '-'} | {s['p99_ms'] or '-'} | "
-            f"{s['first_failed_probe_rps'] or '-'} | {cores.get('gateway', '-')} / {cores.get('model_server', '-')} / "
+            f"{s['lowest_failed_probe_rps'] or '-'} | {cores.get('gateway', '-')} / {cores.get('model_server', '-')} / "
             f"{cores.get('load_generator', '-')} | {s['search_s']} |"
         )
     if any(s.get("searched_alongside") for s in results["searches"]):

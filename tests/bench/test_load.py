@@ -86,7 +86,7 @@ def test_the_search_steps_up_bisects_then_holds_lower_until_a_hold_passes():
     def passes(rate, phase):
         return rate <= (90 if phase == "hold" else 100)
 
-    taken, first_failed = drive(search_steps(PLAN, PLAN.start_rate), passes)
+    taken, lowest_failed = drive(search_steps(PLAN, PLAN.start_rate), passes)
     assert taken == [
         (40, "step-up"),
         (80, "step-up"),
@@ -97,7 +97,7 @@ def test_the_search_steps_up_bisects_then_holds_lower_until_a_hold_passes():
         (100, "hold"),
         (90, "hold"),
     ]
-    assert first_failed == 110
+    assert lowest_failed == 110
 
 
 def test_the_search_halves_when_even_the_first_probe_fails_and_keeps_to_its_budget():
