@@ -11,11 +11,12 @@ to 50-77 ms each, and every request in flight waited it out (the p99).
 `gc.freeze()` moves every object alive at that moment into a permanent
 generation that collections skip, so a full collection walks only what
 was made since (about 11,000 objects, at most 7 ms in the same runs).
-Frozen objects are never collected; that suits a process whose start-up
+A frozen object that its reference count frees still goes, but a frozen
+reference cycle is never collected. That suits a process whose start-up
 objects are its working set, so this is for the gateway only. The model
-server loads and unloads models, and a frozen model's reference cycles
-would never be freed; it also makes almost no garbage per request (no
-full collection in 15 s of load). Figures: docs/serving.md, "Performance".
+server loads and unloads models, whose reference cycles would then never
+be freed; it also makes almost no garbage per request (no full
+collection in 15 s of load). Figures: docs/serving.md, "Performance".
 """
 
 from __future__ import annotations
