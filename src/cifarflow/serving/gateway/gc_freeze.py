@@ -5,8 +5,9 @@ built its app, a gateway process tracks about 87,000 container objects,
 and nearly all of them live as long as the process. A full (generation 2)
 collection walks every one of them, on the event loop. Under load, the
 objects each request leaves behind set one off every few seconds: at
-600-700 req/s, measured with `gc.callbacks`, they stopped the loop for up
-to 50-77 ms each, and every request in flight waited it out (the p99).
+600-700 req/s, measured with `gc.callbacks`, they stopped the loop for
+about 50-60 ms each (up to 77 ms, wall time on busy cores), and every
+request in flight waited it out (the p99).
 
 `gc.freeze()` moves every object alive at that moment into a permanent
 generation that collections skip, so a full collection walks only what
