@@ -21,12 +21,19 @@ recorded run.
 The scenarios run in `--rounds` rounds, one after the other; each round
 has every path at every client count, so a ratio (gateway against direct,
 new gateway against `--baseline`) is measured side by side within a round.
+
+The gateway's added latency at 1 client comes from a paired run, not from
+the closed-loop scenarios: one client sends a request down every path in
+turn (in a fresh random order each cycle), so every path is timed in the same
+milliseconds of the machine's load. Scenarios 5 s apart differ by 1 ms or
+more at 1 client on these shared cores, as much as the gateway adds; taken
+in turn, a round's added p50 moves by about 0.1 ms.
 The tables show each scenario's median over the rounds, and each target's
 median of its per-round values beside those values: on shared cores, a
 single 5 s scenario moves by 10 % or more with the machine's other load.
 
 Targets (TARGETS; issues #6 and #17): the gateway adds <= 1.0 ms p50 over
-direct at 1 client, over REST and over gRPC; it keeps >= 96 % (REST) and
+direct at 1 client (taken in turn), over REST and over gRPC; it keeps >= 96 % (REST) and
 >= 90 % (gRPC) of direct throughput at 32 clients; batching on gives >= 3x
 batching off at 32 clients; gateway memory flat over the soak.
 
@@ -45,6 +52,7 @@ import argparse
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import statistics
@@ -53,7 +61,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -361,6 +369,63 @@ def closed_loop(make_call, clients: int, seconds: float, warmup: float = 1.0) ->
     }
 
 
+def turn_orders(names: list[str], seed: int = 0) -> Iterator[list[str]]:
+    """The order of every cycle of `in_turn`: a fresh shuffle each time, from a seeded generator.
+
+    A shuffle rather than a rotation: rotating keeps each path behind the
+    same neighbour (B always right after A), and what ran just before a
+    path (a warm model server, a busy gateway) is part of its latency.
+    """
+    generator = random.Random(seed)
+    order = list(names)
+    while True:
+        generator.shuffle(order)
+        yield list(order)
+
+
+def in_turn(makes: dict[str, Callable], seconds: float, warmup: float = 1.0) -> list[dict]:
+    """One client calls every path in turn, in a fresh order each cycle; one row per path.
+
+    Each cycle sends one request down every path (turn_orders), so all paths
+    are timed under the same moment's load.
+
+    Args:
+        makes: path name -> `make_call` (as closed_loop takes).
+        seconds: measured seconds, after `warmup` seconds of the same cycles.
+
+    Returns:
+        Per path, in `makes` order: path, requests, errors, p50_ms, p99_ms.
+    """
+    names = list(makes)
+    calls = {name: make() for name, make in makes.items()}
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    errors = dict.fromkeys(names, 0)
+    start_at = time.monotonic() + warmup
+    stop_at = start_at + seconds
+    for order in turn_orders(names):
+        now = time.monotonic()
+        if now >= stop_at:
+            break
+        for name in order:
+            t0 = time.monotonic()
+            try:
+                calls[name]()
+            except Exception:
+                errors[name] += 1
+                continue
+            if now >= start_at:
+                latencies[name].append(time.monotonic() - t0)
+    rows = []
+    for name in names:
+        values = sorted(latencies[name])
+        row: dict[str, object] = {"path": name, "requests": len(values), "errors": errors[name]}
+        if values:
+            row["p50_ms"] = round(1000 * statistics.median(values), 3)
+            row["p99_ms"] = round(1000 * values[min(len(values) - 1, int(0.99 * len(values)))], 3)
+        rows.append(row)
+    return rows
+
+
 def direct_call(target: str, image: bytes):
     import grpc
     import numpy as np
@@ -479,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": None,
         "load_average_before": load_average(),
         "scenarios": [],
+        "in_turn_seconds": 2 * args.seconds,
+        "in_turn": [],
     }
 
     def serve_model(batching: bool) -> int:  # the new process is processes[-1]
@@ -544,6 +611,10 @@ def main(argv: list[str] | None = None) -> int:
             results["scenarios"].append(row)
 
         for round_ in range(1, args.rounds + 1):
+            for row in in_turn(paths, results["in_turn_seconds"]):
+                row = {"round": round_, **row}
+                print(json.dumps({"in_turn": row}), flush=True)
+                results["in_turn"].append(row)
             for clients in CLIENTS:
                 for name, make in paths.items():
                     watched = {"model_server": model_pid, "clients": None}
@@ -568,7 +639,10 @@ def main(argv: list[str] | None = None) -> int:
             remove_baseline(workdir / "baseline")
     results["load_average_after"] = load_average()
     results["round_summaries"] = [
-        summarise([row for row in results["scenarios"] if row["round"] == round_])
+        summarise(
+            [row for row in results["scenarios"] if row["round"] == round_],
+            [row for row in results["in_turn"] if row["round"] == round_],
+        )
         for round_ in range(1, args.rounds + 1)
     ]
     results["summary"] = median_summary(results["round_summaries"])
@@ -609,9 +683,10 @@ TARGETS = {
 }
 
 
-def summarise(scenarios: list[dict]) -> dict[str, object]:
-    direct1, gw1 = _row(scenarios, "direct", 1), _row(scenarios, "gateway-grpc", 1)
-    rest1 = _row(scenarios, "gateway-rest", 1)
+def summarise(scenarios: list[dict], turns: list[dict]) -> dict[str, object]:
+    """One round's targets: added p50s from its paths taken in turn, the rest from its scenarios."""
+    at_1 = {row["path"]: row for row in turns}
+    direct1, gw1, rest1 = at_1["direct"], at_1["gateway-grpc"], at_1["gateway-rest"]
     direct32 = _row(scenarios, "direct", 32)
     off32 = _row(scenarios, "direct", 32, False)
 
@@ -639,9 +714,7 @@ def summarise(scenarios: list[dict]) -> dict[str, object]:
     if any(s["path"].startswith("baseline-") for s in scenarios):
         for kind in ("grpc", "rest"):
             path = f"baseline-gateway-{kind}"
-            summary[f"baseline_gateway_{kind}_added_p50_ms_at_1"] = added(
-                _row(scenarios, path, 1), direct1
-            )
+            summary[f"baseline_gateway_{kind}_added_p50_ms_at_1"] = added(at_1[path], direct1)
             summary[f"baseline_gateway_{kind}_throughput_share_at_32"] = ratio(
                 _row(scenarios, path, 32), direct32, 3
             )
@@ -691,6 +764,38 @@ def median_rows(scenarios: list[dict]) -> list[dict]:
                 name: round(statistics.median(c[name] for c in cpu if name in c), 3)
                 for name in cpu[0]
             }
+        merged.append(row)
+    return merged
+
+
+def median_in_turn(turns: list[dict]) -> list[dict]:
+    """The paths taken in turn, one row each: medians over the rounds, and the added p50.
+
+    `added_p50_ms` is the median of each round's p50 less that round's direct
+    p50 (a difference measured within one round), not a difference of medians.
+    """
+    rounds = sorted({row["round"] for row in turns})
+    by_round = {r: {row["path"]: row for row in turns if row["round"] == r} for r in rounds}
+    merged = []
+    for path in dict.fromkeys(row["path"] for row in turns):
+        rows = [by_round[r][path] for r in rounds if path in by_round[r]]
+        row: dict[str, object] = {
+            "path": path,
+            "rounds": len(rows),
+            "requests": sum(r["requests"] for r in rows),
+            "errors": sum(r["errors"] for r in rows),
+        }
+        for key in ("p50_ms", "p99_ms"):
+            values = [r[key] for r in rows if key in r]
+            if values:
+                row[key] = round(statistics.median(values), 3)
+        added = [
+            by_round[r][path]["p50_ms"] - by_round[r]["direct"]["p50_ms"]
+            for r in rounds
+            if "p50_ms" in by_round[r].get(path, {}) and "p50_ms" in by_round[r].get("direct", {})
+        ]
+        if path != "direct" and added:
+            row["added_p50_ms"] = round(statistics.median(added), 3)
         merged.append(row)
     return merged
 
@@ -748,6 +853,22 @@ def markdown(results: dict) -> str:
             f"| {s['path']} | {'on' if s['batching'] else 'off'} | {s['clients']} | {s.get('throughput_rps', 0)} | "
             f"{s.get('p50_ms', '-')} | {s.get('p99_ms', '-')} | {s['errors']} | {_cpu_text(s)} |"
         )
+    if results.get("in_turn"):
+        lines += [
+            "",
+            f"1 client, every path in turn ({results['in_turn_seconds']:g} s a round): one client "
+            "sends a request down each path, in a fresh random order every cycle, so all paths are "
+            "timed under the same moment's load. The added p50 is the median of each round's "
+            "p50 less that round's direct p50; the 1-client targets below come from here.",
+            "",
+            "| path | requests | errors | p50 (ms) | p99 (ms) | added p50 over direct (ms) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for t in median_in_turn(results["in_turn"]):
+            lines.append(
+                f"| {t['path']} | {t['requests']} | {t['errors']} | {t.get('p50_ms', '-')} | "
+                f"{t.get('p99_ms', '-')} | {t.get('added_p50_ms', '-')} |"
+            )
     previous = results.get("previous")
     baseline = results.get("baseline")
     rounds = results.get("round_summaries", [])
