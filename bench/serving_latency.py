@@ -21,21 +21,23 @@ recorded run.
 The scenarios run in `--rounds` rounds, one after the other; each round
 has every path at every client count, so a ratio (gateway against direct,
 new gateway against `--baseline`) is measured side by side within a round.
-
-The gateway's added latency at 1 client comes from a paired run, not from
-the closed-loop scenarios: one client sends a request down every path in
-turn (in a fresh random order each cycle), so every path is timed in the same
-milliseconds of the machine's load. Scenarios 5 s apart differ by 1 ms or
-more at 1 client on these shared cores, as much as the gateway adds; taken
-in turn, a round's added p50 moves by about 0.1 ms.
 The tables show each scenario's median over the rounds, and each target's
 median of its per-round values beside those values: on shared cores, a
 single 5 s scenario moves by 10 % or more with the machine's other load.
 
+The gateway's added latency at 1 client comes from the paths taken in turn
+(`in_turn`), not from the closed-loop scenarios: each round, one client
+sends a request down every path in a fresh shuffled order each cycle, so
+every path is timed in the same seconds of the machine's load. Closed-loop
+scenarios 5 s apart differed by 1 ms or more at 1 client on shared cores
+(1.67 against 3.36 ms in one run), as much as the gateway adds; taken in
+turn, the gap between two gateways moved by less than 0.2 ms between rounds.
+
 Targets (TARGETS; issues #6 and #17): the gateway adds <= 1.0 ms p50 over
-direct at 1 client (taken in turn), over REST and over gRPC; it keeps >= 96 % (REST) and
->= 90 % (gRPC) of direct throughput at 32 clients; batching on gives >= 3x
-batching off at 32 clients; gateway memory flat over the soak.
+direct at 1 client (taken in turn), over REST and over gRPC; it keeps
+>= 96 % (REST) and >= 90 % (gRPC) of direct throughput at 32 clients;
+batching on gives >= 3x batching off at 32 clients; gateway memory flat
+over the soak.
 
 Usage:
     python bench/serving_latency.py [--model DIR] [--rounds 3] [--seconds 5] [--soak-seconds 300]
@@ -356,7 +358,7 @@ def closed_loop(make_call, clients: int, seconds: float, warmup: float = 1.0) ->
         t.start()
     for t in threads:
         t.join()
-    values = sorted(v for per_client in latencies for v in per_client)
+    values = [v for per_client in latencies for v in per_client]
     if not values:
         return {"requests": 0, "errors": sum(errors), "completed": sum(completed)}
     return {
@@ -364,6 +366,16 @@ def closed_loop(make_call, clients: int, seconds: float, warmup: float = 1.0) ->
         "completed": sum(completed),
         "errors": sum(errors),
         "throughput_rps": round(len(values) / seconds, 1),
+        **percentiles(values),
+    }
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50 and p99 of latencies in seconds, in ms; none for no latencies."""
+    if not seconds:
+        return {}
+    values = sorted(seconds)
+    return {
         "p50_ms": round(1000 * statistics.median(values), 3),
         "p99_ms": round(1000 * values[min(len(values) - 1, int(0.99 * len(values)))], 3),
     }
@@ -415,15 +427,15 @@ def in_turn(makes: dict[str, Callable], seconds: float, warmup: float = 1.0) -> 
                 continue
             if now >= start_at:
                 latencies[name].append(time.monotonic() - t0)
-    rows = []
-    for name in names:
-        values = sorted(latencies[name])
-        row: dict[str, object] = {"path": name, "requests": len(values), "errors": errors[name]}
-        if values:
-            row["p50_ms"] = round(1000 * statistics.median(values), 3)
-            row["p99_ms"] = round(1000 * values[min(len(values) - 1, int(0.99 * len(values)))], 3)
-        rows.append(row)
-    return rows
+    return [
+        {
+            "path": name,
+            "requests": len(latencies[name]),
+            "errors": errors[name],
+            **percentiles(latencies[name]),
+        }
+        for name in names
+    ]
 
 
 def direct_call(target: str, image: bytes):
