@@ -747,6 +747,16 @@ def summarise(scenarios: list[dict], turns: list[dict]) -> dict[str, object]:
     return summary
 
 
+def _medians(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
+    """Each key's median over the rows that have it (rounded to 3 places); absent where none do."""
+    medians = {}
+    for key in keys:
+        values = [row[key] for row in rows if key in row]
+        if values:
+            medians[key] = round(statistics.median(values), 3)
+    return medians
+
+
 def median_rows(scenarios: list[dict]) -> list[dict]:
     """One row per scenario (path, batching, clients), in run order: medians over its rounds.
 
@@ -766,10 +776,7 @@ def median_rows(scenarios: list[dict]) -> list[dict]:
             "errors": sum(r["errors"] for r in rows),
             "requests": sum(r.get("requests", 0) for r in rows),
         }
-        for key in ("throughput_rps", "p50_ms", "p99_ms"):
-            values = [r[key] for r in rows if key in r]
-            if values:
-                row[key] = round(statistics.median(values), 3)
+        row.update(_medians(rows, ("throughput_rps", "p50_ms", "p99_ms")))
         cpu = [r["cpu_ms_per_request"] for r in rows if r.get("cpu_ms_per_request")]
         if cpu:
             row["cpu_ms_per_request"] = {
@@ -797,10 +804,7 @@ def median_in_turn(turns: list[dict]) -> list[dict]:
             "requests": sum(r["requests"] for r in rows),
             "errors": sum(r["errors"] for r in rows),
         }
-        for key in ("p50_ms", "p99_ms"):
-            values = [r[key] for r in rows if key in r]
-            if values:
-                row[key] = round(statistics.median(values), 3)
+        row.update(_medians(rows, ("p50_ms", "p99_ms")))
         added = [
             by_round[r][path]["p50_ms"] - by_round[r]["direct"]["p50_ms"]
             for r in rounds

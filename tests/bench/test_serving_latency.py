@@ -75,6 +75,7 @@ def _summaries(rounds: list[list[dict]], turns: list[list[dict]] | None = None) 
 
 def _results(rounds: list[list[dict]], turns: list[list[dict]] | None = None) -> dict:
     turns = turns or [_turns(n + 1, 1.0) for n in range(len(rounds))]
+    summaries = _summaries(rounds, turns)
     return {
         "machine": {
             "cpu": "test CPU",
@@ -93,8 +94,8 @@ def _results(rounds: list[list[dict]], turns: list[list[dict]] | None = None) ->
         "scenarios": [row for rows in rounds for row in rows],
         "in_turn_seconds": 10.0,
         "in_turn": [row for rows in turns for row in rows],
-        "round_summaries": _summaries(rounds, turns),
-        "summary": median_summary(_summaries(rounds, turns)),
+        "round_summaries": summaries,
+        "summary": median_summary(summaries),
     }
 
 
